@@ -1,0 +1,1 @@
+"""Breast-ultrasound tumour classification pipeline: one module per DVC stage plus shared parts."""

@@ -1,0 +1,61 @@
+"""Stage `augment`: balance the classes of the train split with seeded augmented copies.
+
+Only the train split is read, so val and test are never augmented and never seen in training.
+Output: `data/augmented/manifest.csv` (path,label,source,augmented) and its images; originals are
+copied in so that training reads one folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.augmentation import augment_image, balance_counts
+from pipeline.cli import stage_main
+from pipeline.config import Params
+from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, read_manifest, read_rgb
+from pipeline.errors import UserError
+from pipeline.files import staged_dir
+
+
+def run(params: Params) -> dict[str, int]:
+    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    train = frame[frame["split"] == "train"].sort_values("path")
+    counts = {label: int((train["label"] == label).sum()) for label in params.classes}
+    empty = [label for label, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(f"{PREPARED_DIR / 'manifest.csv'}: no train images for class(es) {empty}")
+    needed = balance_counts(counts, params.augment.target_per_class)
+    rng = np.random.default_rng(params.seed)
+    rows = []
+    with staged_dir(AUGMENTED_DIR) as out:
+        for label in params.classes:
+            members = train[train["label"] == label]["path"].tolist()
+            (out / "images" / label).mkdir(parents=True)
+            for rel in members:
+                target = Path("images") / label / Path(rel).name
+                shutil.copyfile(PREPARED_DIR / rel, out / target)
+                rows.append((str(target), label, rel, 0))
+            for i in range(needed[label]):
+                rel = members[int(rng.integers(len(members)))]
+                image = augment_image(read_rgb(PREPARED_DIR / rel), rng, params.augment)
+                target = Path("images") / label / f"aug-{i:05d}-{Path(rel).name}"
+                cv2.imwrite(str(out / target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                rows.append((str(target), label, rel, 1))
+        manifest = pd.DataFrame(rows, columns=["path", "label", "source", "augmented"])
+        manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
+    totals = {label: counts[label] + needed[label] for label in params.classes}
+    print(f"augment: train {counts} -> {totals}")
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(__doc__, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

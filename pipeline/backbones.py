@@ -1,0 +1,137 @@
+"""The classifiers: an ImageNet backbone with its own preprocessing and resizing inside the model.
+
+The saved model takes raw 0-255 RGB images of any size, so whoever serves it cannot get the
+normalisation wrong. Layer names are a contract: `backbone` (the conv base, returning the last
+feature map), `pool` and `predictions` (a GAP -> Dense head), which is what makes class activation
+maps exact (see pipeline.evaluate).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.errors import UserError
+
+# name -> (keras.applications constructor, preprocessing style, the notop file Keras caches)
+BACKBONES = {
+    "densenet121": (
+        keras.applications.DenseNet121,
+        "torch",
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "resnet50": (
+        keras.applications.ResNet50,
+        "caffe",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+}
+
+# Keras' own ImageNet statistics (keras.applications.imagenet_utils), in 0-255 units.
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406]) * 255.0
+_TORCH_STD = np.array([0.229, 0.224, 0.225]) * 255.0
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+
+
+def keras_cache_file(arch: str) -> Path:
+    """Where Keras looks for (and downloads) the ImageNet notop weights of `arch`."""
+    home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    return home / "models" / BACKBONES[arch][2]
+
+
+def resolve_weights(arch: str, weights: str | None) -> str | None:
+    """Turn `model.weights` into what keras.applications accepts, failing early and clearly.
+
+    `imagenet` uses Keras' download and cache; a path names a local weights file (air-gapped
+    sites); None trains from scratch.
+    """
+    if arch not in BACKBONES:
+        raise UserError(f"arch: unknown backbone {arch!r}; choose one of {sorted(BACKBONES)}")
+    if weights is None or weights == "imagenet":
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"model.weights: weights file not found: {path}; give the path of Keras' "
+            f"{BACKBONES[arch][2]}, or use 'imagenet' (download) or null (train from scratch)"
+        )
+    return str(path.resolve())
+
+
+def _preprocessing(style: str) -> keras.layers.Layer:
+    if style == "torch":
+        return keras.layers.Normalization(
+            mean=_TORCH_MEAN.tolist(), variance=(_TORCH_STD**2).tolist(), name="preprocess"
+        )
+    # caffe: RGB -> BGR and mean subtraction, as a frozen 1x1 convolution (a standard layer,
+    # so the saved model loads anywhere without custom objects).
+    layer = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+    layer.build((None, None, None, 3))
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+    for out_channel, in_channel in enumerate((2, 1, 0)):
+        kernel[0, 0, in_channel, out_channel] = 1.0
+    layer.set_weights([kernel, -_CAFFE_MEAN_BGR.astype("float32")])
+    return layer
+
+
+def build_classifier(
+    arch: str,
+    image_size: int,
+    classes: tuple[str, ...] | list[str],
+    weights: str | None = None,
+    dropout: float = 0.2,
+    keep_aspect: bool = True,
+) -> keras.Model:
+    """Backbone + GAP + dropout + softmax head, taking raw 0-255 RGB images of any size.
+
+    With pretrained weights the backbone runs with `training=False`, so its BatchNorm layers stay
+    in inference mode during fine-tuning (the keras-io transfer-learning recipe); from scratch
+    they must learn their statistics, so they follow the training flag.
+    """
+    constructor, style, cache_name = BACKBONES[arch] if arch in BACKBONES else (None, None, None)
+    resolved = resolve_weights(arch, weights)
+    try:
+        base = constructor(
+            include_top=False, weights=resolved, input_shape=(image_size, image_size, 3)
+        )
+    except Exception as exc:  # Keras raises a bare Exception when the download fails
+        if resolved != "imagenet":
+            raise
+        raise UserError(
+            f"model.weights: ImageNet weights for {arch} could not be downloaded ({exc}). "
+            f"Put Keras' file {cache_name} at {keras_cache_file(arch)} (or anywhere, and set "
+            f"model.weights to its path), or set model.weights to null to train from scratch"
+        ) from None
+    base.name = "backbone"
+    inputs = keras.Input(shape=(None, None, 3), name="image")
+    x = keras.layers.Resizing(
+        image_size, image_size, pad_to_aspect_ratio=keep_aspect, name="resize"
+    )(inputs)
+    x = _preprocessing(style)(x)
+    x = base(x, training=False) if resolved is not None else base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(len(classes), activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{arch}_classifier")
+
+
+def set_backbone_trainable(model: keras.Model, unfreeze: int | str, freeze_batchnorm: bool) -> None:
+    """Unfreeze all (`"all"`) or the top `unfreeze` layers of the backbone.
+
+    With pretrained weights BatchNorm stays frozen: it keeps the ImageNet statistics intact when
+    fine-tuning on a few hundred images. From scratch it must learn like every other layer.
+    """
+    base = model.get_layer("backbone")
+    base.trainable = True
+    layers = base.layers
+    cut = 0 if unfreeze == "all" else max(0, len(layers) - int(unfreeze))
+    for i, layer in enumerate(layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= cut and not (is_bn and freeze_batchnorm)
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    model.get_layer("backbone").trainable = False

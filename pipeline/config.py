@@ -1,0 +1,264 @@
+"""params.yaml -> frozen dataclasses, validated once.
+
+Every stage reads its parameters through `load_params`, so a typo or a wrong type stops the run
+before any work with a message that names the key (`train.batch_size: expected int, got 'x'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import UserError
+
+ARCHS = ("densenet121", "resnet50")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    out_dir: str = "data/raw/synthetic-demo"
+    images: int = 420
+    size: int = 128
+
+
+@dataclass(frozen=True)
+class DataParams:
+    raw_dir: str = "data/raw/synthetic-demo"
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    image_size: int = 64
+    keep_aspect: bool = True
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    phash_threshold: int = 6
+    conflict_policy: Literal["drop", "majority"] = "drop"
+    max_reject_fraction: float = 0.2
+    min_side: int = 32
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    target_per_class: int | Literal["max"] = "max"
+    flip: bool = True
+    rotation_deg: float = 10.0
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+    speckle: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    weights: str | None = None
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class ArchParams:
+    warmup_epochs: int = 0
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-3
+    unfreeze: int | Literal["all"] = "all"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = "val_macro_f1"
+    patience: int = 3
+    augment_on_the_fly: bool = True
+    mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None = None
+    densenet121: ArchParams = field(default_factory=ArchParams)
+    resnet50: ArchParams = field(default_factory=ArchParams)
+
+    def arch(self, name: str) -> ArchParams:
+        if name not in ARCHS:
+            raise UserError(f"--arch: unknown architecture {name!r}; choose one of {list(ARCHS)}")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap: int = 500
+    target_sensitivity: float = 0.9
+    samples_per_class: int = 4
+    temperature_scaling: bool = True
+    ece_bins: int = 10
+    gradcam_per_class: int = 2
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    metric: str = "macro_f1"
+    model_name: str = "tumor-classifier"
+    alias: str = "challenger"
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str = "busi-tumor-classification"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    classes: tuple[str, ...] = ("benign", "malignant", "normal")
+    demo: DemoParams = field(default_factory=DemoParams)
+    data: DataParams = field(default_factory=DataParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    select: SelectParams = field(default_factory=SelectParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise UserError naming the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found; run from the project root")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    params = parse_params(raw)
+    return params
+
+
+def parse_params(raw: Any) -> Params:
+    """Build Params from a plain dict (as read from YAML) and check the values that types can't."""
+    params = _build(Params, raw, "")
+    _check_values(params)
+    return params
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise UserError(f"{key}: unknown parameter; allowed here: {sorted(names)}")
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value, key)
+            except UserError as exc:
+                errors.append(str(exc).split(": ", 1)[1])
+        raise UserError(f"{key}: {' or '.join(errors)}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise UserError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value in allowed:
+            return value
+        raise UserError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{key}: expected a non-empty list, got {value!r}")
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str) and value:
+            return value
+        raise UserError(f"{key}: expected a non-empty string, got {value!r}")
+    raise TypeError(f"unsupported type hint {hint!r} for {key}")  # a bug in this module
+
+
+def _check_values(p: Params) -> None:
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise UserError(f"{key}: {message}")
+
+    need(len(set(p.classes)) == len(p.classes) >= 2, "classes", "need at least two distinct names")
+    need(p.demo.images >= 30, "demo.images", "need at least 30 images")
+    need(p.demo.size >= 32, "demo.size", "need at least 32 pixels")
+    pr = p.prepare
+    need(32 <= pr.image_size <= 1024, "prepare.image_size", "must be between 32 and 1024 pixels")
+    need(0 < pr.val_fraction < 0.5, "prepare.val_fraction", "must be between 0 and 0.5")
+    need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be between 0 and 0.5")
+    need(
+        pr.val_fraction + pr.test_fraction < 0.8,
+        "prepare.test_fraction",
+        "val_fraction + test_fraction must leave at least 20% for training",
+    )
+    need(0 <= pr.phash_threshold <= 32, "prepare.phash_threshold", "must be between 0 and 32 bits")
+    need(0 <= pr.max_reject_fraction <= 1, "prepare.max_reject_fraction", "must be within [0, 1]")
+    need(pr.min_side >= 1, "prepare.min_side", "must be positive")
+    need(pr.max_pixels > 0, "prepare.max_pixels", "must be positive")
+    a = p.augment
+    need(
+        a.target_per_class == "max" or a.target_per_class > 0,
+        "augment.target_per_class",
+        "must be 'max' or a positive integer",
+    )
+    need(0 <= a.rotation_deg <= 180, "augment.rotation_deg", "must be within [0, 180]")
+    for name in ("zoom", "brightness", "contrast", "speckle"):
+        need(0 <= getattr(a, name) < 1, f"augment.{name}", "must be within [0, 1)")
+    need(0 <= p.model.dropout < 1, "model.dropout", "must be within [0, 1)")
+    t = p.train
+    need(t.batch_size >= 1, "train.batch_size", "must be positive")
+    need(t.weight_decay >= 0, "train.weight_decay", "must not be negative")
+    need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be within [0, 1)")
+    need(t.patience >= 1, "train.patience", "must be positive")
+    for arch in ARCHS:
+        ap = t.arch(arch)
+        key = f"train.{arch}"
+        need(ap.epochs >= 1, f"{key}.epochs", "must be at least 1")
+        need(0 <= ap.warmup_epochs <= ap.epochs, f"{key}.warmup_epochs", "must be within [0, epochs]")
+        need(ap.learning_rate > 0, f"{key}.learning_rate", "must be positive")
+        need(ap.fine_tune_learning_rate > 0, f"{key}.fine_tune_learning_rate", "must be positive")
+        need(ap.unfreeze == "all" or ap.unfreeze >= 0, f"{key}.unfreeze", "'all' or a count >= 0")
+    e = p.evaluate
+    need(e.bootstrap >= 0, "evaluate.bootstrap", "must not be negative")
+    need(0 < e.target_sensitivity < 1, "evaluate.target_sensitivity", "must be within (0, 1)")
+    need(e.samples_per_class >= 0, "evaluate.samples_per_class", "must not be negative")
+    need(2 <= e.ece_bins <= 100, "evaluate.ece_bins", "must be between 2 and 100")
+    need(e.gradcam_per_class >= 0, "evaluate.gradcam_per_class", "must not be negative")
+    need("malignant" in p.classes, "classes", "must include 'malignant' (the operating point needs it)")
+
+
+def uses_demo_data(params: Params) -> bool:
+    """True when the pipeline runs on the built-in synthetic set: every report must say so."""
+    return Path(params.data.raw_dir).resolve() == Path(params.demo.out_dir).resolve()

@@ -1,0 +1,237 @@
+"""Stages `train_densenet` and `train_resnet`: fine-tune one backbone, track it in MLflow.
+
+`python -m pipeline.train --arch densenet121`. Reads the balanced train set from `data/augmented/`
+and the validation split from `data/prepared/`; the test split is never touched here. With
+pretrained weights it warms up a new head on a frozen backbone, then unfreezes (BatchNorm frozen)
+at a lower learning rate; early stopping restores the best epoch on a whole-val-set metric.
+Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (history, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from pipeline import backbones, tracking
+from pipeline.batches import TrainBatches, light
+from pipeline.cli import stage_main
+from pipeline.config import ARCHS, Params, uses_demo_data
+from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
+from pipeline.files import staged_dir, write_json, write_text
+
+MODELS_DIR = Path("models")
+REPORTS_DIR = Path("reports/train")
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds `val_macro_f1` (on the whole val set, not averaged per batch), lr, time and images/s."""
+
+    def __init__(self, val: ImageSet, n_train: int, batch_size: int) -> None:
+        super().__init__()
+        self.val, self.n_train, self.batch_size = val, n_train, batch_size
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self.started
+        proba = self.model.predict(
+            self.val.images.astype("float32"), batch_size=self.batch_size, verbose=0
+        )
+        logs["val_macro_f1"] = float(
+            f1_score(self.val.labels, proba.argmax(axis=1), average="macro", zero_division=0)
+        )
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["epoch_seconds"] = seconds
+        logs["images_per_second"] = self.n_train / seconds
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Per-epoch metrics to the active MLflow run, with a global epoch index across phases."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+
+def run(params: Params, arch: str) -> dict[str, float]:
+    arch_params = params.train.arch(arch)
+    keras.utils.set_random_seed(params.seed)
+    if params.train.mixed_precision:
+        keras.mixed_precision.set_global_policy(params.train.mixed_precision)
+    train = load_set(AUGMENTED_DIR, params.classes)
+    val = load_set(PREPARED_DIR, params.classes, split="val")
+    model = backbones.build_classifier(
+        arch,
+        params.prepare.image_size,
+        params.classes,
+        weights=params.model.weights,
+        dropout=params.model.dropout,
+        keep_aspect=params.prepare.keep_aspect,
+    )
+    batches = TrainBatches(
+        train.images,
+        train.labels,
+        len(params.classes),
+        params.train.batch_size,
+        params.seed,
+        augment=light(params.augment) if params.train.augment_on_the_fly else None,
+    )
+    tracking.setup(params.mlflow.experiment)
+    synthetic = uses_demo_data(params)
+    with mlflow.start_run(run_name=arch, tags=tracking.run_tags(f"train_{arch}", synthetic)) as active:
+        mlflow.log_params(_run_params(params, arch, train, val))
+        history = _fit(model, batches, val, params, arch)
+        best = _best_epoch(history, params.train.monitor)
+        summary = {
+            "best_epoch": int(best["epoch"]),
+            "epochs_run": len(history),
+            **{k: float(best[k]) for k in ("val_macro_f1", "val_accuracy", "val_loss")},
+            "train_seconds": float(history["epoch_seconds"].sum()),
+        }
+        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        tracking.log_keras_model(
+            model,
+            example=val.images[:1].astype("float32"),
+            metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
+        )
+        run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+        with staged_dir(MODELS_DIR / arch) as out:
+            model.save(out / "model.keras")
+            write_json(out / "run.json", run_info)
+            write_json(out / "classes.json", list(params.classes))
+        write_text(REPORTS_DIR / arch / "history.csv", history.to_csv(index=False, lineterminator="\n"))
+        write_json(REPORTS_DIR / arch / "metrics.json", summary)
+        mlflow.log_artifact(str(REPORTS_DIR / arch / "history.csv"))
+    print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {summary['val_macro_f1']:.3f}")
+    return summary
+
+
+def _fit(
+    model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
+) -> pd.DataFrame:
+    """Warm-up (frozen backbone) then fine-tuning; returns the per-epoch history of both phases."""
+    ap = params.train.arch(arch)
+    pretrained = params.model.weights is not None
+    phases = []
+    if pretrained and ap.warmup_epochs > 0:
+        backbones.freeze_backbone(model)
+        phases.append((0, ap.warmup_epochs, ap.learning_rate))
+        start = ap.warmup_epochs
+        fine_lr = ap.fine_tune_learning_rate
+    else:
+        start, fine_lr = 0, ap.learning_rate
+    phases.append((start, ap.epochs, fine_lr))
+    frames = []
+    for i, (first, last, lr) in enumerate(phases):
+        if first >= last:
+            continue
+        if i == len(phases) - 1:
+            backbones.set_backbone_trainable(model, ap.unfreeze if pretrained else "all", pretrained)
+        _compile(model, params, lr)
+        history = model.fit(
+            batches,
+            validation_data=(val.images.astype("float32"), np.eye(len(params.classes))[val.labels]),
+            initial_epoch=first,
+            epochs=last,
+            class_weight=_class_weights(batches.labels, len(params.classes))
+            if params.train.class_weights
+            else None,
+            callbacks=[
+                ValidationMetrics(val, len(batches.labels), params.train.batch_size),
+                MlflowEpochLogger(),
+                _early_stopping(params),
+            ],
+            verbose=2,
+        )
+        frame = pd.DataFrame(history.history)
+        frame.insert(0, "epoch", history.epoch)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _compile(model: keras.Model, params: Params, learning_rate: float) -> None:
+    t = params.train
+    if t.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=t.weight_decay or None)
+    elif t.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=t.weight_decay or None)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def _early_stopping(params: Params) -> keras.callbacks.EarlyStopping:
+    monitor = params.train.monitor
+    return keras.callbacks.EarlyStopping(
+        monitor=monitor,
+        mode="min" if monitor == "val_loss" else "max",
+        patience=params.train.patience,
+        restore_best_weights=True,
+    )
+
+
+def _best_epoch(history: pd.DataFrame, monitor: str) -> pd.Series:
+    column = history[monitor]
+    return history.loc[column.idxmin() if monitor == "val_loss" else column.idxmax()]
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    return {i: float(len(labels) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> dict[str, object]:
+    ap = params.train.arch(arch)
+    t = params.train
+    return {
+        "arch": arch,
+        "weights": params.model.weights or "none",
+        "dropout": params.model.dropout,
+        "image_size": params.prepare.image_size,
+        "batch_size": t.batch_size,
+        "optimizer": t.optimizer,
+        "weight_decay": t.weight_decay,
+        "label_smoothing": t.label_smoothing,
+        "class_weights": t.class_weights,
+        "augment_on_the_fly": t.augment_on_the_fly,
+        "monitor": t.monitor,
+        "patience": t.patience,
+        "mixed_precision": t.mixed_precision or "none",
+        "warmup_epochs": ap.warmup_epochs,
+        "epochs": ap.epochs,
+        "learning_rate": ap.learning_rate,
+        "fine_tune_learning_rate": ap.fine_tune_learning_rate,
+        "unfreeze": ap.unfreeze,
+        "seed": params.seed,
+        "classes": ",".join(params.classes),
+        "n_train": len(train),
+        "n_val": len(val),
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "train_class_counts": json.dumps(
+            {c: int((train.labels == i).sum()) for i, c in enumerate(params.classes)}
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    def configure(parser):
+        parser.add_argument("--arch", required=True, choices=ARCHS)
+
+    return stage_main(__doc__, run, argv, configure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Small on-disk data sets that tests build in tmp_path: label-dependent content, seconds to make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+CLASSES = ("benign", "malignant", "normal")
+MANIFEST_COLUMNS = ["path", "label", "split", "group", "sha256", "phash", "source", "masks", "width", "height"]
+
+
+def label_image(label_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A grey speckled square whose bright blob position encodes the label (learnable, not trivial)."""
+    image = rng.normal(90, 20, size=(size, size)).clip(0, 255)
+    centre = [(size // 4, size // 4), (size // 2, 3 * size // 4), (3 * size // 4, size // 2)][label_index % 3]
+    cv2.circle(image, centre, max(2, size // 6), 220, -1)
+    return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def make_prepared(
+    root: Path,
+    per_split: dict[str, int] | None = None,
+    size: int = 32,
+    classes: tuple[str, ...] = CLASSES,
+    seed: int = 0,
+) -> Path:
+    """Write `root/data/prepared/` (images + manifest in the prepare stage's format)."""
+    per_split = per_split or {"train": 6, "val": 3, "test": 3}
+    rng = np.random.default_rng(seed)
+    folder = root / "data" / "prepared"
+    rows = []
+    for label_index, label in enumerate(classes):
+        (folder / "images" / label).mkdir(parents=True, exist_ok=True)
+        for split, count in per_split.items():
+            for i in range(count):
+                rel = f"images/{label}/{label}-{split}-{i}.png"
+                cv2.imwrite(str(folder / rel), label_image(label_index, size, rng))
+                group = f"g-{label}-{split}-{i}"
+                rows.append([rel, label, split, group, "0" * 64, "0" * 16, rel, "", size, size])
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(folder / "manifest.csv", index=False)
+    return folder

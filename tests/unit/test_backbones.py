@@ -1,0 +1,89 @@
+"""The classifier carries its own resizing and preprocessing and loads local weight files."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import backbones
+from pipeline.errors import UserError
+
+CLASSES = ("benign", "malignant", "normal")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return backbones.build_classifier("resnet50", 32, CLASSES)
+
+
+def test_model_takes_raw_images_of_any_size_and_returns_probabilities(resnet):
+    for shape in [(2, 32, 32, 3), (1, 50, 40, 3)]:
+        proba = resnet.predict(np.random.uniform(0, 255, shape).astype("float32"), verbose=0)
+        assert proba.shape == (shape[0], 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_layer_names_are_the_contract_for_class_activation_maps(resnet):
+    for name in ("image", "resize", "preprocess", "backbone", "pool", "predictions"):
+        assert resnet.get_layer(name) is not None
+
+
+def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):
+    image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    ours = keras.Model(resnet.input, resnet.get_layer("preprocess").output).predict(image, verbose=0)
+    expected = keras.applications.resnet50.preprocess_input(image.copy())
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+def test_densenet_preprocessing_matches_keras_torch_mode():
+    model = backbones.build_classifier("densenet121", 32, CLASSES)
+    image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    ours = keras.Model(model.input, model.get_layer("preprocess").output).predict(image, verbose=0)
+    expected = keras.applications.densenet.preprocess_input(image.copy())
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+def test_a_local_weights_file_loads_the_same_numbers(tmp_path):
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    model = backbones.build_classifier("resnet50", 32, CLASSES, weights=str(path))
+    loaded = model.get_layer("backbone").get_weights()
+    for a, b in zip(source.get_weights(), loaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_weights_file_names_the_file_keras_expects(tmp_path):
+    with pytest.raises(UserError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        backbones.build_classifier("resnet50", 32, CLASSES, weights=str(tmp_path / "missing.h5"))
+
+
+def test_unreachable_imagenet_download_fails_early_with_the_alternatives(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.applications.resnet.file_utils.get_file", offline)
+    with pytest.raises(UserError) as info:
+        backbones.build_classifier("resnet50", 32, CLASSES, weights="imagenet")
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "models") in message and "null" in message
+
+
+def test_fine_tuning_keeps_batchnorm_frozen_only_for_pretrained_weights(resnet):
+    backbones.set_backbone_trainable(resnet, 10, freeze_batchnorm=True)
+    base = resnet.get_layer("backbone")
+    trainable = [layer for layer in base.layers if layer.trainable]
+    assert trainable and all(
+        not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable
+    )
+    assert all(layer in base.layers[-10:] for layer in trainable)
+    backbones.set_backbone_trainable(resnet, "all", freeze_batchnorm=False)
+    assert all(layer.trainable for layer in base.layers)
+
+
+def test_unknown_backbone_is_a_user_error():
+    with pytest.raises(UserError, match="unknown backbone 'vgg16'"):
+        backbones.build_classifier("vgg16", 32, CLASSES)
