@@ -14,7 +14,7 @@ from pipeline.config import AugmentParams
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, p: AugmentParams) -> np.ndarray:
-    """One random variant of an (S, S, 3) uint8 image: flip, rotate/zoom, brightness, contrast, speckle.
+    """One random variant of an (S, S, 3) uint8 image: flip, rotation, zoom, brightness, speckle.
 
     The ranges are small on purpose: an ultrasound lesion's shape and margin carry its label, so
     no transform may turn a circumscribed oval into something else.
@@ -28,8 +28,11 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, p: AugmentParams)
     if angle or scale != 1.0:
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
         out = cv2.warpAffine(
-            np.ascontiguousarray(out), matrix, (width, height),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101,
+            np.ascontiguousarray(out),
+            matrix,
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT_101,
         )
     if p.contrast:
         mean = out.mean()

@@ -91,8 +91,8 @@ def build_classifier(
     in inference mode during fine-tuning (the keras-io transfer-learning recipe); from scratch
     they must learn their statistics, so they follow the training flag.
     """
-    constructor, style, cache_name = BACKBONES[arch] if arch in BACKBONES else (None, None, None)
     resolved = resolve_weights(arch, weights)
+    constructor, style, cache_name = BACKBONES[arch]
     try:
         base = constructor(
             include_top=False, weights=resolved, input_shape=(image_size, image_size, 3)
@@ -114,7 +114,9 @@ def build_classifier(
     x = base(x, training=False) if resolved is not None else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(len(classes), activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = keras.layers.Dense(
+        len(classes), activation="softmax", dtype="float32", name="predictions"
+    )(x)
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
 
 

@@ -1,4 +1,4 @@
-"""The thin entry point every stage shares: parse `--params`, run, turn user errors into one line."""
+"""The thin entry point every stage shares: parse `--params`, run, user errors as one line."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def stage_main(
     a stack trace; any other exception is a bug and propagates with its traceback.
     """
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     if configure:
         configure(parser)
     args = vars(parser.parse_args(argv))

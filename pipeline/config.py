@@ -246,7 +246,9 @@ def _check_values(p: Params) -> None:
         ap = t.arch(arch)
         key = f"train.{arch}"
         need(ap.epochs >= 1, f"{key}.epochs", "must be at least 1")
-        need(0 <= ap.warmup_epochs <= ap.epochs, f"{key}.warmup_epochs", "must be within [0, epochs]")
+        need(
+            0 <= ap.warmup_epochs <= ap.epochs, f"{key}.warmup_epochs", "must be within [0, epochs]"
+        )
         need(ap.learning_rate > 0, f"{key}.learning_rate", "must be positive")
         need(ap.fine_tune_learning_rate > 0, f"{key}.fine_tune_learning_rate", "must be positive")
         need(ap.unfreeze == "all" or ap.unfreeze >= 0, f"{key}.unfreeze", "'all' or a count >= 0")
@@ -256,7 +258,11 @@ def _check_values(p: Params) -> None:
     need(e.samples_per_class >= 0, "evaluate.samples_per_class", "must not be negative")
     need(2 <= e.ece_bins <= 100, "evaluate.ece_bins", "must be between 2 and 100")
     need(e.gradcam_per_class >= 0, "evaluate.gradcam_per_class", "must not be negative")
-    need("malignant" in p.classes, "classes", "must include 'malignant' (the operating point needs it)")
+    need(
+        "malignant" in p.classes,
+        "classes",
+        "must include 'malignant' (the operating point needs it)",
+    )
 
 
 def uses_demo_data(params: Params) -> bool:

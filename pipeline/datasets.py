@@ -33,7 +33,9 @@ class ImageSet:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise UserError(f"{path}: manifest not found; run the stage that makes it first (dvc repro)")
+        raise UserError(
+            f"{path}: manifest not found; run the stage that makes it first (dvc repro)"
+        )
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 

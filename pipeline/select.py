@@ -30,12 +30,15 @@ TIE_BREAK = "malignant_sensitivity"
 
 
 def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
-    """Return (winning arch, reason) by the validation `metric`, ties broken by malignant sensitivity."""
+    """(winning arch, reason) by the validation `metric`; ties go to malignant sensitivity."""
 
     def key(arch: str) -> tuple[float, float]:
         val = metrics[arch]["val"]
         if metric not in val:
-            raise UserError(f"select.metric: {metric!r} is not a validation metric; use one of {sorted(k for k, v in val.items() if isinstance(v, dict) and 'value' in v)}")
+            known = sorted(k for k, v in val.items() if isinstance(v, dict) and "value" in v)
+            raise UserError(
+                f"select.metric: {metric!r} is not a validation metric; use one of {known}"
+            )
         return (_value(val[metric]), _value(val.get(TIE_BREAK)))
 
     ranked = sorted(metrics, key=key, reverse=True)
@@ -46,7 +49,10 @@ def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
     if w[0] > r[0]:
         reason = f"higher validation {metric} ({w[0]:.4f} vs {r[0]:.4f} for {runner_up})"
     elif w[1] > r[1]:
-        reason = f"validation {metric} tied at {w[0]:.4f}; higher validation {TIE_BREAK} ({w[1]:.4f} vs {r[1]:.4f})"
+        reason = (
+            f"validation {metric} tied at {w[0]:.4f}; "
+            f"higher validation {TIE_BREAK} ({w[1]:.4f} vs {r[1]:.4f})"
+        )
     else:
         reason = f"validation {metric} and {TIE_BREAK} tied; first in params order"
     return winner, reason
@@ -70,7 +76,9 @@ def run(params: Params) -> dict:
         "metric": params.select.metric,
         "reason": reason,
         "validation": {a: _value(metrics[a]["val"].get(params.select.metric)) for a in ARCHS},
-        "test_reported_not_used": {a: _value(metrics[a]["test"].get(params.select.metric)) for a in ARCHS},
+        "test_reported_not_used": {
+            a: _value(metrics[a]["test"].get(params.select.metric)) for a in ARCHS
+        },
         "run_id": run_info["run_id"],
         "manifest_sha256": manifest_hash,
         "synthetic_data": synthetic,
@@ -87,14 +95,19 @@ def run(params: Params) -> dict:
         "selection_reason": reason,
         **_metric_tags(metrics[winner]),
     }
-    version = registry.register(run_info["run_id"], params.select.model_name, params.select.alias, tags)
-    selection.update(model_name=params.select.model_name, version=version, alias=params.select.alias)
+    threshold = (metrics[winner]["val"].get("operating_point") or {}).get("threshold")
+    if threshold is not None:
+        tags["operating_point_threshold"] = f"{threshold:.6f}"
+    version = registry.register(
+        run_info["run_id"], params.select.model_name, params.select.alias, tags
+    )
+    selection.update(
+        model_name=params.select.model_name, version=version, alias=params.select.alias
+    )
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_text(card, "model_card.md")
         mlflow.log_dict(selection, "selection.json")
-    mlflow.MlflowClient().update_model_version(
-        params.select.model_name, version, description=card
-    )
+    mlflow.MlflowClient().update_model_version(params.select.model_name, version, description=card)
 
     write_json(SELECTION_FILE, selection)
     write_text(MODEL_CARD_FILE, card)
@@ -115,7 +128,9 @@ def _metric_tags(metrics: dict) -> dict[str, str]:
             if isinstance(entry, dict) and "value" in entry and entry["value"] is not None:
                 tags[f"{split}_{name}"] = f"{entry['value']:.4f}"
                 if entry.get("ci_low") is not None:
-                    tags[f"{split}_{name}_ci95"] = f"[{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+                    tags[f"{split}_{name}_ci95"] = (
+                        f"[{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+                    )
     return tags
 
 

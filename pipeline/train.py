@@ -49,7 +49,9 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["val_macro_f1"] = float(
             f1_score(self.val.labels, proba.argmax(axis=1), average="macro", zero_division=0)
         )
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         logs["epoch_seconds"] = seconds
         logs["images_per_second"] = self.n_train / seconds
 
@@ -62,7 +64,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def run(params: Params, arch: str) -> dict[str, float]:
-    arch_params = params.train.arch(arch)
+    params.train.arch(arch)  # validates the name before any work
     keras.utils.set_random_seed(params.seed)
     if params.train.mixed_precision:
         keras.mixed_precision.set_global_policy(params.train.mixed_precision)
@@ -86,7 +88,9 @@ def run(params: Params, arch: str) -> dict[str, float]:
     )
     tracking.setup(params.mlflow.experiment)
     synthetic = uses_demo_data(params)
-    with mlflow.start_run(run_name=arch, tags=tracking.run_tags(f"train_{arch}", synthetic)) as active:
+    with mlflow.start_run(
+        run_name=arch, tags=tracking.run_tags(f"train_{arch}", synthetic)
+    ) as active:
         mlflow.log_params(_run_params(params, arch, train, val))
         history = _fit(model, batches, val, params, arch)
         best = _best_epoch(history, params.train.monitor)
@@ -107,10 +111,13 @@ def run(params: Params, arch: str) -> dict[str, float]:
             model.save(out / "model.keras")
             write_json(out / "run.json", run_info)
             write_json(out / "classes.json", list(params.classes))
-        write_text(REPORTS_DIR / arch / "history.csv", history.to_csv(index=False, lineterminator="\n"))
+        write_text(
+            REPORTS_DIR / arch / "history.csv", history.to_csv(index=False, lineterminator="\n")
+        )
         write_json(REPORTS_DIR / arch / "metrics.json", summary)
         mlflow.log_artifact(str(REPORTS_DIR / arch / "history.csv"))
-    print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {summary['val_macro_f1']:.3f}")
+    best_f1 = summary["val_macro_f1"]
+    print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {best_f1:.3f}")
     return summary
 
 
@@ -134,7 +141,9 @@ def _fit(
         if first >= last:
             continue
         if i == len(phases) - 1:
-            backbones.set_backbone_trainable(model, ap.unfreeze if pretrained else "all", pretrained)
+            backbones.set_backbone_trainable(
+                model, ap.unfreeze if pretrained else "all", pretrained
+            )
         _compile(model, params, lr)
         history = model.fit(
             batches,
@@ -160,7 +169,9 @@ def _fit(
 def _compile(model: keras.Model, params: Params, learning_rate: float) -> None:
     t = params.train
     if t.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=t.weight_decay or None)
+        optimizer = keras.optimizers.SGD(
+            learning_rate, momentum=0.9, weight_decay=t.weight_decay or None
+        )
     elif t.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
     else:

@@ -1,4 +1,4 @@
-"""Small on-disk data sets that tests build in tmp_path: label-dependent content, seconds to make."""
+"""Small on-disk data sets that tests build in tmp_path, with label-dependent content."""
 
 from __future__ import annotations
 
@@ -9,13 +9,25 @@ import numpy as np
 import pandas as pd
 
 CLASSES = ("benign", "malignant", "normal")
-MANIFEST_COLUMNS = ["path", "label", "split", "group", "sha256", "phash", "source", "masks", "width", "height"]
+MANIFEST_COLUMNS = [
+    "path",
+    "label",
+    "split",
+    "group",
+    "sha256",
+    "phash",
+    "source",
+    "masks",
+    "width",
+    "height",
+]
 
 
 def label_image(label_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A grey speckled square whose bright blob position encodes the label (learnable, not trivial)."""
+    """A grey speckled square whose bright blob's position encodes the label: learnable."""
     image = rng.normal(90, 20, size=(size, size)).clip(0, 255)
-    centre = [(size // 4, size // 4), (size // 2, 3 * size // 4), (3 * size // 4, size // 2)][label_index % 3]
+    corners = [(size // 4, size // 4), (size // 2, 3 * size // 4), (3 * size // 4, size // 2)]
+    centre = corners[label_index % 3]
     cv2.circle(image, centre, max(2, size // 6), 220, -1)
     return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
 

@@ -29,7 +29,9 @@ def test_layer_names_are_the_contract_for_class_activation_maps(resnet):
 
 def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):
     image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
-    ours = keras.Model(resnet.input, resnet.get_layer("preprocess").output).predict(image, verbose=0)
+    ours = keras.Model(resnet.input, resnet.get_layer("preprocess").output).predict(
+        image, verbose=0
+    )
     expected = keras.applications.resnet50.preprocess_input(image.copy())
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 

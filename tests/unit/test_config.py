@@ -36,7 +36,10 @@ def test_defaults_fill_missing_sections():
         ({"trian": {}}, "trian: unknown parameter"),
         ({"train": {"batch_size": "x"}}, "train.batch_size: expected an integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size: must be positive"),
-        ({"train": {"densenet121": {"epochs": 2.5}}}, "train.densenet121.epochs: expected an integer"),
+        (
+            {"train": {"densenet121": {"epochs": 2.5}}},
+            "train.densenet121.epochs: expected an integer",
+        ),
         ({"train": {"resnet50": {"lr": 1}}}, "train.resnet50.lr: unknown parameter"),
         ({"prepare": {"conflict_policy": "keep"}}, "prepare.conflict_policy: expected one of"),
         ({"prepare": {"keep_aspect": "yes"}}, "prepare.keep_aspect: expected true or false"),

@@ -47,7 +47,14 @@ def test_history_has_one_row_per_epoch_with_whole_val_set_macro_f1(trained):
     root, _, summary = trained
     history = pd.read_csv(root / "reports/train/resnet50/history.csv")
     assert list(history.epoch) == [0, 1]
-    for column in ("loss", "accuracy", "val_loss", "val_macro_f1", "learning_rate", "images_per_second"):
+    for column in (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_macro_f1",
+        "learning_rate",
+        "images_per_second",
+    ):
         assert history[column].notna().all(), column
     assert 0 <= summary["val_macro_f1"] <= 1
     assert summary["val_macro_f1"] == history.val_macro_f1.max()

@@ -1,0 +1,177 @@
+"""Read, validate and convert image files with Pillow; fit them to one square size; write PNGs.
+
+Every file a user drops in `data/raw/` goes through `decode`: it either comes back as an 8-bit RGB
+image or raises `RejectedImage` with a reason (`<kind>: <detail>`) for the rejects report. Nothing
+a file contains may crash the stage, so decoding errors of any type become rejections.
+
+Conversions (each counted in the data summary by original mode):
+- grey (`L`, `1`), palette (`P`), CMYK, YCbCr and the like: Pillow's conversion to RGB;
+- with transparency (`RGBA`, `LA`, `PA`, palette with a transparent colour): composited over black,
+  the background of an ultrasound frame;
+- 16-bit grey (`I;16*`, `I`): scaled from the full 16-bit range to 8 bits (x / 257), the same for
+  every image, so no per-image contrast stretch changes what a lesion looks like;
+- 32-bit float (`F`) and anything Pillow cannot turn into RGB: rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from pipeline.files import write_bytes
+
+BACKGROUND = (0, 0, 0)  # letterbox padding and transparency background: ultrasound black
+PNG_COMPRESS_LEVEL = 3  # faster than the default 6 for ~5% larger files; output is still lossless
+
+
+class RejectedImage(Exception):
+    """A file that cannot be used as an image. `kind` is a short category for counting."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    mode: str  # the file's original Pillow mode (`RGB`, `L`, `I;16`, `CMYK`, ...)
+    width: int  # original size in pixels
+    height: int
+
+
+def read_file(path: str | Path) -> bytes:
+    """The file's bytes; RejectedImage when it is missing, unreadable or empty."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RejectedImage("missing", "file not found") from None
+    except OSError as exc:
+        raise RejectedImage("unreadable", exc.strerror or type(exc).__name__) from None
+    if not data:
+        raise RejectedImage("empty", "file has 0 bytes")
+    return data
+
+
+def decode(data: bytes, *, max_pixels: int, min_side: int) -> Decoded:
+    """Validate and decode image bytes into 8-bit RGB, or raise RejectedImage with the reason.
+
+    The size checks use the header only, before any pixel is decoded, so a decompression bomb
+    (a small file that claims a huge size) costs nothing: more than `max_pixels` pixels or a side
+    shorter than `min_side` pixels is rejected.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise RejectedImage("too_large", str(exc)) from None
+        except Image.UnidentifiedImageError:
+            raise RejectedImage("not_an_image", "not a format Pillow can read") from None
+        except Exception as exc:  # any decoder error on a bad file is a rejection, not a crash
+            raise RejectedImage("corrupt", f"{type(exc).__name__}: {exc}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise RejectedImage(
+                "too_large", f"{width}x{height} pixels is over prepare.max_pixels={max_pixels}"
+            )
+        if min(width, height) < min_side:
+            raise RejectedImage(
+                "too_small", f"{width}x{height} pixels has a side under prepare.min_side={min_side}"
+            )
+        mode = image.mode
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+        except RejectedImage:
+            raise
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            kind = "truncated" if "truncated" in message.lower() else "corrupt"
+            raise RejectedImage(kind, f"{type(exc).__name__}: {message}") from None
+    return Decoded(rgb, mode, rgb.width, rgb.height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any supported Pillow mode to 8-bit RGB (see the module docstring for the rules)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        scaled = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        raise RejectedImage("unsupported_mode", "32-bit float pixels (mode F)")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa") or (
+        mode in ("L", "RGB") and "transparency" in image.info
+    ):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        if image.getchannel("A").getextrema() == (255, 255):
+            return image.convert("RGB")
+        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, image).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise RejectedImage(
+            "unsupported_mode", f"cannot convert mode {mode} to RGB: {exc}"
+        ) from None
+
+
+def fit(image: Image.Image, size: int, keep_aspect: bool) -> Image.Image:
+    """Resize to `size` x `size`: letterbox (scale the longer side, pad centred) or stretch."""
+    if not keep_aspect:
+        return image.resize((size, size), Image.Resampling.LANCZOS)
+    scale = size / max(image.width, image.height)
+    width = max(1, round(image.width * scale))
+    height = max(1, round(image.height * scale))
+    resized = image.resize((width, height), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    canvas.paste(resized, ((size - width) // 2, (size - height) // 2))
+    return canvas
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode as PNG; the same pixels always give the same bytes (no timestamps, no metadata)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    """Write `image` as a PNG atomically."""
+    write_bytes(path, png_bytes(image))
+
+
+def contact_sheet(
+    rows: Sequence[tuple[str, Sequence[Image.Image]]], thumb: int = 96, columns: int | None = None
+) -> Image.Image:
+    """A grid for a human to look at: one captioned row per (caption, images), thumbnails of
+    `thumb` pixels, `columns` per row (default: the longest row). Empty rows say so."""
+    columns = columns or max([len(images) for _, images in rows] + [1])
+    font = ImageFont.load_default()
+    caption_width, gap = 150, 4
+    width = caption_width + columns * (thumb + gap) + gap
+    height = max(1, len(rows)) * (thumb + gap) + gap
+    sheet = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    for r, (caption, images) in enumerate(rows):
+        top = gap + r * (thumb + gap)
+        text = caption if images else f"{caption}\n(no images)"
+        draw.multiline_text((gap, top + thumb // 2 - 12), text, fill=(230, 230, 230), font=font)
+        for c, image in enumerate(images[:columns]):
+            small = fit(to_rgb(image), thumb, keep_aspect=True)
+            sheet.paste(small, (caption_width + gap + c * (thumb + gap), top))
+    return sheet

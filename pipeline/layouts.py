@@ -1,0 +1,233 @@
+"""Find the images, their labels and their masks in whatever a user put in `data.raw_dir`.
+
+Three layouts are understood, and nothing is guessed beyond them:
+
+- the BUSI download as-is: `Dataset_BUSI_with_GT/<class>/<class> (n).png` next to
+  `<class> (n)_mask.png`, `_mask_1.png`, `_mask_2.png` (`raw_dir` may point at the download's
+  folder or at any folder that holds it as its only sub-folder);
+- any folder of class sub-folders (the same thing without masks);
+- a CSV file with `path,label` columns (paths relative to the CSV; an optional `masks` column
+  lists mask paths joined by `;`).
+
+Masks never become records: each image keeps its mask paths as metadata. Everything left out for
+a reason a user should see (a mask without its image, a folder that is not a class, an image file
+outside any class folder) comes back in `Found.skipped` with that reason, never silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+# `benign (1)_mask`, `benign (1)_mask_1`: the stem of the image is what comes before `_mask`.
+MASK_STEM = re.compile(r"^(?P<image>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+# Files that operating systems and archivers leave behind; never data, never worth a report line.
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
+MAX_WRAPPER_DEPTH = 3  # how many single-folder levels (download/archive wrappers) to look through
+
+
+@dataclass(frozen=True)
+class Record:
+    """One candidate image: where to read it, how to name it in reports, its label and masks."""
+
+    source: str  # posix path relative to the raw input (the folder, or the CSV's folder)
+    path: Path  # where the file is (it may be missing or not an image: validation decides)
+    label: str
+    masks: tuple[str, ...] = ()  # mask sources, same convention as `source`
+
+
+@dataclass(frozen=True)
+class Found:
+    """What `discover` found: candidate images, and things left out with a reason."""
+
+    kind: str  # "folders" or "csv"
+    records: tuple[Record, ...]  # sorted by (class order, source)
+    skipped: tuple[tuple[str, str], ...]  # (source, reason), sorted; not images, never counted
+    uses_masks: bool  # whether any mask was found; if so, an image without one is worth a report
+
+
+def is_mask(path: str | Path) -> bool:
+    """True for BUSI-style mask files: `<image stem>_mask`, `_mask_1`, `_mask_2`, ..."""
+    return MASK_STEM.match(Path(path).stem) is not None
+
+
+def discover(raw: str | Path, classes: tuple[str, ...]) -> Found:
+    """Find image records under `raw` (a folder or a CSV file) for the given class names.
+
+    Raises UserError when `raw` does not exist, holds no class folder, or a CSV is malformed or
+    names a label outside `classes`.
+    """
+    raw = Path(raw)
+    if raw.is_file():
+        if raw.suffix.lower() != ".csv":
+            raise UserError(
+                f"data.raw_dir: {raw} is a file but not a CSV; point it at a folder of class "
+                "sub-folders or a CSV with path,label columns"
+            )
+        return _from_csv(raw, classes)
+    if not raw.is_dir():
+        raise UserError(
+            f"data.raw_dir: folder not found: {raw}; put a BUSI download there or point "
+            "data.raw_dir at a folder of class sub-folders or a CSV with path,label columns"
+        )
+    return _from_folders(raw, classes)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name.lower() not in SYSTEM_FILES
+
+
+def _children(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: p.name)
+
+
+def _class_of(name: str, classes: tuple[str, ...]) -> str | None:
+    """The params class a folder name stands for (case-insensitive: `Benign` is `benign`)."""
+    matches = [c for c in classes if c.lower() == name.lower()]
+    return matches[0] if matches else None
+
+
+def _class_root(raw: Path, classes: tuple[str, ...]) -> Path:
+    """The folder whose sub-folders are the classes: `raw` itself or a lone wrapper inside it."""
+    folder = raw
+    for _ in range(MAX_WRAPPER_DEPTH + 1):
+        subfolders = [p for p in _children(folder) if p.is_dir()]
+        if any(_class_of(p.name, classes) for p in subfolders):
+            return folder
+        if len(subfolders) != 1:
+            break
+        folder = subfolders[0]
+    raise UserError(
+        f"data.raw_dir: no class folder ({', '.join(classes)}) found in {raw}; expected "
+        f"{raw}/<class>/<image> (a BUSI download, possibly inside one wrapper folder) or a CSV "
+        "with path,label columns"
+    )
+
+
+def _files_under(folder: Path, seen: frozenset[Path] = frozenset()) -> list[Path]:
+    """All visible files below `folder`, in a stable order; a symlink loop is not followed."""
+    seen = seen | {folder.resolve()}
+    files: list[Path] = []
+    for child in _children(folder):
+        if child.is_dir():
+            if child.resolve() not in seen:
+                files.extend(_files_under(child, seen))
+        elif child.is_file():
+            files.append(child)
+    return files
+
+
+def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
+    root = _class_root(raw, classes)
+    records: list[Record] = []
+    skipped: list[tuple[str, str]] = []
+    uses_masks = False
+
+    def rel(path: Path) -> str:
+        return path.relative_to(raw).as_posix()
+
+    for child in _children(root):
+        label = _class_of(child.name, classes) if child.is_dir() else None
+        if child.is_dir() and label is None:
+            n = len(_files_under(child))
+            skipped.append(
+                (
+                    rel(child) + "/",
+                    f"unknown_folder: {child.name!r} is not one of classes {list(classes)}; "
+                    f"its {n} files are ignored (add the class to params.yaml or move the folder)",
+                )
+            )
+            continue
+        if not child.is_dir():
+            if child.suffix.lower() in IMAGE_SUFFIXES:
+                skipped.append((rel(child), "outside_class_folder: not inside a class folder"))
+            continue
+        images: dict[tuple[Path, str], Path] = {}
+        masks: list[tuple[Path, str, Path]] = []
+        for path in _files_under(child):
+            match = MASK_STEM.match(path.stem)
+            if match:
+                masks.append((path.parent, match["image"], path))
+            else:
+                images[(path.parent, path.stem)] = path
+        attached: dict[Path, list[str]] = {}
+        for parent, image_stem, mask in masks:
+            uses_masks = True
+            image = images.get((parent, image_stem))
+            if image is None:
+                skipped.append(
+                    (rel(mask), f"mask_without_image: no image named {image_stem!r} next to it")
+                )
+            else:
+                attached.setdefault(image, []).append(rel(mask))
+        for path in images.values():
+            masks_of = tuple(sorted(attached.get(path, [])))
+            records.append(Record(rel(path), path, label, masks_of))
+    return Found("folders", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
+
+
+def _from_csv(path: Path, classes: tuple[str, ...]) -> Found:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"data.raw_dir: cannot read CSV {path}: {exc}") from None
+    if not rows:
+        raise UserError(f"data.raw_dir: {path} has no rows; expected a header path,label")
+    if "path" not in header or "label" not in header:
+        raise UserError(f"data.raw_dir: {path} needs columns path,label; found {header}")
+    base = path.parent
+    images: dict[str, tuple[str, int]] = {}  # source -> (label, line)
+    extra_masks: dict[str, list[str]] = {}
+    mask_rows: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        source = _normalise(row["path"])
+        if not source:
+            raise UserError(f"{path}: line {line}: empty path")
+        if is_mask(source):
+            mask_rows.append(source)
+            continue
+        label = _class_of(row["label"], classes)
+        if label is None:
+            raise UserError(
+                f"{path}: line {line}: label {row['label']!r} is not one of classes "
+                f"{list(classes)}; fix the CSV or add the class to `classes` in params.yaml"
+            )
+        if source in images and images[source][0] != label:
+            raise UserError(
+                f"{path}: line {line}: {source} is listed again with another label "
+                f"({images[source][0]} on line {images[source][1]}); keep one row per file"
+            )
+        images[source] = (label, line)
+        listed = [_normalise(m) for m in row.get("masks", "").split(";")]
+        extra_masks.setdefault(source, []).extend(m for m in listed if m)
+    by_stem = {(str(Path(s).parent), Path(s).stem): s for s in images}
+    skipped: list[tuple[str, str]] = []
+    for mask in mask_rows:
+        stem = MASK_STEM.match(Path(mask).stem)["image"]
+        owner = by_stem.get((str(Path(mask).parent), stem))
+        if owner is None:
+            skipped.append((mask, f"mask_without_image: no image {stem!r} listed next to it"))
+        else:
+            extra_masks[owner].append(mask)
+    records = [
+        Record(source, base / source, label, tuple(sorted(set(extra_masks[source]))))
+        for source, (label, _) in images.items()
+    ]
+    uses_masks = bool(mask_rows) or any(r.masks for r in records)
+    return Found("csv", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
+
+
+def _normalise(path: str) -> str:
+    return Path(path.replace("\\", "/")).as_posix() if path else ""
+
+
+def _sorted(records: list[Record], classes: tuple[str, ...]) -> tuple[Record, ...]:
+    return tuple(sorted(records, key=lambda r: (classes.index(r.label), r.source)))

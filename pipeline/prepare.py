@@ -1,0 +1,326 @@
+"""Prepare: turn whatever is in `data.raw_dir` into a leakage-free, reviewable data set.
+
+Finds the images (masks stay metadata), validates and converts every file (bad ones are rejected
+with a reason, never a crash), groups exact and near-duplicates, resolves groups whose members
+carry different labels, splits train / val / test stratified by class and grouped by duplicate
+group, and writes:
+
+    data/prepared/manifest.csv         path,label,split,group,sha256,phash,source,masks,width,height
+    data/prepared/images/<label>/*.png 8-bit RGB, prepare.image_size square
+    reports/data/summary.json          counts per class and split, rejects, duplicates, conflicts
+    reports/data/rejects.csv           source,reason
+    reports/data/label_conflicts.csv   group,sources,labels,action
+    reports/data/contact_sheet.png     a few images per class and split, for a human
+
+Nothing is written unless the data set is usable (no empty class, rejects under the limit), so a
+failed run leaves the previous outputs as they were.
+
+Run: python -m pipeline.prepare [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from pipeline import duplicates, images, layouts, splits
+from pipeline.cli import stage_main
+from pipeline.config import Params, PrepareParams
+from pipeline.errors import UserError
+from pipeline.files import staged_dir, write_bytes, write_json, write_text
+
+PREPARED = Path("data/prepared")
+REPORTS = Path("reports/data")
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "group",
+    "sha256",
+    "phash",
+    "source",
+    "masks",
+    "width",
+    "height",
+)
+SHEET_IMAGES = 6  # per class and split on the contact sheet
+WORKERS = min(4, os.cpu_count() or 1)  # Pillow decodes and resizes with the GIL released
+
+
+@dataclass(frozen=True)
+class Item:
+    """A record whose file passed validation, with what was learned from it."""
+
+    record: layouts.Record
+    fitted: Path  # the prepared PNG, in the scratch folder until its final name is known
+    sha256: str
+    phash: int
+    width: int
+    height: int
+    mode: str
+
+
+def run(params: Params) -> dict[str, Any]:
+    """Prepare the data set; return the summary (also written to reports/data/summary.json)."""
+    p = params.prepare
+    found = layouts.discover(params.data.raw_dir, params.classes)
+    # Each file is decoded once: a valid one is fitted and written to a scratch folder inside the
+    # staged output, which replaces data/prepared/ only if every check below passes.
+    with staged_dir(PREPARED) as out:
+        scratch = out / "scratch"
+        jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(found.records)]
+        checked = _parallel(lambda job: _inspect(*job, p), jobs)
+        items = [c for c in checked if isinstance(c, Item)]
+        rejects = [
+            (r.source, str(c))
+            for r, c in zip(found.records, checked, strict=True)
+            if isinstance(c, images.RejectedImage)
+        ]
+        _check_rejects(len(found.records), rejects, p)
+
+        groups = duplicates.group(
+            [i.sha256 for i in items], [i.phash for i in items], p.phash_threshold
+        )
+        labels = [i.record.label for i in items]
+        keep, conflicts = duplicates.resolve_conflicts(labels, groups, p.conflict_policy)
+        kept = [k for k, ok in enumerate(keep) if ok]
+        _check_classes(params, [labels[k] for k in kept], found, rejects, keep, labels)
+        split_of = splits.assign_splits(
+            [labels[k] for k in kept],
+            [groups[k] for k in kept],
+            val_fraction=p.val_fraction,
+            test_fraction=p.test_fraction,
+            seed=params.seed,
+        )
+        rows = _manifest_rows([items[k] for k in kept], [groups[k] for k in kept], split_of)
+
+        for row, k in zip(rows, kept, strict=True):
+            (out / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+            items[k].fitted.rename(out / row["path"])
+        shutil.rmtree(scratch, ignore_errors=True)  # what is left there was dropped
+        write_text(out / "manifest.csv", _csv(MANIFEST_COLUMNS, rows))
+        sheet = _contact_sheet(rows, out, params.classes)
+
+    summary = _summary(params, found, items, rejects, groups, conflicts, rows)
+    write_json(REPORTS / "summary.json", summary)
+    write_text(REPORTS / "rejects.csv", _csv(("source", "reason"), _reject_rows(rejects, found)))
+    write_text(REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
+    write_bytes(REPORTS / "contact_sheet.png", images.png_bytes(sheet))
+    _report(summary, found, rows)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(__doc__, run, argv)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _parallel(func: Callable[[T], R], things: Sequence[T]) -> list[R]:
+    """`[func(t) for t in things]` on a few threads, results in input order."""
+    if WORKERS < 2 or len(things) < 8:
+        return [func(t) for t in things]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return list(pool.map(func, things))
+
+
+def _inspect(record: layouts.Record, fitted: Path, p: PrepareParams) -> Item | images.RejectedImage:
+    """Validate one file and write its prepared PNG to `fitted`; the rejection if it is unusable."""
+    try:
+        data = images.read_file(record.path)
+        decoded = images.decode(data, max_pixels=p.max_pixels, min_side=p.min_side)
+    except images.RejectedImage as rejected:
+        return rejected
+    images.save_png(images.fit(decoded.image, p.image_size, p.keep_aspect), fitted)
+    return Item(
+        record,
+        fitted,
+        duplicates.sha256(data),
+        duplicates.phash(decoded.image),
+        decoded.width,
+        decoded.height,
+        decoded.mode,
+    )
+
+
+def _check_rejects(found: int, rejects: list[tuple[str, str]], p: PrepareParams) -> None:
+    if not found or len(rejects) / found <= p.max_reject_fraction:
+        return
+    kinds = Counter(reason.split(":", 1)[0] for _, reason in rejects).most_common()
+    source, reason = rejects[0]
+    raise UserError(
+        f"prepare.max_reject_fraction: {len(rejects)} of {found} image files were rejected "
+        f"({len(rejects) / found:.0%}, limit {p.max_reject_fraction:.0%}): "
+        f"{', '.join(f'{k} {n}' for k, n in kinds)}; e.g. {source}: {reason}. "
+        "Fix or remove those files, or raise prepare.max_reject_fraction"
+    )
+
+
+def _check_classes(
+    params: Params,
+    kept_labels: list[str],
+    found: layouts.Found,
+    rejects: list[tuple[str, str]],
+    keep: list[bool],
+    labels: list[str],
+) -> None:
+    counts = Counter(kept_labels)
+    for label in params.classes:
+        if counts[label]:
+            continue
+        n_found = sum(r.label == label for r in found.records)
+        rejected = {s for s, _ in rejects}
+        n_rejected = sum(r.label == label and r.source in rejected for r in found.records)
+        n_dropped = sum(not ok and lab == label for ok, lab in zip(keep, labels, strict=True))
+        raise UserError(
+            f"classes: no usable image of class {label!r} in {params.data.raw_dir} "
+            f"({n_found} found, {n_rejected} rejected, {n_dropped} dropped as label conflicts); "
+            f"add images of that class or remove it from `classes` in params.yaml"
+        )
+
+
+def _manifest_rows(items: list[Item], groups: list[str], split_of: list[str]) -> list[dict]:
+    """Manifest rows in item order (class order, then source); output names are unique."""
+    rows, taken = [], set()
+    for item, group, split in zip(items, groups, split_of, strict=True):
+        r = item.record
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(r.source).stem).strip("-.") or "image"
+        name, n = f"{stem}-{item.sha256[:8]}", 1
+        while (r.label, name) in taken:  # same bytes and same stem in two folders of one class
+            n += 1
+            name = f"{stem}-{item.sha256[:8]}-{n}"
+        taken.add((r.label, name))
+        rows.append(
+            {
+                "path": f"images/{r.label}/{name}.png",
+                "label": r.label,
+                "split": split,
+                "group": group,
+                "sha256": item.sha256,
+                "phash": f"{item.phash:016x}",
+                "source": r.source,
+                "masks": ";".join(r.masks),
+                "width": item.width,
+                "height": item.height,
+            }
+        )
+    return rows
+
+
+def _contact_sheet(rows: list[dict], out: Path, classes: tuple[str, ...]) -> Image.Image:
+    """One row per class and split, `SHEET_IMAGES` images spread evenly over the manifest order."""
+    sheet_rows = []
+    for label in classes:
+        for split in splits.SPLITS:
+            paths = [r["path"] for r in rows if r["label"] == label and r["split"] == split]
+            picks = sorted({int(i) for i in np.linspace(0, len(paths) - 1, SHEET_IMAGES).round()})
+            chosen = [Image.open(out / paths[i]) for i in picks] if paths else []
+            sheet_rows.append((f"{label} / {split}\n{len(paths)} images", chosen))
+    return images.contact_sheet(sheet_rows)
+
+
+def _summary(
+    params: Params,
+    found: layouts.Found,
+    items: list[Item],
+    rejects: list[tuple[str, str]],
+    groups: list[str],
+    conflicts: list[duplicates.Conflict],
+    rows: list[dict],
+) -> dict[str, Any]:
+    cells = Counter((r["label"], r["split"]) for r in rows)
+    sizes = Counter(groups)
+    shared = Counter(i.sha256 for i in items)
+    with_masks = sum(bool(r["masks"]) for r in rows)
+    return {
+        "total": len(rows),
+        "classes": {
+            label: {s: cells[label, s] for s in splits.SPLITS}
+            | {"total": sum(cells[label, s] for s in splits.SPLITS)}
+            for label in params.classes
+        },
+        "splits": {s: sum(cells[c, s] for c in params.classes) for s in splits.SPLITS},
+        "found": {"images": len(found.records), "valid": len(items)},
+        "rejects": {
+            "total": len(rejects),
+            "fraction": round(len(rejects) / len(found.records), 4) if found.records else 0.0,
+            "by_reason": dict(Counter(reason.split(":", 1)[0] for _, reason in rejects)),
+        },
+        "skipped": dict(Counter(reason.split(":", 1)[0] for _, reason in found.skipped)),
+        "masks": {
+            "attached": sum(len(r["masks"].split(";")) for r in rows if r["masks"]),
+            "images_with_masks": with_masks,
+            "images_without_mask": len(rows) - with_masks if found.uses_masks else 0,
+        },
+        "converted": dict(Counter(i.mode for i in items if i.mode != "RGB")),
+        "duplicates": {
+            "groups": sum(n > 1 for n in sizes.values()),
+            "images_in_groups": sum(n for n in sizes.values() if n > 1),
+            "exact_copies": sum(n - 1 for n in shared.values()),
+            "largest_group": max(sizes.values(), default=0),
+        },
+        "conflicts": {
+            "groups": len(conflicts),
+            "images_dropped": len(items) - len(rows),
+        },
+    }
+
+
+def _reject_rows(rejects: list[tuple[str, str]], found: layouts.Found) -> list[dict]:
+    return [{"source": s, "reason": r} for s, r in sorted(rejects + list(found.skipped))]
+
+
+def _conflict_csv(conflicts: list[duplicates.Conflict], items: list[Item]) -> str:
+    rows = [
+        {
+            "group": c.group,
+            "sources": ";".join(items[i].record.source for i in c.members),
+            "labels": ";".join(c.labels),
+            "action": c.action,
+        }
+        for c in conflicts
+    ]
+    return _csv(("group", "sources", "labels", "action"), rows)
+
+
+def _csv(columns: Iterable[str], rows: Iterable[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _report(summary: dict[str, Any], found: layouts.Found, rows: list[dict]) -> None:
+    """A few lines on stdout; the details are in reports/data/."""
+    per_class = ", ".join(f"{c} {v['total']}" for c, v in summary["classes"].items())
+    per_split = ", ".join(f"{s} {n}" for s, n in summary["splits"].items())
+    print(f"prepare: {summary['total']} images ({per_class}; {per_split}) -> {PREPARED}/")
+    print(
+        f"prepare: {summary['rejects']['total']} rejected, "
+        f"{summary['duplicates']['groups']} duplicate groups, "
+        f"{summary['conflicts']['groups']} label conflicts (see {REPORTS}/)"
+    )
+    for kind, n in sorted(summary["skipped"].items()):
+        print(f"prepare: warning: {n} skipped as {kind} (see {REPORTS}/rejects.csv)")
+    missing = [r["source"] for r in rows if found.uses_masks and not r["masks"]]
+    if missing:
+        print(f"prepare: warning: {len(missing)} images have no mask, e.g. {missing[0]}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The whole pipeline, for real: `dvc repro` in a fresh git repo on tiny parameters.
+
+One run of every stage (demo data -> prepare -> augment -> both trainings -> evaluate -> select),
+then the checks a user would make: outputs, metrics, MLflow runs, the registered alias, and a
+second `dvc repro` that has nothing to do.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "demo": {"images": 90, "size": 64},
+    "prepare": {"image_size": 32},
+    "train": {
+        "batch_size": 16,
+        "densenet121": {"epochs": 1},
+        "resnet50": {"epochs": 1},
+    },
+    "evaluate": {"bootstrap": 50, "samples_per_class": 2},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def sh(*args: str, cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the project's tracked and new files in a new git repo, with tiny params."""
+    repo = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("dvc.lock", "reports/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["KERAS_HOME"] = str(repo / ".keras")
+    sh("git", "init", "-q", cwd=repo, env=env)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=repo, env=env)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x", cwd=repo, env=env)
+    log = sh("dvc", "repro", cwd=repo, env=env)
+    return repo, env, log
+
+
+def test_every_stage_ran_and_locked(repo):
+    path, _, log = repo
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {
+        "demo_data",
+        "prepare",
+        "augment",
+        "train_densenet",
+        "train_resnet",
+        "evaluate",
+        "select",
+    }
+
+
+def test_a_second_repro_has_nothing_to_do(repo):
+    path, env, _ = repo
+    out = sh("dvc", "status", cwd=path, env=env)
+    assert "up to date" in out, out
+
+
+def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
+    path, env, _ = repo
+    for name in [
+        "data/prepared/manifest.csv",
+        "data/augmented/manifest.csv",
+        "models/densenet121/model.keras",
+        "models/resnet50/model.keras",
+        "models/selected/model.keras",
+        "reports/data/summary.json",
+        "reports/evaluate/comparison.md",
+        "reports/selection.json",
+        "reports/model_card.md",
+    ]:
+        assert (path / name).is_file(), name
+    for arch in ("densenet121", "resnet50"):
+        metrics = json.loads((path / f"reports/evaluate/{arch}/metrics.json").read_text())
+        for split in ("val", "test"):
+            f1 = metrics[split]["macro_f1"]
+            assert f1["ci_low"] <= f1["value"] <= f1["ci_high"]
+        assert any((path / f"reports/evaluate/{arch}/plots").glob("*.png"))
+    shown = sh("dvc", "metrics", "show", "--json", cwd=path, env=env)
+    assert "macro_f1" in shown
+    assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
+
+
+def test_two_tracked_runs_and_a_registered_challenger(repo):
+    path, _, _ = repo
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("busi-tumor-classification")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["arch"] for r in runs) == ["densenet121", "resnet50"]
+    for run in runs:
+        assert run.data.tags["data_kind"] == "synthetic-demo"
+        assert run.data.tags["git_commit"] != "unknown"
+        assert "test_macro_f1" in run.data.metrics
+    version = client.get_model_version_by_alias("tumor-classifier", "challenger")
+    selection = json.loads((path / "reports/selection.json").read_text())
+    assert version.version == selection["version"]
+    assert version.tags["arch"] == selection["winner"]
+    assert "manifest_sha256" in version.tags and "val_macro_f1" in version.tags
+    model = mlflow.keras.load_model("models:/tumor-classifier@challenger")
+    assert model.output_shape == (None, 3)
+
+
+def test_changing_one_training_param_reruns_only_what_depends_on_it(repo):
+    path, env, _ = repo
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["train"]["resnet50"]["patience"] = 2
+    params["train"]["resnet50"].pop("patience")
+    params["train"]["resnet50"]["learning_rate"] = 0.0005
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh("dvc", "status", "--json", cwd=path, env=env)
+    changed = set(json.loads(out))
+    assert changed == {"train_resnet"}, changed
+
+
+def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
+    path, env, _ = repo
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["data"]["raw_dir"] = "data/raw/does-not-exist"
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "pipeline.prepare"],
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.raw_dir")
+    assert "Traceback" not in result.stderr

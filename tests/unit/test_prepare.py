@@ -1,0 +1,343 @@
+"""The prepare stage end to end on tiny BUSI-like folders built in tmp_path (pipeline/prepare)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import prepare
+from pipeline.config import parse_params
+from pipeline.errors import UserError
+from pipeline.layouts import is_mask
+
+CLASSES = ("benign", "malignant", "normal")
+COLUMNS = [
+    "path",
+    "label",
+    "split",
+    "group",
+    "sha256",
+    "phash",
+    "source",
+    "masks",
+    "width",
+    "height",
+]
+PER_CLASS = 12
+BUSI = "Dataset_BUSI_with_GT"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run the stage from a fresh project root (outputs are relative to the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def raw(tmp_path, write_png, synthetic_image) -> Path:
+    """A miniature BUSI download with the real download's traps.
+
+    12 images per class, each with a `_mask`; `benign (1)` also has `_mask_1` and `_mask_2`;
+    a corrupt file; `malignant (50)` a byte-identical copy of `benign (2)`; `normal (40).jpg` a
+    resized, re-encoded copy of `normal (3)`.
+    """
+    base = tmp_path / "raw" / BUSI
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 12:36] = 255
+    seed = 0
+    for label in CLASSES:
+        for n in range(1, PER_CLASS + 1):
+            seed += 1
+            write_png(base / label / f"{label} ({n}).png", synthetic_image(seed, label, (48, 40)))
+            write_png(base / label / f"{label} ({n})_mask.png", mask)
+    write_png(base / "benign" / "benign (1)_mask_1.png", mask)
+    write_png(base / "benign" / "benign (1)_mask_2.png", mask)
+    good = (base / "malignant" / "malignant (1).png").read_bytes()
+    (base / "malignant" / "malignant (99).png").write_bytes(good[: len(good) // 2])
+    shutil.copyfile(base / "benign" / "benign (2).png", base / "malignant" / "malignant (50).png")
+    original = Image.open(base / "normal" / "normal (3).png")
+    original.resize((42, 35), Image.Resampling.BILINEAR).save(
+        base / "normal" / "normal (40).jpg", quality=85
+    )
+    return tmp_path / "raw"
+
+
+def _params(raw_dir, classes=CLASSES, **prepare_params):
+    prepare_params = {"image_size": 32, "min_side": 16} | prepare_params
+    return parse_params(
+        {"classes": list(classes), "data": {"raw_dir": str(raw_dir)}, "prepare": prepare_params}
+    )
+
+
+def _manifest(root: Path = Path(".")) -> list[dict]:
+    with open(root / "data/prepared/manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _csv_rows(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _outputs(root: Path) -> dict[str, str]:
+    """sha256 of every output file, keyed by its path relative to `root`."""
+    files = sorted((root / "data").rglob("*")) + sorted((root / "reports").rglob("*"))
+    return {
+        f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in files
+        if f.is_file()
+    }
+
+
+def test_masks_never_enter_the_image_set(workdir, raw):
+    prepare.run(_params(raw))
+    rows = _manifest()
+    assert not any(is_mask(r["source"]) for r in rows)
+    masks = {r["source"]: r["masks"].split(";") for r in rows}
+    assert masks[f"{BUSI}/benign/benign (1).png"] == [
+        f"{BUSI}/benign/benign (1)_mask.png",
+        f"{BUSI}/benign/benign (1)_mask_1.png",
+        f"{BUSI}/benign/benign (1)_mask_2.png",
+    ]
+    assert masks[f"{BUSI}/normal/normal (5).png"] == [f"{BUSI}/normal/normal (5)_mask.png"]
+
+
+def test_every_prepared_image_is_an_8_bit_rgb_square_png(workdir, raw):
+    prepare.run(_params(raw, image_size=40))
+    rows = _manifest()
+    prepared = Path("data/prepared")
+    on_disk = sorted(p.relative_to(prepared).as_posix() for p in prepared.rglob("*.png"))
+    assert on_disk == sorted(r["path"] for r in rows)
+    for row in rows:
+        image = Image.open(Path("data/prepared") / row["path"])
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (40, 40))
+        assert row["path"].startswith(f"images/{row['label']}/")
+
+
+def test_manifest_has_the_contract_columns_and_a_stable_order(workdir, raw):
+    prepare.run(_params(raw))
+    with open("data/prepared/manifest.csv") as handle:
+        assert handle.readline().strip() == ",".join(COLUMNS)
+    rows = _manifest()
+    keys = [(CLASSES.index(r["label"]), r["source"]) for r in rows]
+    assert keys == sorted(keys)
+    assert len({r["path"] for r in rows}) == len(rows)
+    first = rows[0]
+    assert first["source"] == f"{BUSI}/benign/benign (1).png"
+    assert (first["width"], first["height"]) == ("48", "40")
+    assert len(first["sha256"]) == 64 and len(first["phash"]) == 16
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_bad_files_are_rejected_with_a_reason_and_convertible_ones_converted(
+    workdir, raw, synthetic_image
+):
+    folder = raw / BUSI / "benign"
+    array = synthetic_image(500, "benign", (48, 40))
+
+    def save(name, image, **options):
+        image.save(folder / name, **options)
+
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.png").write_text("this is not an image\n")
+    save("tiny.png", Image.fromarray(synthetic_image(501, size=(40, 8))))
+    save("huge.png", Image.fromarray(synthetic_image(502, size=(70, 70))))
+    save("grey.png", Image.fromarray(synthetic_image(503)[:, :, 0], "L"))
+    save("deep.png", Image.fromarray(synthetic_image(504)[:, :, 0].astype(np.uint16) * 257))
+    save("alpha.png", Image.fromarray(array).convert("RGBA"))
+    save("palette.png", Image.fromarray(synthetic_image(505, "benign")).convert("P"))
+    save("cmyk.jpg", Image.fromarray(synthetic_image(506, "benign")).convert("CMYK"))
+
+    summary = prepare.run(_params(raw, max_pixels=64 * 64))
+
+    reasons = {
+        r["source"].rsplit("/", 1)[1]: r["reason"] for r in _csv_rows("reports/data/rejects.csv")
+    }
+    assert reasons["zero.png"].startswith("empty")
+    assert reasons["text.png"].startswith("not_an_image")
+    assert reasons["tiny.png"].startswith("too_small")
+    assert reasons["huge.png"].startswith("too_large")
+    assert reasons["malignant (99).png"].split(":")[0] in {"truncated", "corrupt"}
+    kept = {r["source"].rsplit("/", 1)[1] for r in _manifest()}
+    assert {"grey.png", "deep.png", "alpha.png", "palette.png", "cmyk.jpg"} <= kept
+    assert summary["converted"] == {"CMYK": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1}
+    assert summary["rejects"]["total"] == 5
+    assert sum(summary["rejects"]["by_reason"].values()) == 5
+
+
+def test_a_byte_identical_cross_class_pair_is_a_conflict_and_dropped_by_default(workdir, raw):
+    summary = prepare.run(_params(raw))
+    [conflict] = _csv_rows("reports/data/label_conflicts.csv")
+    assert (
+        conflict["sources"] == f"{BUSI}/benign/benign (2).png;{BUSI}/malignant/malignant (50).png"
+    )
+    assert conflict["labels"] == "benign;malignant"
+    assert conflict["action"].startswith("dropped")
+    sources = {r["source"] for r in _manifest()}
+    assert f"{BUSI}/benign/benign (2).png" not in sources
+    assert f"{BUSI}/malignant/malignant (50).png" not in sources
+    assert summary["conflicts"] == {"groups": 1, "images_dropped": 2}
+
+
+def test_majority_policy_keeps_the_majority_label(workdir, raw):
+    benign = raw / BUSI / "benign"
+    shutil.copyfile(benign / "benign (2).png", benign / "benign (60).png")
+    prepare.run(_params(raw, conflict_policy="majority"))
+    [conflict] = _csv_rows("reports/data/label_conflicts.csv")
+    assert conflict["action"].startswith("kept 2 benign, dropped 1")
+    rows = {r["source"]: r for r in _manifest()}
+    assert f"{BUSI}/malignant/malignant (50).png" not in rows
+    kept = [rows[f"{BUSI}/benign/benign ({n}).png"] for n in (2, 60)]
+    assert kept[0]["group"] == kept[1]["group"] and kept[0]["split"] == kept[1]["split"]
+
+
+def test_near_duplicates_share_a_group_and_a_split(workdir, raw):
+    summary = prepare.run(_params(raw))
+    rows = {r["source"]: r for r in _manifest()}
+    original, copy = rows[f"{BUSI}/normal/normal (3).png"], rows[f"{BUSI}/normal/normal (40).jpg"]
+    assert original["group"] == copy["group"]
+    assert original["split"] == copy["split"]
+    assert original["sha256"] != copy["sha256"]
+    assert summary["duplicates"]["groups"] == 2  # this pair and the cross-class pair
+
+
+def test_every_duplicate_group_is_in_exactly_one_split(workdir, raw):
+    prepare.run(_params(raw))
+    splits_of: dict[str, set[str]] = {}
+    for row in _manifest():
+        splits_of.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+
+
+def test_split_fractions_are_roughly_honoured(workdir, raw):
+    summary = prepare.run(_params(raw, val_fraction=0.2, test_fraction=0.2))
+    for label in CLASSES:
+        counts = summary["classes"][label]
+        assert counts["train"] > counts["val"] >= 1 and counts["test"] >= 1
+        assert abs(counts["val"] - 0.2 * counts["total"]) <= 1.5
+
+
+def test_summary_counts_match_the_manifest(workdir, raw):
+    summary = prepare.run(_params(raw))
+    rows = _manifest()
+    assert summary == json.loads(Path("reports/data/summary.json").read_text())
+    assert summary["total"] == len(rows)
+    for label in CLASSES:
+        for split in ("train", "val", "test"):
+            n = sum(r["label"] == label and r["split"] == split for r in rows)
+            assert summary["classes"][label][split] == n
+    assert summary["found"]["images"] == 3 * PER_CLASS + 3  # + corrupt, copy, re-encoded copy
+    assert summary["masks"]["attached"] == 3 * PER_CLASS + 2 - 1  # benign (2) dropped
+
+
+def test_output_names_are_unique_even_for_one_file_copied_under_one_name(workdir, raw):
+    benign = raw / BUSI / "benign"
+    (benign / "again").mkdir()
+    shutil.copyfile(benign / "benign (3).png", benign / "again" / "benign (3).png")
+    prepare.run(_params(raw))
+    rows = {r["source"]: r for r in _manifest()}
+    first, second = (
+        rows[f"{BUSI}/benign/benign (3).png"],
+        rows[f"{BUSI}/benign/again/benign (3).png"],
+    )
+    assert first["path"] != second["path"]
+    assert first["path"].startswith("images/benign/benign-3-")
+    assert (first["group"], first["split"]) == (second["group"], second["split"])
+
+
+def test_a_contact_sheet_is_written_for_a_human(workdir, raw):
+    prepare.run(_params(raw))
+    sheet = Image.open("reports/data/contact_sheet.png")
+    assert sheet.mode == "RGB" and sheet.height >= 9 * 32  # a row per class and split
+
+
+def test_a_rerun_gives_byte_identical_outputs(workdir, raw):
+    prepare.run(_params(raw))
+    first = _outputs(workdir)
+    prepare.run(_params(raw))
+    assert _outputs(workdir) == first
+    assert "data/prepared/manifest.csv" in first and "reports/data/summary.json" in first
+
+
+def test_a_failed_run_leaves_previous_outputs_intact(workdir, raw):
+    prepare.run(_params(raw))
+    before = _outputs(workdir)
+    with pytest.raises(UserError, match="no usable image of class 'cyst'"):
+        prepare.run(_params(raw, classes=(*CLASSES, "cyst")))
+    assert _outputs(workdir) == before
+    assert sorted(p.name for p in Path("data").iterdir()) == ["prepared"]  # no temp folder left
+
+
+def test_too_many_rejects_stop_the_stage_and_say_why(workdir, raw):
+    with pytest.raises(UserError, match=r"prepare\.max_reject_fraction: 1 of 39 .*truncated"):
+        prepare.run(_params(raw, max_reject_fraction=0.01))
+    assert not Path("data/prepared").exists() and not Path("reports").exists()
+
+
+def test_an_orphan_mask_and_an_unknown_folder_are_reported(
+    workdir, raw, write_png, synthetic_image
+):
+    write_png(raw / BUSI / "normal" / "normal (77)_mask.png", synthetic_image(0))
+    write_png(raw / BUSI / "unsure" / "x.png", synthetic_image(1))
+    summary = prepare.run(_params(raw))
+    reasons = {r["source"]: r["reason"] for r in _csv_rows("reports/data/rejects.csv")}
+    assert reasons[f"{BUSI}/normal/normal (77)_mask.png"].startswith("mask_without_image")
+    assert reasons[f"{BUSI}/unsure/"].startswith("unknown_folder")
+    assert summary["skipped"] == {"mask_without_image": 1, "unknown_folder": 1}
+    assert summary["rejects"]["total"] == 1  # skipped files do not count as rejected images
+
+
+def test_an_image_without_its_mask_is_reported(workdir, raw, capsys):
+    (raw / BUSI / "normal" / "normal (4)_mask.png").unlink()
+    summary = prepare.run(_params(raw))
+    assert summary["masks"]["images_without_mask"] == 2  # normal (4) and the re-encoded copy
+    assert "2 images have no mask" in capsys.readouterr().out
+
+
+def test_a_csv_of_paths_and_labels_works(workdir, tmp_path, write_png, synthetic_image):
+    lines = ["path,label"]
+    for c, label in enumerate(CLASSES):
+        for n in range(6):
+            write_png(tmp_path / "pool" / f"{label}{n}.png", synthetic_image(100 * c + n, label))
+            lines.append(f"pool/{label}{n}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    summary = prepare.run(_params(tmp_path / "labels.csv"))
+    assert summary["total"] == 18
+    assert _manifest()[0]["source"] == "pool/benign0.png"
+
+
+def test_main_reports_a_missing_raw_dir_in_one_line(workdir, capsys):
+    Path("params.yaml").write_text("data:\n  raw_dir: data/raw/nothing-here\n")
+    assert prepare.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.raw_dir: folder not found: data/raw/nothing-here;")
+    assert err.count("\n") == 1
+
+
+def test_the_real_busi_sample(workdir, busi_sample):
+    """Twelve real BUSI images in the download's layout: no mask in the image set."""
+    (workdir / "raw").mkdir()
+    (workdir / "raw" / BUSI).symlink_to(busi_sample, target_is_directory=True)
+    summary = prepare.run(_params(workdir / "raw", image_size=64))
+    rows = _manifest()
+    assert summary["total"] == len(rows) == 12
+    assert not any(is_mask(r["source"]) for r in rows)
+    assert summary["rejects"]["total"] == 0 and summary["masks"]["images_without_mask"] == 0
+    masks = {r["source"]: r["masks"].split(";") for r in rows}
+    assert masks[f"{BUSI}/benign/benign (100).png"] == [
+        f"{BUSI}/benign/benign (100)_mask.png",
+        f"{BUSI}/benign/benign (100)_mask_1.png",
+    ]
+    assert all(summary["classes"][c]["total"] == 4 for c in CLASSES)
+    for row in rows:
+        image = Image.open(io.BytesIO(Path("data/prepared", row["path"]).read_bytes()))
+        assert (image.mode, image.size) == ("RGB", (64, 64))

@@ -1,0 +1,68 @@
+"""The wiring DVC cannot see: stage deps cover every module a stage imports, params exist, and the
+README's commands are real Makefile targets."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+STAGES = DVC["stages"]
+
+
+def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    """`pipeline.x` modules that `module` imports, transitively (as file paths)."""
+    seen = seen if seen is not None else set()
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if str(path) in seen:
+        return seen
+    seen.add(str(path))
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("pipeline")]
+        for name in names:
+            if (ROOT / (name.replace(".", "/") + ".py")).is_file():
+                pipeline_imports(name, seen)
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_imported_pipeline_module_is_a_stage_dependency(stage):
+    module = re.search(r"python -m (pipeline\.\w+)", STAGES[stage]["cmd"]).group(1)
+    needed = {str(Path(p).relative_to(ROOT)) for p in pipeline_imports(module)}
+    deps = set(STAGES[stage]["deps"])
+    assert needed - deps == set(), f"add to {stage}.deps in dvc.yaml"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_param_exists_in_params_yaml(stage):
+    for key in STAGES[stage].get("params", []):
+        node = PARAMS
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{stage}: params key {key} missing"
+            node = node[part]
+
+
+def test_the_product_stages_are_all_there():
+    assert {"prepare", "augment", "train_densenet", "train_resnet", "evaluate", "select"} <= set(
+        STAGES
+    )
+
+
+def test_every_make_command_in_the_readme_is_a_makefile_target():
+    targets = set(re.findall(r"^([a-zA-Z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    used = set(re.findall(r"\bmake ([a-z][\w-]*)", (ROOT / "README.md").read_text()))
+    assert {"demo", "test"} <= used
+    assert used - targets == set()
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
