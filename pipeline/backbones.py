@@ -3,7 +3,7 @@
 The saved model takes raw 0-255 RGB images of any size, so whoever serves it cannot get the
 normalisation wrong. Layer names are a contract: `backbone` (the conv base, returning the last
 feature map), `pool` and `predictions` (a GAP -> Dense head), which is what makes class activation
-maps exact (see pipeline.evaluate).
+maps exact (see pipeline.cam).
 """
 
 from __future__ import annotations
@@ -106,6 +106,8 @@ def build_classifier(
             f"model.weights to its path), or set model.weights to null to train from scratch"
         ) from None
     base.name = "backbone"
+    if resolved is None:
+        _fast_batchnorm_statistics(base)
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Resizing(
         image_size, image_size, pad_to_aspect_ratio=keep_aspect, name="resize"
@@ -118,6 +120,18 @@ def build_classifier(
         len(classes), activation="softmax", dtype="float32", name="predictions"
     )(x)
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
+
+
+def _fast_batchnorm_statistics(base: keras.Model, momentum: float = 0.9) -> None:
+    """From scratch, let BatchNorm's moving statistics follow training within a few epochs.
+
+    Keras' default momentum (0.99) needs hundreds of steps to forget its initial values; the demo
+    trains for about 80. Measured on the synthetic set: DenseNet121 reached val macro-F1 0.14
+    with 0.99 (all predicted `normal`) and 0.98 with 0.9, with identical training accuracy.
+    """
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 def set_backbone_trainable(model: keras.Model, unfreeze: int | str, freeze_batchnorm: bool) -> None:

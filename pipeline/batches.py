@@ -28,7 +28,7 @@ def light(p: AugmentParams) -> AugmentParams:
 
 
 class TrainBatches(keras.utils.PyDataset):
-    """Shuffled one-hot batches, reshuffled every epoch, optionally augmented (seeded)."""
+    """Shuffled one-hot batches, reshuffled every epoch, optionally augmented; fully seeded."""
 
     def __init__(
         self,
@@ -38,14 +38,20 @@ class TrainBatches(keras.utils.PyDataset):
         batch_size: int,
         seed: int,
         augment: AugmentParams | None = None,
+        workers: int = 1,
     ) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
+        # Threads suffice for workers > 1: OpenCV releases the GIL while it warps.
+        super().__init__(workers=workers, use_multiprocessing=False)
         self.images, self.labels = images, labels
         self.onehot = np.eye(n_classes, dtype="float32")[labels]
         self.batch_size = batch_size
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(labels))
+        self.seed = seed
+        self.epoch = 0
+        self.order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
 
     def __len__(self) -> int:
         return int(np.ceil(len(self.labels) / self.batch_size))
@@ -54,8 +60,11 @@ class TrainBatches(keras.utils.PyDataset):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         batch = self.images[rows]
         if self.augment is not None:
-            batch = np.stack([augment_image(image, self.rng, self.augment) for image in batch])
+            # one stream per (seed, epoch, batch): the same batches whatever the thread order
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            batch = np.stack([augment_image(image, rng, self.augment) for image in batch])
         return batch.astype("float32"), self.onehot[rows]
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.labels))
+        self.epoch += 1
+        self.order = self._permutation()

@@ -109,6 +109,20 @@ class SelectParams:
 
 
 @dataclass(frozen=True)
+class PromoteParams:
+    """Gates for moving `alias` (champion) to the `select.alias` (challenger) version.
+
+    Measured on the test split of the current manifest: absolute floors, and no drop of more than
+    `max_regression` below the current champion on either gated metric.
+    """
+
+    alias: str = "champion"
+    min_macro_f1: float = 0.5
+    min_malignant_sensitivity: float = 0.5
+    max_regression: float = 0.02
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "busi-tumor-classification"
 
@@ -125,6 +139,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     select: SelectParams = field(default_factory=SelectParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
@@ -211,6 +226,7 @@ def _check_values(p: Params) -> None:
         if not ok:
             raise UserError(f"{key}: {message}")
 
+    need(0 <= p.seed < 2**32, "seed", "must be within [0, 2**32)")
     need(len(set(p.classes)) == len(p.classes) >= 2, "classes", "need at least two distinct names")
     need(p.demo.images >= 30, "demo.images", "need at least 30 images")
     need(p.demo.size >= 32, "demo.size", "need at least 32 pixels")
@@ -258,6 +274,15 @@ def _check_values(p: Params) -> None:
     need(e.samples_per_class >= 0, "evaluate.samples_per_class", "must not be negative")
     need(2 <= e.ece_bins <= 100, "evaluate.ece_bins", "must be between 2 and 100")
     need(e.gradcam_per_class >= 0, "evaluate.gradcam_per_class", "must not be negative")
+    pm = p.promote
+    need(0 <= pm.min_macro_f1 <= 1, "promote.min_macro_f1", "must be within [0, 1]")
+    need(
+        0 <= pm.min_malignant_sensitivity <= 1,
+        "promote.min_malignant_sensitivity",
+        "must be within [0, 1]",
+    )
+    need(0 <= pm.max_regression <= 1, "promote.max_regression", "must be within [0, 1]")
+    need(pm.alias != p.select.alias, "promote.alias", "must differ from select.alias")
     need(
         "malignant" in p.classes,
         "classes",

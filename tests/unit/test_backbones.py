@@ -86,6 +86,16 @@ def test_fine_tuning_keeps_batchnorm_frozen_only_for_pretrained_weights(resnet):
     assert all(layer.trainable for layer in base.layers)
 
 
+def test_from_scratch_batchnorm_statistics_follow_training_quickly():
+    scratch = backbones.build_classifier("densenet121", 32, CLASSES)
+    norms = [
+        layer
+        for layer in scratch.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+
+
 def test_unknown_backbone_is_a_user_error():
     with pytest.raises(UserError, match="unknown backbone 'vgg16'"):
         backbones.build_classifier("vgg16", 32, CLASSES)

@@ -48,6 +48,7 @@ def test_defaults_fill_missing_sections():
         ({"model": {"weights": 3}}, "model.weights"),
         ({"augment": {"target_per_class": -1}}, "augment.target_per_class"),
         ({"data": []}, "data: expected a mapping"),
+        ({"seed": -1}, "seed: must be within"),
     ],
 )
 def test_bad_values_name_their_key(raw, message):

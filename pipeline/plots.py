@@ -1,0 +1,178 @@
+"""Evaluation figures (PNG) and the tables behind them (CSV for `dvc plots`).
+
+Figures are built on `matplotlib.figure.Figure` directly, not pyplot: no global figure state, no
+GUI backend to pick (PNG output goes through Agg), nothing to close. Every function returns a
+Figure or a DataFrame; `save_png` and `save_csv` write them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline.files import write_bytes, write_text
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Render with Agg and write atomically."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    write_bytes(path, buffer.getvalue())
+
+
+def save_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+# --- DVC plot data -------------------------------------------------------------------------------
+
+
+def confusion_rows(
+    y: np.ndarray, pred: np.ndarray, classes: tuple[str, ...] | list[str]
+) -> pd.DataFrame:
+    """One row per image, `actual,predicted` class names: the input of DVC's confusion template."""
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame({"actual": names[np.asarray(y)], "predicted": names[np.asarray(pred)]})
+
+
+def predictions_table(
+    paths: list[str], y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...] | list[str]
+) -> pd.DataFrame:
+    """`path,label,predicted,p_<class>...` per image, probabilities rounded to 6 decimals."""
+    names = np.asarray(classes, dtype=object)
+    frame = pd.DataFrame(
+        {"path": paths, "label": names[np.asarray(y)], "predicted": names[proba.argmax(1)]}
+    )
+    for k, name in enumerate(classes):
+        frame[f"p_{name}"] = np.round(proba[:, k], 6)
+    return frame
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def confusion_figure(
+    matrix: np.ndarray | list, classes: tuple[str, ...] | list[str], normalize: bool, title: str
+) -> Figure:
+    """Confusion matrix (rows = true): counts, or row-normalised (recall on the diagonal)."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    if normalize:
+        totals = counts.sum(1, keepdims=True)
+        shown = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    else:
+        shown = counts
+    k = len(classes)
+    fig = Figure(figsize=(1.2 * k + 2.2, 1.1 * k + 1.6))
+    ax = fig.add_subplot()
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, shown.max()))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    for i in range(k):
+        for j in range(k):
+            text = f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+            dark = shown[i, j] > (0.5 if normalize else shown.max() / 2)
+            ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black")
+    ax.set(
+        xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+        xlabel="predicted", ylabel="true", title=title,
+    )  # fmt: skip
+    return fig
+
+
+def roc_figure(rows: list[dict], auc: dict[str, float | None], title: str) -> Figure:
+    """One-vs-rest ROC curves from `metrics.roc_points` rows, the AUC in the legend."""
+    fig = Figure(figsize=(4.8, 4.4))
+    ax = fig.add_subplot()
+    frame = pd.DataFrame(rows, columns=["class", "fpr", "tpr"])
+    for name, part in frame.groupby("class", sort=False):
+        value = auc.get(name)
+        label = f"{name} (AUC {value:.3f})" if value is not None else str(name)
+        ax.plot(part["fpr"], part["tpr"], drawstyle="steps-post", label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def reliability_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per curve name.
+
+    `curves` maps a label (e.g. "before", "after T=1.7") to `metrics.reliability_bins` rows.
+    """
+    fig = Figure(figsize=(4.8, 4.4))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
+    for label, rows in curves.items():
+        used = [r for r in rows if r["count"]]
+        ax.plot(
+            [r["confidence"] for r in used], [r["accuracy"] for r in used], marker="o", label=label
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top class)", ylabel="accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def choose_samples(
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: tuple[str, ...] | list[str],
+    per_class: int,
+    seed: int,
+) -> dict[str, list[int]]:
+    """Indices for the sample grid: correct and wrong per true class, and the most confident errors.
+
+    Random picks are seeded; the most confident errors are the wrong predictions with the
+    highest top-class probability. Keys are the row titles.
+    """
+    rng = np.random.default_rng(seed)
+    pred = proba.argmax(1)
+    rows: dict[str, list[int]] = {}
+    for k, name in enumerate(classes):
+        for kind, mask in (("correct", (y == k) & (pred == k)), ("wrong", (y == k) & (pred != k))):
+            found = np.flatnonzero(mask)
+            picked = rng.choice(found, size=min(per_class, found.size), replace=False)
+            rows[f"{kind}: true {name}"] = sorted(int(i) for i in picked)
+    errors = np.flatnonzero(pred != y)
+    by_confidence = errors[np.argsort(-proba[errors].max(1), kind="stable")]
+    rows["most confident errors"] = [int(i) for i in by_confidence[:per_class]]
+    return rows
+
+
+def image_grid(
+    images: np.ndarray | Mapping[int, np.ndarray],
+    rows: dict[str, list[int]],
+    captions: list[str],
+    title: str,
+) -> Figure:
+    """Images in labelled rows (row title = key of `rows`), one caption per image index.
+
+    `images` is indexed by the indices in `rows`: an array, or a mapping for just those images.
+    """
+    n_rows = max(1, len(rows))
+    n_cols = max([1] + [len(idx) for idx in rows.values()])
+    first = next((images[i] for idx in rows.values() for i in idx), np.zeros((1, 1)))
+    aspect = first.shape[1] / first.shape[0]
+    fig = Figure(figsize=(1.9 * aspect * n_cols + 1.6, 2.1 * n_rows))
+    fig.suptitle(title)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, (name, indices) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c == 0:
+                ax.set_ylabel(name, fontsize="small")
+            if c < len(indices):
+                ax.imshow(images[indices[c]])
+                ax.set_title(captions[indices[c]], fontsize="x-small")
+    return fig

@@ -1,0 +1,141 @@
+// The classifier page: pick or drop an image, POST it to /predict, draw the answer.
+// Server text is only ever set with textContent (no HTML injection), and nothing loads from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { objectUrl: null, request: 0 };
+
+function percent(p) {
+  return (100 * p).toFixed(1) + "%";
+}
+
+async function loadModelInfo() {
+  try {
+    const response = await fetch("/health");
+    const info = await response.json();
+    const m = info.model;
+    $("model-info").textContent =
+      `Model ${m.name}, version ${m.version} (${m.arch}); classes: ${info.classes.join(", ")}`;
+    $("synthetic-note").hidden = !info.synthetic_data;
+  } catch (err) {
+    $("model-info").textContent = "The service did not answer /health.";
+  }
+}
+
+function setState(name, message) {
+  $("result").dataset.state = name;
+  $("status").textContent = message || "";
+}
+
+function showError(message) {
+  $("answer").hidden = true;
+  $("error").hidden = false;
+  $("error").textContent = message;
+  setState("error", "");
+}
+
+function renderBars(probabilities, predicted) {
+  const list = $("bars");
+  list.replaceChildren();
+  for (const [name, p] of Object.entries(probabilities)) {
+    const item = document.createElement("li");
+    item.dataset.class = name;
+    if (name === predicted) item.classList.add("top");
+    if (name === "malignant") item.classList.add("malignant");
+    const label = document.createElement("span");
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = percent(p);
+    fill.style.display = "block";
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = percent(p);
+    item.append(label, track, value);
+    list.append(item);
+  }
+}
+
+function renderResult(result) {
+  $("error").hidden = true;
+  $("answer").hidden = false;
+  $("predicted-class").textContent = result.predicted_class;
+  const d = result.malignant_decision;
+  if (d) {
+    const rule = d.threshold === null
+      ? "no operating point for this model version: argmax decides"
+      : `operating point: malignant probability ≥ ${d.threshold.toFixed(3)}`;
+    $("decision").textContent =
+      `Malignant decision: ${d.positive ? "POSITIVE" : "negative"} (${rule}).`;
+  } else {
+    $("decision").textContent = "";
+  }
+  renderBars(result.probabilities, result.predicted_class);
+  const m = result.model;
+  $("timing").textContent =
+    `Model ${m.name} v${m.version} (${m.arch}) · inference ${result.inference_ms.toFixed(1)} ms` +
+    (result.synthetic_data ? " · trained on synthetic demo data" : "");
+  const heat = $("heatmap");
+  if (result.heatmap) {
+    heat.src = result.heatmap;
+    heat.hidden = !$("show-heatmap").checked;
+  } else {
+    heat.removeAttribute("src");
+    heat.hidden = true;
+  }
+  setState("done", "");
+}
+
+async function classify(file) {
+  if (!file) return;
+  const request = ++state.request;
+  if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+  state.objectUrl = URL.createObjectURL(file);
+  $("view").hidden = false;
+  $("preview").src = state.objectUrl;
+  $("heatmap").hidden = true;
+  $("answer").hidden = true;
+  $("error").hidden = true;
+  setState("busy", `Classifying ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let response, body;
+  try {
+    response = await fetch("/predict?heatmap=true", { method: "POST", body: form });
+    body = await response.json();
+  } catch (err) {
+    if (request === state.request) showError("The service did not answer: " + err);
+    return;
+  }
+  if (request !== state.request) return; // a newer image was chosen meanwhile
+  if (!response.ok) {
+    showError(`Refused (${response.status}): ${body.error || response.statusText}`);
+    return;
+  }
+  renderResult(body);
+}
+
+function setup() {
+  loadModelInfo();
+  $("file").addEventListener("change", (e) => classify(e.target.files[0]));
+  $("show-heatmap").addEventListener("change", (e) => {
+    const heat = $("heatmap");
+    heat.hidden = !e.target.checked || !heat.getAttribute("src");
+  });
+  const drop = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
+  // Dropping outside the zone must not navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+}
+
+document.addEventListener("DOMContentLoaded", setup);

@@ -1,0 +1,173 @@
+"""The classifier page end to end: headless Chromium uploads a demo image to the real server.
+
+Needs Debian's chromium (`make browser`) and the `playwright` Python package, which drives it
+through `executable_path` (no `playwright install`, no download). Network: loopback only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import synthetic
+from pipeline.inference import Classifier, decode_upload
+from pipeline.serve import create_app
+
+CLASSES = ("benign", "malignant", "normal")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _shared_tiny_model(config: pytest.Config, factory: pytest.TempPathFactory):
+    """(folder, keras model): one tiny ResNet50 per session, shared with the other serving tests."""
+    cached = getattr(config, "_serving_tiny_model", None)
+    if cached is None:
+        from pipeline.backbones import build_classifier
+
+        folder = factory.mktemp("tiny-model")
+        model = build_classifier("resnet50", 32, CLASSES)
+        model.save(folder / "model.keras")
+        (folder / "classes.json").write_text(json.dumps(list(CLASSES)))
+        cached = config._serving_tiny_model = (folder, model)
+    return cached
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def classifier(pytestconfig, tmp_path_factory) -> Classifier:
+    model = _shared_tiny_model(pytestconfig, tmp_path_factory)[1]
+    return Classifier(model, CLASSES, 0.4, "tumor-classifier", "5", "resnet50", True)
+
+
+@pytest.fixture(scope="module")
+def server(classifier):
+    """The real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(classifier), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"chromium not installed at {CHROMIUM}: run `make browser` (apt-get install chromium)"
+        )
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def demo_image(tmp_path) -> Path:
+    """A synthetic malignant-looking scan, 160 x 200 (not square: the overlay must still fit)."""
+    image, _mask = synthetic.render_case("malignant", synthetic.case_rng(7, "malignant", 0), 200)
+    path = tmp_path / "demo scan.png"
+    Image.fromarray(image[20:180]).save(path)
+    return path
+
+
+def test_a_dropped_demo_image_is_classified_with_a_heat_map(
+    server, browser, demo_image, classifier, tmp_path
+):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(server + "/", wait_until="load", timeout=30_000)
+    page.wait_for_function(
+        "document.getElementById('model-info').textContent.includes('version 5')", timeout=30_000
+    )
+    assert page.locator("#notice").is_visible() and "Research use only" in page.inner_text(
+        "#notice"
+    )
+    assert page.locator("#synthetic-note").is_visible()
+
+    page.set_input_files("#file", str(demo_image))
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
+
+    expected = classifier.predict(decode_upload(demo_image.read_bytes()))
+    assert page.inner_text("#predicted-class") == expected["predicted_class"]
+    assert page.locator("#bars li").count() == len(CLASSES)
+    for name, p in expected["probabilities"].items():
+        shown = page.inner_text(f"#bars li[data-class='{name}'] .value")
+        assert shown == f"{100 * p:.1f}%"
+    assert "version 5" in page.inner_text("#model-info")
+
+    heat = page.locator("#heatmap")
+    assert heat.is_visible() and heat.get_attribute("src").startswith("data:image/png;base64,")
+    preview_box, heat_box = page.locator("#preview").bounding_box(), heat.bounding_box()
+    assert preview_box["width"] > 0
+    assert abs(heat_box["width"] - preview_box["width"]) < 2
+    assert abs(heat_box["height"] - preview_box["height"]) < 2
+
+    with_heat = page.locator("#stack").screenshot()
+    page.uncheck("#show-heatmap")
+    assert not heat.is_visible()
+    without_heat = page.locator("#stack").screenshot()
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    shot = np.asarray(Image.open(io.BytesIO(with_heat)).convert("RGB"), dtype=np.int16)
+    plain = np.asarray(Image.open(io.BytesIO(without_heat)).convert("RGB"), dtype=np.int16)
+    assert shot.shape == plain.shape and shot.shape[0] > 100
+    assert shot.std() > 5  # an image was drawn, not a blank box
+    # the overlay is visible when on: coloured (R != B somewhere), while the grey scan alone is not
+    assert (
+        np.abs(shot[..., 0] - shot[..., 2]).mean()
+        > np.abs(plain[..., 0] - plain[..., 2]).mean() + 1
+    )
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+    assert all(url.startswith((server, "data:", "blob:")) for url in requested), requested
+    page.close()
+
+
+def test_a_bad_upload_shows_the_reason(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server + "/", wait_until="load", timeout=30_000)
+    fake = tmp_path / "report.png"
+    fake.write_text("not an image at all")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#result[data-state='error']", timeout=30_000)
+    message = page.inner_text("#error")
+    assert "415" in message and "not a supported image" in message
+    page.close()

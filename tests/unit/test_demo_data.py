@@ -1,0 +1,109 @@
+"""The demo_data stage: generates the synthetic set atomically, refuses classes it can't draw."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline import demo_data, synthetic
+from pipeline.config import DemoParams, Params
+from pipeline.errors import UserError
+
+
+def demo_params(tmp_path, **changes) -> Params:
+    demo = DemoParams(out_dir=str(tmp_path / "raw" / "demo"), images=30, size=32)
+    return dataclasses.replace(Params(seed=3, demo=demo), **changes)
+
+
+def test_run_writes_the_demo_set_and_reports_counts_in_one_line(tmp_path, capsys):
+    params = demo_params(tmp_path)
+
+    counts = demo_data.run(params)
+
+    out = tmp_path / "raw" / "demo"
+    assert counts == synthetic.class_counts(30)
+    for label, n in counts.items():
+        assert len(list((out / label).glob(f"{label} ([0-9]*).png"))) == n
+        assert len(list((out / label).glob("*_mask.png"))) == n
+    assert "SYNTHETIC" in (out / "README.md").read_text()
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "30" in printed[0] and "synthetic" in printed[0]
+
+
+def test_run_replaces_a_previous_demo_set_entirely(tmp_path):
+    out = tmp_path / "raw" / "demo"
+    (out / "benign").mkdir(parents=True)
+    (out / "benign" / "stale.png").write_bytes(b"old")
+
+    demo_data.run(demo_params(tmp_path))
+
+    assert not (out / "benign" / "stale.png").exists()
+    assert not [p for p in out.parent.iterdir() if p.name != "demo"]  # no temp folders left
+
+
+def test_a_failed_run_leaves_no_half_written_folder(tmp_path, monkeypatch):
+    generate = synthetic.generate
+
+    def generate_then_fail(out_dir, n_images, size, seed):
+        generate(out_dir, n_images, size, seed)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "generate", generate_then_fail)
+    with pytest.raises(OSError):
+        demo_data.run(demo_params(tmp_path))
+
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_run_seeds_the_generator_from_params_seed(tmp_path):
+    demo_data.run(demo_params(tmp_path / "a"))
+    demo_data.run(demo_params(tmp_path / "b"))
+    demo_data.run(demo_params(tmp_path / "c", seed=4))
+
+    def first_image(root):
+        return (root / "raw" / "demo" / "benign" / "benign (1).png").read_bytes()
+
+    assert first_image(tmp_path / "a") == first_image(tmp_path / "b")
+    assert first_image(tmp_path / "a") != first_image(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        ("benign", "malignant"),
+        ("benign", "malignant", "cyst"),
+        ("benign", "malignant", "normal", "x"),
+    ],
+)
+def test_run_refuses_classes_the_generator_does_not_know(tmp_path, classes):
+    with pytest.raises(UserError, match=r"^classes: .*only knows") as caught:
+        demo_data.run(demo_params(tmp_path, classes=classes))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_class_order_in_params_does_not_matter(tmp_path):
+    counts = demo_data.run(demo_params(tmp_path, classes=("normal", "malignant", "benign")))
+    assert sum(counts.values()) == 30
+
+
+def test_main_exits_2_with_one_line_on_stderr_for_unknown_classes(tmp_path, capsys):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        f"classes: [benign, malignant, cyst]\ndemo:\n  out_dir: {tmp_path / 'demo'}\n"
+    )
+
+    assert demo_data.main(["--params", str(params_file)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: classes:") and err.count("\n") == 1
+    assert not (tmp_path / "demo").exists()
+
+
+def test_main_exits_0_and_generates_with_a_valid_params_file(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"demo:\n  out_dir: {tmp_path / 'demo'}\n  images: 30\n  size: 32\n")
+
+    assert demo_data.main(["--params", str(params_file)]) == 0
+    assert (tmp_path / "demo" / "README.md").is_file()

@@ -1,0 +1,97 @@
+"""pipeline.model_card: the card says what the model is for, how good it is, and what it is not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import evaluate
+from pipeline.config import parse_params
+from pipeline.datasets import ImageSet
+from pipeline.metrics import HEADLINE
+from pipeline.model_card import LABELS, RESEARCH_ONLY, SYNTHETIC_WARNING, render_model_card
+
+SELECTION = {
+    "winner": "densenet121",
+    "metric": "macro_f1",
+    "reason": "higher validation macro_f1 (0.8000 vs 0.7000 for resnet50)",
+    "run_id": "abc123",
+    "model_name": "tumor-classifier",
+    "version": "3",
+    "alias": "challenger",
+}
+SUMMARY = {
+    "images": 780,
+    "counts": {
+        "train": {"benign": 305, "malignant": 147, "normal": 93},
+        "val": {"benign": 66, "malignant": 31, "normal": 20},
+        "test": {"benign": 66, "malignant": 32, "normal": 20},
+    },
+    "duplicate_groups": 12,
+    "conflict_groups": 2,
+    "rejected": {"count": 1, "reasons": {"truncated": 1}},
+    "sources": ["BUSI"],
+}
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    """A real `{"val": M, "test": M}` as the evaluate stage writes it."""
+    rng = np.random.default_rng(0)
+    data, proba = {}, {}
+    for split, n in (("val", 60), ("test", 70)):
+        y = rng.integers(0, 3, n)
+        logits = 2.5 * (rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y])
+        data[split] = ImageSet(np.zeros((n, 2, 2, 3), np.uint8), y, [str(i) for i in range(n)])
+        proba[split] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    params = parse_params({"evaluate": {"bootstrap": 100}})
+    return evaluate.evaluate_probabilities(data, proba, params)
+
+
+def test_every_card_carries_the_research_use_only_notice(metrics):
+    for synthetic in (False, True):
+        card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, synthetic)
+        assert RESEARCH_ONLY in card
+        assert "not for clinical use" in card.lower()
+
+
+def test_synthetic_data_is_flagged_at_the_top_and_in_the_limitations(metrics):
+    card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, True)
+    assert SYNTHETIC_WARNING in card
+    assert card.index(SYNTHETIC_WARNING) < card.index("## Model")
+    assert "Synthetic demo data" in card.split("## Known limitations")[1]
+    real = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
+    assert SYNTHETIC_WARNING not in real and "Synthetic demo data" not in real
+
+
+def test_metrics_appear_with_their_confidence_intervals(metrics):
+    card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
+    f1 = metrics["test"]["macro_f1"]
+    assert f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in card
+    sens = metrics["test"]["malignant_sensitivity"]
+    assert f"{sens['value']:.3f} [{sens['ci_low']:.3f}, {sens['ci_high']:.3f}]" in card
+    assert f"p(malignant) >= {metrics['val']['operating_point']['threshold']:.4f}" in card
+    assert f"T = {metrics['test']['calibration']['temperature']:.3f}" in card
+    assert "| malignant |" in card  # per-class table
+
+
+def test_data_summary_selection_and_limitations_are_shown(metrics):
+    card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
+    assert "| train | 305 | 147 | 93 |" in card
+    assert "duplicate groups 12" in card and "conflict groups 2" in card
+    assert "`tumor-classifier` version 3 (alias `@challenger`)" in card
+    assert SELECTION["reason"] in card
+    for heading in ("## Intended use", "## Data", "## Metrics", "## Operating point"):
+        assert heading in card
+    assert "Single site" in card and "BUSI duplicates" in card
+
+
+@pytest.mark.parametrize("summary", [None, {}, {"odd": [1, {"x": 2}]}, {"counts": {}}])
+def test_missing_or_unexpected_inputs_still_render(summary):
+    card = render_model_card("resnet50", {"val": {}, "test": {}}, summary, None, True)
+    assert RESEARCH_ONLY in card and SYNTHETIC_WARNING in card
+    assert card.endswith("\n")
+
+
+def test_the_card_labels_every_headline_metric():
+    assert tuple(LABELS) == HEADLINE

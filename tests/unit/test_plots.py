@@ -1,0 +1,104 @@
+"""pipeline.plots: PNGs that open, DVC plot data in the shapes DVC's templates read."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import metrics, plots
+
+CLASSES = ("benign", "malignant", "normal")
+
+
+@pytest.fixture
+def fixture_predictions():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    logits = rng.normal(size=(10, 3)) + 1.0 * np.eye(3)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, proba
+
+
+def assert_png(path, min_side=50):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(path))
+    assert image is not None and min(image.shape[:2]) >= min_side
+
+
+def test_confusion_data_has_one_row_per_image_with_class_names(tmp_path):
+    y, pred = np.array([0, 1, 2, 1]), np.array([0, 2, 2, 1])
+    plots.save_csv(plots.confusion_rows(y, pred, CLASSES), tmp_path / "confusion.csv")
+    frame = pd.read_csv(tmp_path / "confusion.csv")
+    assert list(frame.columns) == ["actual", "predicted"]
+    assert frame.values.tolist() == [
+        ["benign", "benign"],
+        ["malignant", "normal"],
+        ["normal", "normal"],
+        ["malignant", "malignant"],
+    ]
+
+
+def test_predictions_table_lists_path_label_prediction_and_every_probability(fixture_predictions):
+    y, proba = fixture_predictions
+    paths = [f"img{i}.png" for i in range(10)]
+    frame = plots.predictions_table(paths, y, proba, CLASSES)
+    assert list(frame.columns) == [
+        "path",
+        "label",
+        "predicted",
+        "p_benign",
+        "p_malignant",
+        "p_normal",
+    ]
+    assert frame["predicted"].tolist() == [CLASSES[k] for k in proba.argmax(1)]
+    np.testing.assert_allclose(frame[["p_benign", "p_malignant", "p_normal"]], proba, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_confusion_figure_renders(tmp_path, normalize):
+    fig = plots.confusion_figure([[3, 1, 0], [0, 2, 1], [0, 0, 0]], CLASSES, normalize, "val")
+    plots.save_png(fig, tmp_path / "plots" / "confusion.png")
+    assert_png(tmp_path / "plots" / "confusion.png")
+
+
+def test_roc_and_reliability_figures_render(tmp_path, fixture_predictions):
+    y, proba = fixture_predictions
+    rows = metrics.roc_points(y, proba, CLASSES)
+    assert {r["class"] for r in rows} == set(CLASSES)
+    assert all(0 <= r["fpr"] <= 1 and 0 <= r["tpr"] <= 1 for r in rows)
+    plots.save_png(plots.roc_figure(rows, {"benign": 0.8}, "test"), tmp_path / "roc.png")
+    curves = {"before": metrics.reliability_bins(y, proba, 10)}
+    curves["after"] = metrics.reliability_bins(y, metrics.apply_temperature(proba, 2.0), 10)
+    plots.save_png(plots.reliability_figure(curves, "test"), tmp_path / "reliability.png")
+    assert_png(tmp_path / "roc.png")
+    assert_png(tmp_path / "reliability.png")
+
+
+def test_sample_rows_hold_what_their_titles_say(fixture_predictions):
+    y, proba = fixture_predictions
+    pred = proba.argmax(1)
+    rows = plots.choose_samples(y, proba, CLASSES, per_class=2, seed=0)
+    for k, name in enumerate(CLASSES):
+        for i in rows[f"correct: true {name}"]:
+            assert y[i] == k and pred[i] == k
+        for i in rows[f"wrong: true {name}"]:
+            assert y[i] == k and pred[i] != k
+        assert len(rows[f"correct: true {name}"]) == min(2, np.sum((y == k) & (pred == k)))
+    errors = rows["most confident errors"]
+    assert all(pred[i] != y[i] for i in errors)
+    confidence = proba[errors].max(1)
+    assert list(confidence) == sorted(confidence, reverse=True)
+    assert len(errors) == min(2, int(np.sum(pred != y)))
+    assert rows == plots.choose_samples(y, proba, CLASSES, per_class=2, seed=0)
+
+
+def test_image_grid_renders_rows_including_empty_ones(tmp_path, fixture_predictions):
+    y, proba = fixture_predictions
+    images = np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3)).astype(np.uint8)
+    rows = plots.choose_samples(y, proba, CLASSES, per_class=3, seed=0)
+    rows["empty"] = []
+    captions = [f"true {CLASSES[t]}" for t in y]
+    plots.save_png(plots.image_grid(images, rows, captions, "samples"), tmp_path / "grid.png")
+    assert_png(tmp_path / "grid.png")
