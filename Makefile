@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install demo repro test test-fast lint format ui clean-demo
+.PHONY: install demo repro test test-fast lint format ui clean-demo serve bench-serve browser \
+	promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 
 repro: demo
 
-test: install ## the whole test suite (unit + integration)
+test: install browser azure-server-env azure-ml-env ## the whole test suite (unit + integration)
 	$(PY) -m pytest
 
 test-fast: install ## unit tests only
@@ -40,3 +41,50 @@ format: install
 
 ui: install ## MLflow UI on the project's tracking store
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
+
+MODEL ?= models:/tumor-classifier@champion
+PORT ?= 8000
+
+serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | runs:/... | path.keras)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" $(PY) -m pipeline.serve --model "$(MODEL)" --port $(PORT)
+
+bench-serve: install ## service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
+	$(PY) bench/serve_latency.py $(BENCH_ARGS)
+
+browser: ## Debian's chromium for the page's end-to-end test (root; no Playwright download)
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version)"; \
+	else apt-get update && apt-get install -y chromium; fi
+
+# --- promotion and Azure deployment (docs/deploy.md) ----------------------------------------------
+AZ_SERVER_VENV := .venv-azureml-server
+AZ_ML_VENV := .venv-azure-ai-ml
+
+promote: install ## move @champion to @challenger if it passes params.yaml's promote: gates
+	$(PY) -m pipeline.promote
+
+rollback: install ## point @champion back at the version it replaced
+	$(PY) -m pipeline.promote rollback
+
+package-azure: install ## build/azure/: the champion + score.py + YAMLs, as deployment.yml expects
+	$(PY) -m pipeline.package
+
+serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" \
+	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(PORT)
+
+lint-workflows: install ## GitHub Actions workflows against GitHub's schema (offline)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## .venv-azureml-server: azmlinfsrv + the pinned scoring env
+
+$(AZ_SERVER_VENV)/.installed-stamp: deploy/azure/requirements.txt
+	$(PYTHON) -m venv $(AZ_SERVER_VENV)
+	$(AZ_SERVER_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements.txt
+	touch $@
+
+azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## .venv-azure-ai-ml: azure-ai-ml to validate the YAMLs offline
+
+$(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt
+	$(PYTHON) -m venv $(AZ_ML_VENV)
+	$(AZ_ML_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-deploy.txt
+	touch $@

@@ -104,10 +104,10 @@ def run(params: Params) -> dict:
     selection.update(
         model_name=params.select.model_name, version=version, alias=params.select.alias
     )
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        mlflow.log_text(card, "model_card.md")
-        mlflow.log_dict(selection, "selection.json")
-    mlflow.MlflowClient().update_model_version(params.select.model_name, version, description=card)
+    client = mlflow.MlflowClient()
+    client.log_text(run_info["run_id"], card, "model_card.md")
+    client.log_dict(run_info["run_id"], selection, "selection.json")
+    client.update_model_version(params.select.model_name, version, description=card)
 
     write_json(SELECTION_FILE, selection)
     write_text(MODEL_CARD_FILE, card)

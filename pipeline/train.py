@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from pipeline import backbones, tracking
+from pipeline import backbones, pyfunc, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
@@ -101,9 +101,9 @@ def run(params: Params, arch: str) -> dict[str, float]:
             "train_seconds": float(history["epoch_seconds"].sum()),
         }
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
-        tracking.log_keras_model(
+        # Keras flavor + the serving pyfunc flavor (base64 images or arrays in), one artifact.
+        pyfunc.log_model(
             model,
-            example=val.images[:1].astype("float32"),
             metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
         )
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}

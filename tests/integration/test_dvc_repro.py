@@ -131,7 +131,7 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
         assert "test_macro_f1" in run.data.metrics
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
     selection = json.loads((path / "reports/selection.json").read_text())
-    assert version.version == selection["version"]
+    assert str(version.version) == selection["version"]
     assert version.tags["arch"] == selection["winner"]
     assert "manifest_sha256" in version.tags and "val_macro_f1" in version.tags
     model = mlflow.keras.load_model("models:/tumor-classifier@challenger")

@@ -1,0 +1,58 @@
+"""The Azure ML YAMLs validate offline with azure-ai-ml's own loaders, and the pins agree.
+
+Needs `.venv-azure-ai-ml` (`make azure-ml-env`): azure-ai-ml is kept out of the project's
+environment (its opentelemetry pins drift from MLflow's; the design keeps deploy tooling apart).
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+AZURE = ROOT / "deploy" / "azure"
+PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
+
+
+def validate(folder: Path) -> subprocess.CompletedProcess:
+    if not PYTHON.is_file():
+        pytest.skip("azure-ai-ml not installed: run `make azure-ml-env` (.venv-azure-ai-ml)")
+    command = [str(PYTHON), str(AZURE / "validate.py"), str(folder)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_endpoint_and_deployment_load_with_probes_limits_and_settings():
+    result = validate(AZURE)
+    assert result.returncode == 0, result.stderr
+    deployment = json.loads(result.stdout)["deployment"]
+    assert deployment["endpoint_name"] == json.loads(result.stdout)["endpoint"]["name"]
+    assert deployment["instance_count"] >= 1 and deployment["instance_type"]
+    assert deployment["request_timeout_ms"] > 0
+    assert deployment["liveness_period"] and deployment["readiness_period"]
+    assert deployment["scoring_script"] == "score.py"
+    settings = deployment["environment_variables"]
+    assert int(settings["WORKER_COUNT"]) == deployment["max_concurrent_requests_per_instance"]
+    assert int(settings["MAX_UPLOAD_BYTES"]) > 0
+
+
+def test_a_broken_deployment_yaml_is_refused(tmp_path):
+    for name in ("endpoint.yml", "deployment.yml", "conda.yml"):
+        shutil.copyfile(AZURE / name, tmp_path / name)
+    broken = yaml.safe_load((tmp_path / "deployment.yml").read_text())
+    broken["instance_count"] = "two"
+    (tmp_path / "deployment.yml").write_text(yaml.safe_dump(broken))
+    result = validate(tmp_path)
+    assert result.returncode == 1 and "invalid:" in result.stderr
+
+
+def test_the_conda_environment_pins_exactly_the_local_scoring_requirements():
+    conda = yaml.safe_load((AZURE / "conda.yml").read_text())
+    (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    lines = (AZURE / "requirements.txt").read_text().splitlines()
+    required = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert sorted(pip) == sorted(required)
+    assert all("==" in pin for pin in pip)

@@ -1,0 +1,157 @@
+"""Promotion moves `champion` only through the gates, records why, and can be rolled back."""
+
+import json
+import math
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline import promote, registry
+from pipeline.config import parse_params
+from pipeline.errors import UserError
+from tests.factories import make_prepared
+from tests.registry_models import register_model
+
+NAME = "tumor-classifier"
+RAW = {
+    "promote": {"min_macro_f1": 0.5, "min_malignant_sensitivity": 0.5, "max_regression": 0.02},
+    "mlflow": {"experiment": "tests"},
+}
+PARAMS = parse_params(RAW)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with a prepared test split and its own empty SQLite registry."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    make_prepared(tmp_path, per_split={"train": 1, "val": 1, "test": 4})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(RAW))  # for main()
+    return tmp_path
+
+
+def champion() -> str | None:
+    found = registry.version_by_alias(NAME, "champion")
+    return found and str(found.version)
+
+
+def tags(version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version(NAME, version).tags
+
+
+# --- the rules, without a registry -------------------------------------------------------------
+
+GOOD = {"macro_f1": 0.90, "malignant_sensitivity": 0.95}
+
+
+def test_a_challenger_under_an_absolute_floor_is_refused_even_without_a_champion():
+    ok, reason = promote.decide({"macro_f1": 0.40, "malignant_sensitivity": 0.99}, None, PARAMS)
+    assert not ok and "macro_f1 0.4000 < promote.min_macro_f1 0.5000" in reason
+    ok, reason = promote.decide({"macro_f1": 0.90, "malignant_sensitivity": 0.30}, None, PARAMS)
+    assert not ok and "malignant_sensitivity" in reason
+
+
+def test_an_undefined_metric_never_passes_a_gate():
+    ok, _ = promote.decide({"macro_f1": math.nan, "malignant_sensitivity": 1.0}, None, PARAMS)
+    assert not ok
+
+
+def test_the_first_champion_needs_only_the_absolute_gates():
+    ok, reason = promote.decide(GOOD, None, PARAMS)
+    assert ok and "no champion yet" in reason
+
+
+def test_a_regression_within_the_margin_passes_and_beyond_it_is_refused():
+    within = {"macro_f1": 0.89, "malignant_sensitivity": 0.94}
+    assert promote.decide(within, GOOD, PARAMS)[0]
+    beyond = {"macro_f1": 0.90, "malignant_sensitivity": 0.90}
+    ok, reason = promote.decide(beyond, GOOD, PARAMS)
+    assert not ok and "regresses more than promote.max_regression" in reason
+
+
+def test_gates_are_validated_params():
+    with pytest.raises(UserError, match="promote.min_macro_f1"):
+        parse_params({"promote": {"min_macro_f1": 1.5}})
+    with pytest.raises(UserError, match="promote.alias"):
+        parse_params({"promote": {"alias": "challenger"}})
+
+
+# --- against a real (SQLite) registry ----------------------------------------------------------
+
+
+def test_a_passing_challenger_becomes_the_first_champion_and_the_decision_is_recorded(project):
+    version = register_model("good")
+    decision = promote.run(PARAMS)
+    assert decision.promoted and champion() == version
+    recorded = tags(version)
+    assert recorded["promotion_status"] == "promoted"
+    assert recorded["promotion_compared_to"] == "none"
+    assert recorded["promotion_previous_champion"] == "none"
+    assert float(recorded["promotion_test_macro_f1"]) == 1.0
+    assert recorded["promotion_test_n_test"] == "12"
+    assert recorded["promotion_time"].endswith("+00:00")
+    report = json.loads((project / "reports" / "promotion.json").read_text())
+    assert report["promoted"] is True and report["challenger_version"] == version
+
+
+def test_a_worse_challenger_is_refused_with_a_one_line_reason_and_the_alias_stays(project, capsys):
+    first = register_model("good")
+    promote.run(PARAMS)
+    worse = register_model("bad")
+    capsys.readouterr()
+    code = promote.main([])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: promotion refused: {NAME} version {worse}: test macro_f1")
+    assert champion() == first
+    recorded = tags(worse)
+    assert recorded["promotion_status"] == "refused"
+    assert recorded["promotion_compared_to"] == first
+    assert "promotion_previous_champion" not in recorded
+
+
+def test_a_challenger_that_regresses_against_the_champion_is_refused(project):
+    first = register_model("good")
+    promote.run(PARAMS)
+    register_model("no_normal")  # clears the 0.5 floors, far below the champion's macro-F1
+    with pytest.raises(promote.PromotionRefused, match="regresses more than"):
+        promote.run(PARAMS)
+    assert champion() == first
+
+
+def test_rollback_points_the_champion_back_to_the_version_it_replaced(project):
+    first = register_model("good")
+    promote.run(PARAMS)
+    with pytest.raises(UserError, match="replaced no champion"):
+        promote.run(PARAMS, action="rollback")
+    second = register_model("good")
+    promote.run(PARAMS)
+    assert champion() == second
+    assert promote.main(["rollback"]) == 0
+    assert champion() == first
+    assert tags(second)["promotion_status"] == "rolled_back"
+    with pytest.raises(UserError, match="was rolled back"):  # not promoted again by accident
+        promote.run(PARAMS)
+
+
+def test_promoting_the_champion_again_changes_nothing(project):
+    version = register_model("good")
+    promote.run(PARAMS)
+    decision = promote.run(PARAMS)
+    assert not decision.promoted and champion() == version
+    report = json.loads((project / "reports" / "promotion.json").read_text())
+    assert report["promotion_status"] == "unchanged"
+
+
+def test_without_a_challenger_the_error_says_what_to_run(project):
+    with pytest.raises(UserError, match=r"tumor-classifier@challenger: not found; run `dvc repro`"):
+        promote.run(PARAMS)
+
+
+def test_a_challenger_selected_on_another_manifest_is_not_gated_on_this_test_split(project):
+    register_model("good", tags={"manifest_sha256": "0" * 64})
+    with pytest.raises(UserError, match="another data manifest"):
+        promote.run(PARAMS)
+    assert champion() is None
