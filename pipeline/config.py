@@ -81,6 +81,7 @@ class TrainParams:
     monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = "val_macro_f1"
     patience: int = 3
     augment_on_the_fly: bool = True
+    loader_workers: int = 1
     mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None = None
     densenet121: ArchParams = field(default_factory=ArchParams)
     resnet50: ArchParams = field(default_factory=ArchParams)
@@ -258,6 +259,7 @@ def _check_values(p: Params) -> None:
     need(t.weight_decay >= 0, "train.weight_decay", "must not be negative")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be within [0, 1)")
     need(t.patience >= 1, "train.patience", "must be positive")
+    need(1 <= t.loader_workers <= 64, "train.loader_workers", "must be within [1, 64]")
     for arch in ARCHS:
         ap = t.arch(arch)
         key = f"train.{arch}"

@@ -36,8 +36,7 @@ def artifact_root(root: Path | None = None) -> str:
 def setup(experiment: str) -> str:
     """Point MLflow at the project's store and return the experiment id (created if new)."""
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store unless told otherwise
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id

@@ -85,6 +85,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         params.train.batch_size,
         params.seed,
         augment=light(params.augment) if params.train.augment_on_the_fly else None,
+        workers=params.train.loader_workers,
     )
     tracking.setup(params.mlflow.experiment)
     synthetic = uses_demo_data(params)
@@ -217,6 +218,7 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
         "label_smoothing": t.label_smoothing,
         "class_weights": t.class_weights,
         "augment_on_the_fly": t.augment_on_the_fly,
+        "loader_workers": t.loader_workers,
         "monitor": t.monitor,
         "patience": t.patience,
         "mixed_precision": t.mixed_precision or "none",
