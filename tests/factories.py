@@ -8,19 +8,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.prepare import MANIFEST_COLUMNS
+
 CLASSES = ("benign", "malignant", "normal")
-MANIFEST_COLUMNS = [
-    "path",
-    "label",
-    "split",
-    "group",
-    "sha256",
-    "phash",
-    "source",
-    "masks",
-    "width",
-    "height",
-]
 
 
 def label_image(label_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,5 +42,5 @@ def make_prepared(
                 cv2.imwrite(str(folder / rel), label_image(label_index, size, rng))
                 group = f"g-{label}-{split}-{i}"
                 rows.append([rel, label, split, group, "0" * 64, "0" * 16, rel, "", size, size])
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(folder / "manifest.csv", index=False)
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv", index=False)
     return folder

@@ -7,7 +7,6 @@ through `executable_path` (no `playwright install`, no download). Network: loopb
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import socket
 import threading
@@ -37,20 +36,6 @@ LAUNCH_ARGS = [
 pytestmark = pytest.mark.slow
 
 
-def _shared_tiny_model(config: pytest.Config, factory: pytest.TempPathFactory):
-    """(folder, keras model): one tiny ResNet50 per session, shared with the other serving tests."""
-    cached = getattr(config, "_serving_tiny_model", None)
-    if cached is None:
-        from pipeline.backbones import build_classifier
-
-        folder = factory.mktemp("tiny-model")
-        model = build_classifier("resnet50", 32, CLASSES)
-        model.save(folder / "model.keras")
-        (folder / "classes.json").write_text(json.dumps(list(CLASSES)))
-        cached = config._serving_tiny_model = (folder, model)
-    return cached
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -58,8 +43,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def classifier(pytestconfig, tmp_path_factory) -> Classifier:
-    model = _shared_tiny_model(pytestconfig, tmp_path_factory)[1]
+def classifier(tiny_model) -> Classifier:
+    model = tiny_model[1]
     return Classifier(model, CLASSES, 0.4, "tumor-classifier", "5", "resnet50", True)
 
 

@@ -22,24 +22,9 @@ from pipeline.inference import (
 CLASSES = ("benign", "malignant", "normal")
 
 
-def _shared_tiny_model(config: pytest.Config, factory: pytest.TempPathFactory):
-    """(folder with model.keras + classes.json, keras model): one per test session, shared by the
-    serving test modules through the pytest config (building a ResNet50 takes ~20 s here)."""
-    cached = getattr(config, "_serving_tiny_model", None)
-    if cached is None:
-        from pipeline.backbones import build_classifier
-
-        folder = factory.mktemp("tiny-model")
-        model = build_classifier("resnet50", 32, CLASSES)
-        model.save(folder / "model.keras")
-        (folder / "classes.json").write_text(json.dumps(list(CLASSES)))
-        cached = config._serving_tiny_model = (folder, model)
-    return cached
-
-
 @pytest.fixture(scope="module")
-def tiny(pytestconfig, tmp_path_factory):
-    return _shared_tiny_model(pytestconfig, tmp_path_factory)
+def tiny(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

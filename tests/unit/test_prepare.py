@@ -20,17 +20,9 @@ from pipeline.layouts import is_mask
 
 CLASSES = ("benign", "malignant", "normal")
 COLUMNS = [
-    "path",
-    "label",
-    "split",
-    "group",
-    "sha256",
-    "phash",
-    "source",
-    "masks",
-    "width",
-    "height",
-]
+    *("path", "label", "split", "group", "sha256", "phash"),
+    *("source", "masks", "width", "height"),
+]  # spelled out, not imported: this is the contract other stages read
 PER_CLASS = 12
 BUSI = "Dataset_BUSI_with_GT"
 

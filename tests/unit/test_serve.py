@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import struct
 import tempfile
@@ -24,23 +23,9 @@ CLASSES = ("benign", "malignant", "normal")
 MAX_BYTES = 4 * 1024 * 1024
 
 
-def _shared_tiny_model(config: pytest.Config, factory: pytest.TempPathFactory):
-    """(folder, keras model): one tiny ResNet50 per session, shared with the other serving tests."""
-    cached = getattr(config, "_serving_tiny_model", None)
-    if cached is None:
-        from pipeline.backbones import build_classifier
-
-        folder = factory.mktemp("tiny-model")
-        model = build_classifier("resnet50", 32, CLASSES)
-        model.save(folder / "model.keras")
-        (folder / "classes.json").write_text(json.dumps(list(CLASSES)))
-        cached = config._serving_tiny_model = (folder, model)
-    return cached
-
-
 @pytest.fixture(scope="module")
-def classifier(pytestconfig, tmp_path_factory) -> Classifier:
-    model = _shared_tiny_model(pytestconfig, tmp_path_factory)[1]
+def classifier(tiny_model) -> Classifier:
+    model = tiny_model[1]
     return Classifier(model, CLASSES, 0.3, "tumor-classifier", "3", "resnet50", True)
 
 
