@@ -20,8 +20,10 @@ install: $(STAMP) ## create .venv and install the project with its dev tools
 demo: install ## run the whole pipeline on the built-in synthetic demo data
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo
-	@PATH="$(abspath $(BIN)):$$PATH" dvc metrics show
-	@echo "Compare runs: make ui   (MLflow UI on http://127.0.0.1:5000)"
+	@cat reports/evaluate/comparison.md
+	@echo
+	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); print("Selected", s["winner"], "-", s["reason"], "- registered", s["model_name"], "version", s["version"], "@" + s["alias"])'
+	@echo "All metrics: .venv/bin/dvc metrics show   Model card: reports/model_card.md   Runs: make ui"
 
 repro: demo
 
