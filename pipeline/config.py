@@ -75,6 +75,7 @@ class ArchParams:
 class TrainParams:
     batch_size: int = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     class_weights: bool = False

@@ -58,6 +58,26 @@ def predictions_table(
 # --- figures -------------------------------------------------------------------------------------
 
 
+def history_figure(history: pd.DataFrame, title: str) -> Figure:
+    """Training curves: loss, accuracy and whole-val-set macro-F1 per epoch, train beside val."""
+    fig = Figure(figsize=(11, 3.4))
+    panels = [
+        ("loss", ["loss", "val_loss"]),
+        ("accuracy", ["accuracy", "val_accuracy"]),
+        ("macro-F1", ["val_macro_f1"]),
+    ]
+    for ax, (name, columns) in zip(fig.subplots(1, 3), panels, strict=True):
+        for column in columns:
+            if column in history:
+                ax.plot(history["epoch"] + 1, history[column], marker="o", label=column)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 def confusion_figure(
     matrix: np.ndarray | list, classes: tuple[str, ...] | list[str], normalize: bool, title: str
 ) -> Figure:

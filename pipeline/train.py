@@ -10,6 +10,7 @@ Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (his
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from pipeline import backbones, pyfunc, tracking
+from pipeline import backbones, plots, pyfunc, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
@@ -116,7 +117,12 @@ def run(params: Params, arch: str) -> dict[str, float]:
             REPORTS_DIR / arch / "history.csv", history.to_csv(index=False, lineterminator="\n")
         )
         write_json(REPORTS_DIR / arch / "metrics.json", summary)
+        plots.save_png(
+            plots.history_figure(history, f"{arch}: training curves"),
+            REPORTS_DIR / arch / "curves.png",
+        )
         mlflow.log_artifact(str(REPORTS_DIR / arch / "history.csv"))
+        mlflow.log_artifact(str(REPORTS_DIR / arch / "curves.png"))
     best_f1 = summary["val_macro_f1"]
     print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {best_f1:.3f}")
     return summary
@@ -145,7 +151,7 @@ def _fit(
             backbones.set_backbone_trainable(
                 model, ap.unfreeze if pretrained else "all", pretrained
             )
-        _compile(model, params, lr)
+        _compile(model, params, lr, steps=len(batches) * (last - first))
         history = model.fit(
             batches,
             validation_data=(val.images.astype("float32"), np.eye(len(params.classes))[val.labels]),
@@ -159,7 +165,7 @@ def _fit(
                 MlflowEpochLogger(),
                 _early_stopping(params),
             ],
-            verbose=2,
+            verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
         )
         frame = pd.DataFrame(history.history)
         frame.insert(0, "epoch", history.epoch)
@@ -167,8 +173,10 @@ def _fit(
     return pd.concat(frames, ignore_index=True)
 
 
-def _compile(model: keras.Model, params: Params, learning_rate: float) -> None:
+def _compile(model: keras.Model, params: Params, learning_rate: float, steps: int) -> None:
     t = params.train
+    if t.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     if t.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
             learning_rate, momentum=0.9, weight_decay=t.weight_decay or None
@@ -214,6 +222,7 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
         "image_size": params.prepare.image_size,
         "batch_size": t.batch_size,
         "optimizer": t.optimizer,
+        "schedule": t.schedule,
         "weight_decay": t.weight_decay,
         "label_smoothing": t.label_smoothing,
         "class_weights": t.class_weights,

@@ -15,7 +15,12 @@ from tests.factories import make_prepared
 
 TINY = {
     "prepare": {"image_size": 32},
-    "train": {"batch_size": 8, "resnet50": {"epochs": 2}, "densenet121": {"epochs": 1}},
+    "train": {
+        "batch_size": 8,
+        "schedule": "cosine",
+        "resnet50": {"epochs": 2},
+        "densenet121": {"epochs": 1},
+    },
     "mlflow": {"experiment": "unit-test"},
 }
 
@@ -58,6 +63,8 @@ def test_history_has_one_row_per_epoch_with_whole_val_set_macro_f1(trained):
         assert history[column].notna().all(), column
     assert 0 <= summary["val_macro_f1"] <= 1
     assert summary["val_macro_f1"] == history.val_macro_f1.max()
+    assert history.learning_rate[1] < history.learning_rate[0]  # cosine decay within the phase
+    assert (root / "reports/train/resnet50/curves.png").stat().st_size > 0
 
 
 def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
