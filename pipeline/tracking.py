@@ -36,7 +36,8 @@ def artifact_root(root: Path | None = None) -> str:
 def setup(experiment: str) -> str:
     """Point MLflow at the project's store and return the experiment id (created if new)."""
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store unless told otherwise
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # explicit: a registry URI set earlier in-process must not win
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
