@@ -89,8 +89,10 @@ def log_model(model: Any, metadata: dict[str, Any]) -> str:
     """Log `model` as the active run's `model` artifact (see `save_model`); return its runs:/ URI.
 
     Saved locally and uploaded, not through `mlflow.keras.log_model`, whose `input_example`
-    handling is broken in MLflow 3.17 (see `pipeline.tracking.log_keras_model`) and which offers
-    no way to swap in this loader.
+    handling is broken in MLflow 3.17 (it writes the example before it creates the model folder:
+    FileNotFoundError) and which offers no way to swap in this loader. No signature: MLflow would
+    enforce one input schema before `predict`, and none covers "base64 or arrays"; the loader
+    validates its input itself.
     """
     with tempfile.TemporaryDirectory() as tmp:
         run_id = mlflow.active_run().info.run_id

@@ -71,6 +71,7 @@ def run(params: Params) -> dict:
     synthetic = uses_demo_data(params)
     summary = _read_json(Path("reports/data/summary.json"), required=False)
     manifest_hash = registry.file_sha256(PREPARED_DIR / "manifest.csv")
+    threshold = (metrics[winner]["val"].get("operating_point") or {}).get("threshold")
     selection = {
         "winner": winner,
         "metric": params.select.metric,
@@ -82,6 +83,7 @@ def run(params: Params) -> dict:
         "run_id": run_info["run_id"],
         "manifest_sha256": manifest_hash,
         "synthetic_data": synthetic,
+        "operating_point_threshold": threshold,
     }
     card = render_model_card(winner, metrics[winner], summary, selection, synthetic)
 
@@ -95,7 +97,6 @@ def run(params: Params) -> dict:
         "selection_reason": reason,
         **_metric_tags(metrics[winner]),
     }
-    threshold = (metrics[winner]["val"].get("operating_point") or {}).get("threshold")
     if threshold is not None:
         tags["operating_point_threshold"] = f"{threshold:.6f}"
     version = registry.register(
@@ -113,6 +114,7 @@ def run(params: Params) -> dict:
     write_text(MODEL_CARD_FILE, card)
     with staged_dir(SELECTED_DIR) as out:
         shutil.copyfile(Path("models") / winner / "model.keras", out / "model.keras")
+        shutil.copyfile(Path("models") / winner / "classes.json", out / "classes.json")
         write_json(out / "registration.json", selection)
     print(
         f"select: {winner} ({reason}); registered {params.select.model_name} "

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import mlflow
-from mlflow.models import infer_signature
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,21 +72,3 @@ def run_tags(stage: str, synthetic: bool) -> dict[str, str]:
         "data_kind": "synthetic-demo" if synthetic else "user-data",
         "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
-
-
-def log_keras_model(model: Any, example: Any, metadata: dict[str, Any]) -> str:
-    """Log `model` (Keras 3 flavor, signature, input example) as the active run's `model` artifact.
-
-    Saved locally and uploaded, rather than with `mlflow.keras.log_model(input_example=...)`,
-    because MLflow 3.17's Keras flavor writes the example before it creates the model folder
-    (FileNotFoundError). Returns the `runs:/` URI that the registry takes.
-    """
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "model"
-        local.mkdir()
-        mlflow.keras.save_model(
-            model, str(local), signature=signature, input_example=example, metadata=metadata
-        )
-        mlflow.log_artifacts(str(local), artifact_path="model")
-    return f"runs:/{mlflow.active_run().info.run_id}/model"

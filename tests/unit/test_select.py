@@ -61,6 +61,7 @@ def project(tmp_path, monkeypatch):
         folder = tmp_path / "models" / arch
         folder.mkdir(parents=True)
         model.save(folder / "model.keras")
+        (folder / "classes.json").write_text(json.dumps(["benign", "malignant", "normal"]))
         with mlflow.start_run() as run:
             local = tmp_path / f"mlflow-{arch}"
             mlflow.keras.save_model(model, str(local))
@@ -87,6 +88,7 @@ def test_the_winner_is_registered_as_challenger_with_its_evidence(project):
     written = json.loads((project / "reports" / "selection.json").read_text())
     assert written["reason"].startswith("higher validation macro_f1")
     assert (project / "models" / "selected" / "model.keras").is_file()
+    assert written["operating_point_threshold"] == pytest.approx(0.3)  # served from models/selected
     assert (project / "reports" / "model_card.md").read_text() == version.description
 
 
