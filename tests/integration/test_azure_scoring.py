@@ -7,10 +7,7 @@ project's environment (it pins opentelemetry and pydantic below MLflow 3's).
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,19 +21,13 @@ from pipeline import package, promote
 from pipeline.config import parse_params
 from tests.factories import CLASSES, label_image, make_prepared
 from tests.registry_models import register_model
+from tests.servers import free_port, running
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / ".venv-azureml-server" / "bin" / "azmlinfsrv"
 AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
 MAX_UPLOAD_BYTES = 200_000
-STARTUP_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(label_index: int, size: int = 48) -> bytes:
@@ -69,34 +60,9 @@ def scoring_url(packaged, tmp_path_factory):
     command = [str(SERVER), "--entry_script", "score.py", "--model_dir", str(packaged / "model")]
     command += ["--port", str(port)]
     log_path = tmp_path_factory.mktemp("logs") / "azmlinfsrv.log"
-    with log_path.open("w+") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=packaged / "code",
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + STARTUP_SECONDS
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"azmlinfsrv did not come up:\n{log.read()[-4000:]}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}/score"
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    ready = f"http://127.0.0.1:{port}/"
+    with running(command, ready, log_path, env=env, cwd=packaged / "code", startup_seconds=120):
+        yield f"http://127.0.0.1:{port}/score"
 
 
 def post(url: str, body: bytes, content_type: str | None) -> tuple[int, dict]:

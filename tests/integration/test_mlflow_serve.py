@@ -3,11 +3,7 @@
 import base64
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,15 +16,9 @@ from pipeline import promote
 from pipeline.config import parse_params
 from tests.factories import CLASSES, label_image, make_prepared
 from tests.registry_models import register_model
+from tests.servers import free_port, running
 
 pytestmark = pytest.mark.slow
-STARTUP_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
@@ -38,21 +28,6 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    log.seek(0)
-    pytest.fail(f"server not up after {STARTUP_SECONDS}s:\n{log.read()[-3000:]}")
 
 
 @pytest.fixture
@@ -68,20 +43,9 @@ def champion_server(tmp_path, monkeypatch):
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with (tmp_path / "serve.log").open("w+") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/ping", process, log)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    url = f"http://127.0.0.1:{port}"
+    with running(command, f"{url}/ping", tmp_path / "serve.log", env=env, startup_seconds=120):
+        yield url
 
 
 def test_the_champion_answers_a_posted_image_and_refuses_a_bad_one(champion_server):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from pipeline import synthetic
 from pipeline.inference import Classifier, decode_upload
 from pipeline.serve import create_app
+from tests.servers import free_port
 
 CLASSES = ("benign", "malignant", "normal")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -36,12 +36,6 @@ LAUNCH_ARGS = [
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def classifier(tiny_model) -> Classifier:
     model = tiny_model[1]
@@ -53,7 +47,7 @@ def server(classifier):
     """The real uvicorn server on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(classifier), host="127.0.0.1", port=port, log_level="warning"
     )
