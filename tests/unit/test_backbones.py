@@ -99,3 +99,15 @@ def test_from_scratch_batchnorm_statistics_follow_training_quickly():
 def test_unknown_backbone_is_a_user_error():
     with pytest.raises(UserError, match="unknown backbone 'vgg16'"):
         backbones.build_classifier("vgg16", 32, CLASSES)
+
+
+def test_mixed_precision_keeps_probabilities_in_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = backbones.build_classifier("resnet50", 32, CLASSES)
+        proba = model.predict(np.full((2, 32, 32, 3), 128, "float32"), verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("backbone").compute_dtype == "bfloat16"
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
