@@ -25,7 +25,7 @@ from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
-from pipeline.files import staged_dir, write_json, write_text
+from pipeline.files import staged_dir, write_json
 
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports/train")
@@ -113,9 +113,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
             model.save(out / "model.keras")
             write_json(out / "run.json", run_info)
             write_json(out / "classes.json", list(params.classes))
-        write_text(
-            REPORTS_DIR / arch / "history.csv", history.to_csv(index=False, lineterminator="\n")
-        )
+        plots.save_csv(history, REPORTS_DIR / arch / "history.csv")
         write_json(REPORTS_DIR / arch / "metrics.json", summary)
         plots.save_png(
             plots.history_figure(history, f"{arch}: training curves"),
