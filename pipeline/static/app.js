@@ -59,7 +59,7 @@ function renderBars(probabilities, predicted) {
   }
 }
 
-function renderResult(result) {
+async function renderResult(result, request) {
   $("error").hidden = true;
   $("answer").hidden = false;
   $("predicted-class").textContent = result.predicted_class;
@@ -81,6 +81,9 @@ function renderResult(result) {
   const heat = $("heatmap");
   if (result.heatmap) {
     heat.src = result.heatmap;
+    // "done" only once the overlay can be painted: a data URL still decodes asynchronously
+    try { await heat.decode(); } catch (err) { /* a broken overlay must not hide the answer */ }
+    if (request !== state.request) return; // a newer image was chosen while this one decoded
     heat.hidden = !$("show-heatmap").checked;
   } else {
     heat.removeAttribute("src");
@@ -115,7 +118,7 @@ async function classify(file) {
     showError(`Refused (${response.status}): ${body.error || response.statusText}`);
     return;
   }
-  renderResult(body);
+  await renderResult(body, request);
 }
 
 function setup() {

@@ -113,6 +113,7 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     assert "version 5" in page.inner_text("#model-info")
 
     heat = page.locator("#heatmap")
+    assert heat.evaluate("img => img.complete && img.naturalWidth > 0")  # decoded, paintable
     assert heat.is_visible() and heat.get_attribute("src").startswith("data:image/png;base64,")
     preview_box, heat_box = page.locator("#preview").bounding_box(), heat.bounding_box()
     assert preview_box["width"] > 0
