@@ -13,45 +13,76 @@ import numpy as np
 from pipeline.config import AugmentParams
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, p: AugmentParams) -> np.ndarray:
+def speckle_field(rng: np.random.Generator, shape: tuple[int, ...], speckle: float) -> np.ndarray:
+    """Multiplicative speckle factors (float32, mean 1, standard deviation `speckle`), grey.
+
+    One value per pixel, repeated over the channels, because ultrasound speckle is grey. Uniform
+    rather than normal: a normal draw costs five times more per pixel. The input pipeline draws
+    one field twice the image size per epoch and gives each image a random window of it
+    (`augment_image(field=...)`), which moves the noise off the per-image cost.
+    """
+    grey = rng.random(shape[:2], dtype=np.float32)
+    grey -= 0.5
+    grey *= np.float32(speckle * np.sqrt(12.0))
+    grey += 1.0
+    return np.repeat(grey[..., None], shape[2], axis=2) if len(shape) == 3 else grey
+
+
+def augment_image(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    p: AugmentParams,
+    out: np.ndarray | None = None,
+    field: np.ndarray | None = None,
+) -> np.ndarray:
     """One random variant of an (S, S, 3) uint8 image: flip, rotation, zoom, brightness, speckle.
 
     The ranges are small on purpose: an ultrasound lesion's shape and margin carry its label, so
-    no transform may turn a circumscribed oval into something else. The geometry runs on uint8
-    and the photometry is one fused OpenCV pass, because this feeds a GPU (bench/).
+    no transform may turn a circumscribed oval into something else. Because this feeds a GPU
+    (bench/), each step is one OpenCV pass on uint8 written into `out` (a slot of the batch, when
+    given): the flip is folded into the rotation's matrix, contrast and brightness are one table,
+    and the speckle is a window of a pre-drawn `field` (see `speckle_field`) when one is given.
     """
-    out = image
-    height, width = out.shape[:2]
-    if p.flip and rng.random() < 0.5:
-        out = out[:, ::-1]  # left-right only: depth (top-bottom) has meaning in ultrasound
+    height, width = image.shape[:2]
+    if out is None:
+        out = np.empty_like(image)
+    # left-right only: depth (top-bottom) has meaning; drawn even when off, so that turning flips
+    # off leaves every other draw of the stream where it was
+    flip = rng.random() < 0.5 and p.flip
     angle = rng.uniform(-p.rotation_deg, p.rotation_deg) if p.rotation_deg else 0.0
     scale = 1.0 + rng.uniform(-p.zoom, p.zoom) if p.zoom else 1.0
     if angle or scale != 1.0:
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
-        out = cv2.warpAffine(
-            np.ascontiguousarray(out),
+        if flip:  # rotate(mirror(x)), mirror: x -> (width - 1) - x, exactly image[:, ::-1]
+            matrix = matrix @ np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0, 0, 1]])
+        cv2.warpAffine(
+            image,
             matrix,
             (width, height),
+            dst=out,
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT_101,
         )
-    out = np.ascontiguousarray(out)
+    elif flip:
+        cv2.flip(image, 1, dst=out)
+    else:
+        np.copyto(out, image)
     # contrast around the mean, then brightness (x * gain + offset), exact as a 256-entry table
     gain = 1.0 + rng.uniform(-p.contrast, p.contrast) if p.contrast else 1.0
     offset = 255.0 * rng.uniform(-p.brightness, p.brightness) if p.brightness else 0.0
     if gain != 1.0:
-        offset += (1.0 - gain) * float(np.mean(cv2.mean(out)[:3]))
+        offset += (1.0 - gain) * float(np.mean(cv2.mean(out)[: out.shape[2]]))
     if gain != 1.0 or offset:
         table = np.clip(np.arange(256, dtype=np.float32) * gain + offset, 0, 255)
-        out = cv2.LUT(out, table.astype(np.uint8))
+        cv2.LUT(out, table.astype(np.uint8), dst=out)
     if p.speckle:
-        # multiplicative noise, the kind ultrasound has, shared across the (grey) channels;
-        # uniform with standard deviation `speckle` (a normal draw costs 5x more per pixel)
-        noise = rng.random(out.shape[:2], dtype=np.float32)
-        noise -= 0.5
-        noise *= np.float32(p.speckle * np.sqrt(12.0))
-        noise += 1.0
-        out = cv2.multiply(out, cv2.merge([noise] * out.shape[2]), dtype=cv2.CV_8U)
+        if field is None:
+            window = speckle_field(rng, out.shape, p.speckle)
+        else:
+            top = int(rng.integers(0, field.shape[0] - height + 1))
+            left = int(rng.integers(0, field.shape[1] - width + 1))
+            window = field[top : top + height, left : left + width]
+        cv2.multiply(out, window, dst=out, dtype=cv2.CV_8U)
     return out
 
 

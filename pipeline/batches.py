@@ -1,7 +1,9 @@
-"""The training input pipeline: in-memory uint8 images -> shuffled, lightly augmented float batches.
+"""The training input pipeline: in-memory uint8 images -> shuffled, lightly augmented uint8 batches.
 
 Images are decoded once (pipeline.datasets) and augmented in NumPy/OpenCV here, so every Keras
-backend gets plain arrays and nothing random sits inside the compiled model.
+backend gets plain arrays and nothing random sits inside the compiled model. Batches stay uint8:
+the model casts its input to float on the device, so the host neither writes nor transfers four
+times the bytes (the model takes raw 0-255 values either way).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from pipeline.augmentation import augment_image
+from pipeline.augmentation import augment_image, speckle_field
 from pipeline.config import AugmentParams
 
 
@@ -48,23 +50,32 @@ class TrainBatches(keras.utils.PyDataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.order = self._permutation()
+        self._shuffle()
 
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+    def _shuffle(self) -> None:
+        """This epoch's order and speckle field, from (seed, epoch) alone."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.labels))
+        self.field = None
+        if self.augment is not None and self.augment.speckle:
+            height, width, channels = self.images.shape[1:]
+            shape = (2 * height, 2 * width, channels)
+            self.field = speckle_field(rng, shape, self.augment.speckle)
 
     def __len__(self) -> int:
         return int(np.ceil(len(self.labels) / self.batch_size))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = self.images[rows]
-        if self.augment is not None:
-            # one stream per (seed, epoch, batch): the same batches whatever the thread order
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            batch = np.stack([augment_image(image, rng, self.augment) for image in batch])
-        return batch.astype("float32"), self.onehot[rows]
+        if self.augment is None:
+            return self.images[rows], self.onehot[rows]
+        # one stream per (seed, epoch, batch): the same batches whatever the thread order
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        batch = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        for slot, row in zip(batch, rows, strict=True):
+            augment_image(self.images[row], rng, self.augment, out=slot, field=self.field)
+        return batch, self.onehot[rows]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-        self.order = self._permutation()
+        self._shuffle()

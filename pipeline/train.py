@@ -44,9 +44,7 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         seconds = time.perf_counter() - self.started
-        proba = self.model.predict(
-            self.val.images.astype("float32"), batch_size=self.batch_size, verbose=0
-        )
+        proba = self.model.predict(self.val.images, batch_size=self.batch_size, verbose=0)
         logs["val_macro_f1"] = float(
             f1_score(self.val.labels, proba.argmax(axis=1), average="macro", zero_division=0)
         )
@@ -152,7 +150,7 @@ def _fit(
         _compile(model, params, lr, steps=len(batches) * (last - first))
         history = model.fit(
             batches,
-            validation_data=(val.images.astype("float32"), np.eye(len(params.classes))[val.labels]),
+            validation_data=(val.images, np.eye(len(params.classes))[val.labels]),
             initial_epoch=first,
             epochs=last,
             class_weight=_class_weights(batches.labels, len(params.classes))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.augmentation import augment_image, balance_counts
+from pipeline.augmentation import augment_image, balance_counts, speckle_field
 from pipeline.config import AugmentParams
 from tests.factories import label_image
 
@@ -42,3 +42,41 @@ def test_balance_counts_fills_to_the_largest_class_or_a_number():
     counts = {"benign": 10, "malignant": 4, "normal": 2}
     assert balance_counts(counts, "max") == {"benign": 0, "malignant": 6, "normal": 8}
     assert balance_counts(counts, 6) == {"benign": 0, "malignant": 2, "normal": 4}
+
+
+def test_the_mirror_folded_into_the_warp_equals_warping_the_mirrored_image():
+    image = label_image(1, 32, np.random.default_rng(0))
+    flipped_seeds = [s for s in range(20) if np.random.default_rng(s).random() < 0.5]
+    for seed in flipped_seeds[:5]:
+        folded = augment_image(image, np.random.default_rng(seed), AugmentParams(speckle=0))
+        two_steps = augment_image(
+            np.ascontiguousarray(image[:, ::-1]),
+            np.random.default_rng(seed),
+            AugmentParams(flip=False, speckle=0),
+        )
+        assert np.array_equal(folded, two_steps)
+        assert not np.array_equal(folded, image[:, ::-1])  # the rotation and zoom did run
+
+
+def test_augmentation_writes_into_the_slot_it_is_given():
+    image = label_image(0, 32, np.random.default_rng(0))
+    batch = np.zeros((2, 32, 32, 3), np.uint8)
+    out = augment_image(image, np.random.default_rng(1), AugmentParams(), out=batch[1])
+    assert np.shares_memory(out, batch)
+    assert batch[1].any() and not batch[0].any()
+
+
+def test_speckle_is_multiplicative_grey_noise_with_the_asked_spread():
+    field = speckle_field(np.random.default_rng(0), (256, 256, 3), 0.1)
+    assert field.dtype == np.float32
+    assert np.array_equal(field[..., 0], field[..., 2])  # the same factor on every channel
+    assert abs(field.mean() - 1) < 0.01 and abs(field.std() - 0.1) < 0.005
+
+
+def test_a_window_of_a_shared_field_varies_per_image():
+    params = AugmentParams(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0)
+    field = speckle_field(np.random.default_rng(0), (64, 64, 3), 0.2)
+    image = np.full((32, 32, 3), 128, np.uint8)
+    a = augment_image(image, np.random.default_rng(1), params, field=field)
+    b = augment_image(image, np.random.default_rng(2), params, field=field)
+    assert not np.array_equal(a, b) and abs(float(a.mean()) - 128) < 3
