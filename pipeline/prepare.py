@@ -320,6 +320,14 @@ def _report(summary: dict[str, Any], found: layouts.Found, rows: list[dict]) -> 
     missing = [r["source"] for r in rows if found.uses_masks and not r["masks"]]
     if missing:
         print(f"prepare: warning: {len(missing)} images have no mask, e.g. {missing[0]}")
+    for label, cells in summary["classes"].items():
+        empty = [s for s in splits.SPLITS if not cells[s]]
+        if empty:  # a group never straddles splits, so a class needs three groups to fill them
+            print(
+                f"prepare: warning: class {label!r} has no image in {', '.join(empty)} "
+                f"(too few distinct images): its recall and F1 there are undefined and macro "
+                f"metrics are averaged without it; add images of that class"
+            )
 
 
 if __name__ == "__main__":

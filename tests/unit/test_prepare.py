@@ -307,6 +307,23 @@ def test_a_csv_of_paths_and_labels_works(workdir, tmp_path, write_png, synthetic
     assert _manifest()[0]["source"] == "pool/benign0.png"
 
 
+def test_a_class_too_small_to_reach_every_split_is_warned_about(
+    workdir, tmp_path, write_png, synthetic_image, capsys
+):
+    lines = ["path,label"]
+    for c, (label, n_images) in enumerate(zip(CLASSES, (6, 6, 2), strict=True)):
+        for n in range(n_images):
+            write_png(tmp_path / "pool" / f"{label}{n}.png", synthetic_image(100 * c + n, label))
+            lines.append(f"pool/{label}{n}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    summary = prepare.run(_params(tmp_path / "labels.csv"))
+    out = capsys.readouterr().out
+    empty = [s for s in ("train", "val", "test") if not summary["classes"]["normal"][s]]
+    assert len(empty) == 1
+    assert f"warning: class 'normal' has no image in {empty[0]}" in out
+    assert "class 'benign'" not in out and "class 'malignant'" not in out
+
+
 def test_main_reports_a_missing_raw_dir_in_one_line(workdir, capsys):
     Path("params.yaml").write_text("data:\n  raw_dir: data/raw/nothing-here\n")
     assert prepare.main(["--params", "params.yaml"]) == 2
