@@ -15,6 +15,10 @@ scoring script would give (413 too big, 415 not an image, 400 broken).
 
 Why the model carries no signature: MLflow enforces one input schema before `predict` runs, and no
 schema covers "base64 strings or pixel arrays"; the input is validated here instead, by content.
+It does carry an input example (`input_example.json`, `serving_input_example.json`): one synthetic
+scan as base64 PNG, so `mlflow models predict --input-path serving_input_example.json` and the
+MLflow UI show the request format. Synthetic on purpose: a validation image would copy a
+patient's scan into every registered and deployed version of the model.
 Why the serving code travels inside the model (`code/pipeline/`): a served version keeps the
 decoding and preprocessing it was validated with, whatever the project's code has become since.
 Decoding, fitting and the result's shape are `pipeline.inference`'s, shared with Azure's score.py.
@@ -36,9 +40,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.models.utils import _save_example
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
-from pipeline import inference
+from pipeline import images, inference
 
 IMAGE_COLUMN = "image"
 # What the python_function flavor needs besides the Keras flavor's own requirements.
@@ -47,9 +53,16 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def save_model(
-    model: Any, path: str | Path, metadata: dict[str, Any], run_id: str | None = None
+    model: Any,
+    path: str | Path,
+    metadata: dict[str, Any],
+    run_id: str | None = None,
+    example: np.ndarray | None = None,
 ) -> Path:
-    """Save `model` at `path` as an MLflow model with the keras and the serving pyfunc flavors."""
+    """Save `model` at `path` as an MLflow model with the keras and the serving pyfunc flavors.
+
+    `example`, an RGB uint8 image, becomes the model's input example in the serving format.
+    """
     path = Path(path)
     mlflow.keras.save_model(
         model, str(path), metadata=metadata, pip_requirements=serving_requirements()
@@ -66,8 +79,18 @@ def save_model(
         "code": "code",
     }
     mlmodel.run_id = run_id
+    if example is not None:
+        # MLflow's own writer (private but what every flavor calls): it also writes the
+        # serving payload, {"inputs": {"image": [...]}}, one of the forms `predict` accepts
+        _save_example(mlmodel, image_example(example), str(path))
     mlmodel.save(str(path / "MLmodel"))
     return path
+
+
+def image_example(image: np.ndarray) -> dict[str, list[str]]:
+    """An RGB uint8 image as this flavor's input: {"image": [base64 PNG]}."""
+    encoded = images.png_bytes(Image.fromarray(np.asarray(image, dtype=np.uint8)))
+    return {IMAGE_COLUMN: [base64.b64encode(encoded).decode("ascii")]}
 
 
 def serving_requirements() -> list[str]:
@@ -85,18 +108,17 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={importlib_metadata.version(name)}" for name in names]
 
 
-def log_model(model: Any, metadata: dict[str, Any]) -> str:
+def log_model(model: Any, metadata: dict[str, Any], example: np.ndarray | None = None) -> str:
     """Log `model` as the active run's `model` artifact (see `save_model`); return its runs:/ URI.
 
     Saved locally and uploaded, not through `mlflow.keras.log_model`, whose `input_example`
     handling is broken in MLflow 3.17 (it writes the example before it creates the model folder:
-    FileNotFoundError) and which offers no way to swap in this loader. No signature: MLflow would
-    enforce one input schema before `predict`, and none covers "base64 or arrays"; the loader
-    validates its input itself.
+    FileNotFoundError) and which offers no way to swap in this loader. No signature (see the
+    module doc); `example` as in `save_model`.
     """
     with tempfile.TemporaryDirectory() as tmp:
         run_id = mlflow.active_run().info.run_id
-        local = save_model(model, Path(tmp) / "model", metadata, run_id=run_id)
+        local = save_model(model, Path(tmp) / "model", metadata, run_id=run_id, example=example)
         mlflow.log_artifacts(str(local), artifact_path="model")
     return f"runs:/{mlflow.active_run().info.run_id}/model"
 

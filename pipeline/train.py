@@ -26,6 +26,7 @@ from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
 from pipeline.files import staged_dir, write_json
+from pipeline.synthetic import case_rng, render_case
 
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports/train")
@@ -105,6 +106,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         pyfunc.log_model(
             model,
             metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
+            example=_example_scan(params),
         )
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
         with staged_dir(MODELS_DIR / arch) as out:
@@ -167,6 +169,12 @@ def _fit(
         frame.insert(0, "epoch", history.epoch)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _example_scan(params: Params) -> np.ndarray:
+    """The logged model's input example: a synthetic scan of the training size, not a patient's."""
+    size = params.prepare.image_size
+    return render_case("benign", case_rng(params.seed, "benign", 0), size)[0]
 
 
 def _compile(model: keras.Model, params: Params, learning_rate: float, steps: int) -> None:

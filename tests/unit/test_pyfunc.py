@@ -1,6 +1,8 @@
 """The serving flavor: encoded images or pixel arrays in, probabilities and the class out."""
 
 import base64
+import io
+import json
 
 import mlflow
 import numpy as np
@@ -8,17 +10,20 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from PIL import Image
 
 from pipeline import pyfunc
 from tests.factories import CLASSES, label_image
 from tests.registry_models import disk_model
+
+EXAMPLE = label_image(1, 32, np.random.default_rng(0))
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     path = tmp_path_factory.mktemp("serving") / "model"
     metadata = {"classes": list(CLASSES), "arch": "disk-good", "synthetic_data": True}
-    return pyfunc.save_model(disk_model("good"), path, metadata, run_id="abc123")
+    return pyfunc.save_model(disk_model("good"), path, metadata, run_id="abc123", example=EXAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,18 @@ def test_one_model_has_both_the_keras_and_the_serving_flavor_with_its_code(saved
     requirements = (saved / "requirements.txt").read_text()
     assert "keras==" in requirements and "pillow==" in requirements
     assert mlflow.keras.load_model(str(saved)).output_shape == (None, len(CLASSES))
+
+
+def test_the_input_example_is_the_given_image_in_the_serving_format_and_it_predicts(saved, served):
+    mlmodel = Model.load(str(saved / "MLmodel"))
+    assert mlmodel.signature is None  # on purpose: see pipeline/pyfunc.py
+    example = mlmodel.load_input_example(str(saved))
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(example["image"][0]))))
+    assert np.array_equal(decoded, EXAMPLE)
+    request = json.loads((saved / "serving_input_example.json").read_text())
+    assert request == {"inputs": {"image": example["image"]}}
+    result = served.predict(request["inputs"])
+    assert len(result) == 1 and result["predicted_class"][0] in CLASSES
 
 
 def test_base64_images_in_a_dataframe_get_one_record_each(served):

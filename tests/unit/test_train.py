@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import Model
 
 from pipeline import augment, train
 from pipeline.config import Params, parse_params
@@ -80,6 +81,9 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     assert [m.step for m in steps] == [0, 1]
     model = mlflow.keras.load_model(f"runs:/{run_id}/model")
     assert model.output_shape == (None, 3)
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
+    example = Model.load(local).load_input_example(local)
+    assert list(example) == ["image"] and len(example["image"]) == 1  # a synthetic scan
 
 
 def test_same_seed_same_validation_score(trained, tmp_path, monkeypatch):
