@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -173,13 +172,6 @@ def test_no_malignant_image_gives_null_sensitivity_and_valid_json():
     r = metrics.jsonable(metrics.classification_report(y, p, CLASSES, n_bootstrap=50))
     assert r["malignant_sensitivity"] == {"value": None, "ci_low": None, "ci_high": None}
     assert metrics.jsonable({"a": [math.nan, np.float32(1.5)]}) == {"a": [None, 1.5]}
-
-
-def test_five_hundred_resamples_of_120_predictions_take_well_under_two_seconds():
-    y, p = predictions(120, seed=6)
-    start = time.perf_counter()
-    metrics.classification_report(y, p, CLASSES, n_bootstrap=500, seed=0)
-    assert time.perf_counter() - start < 2.0
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 1.0])
