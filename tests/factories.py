@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -10,7 +11,19 @@ import pandas as pd
 
 from pipeline.prepare import MANIFEST_COLUMNS
 
+if TYPE_CHECKING:
+    import pytest
+
 CLASSES = ("benign", "malignant", "normal")
+
+
+def enter_project(mp: pytest.MonkeyPatch, root: Path) -> str:
+    """Work from `root` as from a fresh checkout: stages read and write there, and MLflow uses
+    `root`/mlflow.db (its tracking URI is returned), never the developer's own store."""
+    mp.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 def label_image(label_index: int, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline import package, promote
 from pipeline.config import parse_params
-from tests.factories import CLASSES, label_image, make_prepared
+from tests.factories import CLASSES, enter_project, label_image, make_prepared
 from tests.registry_models import register_model
 from tests.servers import free_port, running
 
@@ -39,8 +39,7 @@ def png(label_index: int, size: int = 48) -> bytes:
 def packaged(tmp_path_factory):
     root = tmp_path_factory.mktemp("azure")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        enter_project(mp, root)
         make_prepared(root, per_split={"train": 1, "val": 1, "test": 3})
         register_model("good", tags={"operating_point_threshold": "0.300000"})
         raw = {"mlflow": {"experiment": "tests"}}

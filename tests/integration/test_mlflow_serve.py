@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import promote
 from pipeline.config import parse_params
-from tests.factories import CLASSES, label_image, make_prepared
+from tests.factories import CLASSES, enter_project, label_image, make_prepared
 from tests.registry_models import register_model
 from tests.servers import free_port, running
 
@@ -32,8 +32,7 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
 
 @pytest.fixture
 def champion_server(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    enter_project(monkeypatch, tmp_path)
     make_prepared(tmp_path, per_split={"train": 1, "val": 1, "test": 3})
     register_model("good")
     promote.run(parse_params({"mlflow": {"experiment": "tests"}}))

@@ -15,6 +15,7 @@ from pipeline import evaluate, metrics, tracking
 from pipeline.config import ARCHS, parse_params
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
+from tests.factories import enter_project
 
 CLASSES = ("benign", "malignant", "normal")
 SIZE = 32
@@ -56,8 +57,7 @@ def write_prepared_set(root, per_split=(("train", 2), ("val", 3), ("test", 4))):
 @pytest.fixture
 def inputs(tmp_path, monkeypatch):
     """A tiny project: prepared set and two saved models (run.json not yet pointing at a run)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    enter_project(monkeypatch, tmp_path)
     manifest = write_prepared_set(tmp_path)
     # augmented data must never be read: make it unreadable
     (tmp_path / "data/augmented").mkdir(parents=True)

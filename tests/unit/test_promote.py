@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from pipeline import promote, registry
 from pipeline.config import parse_params
 from pipeline.errors import UserError
-from tests.factories import make_prepared
+from tests.factories import enter_project, make_prepared
 from tests.registry_models import register_model
 
 NAME = "tumor-classifier"
@@ -24,8 +24,7 @@ PARAMS = parse_params(RAW)
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A project folder with a prepared test split and its own empty SQLite registry."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    enter_project(monkeypatch, tmp_path)
     make_prepared(tmp_path, per_split={"train": 1, "val": 1, "test": 4})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(RAW))  # for main()
     return tmp_path

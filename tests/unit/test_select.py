@@ -9,7 +9,7 @@ import pytest
 from pipeline import select
 from pipeline.config import parse_params
 from pipeline.errors import UserError
-from tests.factories import make_prepared
+from tests.factories import enter_project, make_prepared
 
 
 def metrics(val_f1, test_f1, val_sens=0.8, threshold=0.3):
@@ -47,10 +47,9 @@ def test_an_unknown_selection_metric_names_the_parameter():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = enter_project(monkeypatch, tmp_path)
     make_prepared(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("t")
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(

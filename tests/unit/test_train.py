@@ -12,7 +12,7 @@ from mlflow.models import Model
 
 from pipeline import augment, train
 from pipeline.config import Params, parse_params
-from tests.factories import make_prepared
+from tests.factories import enter_project, make_prepared
 
 TINY = {
     "prepare": {"image_size": 32},
@@ -30,8 +30,7 @@ TINY = {
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        enter_project(mp, root)
         make_prepared(root, per_split={"train": 4, "val": 2, "test": 2})
         params = parse_params(TINY)
         augment.run(params)
@@ -88,8 +87,7 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
 
 def test_same_seed_same_validation_score(trained, tmp_path, monkeypatch):
     root, params, summary = trained
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    enter_project(monkeypatch, tmp_path)
     make_prepared(tmp_path, per_split={"train": 4, "val": 2, "test": 2})
     augment.run(params)
     again = train.run(dataclasses.replace(params), "resnet50")
