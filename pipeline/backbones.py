@@ -9,6 +9,7 @@ maps exact (see pipeline.cam).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -134,19 +135,43 @@ def _fast_batchnorm_statistics(base: keras.Model, momentum: float = 0.9) -> None
             layer.momentum = momentum
 
 
-def set_backbone_trainable(model: keras.Model, unfreeze: int | str, freeze_batchnorm: bool) -> None:
-    """Unfreeze all (`"all"`) or the top `unfreeze` layers of the backbone.
+_BLOCK_NAME = re.compile(r"(conv\d+_block\d+)_")
+
+
+def backbone_blocks(base: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
+    """The backbone's layers as named blocks, bottom to top: `stem`, then one per block.
+
+    Fine-tuning "the top N blocks" must cut between blocks, never inside one (a convolution
+    trained against a frozen BatchNorm of its own block). Keras names the layers of both backbones
+    `conv<stage>_block<n>_...` (16 residual blocks in ResNet50, 58 dense layers in DenseNet121);
+    a layer outside a block (a DenseNet transition, the final BatchNorm) joins the block below it.
+    """
+    blocks: list[tuple[str, list[keras.layers.Layer]]] = [("stem", [])]
+    for layer in base.layers:
+        match = _BLOCK_NAME.match(layer.name)
+        if match and match.group(1) != blocks[-1][0]:
+            blocks.append((match.group(1), []))
+        blocks[-1][1].append(layer)
+    return blocks
+
+
+def set_backbone_trainable(
+    model: keras.Model, unfreeze: int | str, freeze_batchnorm: bool
+) -> list[str]:
+    """Unfreeze all (`"all"`) or the top `unfreeze` blocks of the backbone; returns their names.
 
     With pretrained weights BatchNorm stays frozen: it keeps the ImageNet statistics intact when
     fine-tuning on a few hundred images. From scratch it must learn like every other layer.
     """
     base = model.get_layer("backbone")
     base.trainable = True
-    layers = base.layers
-    cut = 0 if unfreeze == "all" else max(0, len(layers) - int(unfreeze))
-    for i, layer in enumerate(layers):
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = i >= cut and not (is_bn and freeze_batchnorm)
+    blocks = backbone_blocks(base)
+    count = len(blocks) if unfreeze == "all" else min(int(unfreeze), len(blocks))
+    for i, (_, layers) in enumerate(blocks):
+        for layer in layers:
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = i >= len(blocks) - count and not (is_bn and freeze_batchnorm)
+    return [name for name, _ in blocks[len(blocks) - count :]]
 
 
 def freeze_backbone(model: keras.Model) -> None:

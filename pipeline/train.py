@@ -25,6 +25,7 @@ from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
+from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
 from pipeline.synthetic import case_rng, render_case
 
@@ -54,6 +55,34 @@ class ValidationMetrics(keras.callbacks.Callback):
         )
         logs["epoch_seconds"] = seconds
         logs["images_per_second"] = self.n_train / seconds
+
+
+class BestWeights(keras.callbacks.Callback):
+    """The best epoch on `monitor` and its weights, across every phase (fit call) of a training.
+
+    Keras' EarlyStopping restores the best weights of its own fit call only: after warm-up and
+    fine-tuning it would keep the fine-tuning best even when a warm-up epoch scored higher, and the
+    saved model would not be the reported best epoch. This one is shared by all phases.
+    """
+
+    def __init__(self, monitor: str) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        lower_is_better = self.monitor == "val_loss"
+        if self.best is None or (value < self.best if lower_is_better else value > self.best):
+            self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -93,8 +122,8 @@ def run(params: Params, arch: str) -> dict[str, float]:
         run_name=arch, tags=tracking.run_tags(f"train_{arch}", synthetic)
     ) as active:
         mlflow.log_params(_run_params(params, arch, train, val))
-        history = _fit(model, batches, val, params, arch)
-        best = _best_epoch(history, params.train.monitor)
+        history, best_epoch = _fit(model, batches, val, params, arch)
+        best = history.loc[history.epoch == best_epoch].iloc[0]
         summary = {
             "best_epoch": int(best["epoch"]),
             "epochs_run": len(history),
@@ -128,8 +157,11 @@ def run(params: Params, arch: str) -> dict[str, float]:
 
 def _fit(
     model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
-) -> pd.DataFrame:
-    """Warm-up (frozen backbone) then fine-tuning; returns the per-epoch history of both phases."""
+) -> tuple[pd.DataFrame, int]:
+    """Warm-up (frozen backbone) then fine-tuning, ending on the best epoch's weights.
+
+    Returns the per-epoch history of both phases and the best epoch (on `train.monitor`).
+    """
     ap = params.train.arch(arch)
     pretrained = params.model.weights is not None
     phases = []
@@ -142,13 +174,21 @@ def _fit(
         start, fine_lr = 0, ap.learning_rate
     phases.append((start, ap.epochs, fine_lr))
     frames = []
+    best = BestWeights(params.train.monitor)
     for i, (first, last, lr) in enumerate(phases):
         if first >= last:
             continue
         if i == len(phases) - 1:
-            backbones.set_backbone_trainable(
+            unfrozen = backbones.set_backbone_trainable(
                 model, ap.unfreeze if pretrained else "all", pretrained
             )
+            if pretrained:
+                print(
+                    f"train {arch}: fine-tuning {len(unfrozen)} backbone blocks, "
+                    f"{unfrozen[0]} to {unfrozen[-1]}, BatchNorm frozen"
+                    if unfrozen
+                    else f"train {arch}: the backbone stays frozen (unfreeze: 0)"
+                )
         _compile(model, params, lr, steps=len(batches) * (last - first))
         history = model.fit(
             batches,
@@ -161,6 +201,7 @@ def _fit(
             callbacks=[
                 ValidationMetrics(val, len(batches.labels), params.train.batch_size),
                 MlflowEpochLogger(),
+                best,
                 _early_stopping(params),
             ],
             verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
@@ -168,7 +209,14 @@ def _fit(
         frame = pd.DataFrame(history.history)
         frame.insert(0, "epoch", history.epoch)
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    history = pd.concat(frames, ignore_index=True)
+    if best.epoch is None:
+        raise UserError(
+            f"train.monitor: {best.monitor} was not a finite number in any of {len(history)} "
+            "epochs (the training diverged); lower the learning rate or monitor val_macro_f1"
+        )
+    best.restore()
+    return history, best.epoch
 
 
 def _example_scan(params: Params) -> np.ndarray:
@@ -197,18 +245,13 @@ def _compile(model: keras.Model, params: Params, learning_rate: float, steps: in
 
 
 def _early_stopping(params: Params) -> keras.callbacks.EarlyStopping:
+    """Patience within a phase; the best weights over all phases are BestWeights' job."""
     monitor = params.train.monitor
     return keras.callbacks.EarlyStopping(
         monitor=monitor,
         mode="min" if monitor == "val_loss" else "max",
         patience=params.train.patience,
-        restore_best_weights=True,
     )
-
-
-def _best_epoch(history: pd.DataFrame, monitor: str) -> pd.Series:
-    column = history[monitor]
-    return history.loc[column.idxmin() if monitor == "val_loss" else column.idxmax()]
 
 
 def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:

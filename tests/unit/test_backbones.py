@@ -74,16 +74,51 @@ def test_unreachable_imagenet_download_fails_early_with_the_alternatives(monkeyp
     assert str(tmp_path / "models") in message and "null" in message
 
 
-def test_fine_tuning_keeps_batchnorm_frozen_only_for_pretrained_weights(resnet):
-    backbones.set_backbone_trainable(resnet, 10, freeze_batchnorm=True)
+def test_backbone_blocks_are_keras_blocks_in_order_with_every_layer_once(resnet):
     base = resnet.get_layer("backbone")
-    trainable = [layer for layer in base.layers if layer.trainable]
-    assert trainable and all(
-        not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable
+    blocks = backbones.backbone_blocks(base)
+    names = [name for name, _ in blocks]
+    assert names[:3] == ["stem", "conv2_block1", "conv2_block2"]
+    assert names[-1] == "conv5_block3" and len(names) == 1 + 16  # 16 residual blocks
+    assert [layer for _, layers in blocks for layer in layers] == base.layers
+    for name, layers in blocks[1:]:
+        assert all(layer.name.startswith(name + "_") for layer in layers)
+
+
+def test_densenet_transitions_and_final_norm_join_the_block_below_them():
+    base = backbones.build_classifier("densenet121", 32, CLASSES).get_layer("backbone")
+    blocks = dict(backbones.backbone_blocks(base))
+    assert len(blocks) == 1 + 58  # 6 + 12 + 24 + 16 dense layers
+    assert [layer.name for layer in blocks["conv2_block6"][-4:]] == [
+        "pool2_bn",
+        "pool2_relu",
+        "pool2_conv",
+        "pool2_pool",
+    ]
+    assert [layer.name for layer in blocks["conv5_block16"][-2:]] == ["bn", "relu"]
+
+
+def test_fine_tuning_the_top_blocks_cuts_between_blocks_and_keeps_batchnorm_frozen(resnet):
+    unfrozen = backbones.set_backbone_trainable(resnet, 2, freeze_batchnorm=True)
+    assert unfrozen == ["conv5_block2", "conv5_block3"]
+    for name, layers in backbones.backbone_blocks(resnet.get_layer("backbone")):
+        for layer in layers:
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            assert layer.trainable == (name in unfrozen and not is_bn), layer.name
+
+
+def test_unfreezing_all_or_more_blocks_than_exist_trains_the_whole_backbone(resnet):
+    base = resnet.get_layer("backbone")
+    assert len(backbones.set_backbone_trainable(resnet, 500, freeze_batchnorm=True)) == 17
+    assert all(
+        layer.trainable
+        for layer in base.layers
+        if not isinstance(layer, keras.layers.BatchNormalization)
     )
-    assert all(layer in base.layers[-10:] for layer in trainable)
     backbones.set_backbone_trainable(resnet, "all", freeze_batchnorm=False)
     assert all(layer.trainable for layer in base.layers)
+    assert backbones.set_backbone_trainable(resnet, 0, freeze_batchnorm=True) == []
+    assert not any(layer.trainable for layer in base.layers)
 
 
 def test_from_scratch_batchnorm_statistics_follow_training_quickly():

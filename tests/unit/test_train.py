@@ -9,9 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.models import Model
+from sklearn.metrics import f1_score
 
-from pipeline import augment, train
+from pipeline import augment, backbones, train
+from pipeline.batches import TrainBatches
 from pipeline.config import Params, parse_params
+from pipeline.datasets import PREPARED_DIR, ImageSet, load_set
+from pipeline.errors import UserError
 from tests.factories import enter_project, make_prepared
 
 TINY = {
@@ -83,6 +87,167 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
     example = Model.load(local).load_input_example(local)
     assert list(example) == ["image"] and len(example["image"]) == 1  # a synthetic scan
+
+
+def test_the_saved_model_is_the_best_epoch_it_reports(trained):
+    root, params, summary = trained
+    model = keras.saving.load_model(root / "models/resnet50/model.keras")
+    val = load_set(root / PREPARED_DIR, params.classes, split="val")
+    predicted = model.predict(val.images, batch_size=8, verbose=0).argmax(axis=1)
+    assert f1_score(val.labels, predicted, average="macro") == pytest.approx(
+        summary["val_macro_f1"]
+    )
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A stand-in for Keras' ImageNet notop file: same format, made here (no download)."""
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    return path, source
+
+
+def pretrained_params(weights_path, warmup_epochs: int, epochs: int) -> Params:
+    return parse_params(
+        {
+            **TINY,
+            "model": {"weights": str(weights_path)},
+            "train": {
+                "batch_size": 8,
+                "resnet50": {
+                    "warmup_epochs": warmup_epochs,
+                    "epochs": epochs,
+                    "learning_rate": 0.01,
+                    "fine_tune_learning_rate": 0.0001,
+                    "unfreeze": 2,
+                },
+            },
+        }
+    )
+
+
+def backbone_weights(root, layer_filter):
+    model = keras.saving.load_model(root / "models/resnet50/model.keras")
+    layers = model.get_layer("backbone").layers
+    return [w for layer in layers if layer_filter(layer) for w in layer.get_weights()]
+
+
+def test_pretrained_fine_tuning_runs_the_top_blocks_at_the_lower_rate_with_batchnorm_frozen(
+    weights_file, tmp_path, monkeypatch
+):
+    path, source = weights_file
+    enter_project(monkeypatch, tmp_path)
+    make_prepared(tmp_path, per_split={"train": 4, "val": 2, "test": 2})
+    params = pretrained_params(path, warmup_epochs=1, epochs=2)
+    augment.run(params)
+    summary = train.run(params, "resnet50")
+    history = pd.read_csv(tmp_path / "reports/train/resnet50/history.csv")
+    assert list(history.epoch) == [0, 1]
+    np.testing.assert_allclose(history.learning_rate, [0.01, 0.0001], rtol=1e-5)
+    assert summary["val_macro_f1"] == history.val_macro_f1.max()
+    # ImageNet statistics intact: BatchNorm frozen and in inference mode in both phases
+    is_bn = lambda layer: isinstance(layer, keras.layers.BatchNormalization)  # noqa: E731
+    originals = [w for layer in source.layers if is_bn(layer) for w in layer.get_weights()]
+    for saved, original in zip(backbone_weights(tmp_path, is_bn), originals, strict=True):
+        np.testing.assert_array_equal(saved, original)
+    # below the two unfrozen blocks nothing moved, whichever epoch was best
+    frozen = {
+        layer.name
+        for name, layers in backbones.backbone_blocks(source)
+        if name not in ("conv5_block2", "conv5_block3")
+        for layer in layers
+    }
+    below = [w for layer in source.layers if layer.name in frozen for w in layer.get_weights()]
+    saved = backbone_weights(tmp_path, lambda layer: layer.name in frozen)
+    for a, b in zip(saved, below, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def tiny_model() -> keras.Model:
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+
+def test_best_weights_are_kept_across_phases_and_restored_at_the_end():
+    model = tiny_model()
+    best = train.BestWeights("val_macro_f1")
+    best.set_model(model)
+    warm_up = model.get_weights()
+    best.on_epoch_end(0, {"val_macro_f1": 0.9})
+    model.set_weights([w + 1 for w in warm_up])
+    best.on_train_begin()  # the fine-tuning phase is a second fit call
+    best.on_epoch_end(1, {"val_macro_f1": 0.5})
+    best.restore()
+    assert best.epoch == 0
+    for a, b in zip(model.get_weights(), warm_up, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_best_weights_on_val_loss_prefer_lower_and_skip_non_finite_values():
+    model = tiny_model()
+    best = train.BestWeights("val_loss")
+    best.set_model(model)
+    for epoch, loss in enumerate([float("nan"), 0.8, 0.3, float("inf"), 0.5]):
+        best.on_epoch_end(epoch, {"val_loss": loss})
+    assert (best.epoch, best.best) == (2, 0.3)
+
+
+def tiny_classifier() -> keras.Model:
+    """Two named 'blocks' and the layer names train expects, small enough to fit in a second."""
+    backbone = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, name="conv2_block1_1_conv"),
+            keras.layers.BatchNormalization(name="conv2_block1_1_bn"),
+            keras.layers.Conv2D(4, 3, name="conv3_block1_1_conv"),
+        ],
+        name="backbone",
+    )
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs, training=False))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="predictions")(x))
+
+
+def tiny_fit(train_params: dict, weights: str | None = "imagenet"):
+    """`train._fit` as train.run calls it: inside an MLflow run (see the `tiny_run` fixture)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(12) % 3
+    params = parse_params({"model": {"weights": weights}, "train": train_params})
+    batches = TrainBatches(images, labels, 3, 4, seed=0)
+    val = ImageSet(images[:6], labels[:6], [f"v{i}.png" for i in range(6)])
+    model = tiny_classifier()
+    before = [w.copy() for w in model.get_layer("backbone").get_weights()]
+    history, best_epoch = train._fit(model, batches, val, params, "resnet50")
+    return model, before, history, best_epoch
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    enter_project(monkeypatch, tmp_path)
+    with mlflow.start_run() as run:
+        yield run
+
+
+def test_warm_up_trains_the_head_on_a_frozen_backbone(tiny_run):
+    model, before, history, _ = tiny_fit(
+        {"batch_size": 4, "resnet50": {"warmup_epochs": 2, "epochs": 2, "learning_rate": 0.1}}
+    )
+    assert len(history) == 2
+    for a, b in zip(model.get_layer("backbone").get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_diverged_training_is_a_clear_error(tiny_run, monkeypatch):
+    metrics_end = train.ValidationMetrics.on_epoch_end
+
+    def diverged(self, epoch, logs=None):
+        metrics_end(self, epoch, logs)
+        logs["val_loss"] = float("nan")
+
+    monkeypatch.setattr(train.ValidationMetrics, "on_epoch_end", diverged)
+    with pytest.raises(UserError, match="train.monitor: val_loss was not a finite number in any"):
+        tiny_fit({"batch_size": 4, "monitor": "val_loss", "resnet50": {"epochs": 2}}, None)
 
 
 def test_same_seed_same_validation_score(trained, tmp_path, monkeypatch):
