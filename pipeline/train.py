@@ -131,15 +131,16 @@ def run(params: Params, arch: str) -> dict[str, float]:
             "train_seconds": float(history["epoch_seconds"].sum()),
         }
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        served = backbones.for_inference(model)
         # Keras flavor + the serving pyfunc flavor (base64 images or arrays in), one artifact.
         pyfunc.log_model(
-            model,
+            served,
             metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
             example=_example_scan(params),
         )
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
         with staged_dir(MODELS_DIR / arch) as out:
-            model.save(out / "model.keras")
+            served.save(out / "model.keras")
             write_json(out / "run.json", run_info)
             write_json(out / "classes.json", list(params.classes))
         plots.save_csv(history, REPORTS_DIR / arch / "history.csv")

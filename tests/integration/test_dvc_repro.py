@@ -118,6 +118,24 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
     assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
 
 
+def test_dvc_plots_show_the_training_history_of_both_models(repo):
+    path, env, _ = repo
+    result = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    plots = json.loads(result.stdout)["data"]
+    for title in (
+        "Training accuracy per epoch",
+        "Training loss per epoch",
+        "Validation macro-F1 per epoch (early stopping and best epoch)",
+    ):
+        values = plots[title][0]["content"]["data"]["values"]
+        # rows name their file as "filename" (one field) or "filename::field" (several)
+        sources = {row.get("filename", row.get("filename::field")).split("/")[0] for row in values}
+        assert sources == {"densenet121", "resnet50"}, title
+
+
 def test_two_tracked_runs_and_a_registered_challenger(repo):
     path, _, _ = repo
     uri = f"sqlite:///{path / 'mlflow.db'}"

@@ -121,6 +121,22 @@ def test_unfreezing_all_or_more_blocks_than_exist_trains_the_whole_backbone(resn
     assert not any(layer.trainable for layer in base.layers)
 
 
+def test_the_copy_for_saving_predicts_the_same_without_optimizer_state(tmp_path):
+    # a small dense model: the copy is generic (train's tests save the real classifier with it)
+    inputs = keras.Input((256,))
+    trained = keras.Model(inputs, keras.layers.Dense(256, name="dense")(inputs))
+    trained.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 256)).astype("float32")
+    trained.fit(x, x, epochs=1, verbose=0)
+    copy = backbones.for_inference(trained)
+    np.testing.assert_array_equal(copy.predict(x, verbose=0), trained.predict(x, verbose=0))
+    copy.save(tmp_path / "served.keras")
+    trained.save(tmp_path / "trained.keras")
+    assert getattr(keras.saving.load_model(tmp_path / "served.keras"), "optimizer", None) is None
+    served, full = ((tmp_path / name).stat().st_size for name in ("served.keras", "trained.keras"))
+    assert served < full / 2  # Adam keeps two moments per weight
+
+
 def test_from_scratch_batchnorm_statistics_follow_training_quickly():
     scratch = backbones.build_classifier("densenet121", 32, CLASSES)
     norms = [

@@ -48,6 +48,7 @@ def test_model_and_run_record_are_written(trained):
     model = keras.saving.load_model(folder / "model.keras")
     images = np.random.default_rng(0).uniform(0, 255, (3, 40, 40, 3)).astype("float32")
     assert model.predict(images, verbose=0).shape == (3, 3)
+    assert getattr(model, "optimizer", None) is None  # served, never resumed: no optimizer state
     assert json.loads((folder / "classes.json").read_text()) == list(params.classes)
     assert set(json.loads((folder / "run.json").read_text())) == {"run_id", "experiment_id"}
 
