@@ -14,6 +14,7 @@ model rate (target >= 0.9), project training / naive training.
     python bench/train_throughput.py                      # CPU: small, a few minutes
     KERAS_BACKEND=jax python bench/train_throughput.py --images 2048 --size 224 --batch 32
     python bench/train_throughput.py --size 224 --images 1024 --workers 2 --archs   # feed only
+    ... --cv2-threads 1     # OpenCV single-threaded inside each loader thread (many-core hosts)
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement")
     parser.add_argument("--workers", type=int, default=1, help="input-pipeline threads")
     parser.add_argument(
+        "--cv2-threads",
+        type=int,
+        default=None,
+        help="cv2.setNumThreads for the run (default: OpenCV's own pool, one thread per core)",
+    )
+    parser.add_argument(
         "--archs",
         nargs="*",
         default=["densenet121", "resnet50"],
@@ -110,6 +117,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
+    if args.cv2_threads is not None:
+        cv2.setNumThreads(args.cv2_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp), args.images, args.size, seed=0)
@@ -119,7 +128,7 @@ def main() -> int:
         n = len(paths)
         print(
             f"backend={keras.backend.backend()} images={n} size={args.size} batch={args.batch} "
-            f"workers={args.workers} cpus={os.cpu_count()}"
+            f"workers={args.workers} cpus={os.cpu_count()} cv2_threads={cv2.getNumThreads()}"
         )
         augment = light(AugmentParams())
 
