@@ -13,7 +13,9 @@ import numpy as np
 from pipeline.config import AugmentParams
 
 
-def speckle_field(rng: np.random.Generator, shape: tuple[int, ...], speckle: float) -> np.ndarray:
+def speckle_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], speckle: float
+) -> np.ndarray:
     """Multiplicative speckle factors (float32, mean 1, standard deviation `speckle`), grey.
 
     One value per pixel, repeated over the channels, because ultrasound speckle is grey. Uniform
@@ -25,7 +27,7 @@ def speckle_field(rng: np.random.Generator, shape: tuple[int, ...], speckle: flo
     grey -= 0.5
     grey *= np.float32(speckle * np.sqrt(12.0))
     grey += 1.0
-    return np.repeat(grey[..., None], shape[2], axis=2) if len(shape) == 3 else grey
+    return np.repeat(grey[..., None], shape[2], axis=2)
 
 
 def augment_image(

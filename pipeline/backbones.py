@@ -178,12 +178,12 @@ def set_backbone_trainable(
     base = model.get_layer("backbone")
     base.trainable = True
     blocks = backbone_blocks(base)
-    count = len(blocks) if unfreeze == "all" else min(int(unfreeze), len(blocks))
+    first = 0 if unfreeze == "all" else max(0, len(blocks) - int(unfreeze))
     for i, (_, layers) in enumerate(blocks):
         for layer in layers:
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = i >= len(blocks) - count and not (is_bn and freeze_batchnorm)
-    return [name for name, _ in blocks[len(blocks) - count :]]
+            layer.trainable = i >= first and not (is_bn and freeze_batchnorm)
+    return [name for name, _ in blocks[first:]]
 
 
 def freeze_backbone(model: keras.Model) -> None:

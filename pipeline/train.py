@@ -76,8 +76,9 @@ class BestWeights(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return
-        lower_is_better = self.monitor == "val_loss"
-        if self.best is None or (value < self.best if lower_is_better else value > self.best):
+        if self.best is None or (
+            value < self.best if _lower_is_better(self.monitor) else value > self.best
+        ):
             self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
 
     def restore(self) -> None:
@@ -125,7 +126,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         history, best_epoch = _fit(model, batches, val, params, arch)
         best = history.loc[history.epoch == best_epoch].iloc[0]
         summary = {
-            "best_epoch": int(best["epoch"]),
+            "best_epoch": best_epoch,
             "epochs_run": len(history),
             **{k: float(best[k]) for k in ("val_macro_f1", "val_accuracy", "val_loss")},
             "train_seconds": float(history["epoch_seconds"].sum()),
@@ -250,9 +251,14 @@ def _early_stopping(params: Params) -> keras.callbacks.EarlyStopping:
     monitor = params.train.monitor
     return keras.callbacks.EarlyStopping(
         monitor=monitor,
-        mode="min" if monitor == "val_loss" else "max",
+        mode="min" if _lower_is_better(monitor) else "max",
         patience=params.train.patience,
     )
+
+
+def _lower_is_better(monitor: str) -> bool:
+    """The direction of a `train.monitor` metric: a loss falls, the scores rise."""
+    return monitor == "val_loss"
 
 
 def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
