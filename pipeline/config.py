@@ -39,6 +39,9 @@ class PrepareParams:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     phash_threshold: int = 6
+    keypoint_inliers: int = 25
+    keypoint_correlation: float = 0.8
+    keypoint_candidates: int = 5
     conflict_policy: Literal["drop", "majority"] = "drop"
     max_reject_fraction: float = 0.2
     min_side: int = 32
@@ -242,6 +245,17 @@ def _check_values(p: Params) -> None:
         "val_fraction + test_fraction must leave at least 20% for training",
     )
     need(0 <= pr.phash_threshold <= 32, "prepare.phash_threshold", "must be between 0 and 32 bits")
+    need(
+        4 <= pr.keypoint_inliers <= 400,
+        "prepare.keypoint_inliers",
+        "must be between 4 and 400 (of 400 keypoints per image)",
+    )
+    need(
+        0 < pr.keypoint_correlation < 1,
+        "prepare.keypoint_correlation",
+        "must be within (0, 1)",
+    )
+    need(1 <= pr.keypoint_candidates <= 50, "prepare.keypoint_candidates", "must be 1 to 50")
     need(0 <= pr.max_reject_fraction <= 1, "prepare.max_reject_fraction", "must be within [0, 1]")
     need(pr.min_side >= 1, "prepare.min_side", "must be positive")
     need(pr.max_pixels > 0, "prepare.max_pixels", "must be positive")

@@ -35,6 +35,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def remove_stale_staging(path: str | Path) -> list[Path]:
+    """Remove the `.<name>.*` folders that `staged_dir(path)` leaves when its process is killed
+    (no `except` runs on SIGKILL); return what was removed. Call it before staging `path` anew,
+    never while another process may be staging it."""
+    path = Path(path)
+    stale = sorted(p for p in path.parent.glob(f".{path.name}.*") if p.is_dir())
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 @contextmanager
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed.

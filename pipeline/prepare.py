@@ -10,10 +10,13 @@ group, and writes:
     reports/data/summary.json          counts per class and split, rejects, duplicates, conflicts
     reports/data/rejects.csv           source,reason
     reports/data/label_conflicts.csv   group,sources,labels,action
+    reports/data/duplicates.csv        every duplicate pair and how it was found (hash, keypoints)
+    reports/data/duplicate_groups.png  the largest duplicate groups side by side, for a human
     reports/data/contact_sheet.png     a few images per class and split, for a human
 
-Nothing is written unless the data set is usable (no empty class, rejects under the limit), so a
-failed run leaves the previous outputs as they were.
+Nothing in data/prepared is replaced unless the data set is usable (no empty class, rejects under
+the limit). A failed run writes its full rejects report to reports/data-failures/ instead, which
+is no DVC output (DVC deletes a stage's outputs before running it) and says where in its error.
 
 Run: python -m pipeline.prepare [--params params.yaml]
 """
@@ -26,8 +29,9 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,10 +43,27 @@ from pipeline import duplicates, images, layouts, splits
 from pipeline.cli import stage_main
 from pipeline.config import Params, PrepareParams
 from pipeline.errors import UserError
-from pipeline.files import staged_dir, write_bytes, write_json, write_text
+from pipeline.files import remove_stale_staging, staged_dir, write_bytes, write_json, write_text
 
 PREPARED = Path("data/prepared")
 REPORTS = Path("reports/data")
+FAILURES = Path("reports/data-failures")  # not a DVC output: survives a failed `dvc repro`
+PAIR_COLUMNS = (
+    "group",
+    "source_a",
+    "source_b",
+    "label_a",
+    "label_b",
+    "method",
+    "hash_distance",
+    "inliers",
+    "scale",
+    "rotation_deg",
+    "shift_x",
+    "shift_y",
+    "correlation",
+)
+SHEET_GROUPS = 24  # duplicate groups on their contact sheet, largest first
 MANIFEST_COLUMNS = (
     "path",
     "label",
@@ -67,6 +88,7 @@ class Item:
     fitted: Path  # the prepared PNG, in the scratch folder until its final name is known
     sha256: str
     phash: int
+    keys: duplicates.Keypoints
     width: int
     height: int
     mode: str
@@ -75,6 +97,7 @@ class Item:
 def run(params: Params) -> dict[str, Any]:
     """Prepare the data set; return the summary (also written to reports/data/summary.json)."""
     p = params.prepare
+    remove_stale_staging(PREPARED)  # left by a run that was killed before it could clean up
     found = layouts.discover(params.data.raw_dir, params.classes)
     # Each file is decoded once: a valid one is fitted and written to a scratch folder inside the
     # staged output, which replaces data/prepared/ only if every check below passes.
@@ -88,15 +111,13 @@ def run(params: Params) -> dict[str, Any]:
             for r, c in zip(found.records, checked, strict=True)
             if isinstance(c, images.RejectedImage)
         ]
-        _check_rejects(len(found.records), rejects, p)
-
-        groups = duplicates.group(
-            [i.sha256 for i in items], [i.phash for i in items], p.phash_threshold
-        )
-        labels = [i.record.label for i in items]
-        keep, conflicts = duplicates.resolve_conflicts(labels, groups, p.conflict_policy)
-        kept = [k for k, ok in enumerate(keep) if ok]
-        _check_classes(params, [labels[k] for k in kept], found, rejects, keep, labels)
+        with _failure_report(rejects, found):
+            _check_rejects(len(found.records), rejects, p)
+            pairs, groups = _duplicates(items, p)
+            labels = [i.record.label for i in items]
+            keep, conflicts = duplicates.resolve_conflicts(labels, groups, p.conflict_policy)
+            kept = [k for k, ok in enumerate(keep) if ok]
+            _check_classes(params, [labels[k] for k in kept], found, rejects, keep, labels)
         split_of = splits.assign_splits(
             [labels[k] for k in kept],
             [groups[k] for k in kept],
@@ -105,6 +126,7 @@ def run(params: Params) -> dict[str, Any]:
             seed=params.seed,
         )
         rows = _manifest_rows([items[k] for k in kept], [groups[k] for k in kept], split_of)
+        group_sheet = _group_sheet(items, groups, keep)  # from scratch, before it is cleared
 
         for row, k in zip(rows, kept, strict=True):
             (out / row["path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +135,14 @@ def run(params: Params) -> dict[str, Any]:
         write_text(out / "manifest.csv", _csv(MANIFEST_COLUMNS, rows))
         sheet = _contact_sheet(rows, out, params.classes)
 
-    summary = _summary(params, found, items, rejects, groups, conflicts, rows)
+    summary = _summary(params, found, items, rejects, groups, conflicts, rows, pairs)
     write_json(REPORTS / "summary.json", summary)
     write_text(REPORTS / "rejects.csv", _csv(("source", "reason"), _reject_rows(rejects, found)))
     write_text(REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
+    write_text(REPORTS / "duplicates.csv", _csv(PAIR_COLUMNS, _pair_rows(pairs, items, groups)))
+    write_bytes(REPORTS / "duplicate_groups.png", images.png_bytes(group_sheet))
     write_bytes(REPORTS / "contact_sheet.png", images.png_bytes(sheet))
+    shutil.rmtree(FAILURES, ignore_errors=True)  # an old failure is no longer the state
     _report(summary, found, rows)
     return summary
 
@@ -151,10 +176,38 @@ def _inspect(record: layouts.Record, fitted: Path, p: PrepareParams) -> Item | i
         fitted,
         duplicates.sha256(data),
         duplicates.phash(decoded.image),
+        duplicates.keypoints(decoded.image),
         decoded.width,
         decoded.height,
         decoded.mode,
     )
+
+
+def _duplicates(items: list[Item], p: PrepareParams) -> tuple[list[duplicates.Pair], list[str]]:
+    """Every duplicate pair among the valid items, and the duplicate group of each item."""
+    pairs = duplicates.find_pairs(
+        [i.sha256 for i in items],
+        [i.phash for i in items],
+        [i.keys for i in items],
+        phash_threshold=p.phash_threshold,
+        min_inliers=p.keypoint_inliers,
+        min_correlation=p.keypoint_correlation,
+        per_image=p.keypoint_candidates,
+    )
+    return pairs, duplicates.group([i.sha256 for i in items], [(q.a, q.b) for q in pairs])
+
+
+@contextmanager
+def _failure_report(rejects: list[tuple[str, str]], found: layouts.Found) -> Iterator[None]:
+    """On a user error, write every rejected and skipped file with its reason where DVC does not
+    delete it, and name that file in the error: one example in one line is not enough to fix a
+    data set, and `dvc repro` has already removed the previous reports."""
+    try:
+        yield
+    except UserError as error:
+        path = FAILURES / "rejects.csv"
+        write_text(path, _csv(("source", "reason"), _reject_rows(rejects, found)))
+        raise UserError(f"{error} (every rejected file and its reason: {path})") from None
 
 
 def _check_rejects(found: int, rejects: list[tuple[str, str]], p: PrepareParams) -> None:
@@ -233,6 +286,46 @@ def _contact_sheet(rows: list[dict], out: Path, classes: tuple[str, ...]) -> Ima
     return images.contact_sheet(sheet_rows)
 
 
+def _group_sheet(items: list[Item], groups: list[str], keep: list[bool]) -> Image.Image:
+    """The `SHEET_GROUPS` largest duplicate groups, one row each, members side by side, captioned
+    with their labels and whether they were dropped, so a human can judge the grouping."""
+    members: dict[str, list[int]] = {}
+    for k, g in enumerate(groups):
+        members.setdefault(g, []).append(k)
+    largest = sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m))
+    rows = []
+    for m in largest[:SHEET_GROUPS]:
+        labels = "/".join(sorted({items[k].record.label for k in m}))
+        dropped = " (dropped)" if not keep[m[0]] else ""
+        caption = f"{groups[m[0]]}\n{len(m)} images, {labels}{dropped}"
+        rows.append((caption, [Image.open(items[k].fitted) for k in m]))
+    return images.contact_sheet(rows or [("no duplicate groups", [])], columns=8)
+
+
+def _pair_rows(pairs: list[duplicates.Pair], items: list[Item], groups: list[str]) -> list[dict]:
+    rows = []
+    for q in pairs:
+        m = q.match
+        rows.append(
+            {
+                "group": groups[q.a],
+                "source_a": items[q.a].record.source,
+                "source_b": items[q.b].record.source,
+                "label_a": items[q.a].record.label,
+                "label_b": items[q.b].record.label,
+                "method": q.method,
+                "hash_distance": q.hash_distance,
+                "inliers": m.inliers if m else "",
+                "scale": m.scale if m else "",
+                "rotation_deg": m.rotation_deg if m else "",
+                "shift_x": m.shift_x if m else "",
+                "shift_y": m.shift_y if m else "",
+                "correlation": m.correlation if m else "",
+            }
+        )
+    return sorted(rows, key=lambda r: (r["group"], r["source_a"], r["source_b"]))
+
+
 def _summary(
     params: Params,
     found: layouts.Found,
@@ -241,6 +334,7 @@ def _summary(
     groups: list[str],
     conflicts: list[duplicates.Conflict],
     rows: list[dict],
+    pairs: list[duplicates.Pair],
 ) -> dict[str, Any]:
     cells = Counter((r["label"], r["split"]) for r in rows)
     sizes = Counter(groups)
@@ -272,6 +366,7 @@ def _summary(
             "images_in_groups": sum(n for n in sizes.values() if n > 1),
             "exact_copies": sum(n - 1 for n in shared.values()),
             "largest_group": max(sizes.values(), default=0),
+            "pairs_by_method": dict(sorted(Counter(q.method for q in pairs).items())),
         },
         "conflicts": {
             "groups": len(conflicts),

@@ -265,14 +265,44 @@ def test_a_failed_run_leaves_previous_outputs_intact(workdir, raw):
     before = _outputs(workdir)
     with pytest.raises(UserError, match="no usable image of class 'cyst'"):
         prepare.run(_params(raw, classes=(*CLASSES, "cyst")))
-    assert _outputs(workdir) == before
+    after = _outputs(workdir)
+    assert after.pop("reports/data-failures/rejects.csv")  # the trail, outside DVC's outputs
+    assert after == before
     assert sorted(p.name for p in Path("data").iterdir()) == ["prepared"]  # no temp folder left
 
 
 def test_too_many_rejects_stop_the_stage_and_say_why(workdir, raw):
     with pytest.raises(UserError, match=r"prepare\.max_reject_fraction: 1 of 39 .*truncated"):
         prepare.run(_params(raw, max_reject_fraction=0.01))
-    assert not Path("data/prepared").exists() and not Path("reports").exists()
+    assert not Path("data/prepared").exists() and not Path("reports/data").exists()
+
+
+def test_a_failed_run_writes_every_reject_where_dvc_does_not_delete_it(workdir, raw):
+    with pytest.raises(UserError, match=r"reports/data-failures/rejects\.csv"):
+        prepare.run(_params(raw, max_reject_fraction=0.01))
+    rejects = _csv_rows("reports/data-failures/rejects.csv")
+    assert [r["reason"].split(":")[0] for r in rejects].count("truncated") == 1
+    assert {"source", "reason"} <= set(rejects[0])
+    prepare.run(_params(raw))  # a later success removes the stale trail
+    assert not Path("reports/data-failures").exists()
+
+
+def test_staging_folders_of_an_interrupted_run_are_removed_at_the_next_start(workdir, raw):
+    for stale in ("data/.prepared.abc123", "data/.prepared.old"):
+        Path(stale, "scratch").mkdir(parents=True)
+    prepare.run(_params(raw))
+    assert sorted(p.name for p in Path("data").iterdir()) == ["prepared"]
+
+
+def test_every_duplicate_pair_is_reported_with_how_it_was_found(workdir, raw):
+    summary = prepare.run(_params(raw))
+    pairs = _csv_rows("reports/data/duplicates.csv")
+    assert len(pairs) == sum(summary["duplicates"]["pairs_by_method"].values()) >= 2
+    assert {p["method"] for p in pairs} <= {"sha256", "phash", "phash+keypoints", "keypoints"}
+    manifest_groups = {r["source"]: r["group"] for r in _manifest()}
+    kept = [p for p in pairs if p["source_a"] in manifest_groups]
+    assert all(manifest_groups[p["source_a"]] == manifest_groups[p["source_b"]] for p in kept)
+    assert Image.open("reports/data/duplicate_groups.png").mode == "RGB"
 
 
 def test_an_orphan_mask_and_an_unknown_folder_are_reported(
