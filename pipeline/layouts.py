@@ -17,6 +17,7 @@ outside any class folder) comes back in `Found.skipped` with that reason, never 
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,17 +110,43 @@ def _class_root(raw: Path, classes: tuple[str, ...]) -> Path:
     )
 
 
-def _files_under(folder: Path, seen: frozenset[Path] = frozenset()) -> list[Path]:
-    """All visible files below `folder`, in a stable order; a symlink loop is not followed."""
-    seen = seen | {folder.resolve()}
+def _files_under(folder: Path, root: Path, problems: list[tuple[Path, str]]) -> list[Path]:
+    """All visible files below `folder`, in a stable order. A link is followed only when it
+    resolves inside `root` and not to a folder that holds it (or one already being walked);
+    every link not followed goes to `problems` with the reason, never silently."""
+    return _walk(folder, root.resolve(), problems, frozenset({folder.resolve()}))
+
+
+def _walk(
+    folder: Path, root: Path, problems: list[tuple[Path, str]], walking: frozenset[Path]
+) -> list[Path]:
     files: list[Path] = []
     for child in _children(folder):
-        if child.is_dir():
-            if child.resolve() not in seen:
-                files.extend(_files_under(child, seen))
+        problem = _link_problem(child, root, walking) if child.is_symlink() else None
+        if problem:
+            problems.append((child, problem))
+        elif child.is_dir():
+            files.extend(_walk(child, root, problems, walking | {child.resolve()}))
         elif child.is_file():
             files.append(child)
     return files
+
+
+def _link_problem(link: Path, root: Path, walking: frozenset[Path]) -> str | None:
+    """Why `link` must not be followed, or None. A link back up the tree (`normal/loop -> ..`)
+    would import the whole tree again under another class."""
+    shown = f"{link.name} -> {os.readlink(link)}"
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return f"dangling_link: {shown} points to nothing"
+    except (RuntimeError, OSError):
+        return f"link_loop: {shown} refers to itself"
+    if not target.is_relative_to(root):
+        return f"link_outside: {shown} resolves outside data.raw_dir ({target})"
+    if target.is_dir() and (link.parent.resolve().is_relative_to(target) or target in walking):
+        return f"link_to_ancestor: {shown} would read a folder that holds it again"
+    return None
 
 
 def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
@@ -131,10 +158,15 @@ def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
     def rel(path: Path) -> str:
         return path.relative_to(raw).as_posix()
 
+    problems: list[tuple[Path, str]] = []
     for child in _children(root):
+        problem = _link_problem(child, raw.resolve(), frozenset()) if child.is_symlink() else None
+        if problem:
+            problems.append((child, problem))
+            continue
         label = _class_of(child.name, classes) if child.is_dir() else None
         if child.is_dir() and label is None:
-            n = len(_files_under(child))
+            n = len(_files_under(child, raw, []))
             skipped.append(
                 (
                     rel(child) + "/",
@@ -147,27 +179,28 @@ def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
             if child.suffix.lower() in IMAGE_SUFFIXES:
                 skipped.append((rel(child), "outside_class_folder: not inside a class folder"))
             continue
-        images: dict[tuple[Path, str], Path] = {}
+        images: dict[tuple[Path, str], list[Path]] = {}  # x.png beside x.jpg: both kept
         masks: list[tuple[Path, str, Path]] = []
-        for path in _files_under(child):
+        for path in _files_under(child, raw, problems):
             match = MASK_STEM.match(path.stem)
             if match:
                 masks.append((path.parent, match["image"], path))
             else:
-                images[(path.parent, path.stem)] = path
+                images.setdefault((path.parent, path.stem), []).append(path)
         attached: dict[Path, list[str]] = {}
         for parent, image_stem, mask in masks:
             uses_masks = True
-            image = images.get((parent, image_stem))
-            if image is None:
+            owners = images.get((parent, image_stem), [])
+            if not owners:
                 skipped.append(
                     (rel(mask), f"mask_without_image: no image named {image_stem!r} next to it")
                 )
-            else:
+            for image in owners:
                 attached.setdefault(image, []).append(rel(mask))
-        for path in images.values():
+        for path in (p for same_stem in images.values() for p in same_stem):
             masks_of = tuple(sorted(attached.get(path, [])))
             records.append(Record(rel(path), path, label, masks_of))
+    skipped += [(rel(link), reason) for link, reason in problems]
     return Found("folders", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
 
 

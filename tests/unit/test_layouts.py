@@ -162,3 +162,67 @@ def test_real_busi_sample_has_12_images_and_no_mask_among_them(busi_sample):
         "benign/benign (100)_mask_1.png",
     )
     assert all(len(m) >= 1 for m in by_source.values())
+
+
+# --- file walking that links cannot fool -------------------------------------------------------
+
+
+def _class_folders(root, write_png, synthetic_image):
+    for n, label in enumerate(CLASSES_3):
+        write_png(root / label / f"{label} (1).png", synthetic_image(n, label))
+    return root
+
+
+CLASSES_3 = ("benign", "malignant", "normal")
+
+
+def _skipped(found) -> dict[str, str]:
+    return {source: reason.split(":")[0] for source, reason in found.skipped}
+
+
+def test_a_link_back_up_the_tree_is_reported_not_followed(tmp_path, write_png, synthetic_image):
+    raw = _class_folders(tmp_path / "raw", write_png, synthetic_image)
+    (raw / "normal" / "loop").symlink_to("..")
+    found = discover(raw, CLASSES_3)
+    assert [r.label for r in found.records] == list(CLASSES_3)  # nothing imported twice
+    assert _skipped(found) == {"normal/loop": "link_to_ancestor"}
+    assert "loop -> .." in found.skipped[0][1]
+
+
+def test_links_outside_raw_dangling_and_self_links_are_reported(
+    tmp_path, write_png, synthetic_image
+):
+    raw = _class_folders(tmp_path / "raw", write_png, synthetic_image)
+    elsewhere = write_png(tmp_path / "elsewhere" / "x.png", synthetic_image(9, "benign"))
+    (raw / "benign" / "outside.png").symlink_to(elsewhere)
+    (raw / "benign" / "outside-folder").symlink_to(elsewhere.parent)
+    (raw / "malignant" / "gone.png").symlink_to(tmp_path / "raw" / "missing.png")
+    (raw / "malignant" / "self.png").symlink_to(raw / "malignant" / "self.png")
+    (raw / "normal-link").symlink_to(tmp_path / "elsewhere")
+    found = discover(raw, CLASSES_3)
+    assert len(found.records) == 3
+    assert _skipped(found) == {
+        "benign/outside.png": "link_outside",
+        "benign/outside-folder": "link_outside",
+        "malignant/gone.png": "dangling_link",
+        "malignant/self.png": "link_loop",
+        "normal-link": "link_outside",
+    }
+
+
+def test_a_link_to_a_file_inside_raw_is_an_ordinary_file(tmp_path, write_png, synthetic_image):
+    raw = _class_folders(tmp_path / "raw", write_png, synthetic_image)
+    (raw / "benign" / "copy.png").symlink_to(raw / "benign" / "benign (1).png")
+    found = discover(raw, CLASSES_3)
+    assert {r.source for r in found.records} >= {"benign/copy.png", "benign/benign (1).png"}
+    assert found.skipped == ()  # prepare groups the two as byte-identical
+
+
+def test_two_files_with_one_stem_are_both_kept_with_the_mask(tmp_path, write_png, synthetic_image):
+    raw = _class_folders(tmp_path / "raw", write_png, synthetic_image)
+    write_png(raw / "benign" / "benign (1).jpg", synthetic_image(5, "benign"))
+    write_png(raw / "benign" / "benign (1)_mask.png", synthetic_image(6))
+    found = discover(raw, CLASSES_3)
+    benign = {r.source: r.masks for r in found.records if r.label == "benign"}
+    assert set(benign) == {"benign/benign (1).png", "benign/benign (1).jpg"}
+    assert all(masks == ("benign/benign (1)_mask.png",) for masks in benign.values())
