@@ -251,8 +251,11 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
     detail = "; ".join(duplicates + conflicts)
     lines.append(
         "- BUSI duplicates: the public set holds exact and near-duplicate images, some with "
-        "different labels. Prepare groups them by perceptual hash and keeps each group within one "
-        "split, so no image leaks from train to test, and drops or resolves conflicting groups"
+        "different labels. Prepare groups byte-identical files, perceptual-hash matches (resized, "
+        "re-encoded, annotated copies) and keypoint-verified crops, shifts and padding, keeps each "
+        "group within one split and drops or resolves conflicting groups; mirrored copies and "
+        "different views of one lesion are not found, so the split is image-level, not "
+        "patient-level"
         + (f" (this run: {detail})." if detail else ".")
     )
     n = test.get("n")
