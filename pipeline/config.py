@@ -104,6 +104,9 @@ class EvaluateParams:
     temperature_scaling: bool = True
     ece_bins: int = 10
     gradcam_per_class: int = 2
+    threshold_confidence: float = 0.95
+    prevalence: float = 0.2
+    temperature_min_improvement: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class PromoteParams:
     min_macro_f1: float = 0.5
     min_malignant_sensitivity: float = 0.5
     max_regression: float = 0.02
+    margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,17 @@ def _check_values(p: Params) -> None:
     need(e.samples_per_class >= 0, "evaluate.samples_per_class", "must not be negative")
     need(2 <= e.ece_bins <= 100, "evaluate.ece_bins", "must be between 2 and 100")
     need(e.gradcam_per_class >= 0, "evaluate.gradcam_per_class", "must not be negative")
+    need(
+        0.5 <= e.threshold_confidence < 1,
+        "evaluate.threshold_confidence",
+        "must be within [0.5, 1) (0.95: a one-sided 95% lower bound)",
+    )
+    need(0 < e.prevalence < 1, "evaluate.prevalence", "must be within (0, 1)")
+    need(
+        e.temperature_min_improvement >= 0,
+        "evaluate.temperature_min_improvement",
+        "must not be negative (nats per image)",
+    )
     pm = p.promote
     need(0 <= pm.min_macro_f1 <= 1, "promote.min_macro_f1", "must be within [0, 1]")
     need(
@@ -299,6 +314,7 @@ def _check_values(p: Params) -> None:
         "must be within [0, 1]",
     )
     need(0 <= pm.max_regression <= 1, "promote.max_regression", "must be within [0, 1]")
+    need(0 < pm.margin < 0.5, "promote.margin", "must be within (0, 0.5)")
     need(pm.alias != p.select.alias, "promote.alias", "must differ from select.alias")
     need(
         "malignant" in p.classes,

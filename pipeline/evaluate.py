@@ -1,10 +1,18 @@
-"""Stage `evaluate`: both models on the val and test splits, with confidence intervals and plots.
+"""Stage `evaluate`: both models on validation (what development sees) and test (counted looks).
 
-Only `data/prepared` is read (val and test; augmented data never enters evaluation). Each model
-predicts each split once; every metric, the malignant operating point (threshold chosen on val,
-applied to test), temperature scaling (fitted on val) and the plots reuse those probabilities.
-Writes `reports/evaluate/<arch>/` (metrics.json, predictions, DVC plot data, plots/) and
-`reports/evaluate/comparison.md`, and logs them to each model's training run in MLflow.
+Only `data/prepared` is read (augmented data never enters evaluation). Each model predicts each
+split once; everything below reuses those probabilities. On validation: whether temperature
+scaling earns its place (cross-validated gain over `evaluate.temperature_min_improvement`), then
+the malignant threshold on the served probabilities with a stated guarantee and its bootstrap
+interval. On both splits: headline metrics, the operating point (sensitivity, specificity, PPV,
+NPV, also at `evaluate.prevalence`), benign vs malignant among lesions, calibration of
+p(malignant) and subgroups, all with cluster-bootstrap intervals over prepare's groups.
+
+What people see during development is validation: the terminal, `reports/evaluate/metrics.json`
+(the DVC metrics file, a dozen validation numbers), `comparison.md`, the DVC plots and the training
+runs in MLflow. Test numbers are in one place, `reports/evaluate/test.md` (and the `test` section
+of each `<arch>/metrics.json`, `<arch>/test/`), and every computation of them is a run in the MLflow
+test ledger (pipeline.ledger), counted in the report and the model card.
 """
 
 from __future__ import annotations
@@ -13,54 +21,85 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, metrics, plots, tracking
+from pipeline import cam, ledger, metrics, plots, statistics, subgroups, tracking
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params
-from pipeline.datasets import PREPARED_DIR, ImageSet, load_set
+from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import LABELS, format_estimate
 
 EVALUATE_DIR = Path("reports/evaluate")
+HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
 MODELS_DIR = Path("models")
 SPLITS = ("val", "test")
 POSITIVE = "malignant"
+LESION_NEGATIVE = "benign"
+MIN_SUBGROUP = 10  # images; smaller subgroups are listed with their n but not estimated
 PREDICT_BATCH = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitFacts:
+    """What the manifest says about a split's images, in load order: groups and subgroups."""
+
+    groups: np.ndarray | None = None
+    subgroups: dict[str, tuple[np.ndarray, list[str]]] = dataclasses.field(default_factory=dict)
+    image_hashes: tuple[str, ...] = ()
+
+
 def run(params: Params) -> dict:
-    classes = params.classes
     inputs = {arch: _require_inputs(arch) for arch in ARCHS}
-    data = {split: _load_split(split, classes) for split in SPLITS}
+    data = {split: _load_split(split, params.classes) for split in SPLITS}
+    manifest = read_manifest(PREPARED_DIR / "manifest.csv")
+    facts = {split: split_facts(manifest, split) for split in SPLITS}
     tracking.setup(params.mlflow.experiment)
     for arch in ARCHS:  # fail before the work, not after it
         _require_run(inputs[arch])
-    results = {}
+    look = {
+        "split_sha256": ledger.split_fingerprint(facts["test"].image_hashes),
+        "manifest_sha256": ledger.file_sha256(str(PREPARED_DIR / "manifest.csv")),
+    }
+    results, proba, kept = {}, {}, {}
     for arch in ARCHS:
         model = keras.saving.load_model(inputs[arch]["model"], compile=False)
         net = cam.feature_model(model)  # one pass gives probabilities and maps for Grad-CAM
         outputs = {split: predict(net, data[split].images) for split in SPLITS}
-        proba = {split: probabilities for split, (_, probabilities) in outputs.items()}
-        results[arch] = evaluate_probabilities(data, proba, params)
+        proba[arch] = {split: probabilities for split, (_, probabilities) in outputs.items()}
+        results[arch] = evaluate_probabilities(data, proba[arch], params, facts)
+        kept[arch] = (model, outputs["test"][0])
+    for arch in ARCHS:  # every computation of test metrics is a look, counted before reporting
+        _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
+    use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
+    for arch in ARCHS:
+        results[arch]["test"]["test_use"] = use
         with staged_dir(EVALUATE_DIR / arch) as out:
             write_json(out / "metrics.json", results[arch])
-            write_reports(out, model, outputs["test"][0], data, proba, results[arch], params)
-    comparison = comparison_markdown(results)
-    write_text(EVALUATE_DIR / "comparison.md", comparison)
+            model, features = kept[arch]
+            write_reports(out, model, features, data, proba[arch], results[arch], params)
+    comparison = compare_models(data, proba, facts, params)
+    write_json(EVALUATE_DIR / "comparison.json", comparison)
+    write_text(EVALUATE_DIR / "comparison.md", comparison_markdown(results, comparison, "val"))
+    write_text(EVALUATE_DIR / "test.md", comparison_markdown(results, comparison, "test"))
+    write_json(HEADLINE_FILE, headline(results))
     _log_to_mlflow(params, inputs, results)
-    for arch, result in results.items():
-        test = result["test"]
-        print(
-            f"evaluate {arch}: test macro-F1 {format_estimate(test['macro_f1'])}, "
-            f"malignant sensitivity {format_estimate(test['malignant_sensitivity'])}"
-        )
+    _print_summary(results)
     return results
+
+
+def split_facts(manifest: pd.DataFrame, split: str) -> SplitFacts:
+    """Groups, subgroup labels and image hashes of `split`, in the order load_set reads it."""
+    rows = manifest[manifest["split"] == split]
+    groups = rows["group"].to_numpy() if "group" in rows else None
+    hashes = rows["sha256"] if "sha256" in rows else rows["path"]
+    return SplitFacts(groups, subgroups.define(manifest, rows), tuple(hashes))
 
 
 def predict(net: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,34 +119,173 @@ def predict(net: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def evaluate_probabilities(
-    data: dict[str, ImageSet], proba: dict[str, np.ndarray], params: Params
+    data: dict[str, ImageSet],
+    proba: dict[str, np.ndarray],
+    params: Params,
+    facts: dict[str, SplitFacts] | None = None,
 ) -> dict:
-    """`{"val": M, "test": M}` from each split's probabilities (see pipeline.metrics for M)."""
-    e, classes = params.evaluate, params.classes
-    m = classes.index(POSITIVE)
-    val_y, val_p = data["val"].labels, proba["val"]
-    threshold = metrics.sensitivity_threshold(val_y == m, val_p[:, m], e.target_sensitivity)
-    temperature = metrics.fit_temperature(val_y, val_p) if e.temperature_scaling else None
-    result = {}
-    for split in SPLITS:
-        y, p = data[split].labels, proba[split]
-        report = metrics.classification_report(
-            y, p, classes, positive=POSITIVE, n_bootstrap=e.bootstrap, seed=params.seed,
-            n_bins=e.ece_bins,
+    """`{"val": M, "test": M}` from each split's probabilities; decisions are fixed on val only.
+
+    Order matters: calibration is decided first, because temperature scaling changes p(malignant)
+    image by image (not monotonically), so the threshold is chosen on the probabilities served.
+    """
+    e, m = params.evaluate, params.classes.index(POSITIVE)
+    facts = facts or {split: SplitFacts() for split in SPLITS}
+    y, groups = data["val"].labels, facts["val"].groups
+    calibration = _calibration_choice(y, proba["val"], groups, params)
+    served = {split: _served(proba[split], calibration) for split in SPLITS}
+    flagged = served["val"].argmax(1) == m
+    rule = dict(target=e.target_sensitivity, confidence=e.threshold_confidence)
+    choice = statistics.choose_threshold(y, served["val"][:, m], m, flagged, **rule)
+    result = {
+        split: _split_report(
+            data[split].labels,
+            proba[split],
+            served[split],
+            choice["threshold"],
+            calibration,
+            facts[split],
+            params,
         )  # fmt: skip
-        report["operating_point"] = metrics.threshold_rates(y == m, p[:, m], threshold)
-        calibrated = metrics.apply_temperature(p, temperature) if temperature else None
-        report["calibration"] = {
-            "temperature": temperature,
-            "ece_before": metrics.expected_calibration_error(y, p, e.ece_bins),
-            "ece_after": metrics.expected_calibration_error(y, calibrated, e.ece_bins)
-            if temperature
-            else None,
-            "brier_before": metrics.brier_score(y, p),
-            "brier_after": metrics.brier_score(y, calibrated) if temperature else None,
-        }
-        result[split] = report
+        for split in SPLITS
+    }
+    low, high = statistics.threshold_interval(
+        y, served["val"][:, m], m, flagged, groups, n_bootstrap=e.bootstrap, seed=params.seed,
+        **rule,
+    )  # fmt: skip
+    result["val"]["operating_point"].update(
+        rule=choice["rule"], selection=choice, threshold_ci_low=low, threshold_ci_high=high
+    )
     return metrics.jsonable(result)
+
+
+def _calibration_choice(
+    y: np.ndarray, proba: np.ndarray, groups: np.ndarray | None, params: Params
+) -> dict[str, Any]:
+    e = params.evaluate
+    if not e.temperature_scaling:
+        return {"temperature": None, "applied": False, "reason": "evaluate.temperature_scaling off"}
+    return statistics.temperature_decision(
+        y, proba, groups, min_improvement=e.temperature_min_improvement, seed=params.seed
+    )
+
+
+def _served(proba: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """The probabilities the released rule uses: temperature-scaled only when it was applied."""
+    if calibration["applied"]:
+        return metrics.apply_temperature(proba, calibration["temperature"])
+    return proba
+
+
+def _split_report(
+    y: np.ndarray,
+    proba: np.ndarray,
+    served: np.ndarray,
+    threshold: float | None,
+    calibration: dict[str, Any],
+    facts: SplitFacts,
+    params: Params,
+) -> dict[str, Any]:
+    """Every number of one split: headline (argmax of the raw output) and the served decision."""
+    e, classes, g = params.evaluate, params.classes, facts.groups
+    m = classes.index(POSITIVE)
+    boot = {"n_bootstrap": e.bootstrap, "seed": params.seed}
+    report = metrics.classification_report(
+        y, proba, classes, positive=POSITIVE, n_bins=e.ece_bins, groups=g, **boot
+    )
+    report["operating_point"] = statistics.operating_point(
+        y, served[:, m], threshold, m, g, prevalence=e.prevalence, **boot
+    )
+    if LESION_NEGATIVE in classes:
+        report["lesions"] = statistics.lesion_operating_point(
+            y, served[:, m], threshold, m, classes.index(LESION_NEGATIVE), g, **boot
+        )
+    report["calibration"] = _calibration_report(y, proba, served, calibration, m, e.ece_bins)
+    report["subgroups"] = {
+        name: statistics.subgroup_table(
+            y,
+            served.argmax(1),
+            served[:, m],
+            threshold,
+            m,
+            labels,
+            order,
+            g,
+            min_images=MIN_SUBGROUP,
+            **boot,
+        )  # fmt: skip
+        for name, (labels, order) in facts.subgroups.items()
+    }
+    return report
+
+
+def _calibration_report(
+    y: np.ndarray,
+    proba: np.ndarray,
+    served: np.ndarray,
+    calibration: dict[str, Any],
+    m: int,
+    n_bins: int,
+) -> dict[str, Any]:
+    """The val decision about temperature, and how both probability sets fare on this split."""
+    t = calibration.get("temperature")
+    scaled = metrics.apply_temperature(proba, t) if t else None
+    return {
+        **calibration,
+        "ece_before": metrics.expected_calibration_error(y, proba, n_bins),
+        "ece_after": metrics.expected_calibration_error(y, scaled, n_bins) if t else None,
+        "brier_before": metrics.brier_score(y, proba),
+        "brier_after": metrics.brier_score(y, scaled) if t else None,
+        "malignant": {
+            "probabilities": "temperature-scaled" if calibration["applied"] else "raw",
+            **statistics.calibration_line(y == m, served[:, m]),
+            "reliability": statistics.reliability_curve(y == m, served[:, m], n_bins),
+        },
+    }
+
+
+def compare_models(
+    data: dict[str, ImageSet],
+    proba: dict[str, dict[str, np.ndarray]],
+    facts: dict[str, SplitFacts],
+    params: Params,
+) -> dict[str, Any]:
+    """First model minus second on the same images: macro-F1 and malignant AUC with paired
+    cluster-bootstrap intervals, and McNemar's test on the argmax decisions."""
+    a, b = ARCHS[:2]
+    m = params.classes.index(POSITIVE)
+    boot = {"n_bootstrap": max(params.evaluate.bootstrap, 1), "seed": params.seed}
+    out: dict[str, Any] = {"a": a, "b": b}
+    for split in SPLITS:
+        y, g = data[split].labels, facts[split].groups
+        pa, pb = proba[a][split], proba[b][split]
+        out[split] = {
+            "macro_f1": statistics.paired_difference(
+                y, pa.argmax(1), pb.argmax(1), g, metric="macro_f1", **boot
+            ),
+            "malignant_auc": statistics.paired_difference(
+                y, pa[:, m], pb[:, m], g, metric="malignant_auc", positive=m, **boot
+            ),
+            "mcnemar": statistics.mcnemar(y, pa.argmax(1), pb.argmax(1)),
+        }
+    return metrics.jsonable(out)
+
+
+def headline(results: dict[str, dict]) -> dict[str, dict]:
+    """The DVC metrics file: a few validation numbers per model, what `dvc exp show` lays out."""
+    out = {}
+    for arch, result in results.items():
+        val = result["val"]
+        op, lesions = val["operating_point"], val.get("lesions") or {}
+        out[arch] = {
+            "val_macro_f1": val["macro_f1"]["value"],
+            "val_malignant_auc": (op.get("auc") or {}).get("value"),
+            "val_malignant_sensitivity": (op.get("sensitivity") or {}).get("value"),
+            "val_malignant_specificity": (op.get("specificity") or {}).get("value"),
+            "val_lesion_auc": (lesions.get("auc") or {}).get("value"),
+            "val_threshold": op.get("threshold"),
+        }
+    return out
 
 
 def write_reports(
@@ -119,41 +297,56 @@ def write_reports(
     result: dict,
     params: Params,
 ) -> None:
-    """Predictions, DVC plot data and PNGs of one model into its (staged) output folder."""
-    classes, e = params.classes, params.evaluate
+    """Predictions, plot data and figures of one model into its (staged) output folder.
+
+    Validation goes where development looks (`plots/` and the CSVs `dvc plots` reads); test goes
+    to `test/`, which nothing in the development loop shows.
+    """
+    classes = params.classes
     for split in SPLITS:
         y, p = data[split].labels, proba[split]
-        plots.save_csv(
-            plots.predictions_table(data[split].paths, y, p, classes),
-            out / f"predictions_{split}.csv",
-        )
-        plots.save_csv(
-            plots.confusion_rows(y, p.argmax(1), classes), out / f"confusion_{split}.csv"
-        )
-        matrix = result[split]["confusion_matrix"]
-        for normalize, kind in ((False, "counts"), (True, "normalized")):
-            title = f"{split}: confusion ({'row-normalised' if normalize else 'counts'})"
-            fig = plots.confusion_figure(matrix, classes, normalize, title)
-            plots.save_png(fig, out / "plots" / f"confusion_{kind}_{split}.png")
+        table = plots.predictions_table(data[split].paths, y, p, classes)
+        plots.save_csv(table, out / f"predictions_{split}.csv")
+    _split_figures(out, out / "plots", "val", data["val"].labels, proba["val"], result, params)
+    test = out / "test"
+    _split_figures(test, test, "test", data["test"].labels, proba["test"], result, params)
+    _test_images(test, model, test_features, data["test"], proba["test"], params)
 
-    test, y, p = data["test"], data["test"].labels, proba["test"]
-    roc = metrics.roc_points(y, p, classes)
-    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), out / "roc_test.csv")
-    auc = {c: v["roc_auc"] for c, v in result["test"]["per_class"].items()}
-    plots.save_png(
-        plots.roc_figure(roc, auc, "test: ROC, one-vs-rest"), out / "plots" / "roc_test.png"
+
+def _split_figures(
+    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, p: np.ndarray, result: dict, params
+) -> None:
+    """Confusion, ROC and the reliability of p(malignant) of one split: CSV data and PNGs."""
+    classes, report = params.classes, result[split]
+    plots.save_csv(
+        plots.confusion_rows(y, p.argmax(1), classes), csv_dir / f"confusion_{split}.csv"
     )
+    for normalize, kind in ((False, "counts"), (True, "normalized")):
+        title = f"{split}: confusion ({'row-normalised' if normalize else 'counts'})"
+        fig = plots.confusion_figure(report["confusion_matrix"], classes, normalize, title)
+        plots.save_png(fig, png_dir / f"confusion_{kind}_{split}.png")
+    roc = metrics.roc_points(y, p, classes)
+    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_dir / f"roc_{split}.csv")
+    auc = {c: v["roc_auc"] for c, v in report["per_class"].items()}
+    fig = plots.roc_figure(roc, auc, f"{split}: ROC, one-vs-rest")
+    plots.save_png(fig, png_dir / f"roc_{split}.png")
+    malignant = report["calibration"]["malignant"]
+    bins = [r for r in malignant["reliability"] if r["count"]]
+    plots.save_csv(pd.DataFrame(bins), csv_dir / f"reliability_{split}.csv")
+    curve = [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
+    fig = plots.reliability_figure(
+        {f"p(malignant), {malignant['probabilities']}": curve},
+        f"{split}: reliability of p(malignant), {sum(r['count'] for r in bins)} images",
+        axes=("mean predicted p(malignant)", "observed fraction malignant"),
+    )
+    plots.save_png(fig, png_dir / f"reliability_{split}.png")
 
-    curves = {"before": metrics.reliability_bins(y, p, e.ece_bins)}
-    temperature = result["test"]["calibration"]["temperature"]
-    if temperature:
-        calibrated = metrics.apply_temperature(p, temperature)
-        curves[f"after (T={temperature:.2f})"] = metrics.reliability_bins(y, calibrated, e.ece_bins)
-    rows = [{"curve": name, **row} for name, bins in curves.items() for row in bins if row["count"]]
-    plots.save_csv(pd.DataFrame(rows), out / "reliability_test.csv")
-    fig = plots.reliability_figure(curves, "test: reliability (top-class confidence)")
-    plots.save_png(fig, out / "plots" / "reliability_test.png")
 
+def _test_images(
+    out: Path, model: keras.Model, features: np.ndarray, test: ImageSet, p: np.ndarray, params
+) -> None:
+    """Sample predictions and Grad-CAM maps of test images, per class."""
+    e, classes, y = params.evaluate, params.classes, test.labels
     names = np.asarray(classes)
     captions = [
         f"true {names[t]}\npred {names[k]} {q[k]:.2f}"
@@ -162,77 +355,155 @@ def write_reports(
     if e.samples_per_class:
         picks = plots.choose_samples(y, p, classes, e.samples_per_class, params.seed)
         fig = plots.image_grid(test.images, picks, captions, "test: sample predictions")
-        plots.save_png(fig, out / "plots" / "samples_test.png")
-    if e.gradcam_per_class:
-        picks = {
-            f"true {name}": [int(i) for i in np.flatnonzero(y == k)[: e.gradcam_per_class]]
-            for k, name in enumerate(classes)
-        }
-        chosen = sorted(i for idx in picks.values() for i in idx)
-        if not chosen:
-            return
-        maps = cam.maps_from_features(model, test_features[chosen], p[chosen].argmax(1))
-        tiles: dict[int, np.ndarray] = {}  # the image and its overlay side by side
-        for i, heat in zip(chosen, maps, strict=True):
-            gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
-            tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat)])
-        title = "test: class activation maps (Grad-CAM) of the predicted class"
-        fig = plots.image_grid(tiles, picks, captions, title)
-        plots.save_png(fig, out / "plots" / "gradcam_test.png")
+        plots.save_png(fig, out / "samples_test.png")
+    picks = {
+        f"true {name}": [int(i) for i in np.flatnonzero(y == k)[: e.gradcam_per_class]]
+        for k, name in enumerate(classes)
+    }
+    chosen = sorted(i for idx in picks.values() for i in idx)
+    if not chosen:
+        return
+    maps = cam.maps_from_features(model, features[chosen], p[chosen].argmax(1))
+    tiles: dict[int, np.ndarray] = {}  # the image and its overlay side by side
+    for i, heat in zip(chosen, maps, strict=True):
+        gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
+        tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat)])
+    title = "test: class activation maps (Grad-CAM) of the predicted class"
+    plots.save_png(plots.image_grid(tiles, picks, captions, title), out / "gradcam_test.png")
 
 
-def comparison_markdown(results: dict[str, dict]) -> str:
-    """Side-by-side table of the models: headline metrics with 95% CIs, val then test."""
+def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) -> str:
+    """The models side by side on one split, then their paired difference.
+
+    `val` is the development view (`comparison.md`, printed by `make demo`); `test` is the test
+    report (`test.md`), headed by how often this test split has been looked at.
+    """
     archs = list(results)
-    lines = [
-        "# Model comparison",
+    reports = {a: results[a][split] for a in archs}
+    first = reports[archs[0]]
+    title = "Validation" if split == "val" else "Test"
+    lines = [f"# Model comparison: {title.lower()}", ""]
+    if split == "test":
+        lines += [_test_use_line(first.get("test_use")), ""]
+    lines += [
+        f"{title}: {first.get('n')} images in {first.get('groups')} groups. Point estimates with "
+        "95% cluster-bootstrap intervals (groups resampled within class). Selection uses "
+        "validation only.",
         "",
-        "Point estimates with 95% stratified bootstrap confidence intervals. Selection uses the "
-        "validation columns only; test is reported, never used to choose.",
-        "",
+        "| metric | " + " | ".join(archs) + " |",
+        "|---" * (len(archs) + 1) + "|",
     ]
-    for split, title in (("val", "Validation"), ("test", "Test")):
-        ns = ", ".join(f"{a} n={results[a][split].get('n')}" for a in archs)
-        lines += [f"## {title} ({ns})", ""]
-        lines += ["| metric | " + " | ".join(archs) + " |", "|---" * (len(archs) + 1) + "|"]
-        for key, label in LABELS.items():
-            cells = [format_estimate(results[a][split].get(key)) for a in archs]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        op = [results[a][split].get("operating_point") or {} for a in archs]
-        for key in ("threshold", "sensitivity", "specificity"):
-            cells = [_number(o.get(key)) for o in op]
-            lines.append(f"| Operating point {key} | " + " | ".join(cells) + " |")
-        cal = [results[a][split].get("calibration") or {} for a in archs]
-        for key in ("temperature", "ece_after", "brier_after"):
-            lines.append(
-                f"| Calibrated {key} | " + " | ".join(_number(c.get(key)) for c in cal) + " |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+    for key, label in LABELS.items():
+        cells = [format_estimate(reports[a].get(key)) for a in archs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _decision_rows(reports, archs)
+    lines += ["", *_paired_lines(comparison, split)]
+    return "\n".join(lines) + "\n"
 
 
-def flat_metrics(result: dict) -> dict[str, float]:
-    """MLflow metric names: `<split>_<metric>` (+ `_ci_low`, `_ci_high`), per class and more."""
+def _decision_rows(reports: dict[str, dict], archs: list[str]) -> list[str]:
+    """Rows for the served decision (threshold chosen on val) and the lesion-only question."""
+    rows = []
+    ops = {a: reports[a].get("operating_point") or {} for a in archs}
+    lesions = {a: reports[a].get("lesions") or {} for a in archs}
+    rows.append("| Malignant threshold (chosen on val) | "
+                + " | ".join(_number(ops[a].get("threshold")) for a in archs) + " |")  # fmt: skip
+    for key, label in (
+        ("sensitivity", "Malignant sensitivity at threshold"),
+        ("specificity", "Malignant specificity at threshold"),
+        ("ppv", "PPV at threshold (this sample)"),
+        ("npv", "NPV at threshold (this sample)"),
+        ("ppv_at_prevalence", "PPV at the params prevalence"),
+        ("npv_at_prevalence", "NPV at the params prevalence"),
+        ("auc", "Malignant vs rest AUC"),
+    ):
+        rows.append(
+            f"| {label} | " + " | ".join(format_estimate(ops[a].get(key)) for a in archs) + " |"
+        )
+    for key, label in (
+        ("auc", "AUC"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+    ):
+        cells = [format_estimate(lesions[a].get(key)) for a in archs]
+        rows.append(f"| Lesions only (benign vs malignant): {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _paired_lines(comparison: dict, split: str) -> list[str]:
+    a, b, paired = comparison["a"], comparison["b"], comparison[split]
+    lines = [f"## Paired difference ({a} minus {b}, same images)", ""]
+    for key in ("macro_f1", "malignant_auc"):
+        d = paired[key]
+        verdict = (
+            "distinguishable from noise" if d["distinguishable"]
+            else "not distinguishable from noise (the interval contains 0)"
+        )  # fmt: skip
+        lines.append(
+            f"- {key}: {format_estimate(d['difference'])} over {d['images']} images in "
+            f"{d['groups']} groups: {verdict}."
+        )
+    mc = paired["mcnemar"]
+    lines.append(
+        f"- McNemar (argmax decisions): {mc['only_a_correct']} images right only by {a}, "
+        f"{mc['only_b_correct']} only by {b}; exact p = {mc['p_value']:.3f} (treats images as "
+        "independent, so slightly optimistic with duplicate groups)."
+    )
+    return lines
+
+
+def _test_use_line(use: dict | None) -> str:
+    if not use:
+        return "Test use: not recorded."
+    return (
+        f"**This test split has been looked at {use['looks']} times by {use['models']} models** "
+        f"(MLflow experiment `{use['ledger']}`, split sha256 {use['split_sha256'][:12]}). Every "
+        "look that informs a choice makes these numbers more optimistic."
+    )
+
+
+def flat_metrics(report: dict, prefix: str) -> dict[str, float]:
+    """MLflow metric names for one split's report: `<prefix>_<path>` (+ `_ci_low`, `_ci_high`).
+
+    Numbers and estimates at any depth; lists (tables, curves) and text are left to the JSON.
+    """
     flat: dict[str, float] = {}
-    for split, report in result.items():
-        for key in metrics.HEADLINE:
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, dict) and "value" in node and "ci_low" in node:
             for part, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
-                flat[f"{split}_{key}{suffix}"] = report[key][part]
-        for cls, row in report["per_class"].items():
-            for key in ("precision", "recall", "f1", "specificity", "roc_auc", "average_precision"):
-                flat[f"{split}_{key}_{_safe_name(cls)}"] = row[key]
-        for key, value in report["operating_point"].items():
-            flat[f"{split}_operating_{key}"] = value
-        for key, value in report["calibration"].items():
-            flat[f"{split}_calibration_{key}"] = value
-    return {k: float(v) for k, v in flat.items() if v is not None}
+                if node[part] is not None:
+                    flat[f"{name}{suffix}"] = float(node[part])
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}_{_safe_name(str(key))}")
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            flat[name] = float(node)
+
+    walk({k: v for k, v in report.items() if k != "subgroups"}, prefix)
+    return flat
+
+
+def _record_test_look(
+    params: Params, arch: str, found: dict, test: dict, look: dict[str, str]
+) -> None:
+    """Log this computation of one model's test metrics in the test ledger (pipeline.ledger)."""
+    ledger.record_look(
+        params.mlflow.experiment,
+        model=f"{arch} (run {found['run_id']})",
+        model_sha256=ledger.file_sha256(found["model"]),
+        purpose="evaluate: test report",
+        metrics=flat_metrics(test, "test"),
+        **look,
+    )
 
 
 def _log_to_mlflow(params: Params, inputs: dict[str, dict], results: dict[str, dict]) -> None:
+    """Validation only on the training runs: test numbers live in the ledger, not beside them."""
     client = mlflow.MlflowClient()
     for arch, result in results.items():
         run_id = inputs[arch]["run_id"]
-        flat = flat_metrics(result)
+        flat = flat_metrics(result["val"], "val")
         # Training logs val_accuracy / val_macro_f1 per epoch; log after its last step so the
         # run's latest value is the one of the saved model, evaluated here.
         clashes = [k for k in flat if k in client.get_run(run_id).data.metrics]
@@ -244,8 +515,24 @@ def _log_to_mlflow(params: Params, inputs: dict[str, dict], results: dict[str, d
             mlflow.set_tags(
                 {f"evaluate.{k}": str(v) for k, v in dataclasses.asdict(params.evaluate).items()}
             )
-            mlflow.log_artifacts(str(EVALUATE_DIR / arch), artifact_path="evaluate")
+            mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
+            mlflow.log_artifacts(str(EVALUATE_DIR / arch / "plots"), artifact_path="evaluate/plots")
             mlflow.log_artifact(str(EVALUATE_DIR / "comparison.md"), artifact_path="evaluate")
+
+
+def _print_summary(results: dict[str, dict]) -> None:
+    """Validation on the terminal; test only as a pointer and a count."""
+    for arch, result in results.items():
+        val, op = result["val"], result["val"]["operating_point"]
+        print(
+            f"evaluate {arch}: val macro-F1 {format_estimate(val['macro_f1'])}, malignant "
+            f"sensitivity at threshold {format_estimate(op.get('sensitivity'))}"
+        )
+    use = next(iter(results.values()))["test"].get("test_use") or {}
+    print(
+        f"evaluate: test figures in {EVALUATE_DIR / 'test.md'} (this test split: "
+        f"{use.get('looks', '?')} looks by {use.get('models', '?')} models, recorded in MLflow)"
+    )
 
 
 def _require_run(found: dict) -> None:

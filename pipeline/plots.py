@@ -121,10 +121,16 @@ def roc_figure(rows: list[dict], auc: dict[str, float | None], title: str) -> Fi
     return fig
 
 
-def reliability_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+def reliability_figure(
+    curves: dict[str, list[dict]],
+    title: str,
+    axes: tuple[str, str] = ("confidence (top class)", "accuracy"),
+) -> Figure:
     """Reliability diagram: accuracy against mean confidence per bin, one line per curve name.
 
-    `curves` maps a label (e.g. "before", "after T=1.7") to `metrics.reliability_bins` rows.
+    `curves` maps a label (e.g. "before", "after T=1.7") to rows with `confidence`, `accuracy`
+    and `count` (`metrics.reliability_bins`); `axes` names what they hold when it is not the top
+    class (p(malignant) against the observed fraction malignant, say).
     """
     fig = Figure(figsize=(4.8, 4.4))
     ax = fig.add_subplot()
@@ -134,7 +140,7 @@ def reliability_figure(curves: dict[str, list[dict]], title: str) -> Figure:
         ax.plot(
             [r["confidence"] for r in used], [r["accuracy"] for r in used], marker="o", label=label
         )
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top class)", ylabel="accuracy")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=axes[0], ylabel=axes[1])
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
     return fig

@@ -34,6 +34,11 @@ def test_defaults_fill_missing_sections():
     ("raw", "message"),
     [
         ({"trian": {}}, "trian: unknown parameter"),
+        ({"promote": {"margin": 0}}, "promote.margin: must be within"),
+        ({"promote": {"margin": "small"}}, "promote.margin: expected a number"),
+        ({"evaluate": {"prevalence": 1.0}}, "evaluate.prevalence: must be within"),
+        ({"evaluate": {"threshold_confidence": 0.3}}, "evaluate.threshold_confidence: must be"),
+        ({"evaluate": {"temperature_min_improvement": -1}}, "evaluate.temperature_min_improvement"),
         ({"train": {"batch_size": "x"}}, "train.batch_size: expected an integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size: must be positive"),
         (

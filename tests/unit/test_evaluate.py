@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, metrics, tracking
+from pipeline import evaluate, ledger, metrics, tracking
 from pipeline.config import ARCHS, parse_params
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
@@ -102,55 +102,79 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
                 assert set(m[name]) == {"value", "ci_low", "ci_high"}
             assert set(m["per_class"]) == set(CLASSES)
             assert sum(map(sum, m["confusion_matrix"])) == n
-            assert set(m["operating_point"]) == {"threshold", "sensitivity", "specificity"}
-            assert set(m["calibration"]) == {
-                "temperature",
-                "ece_before",
-                "ece_after",
-                "brier_before",
-                "brier_after",
-            }
+            assert m["groups"] == n  # the fixture's groups are one image each
+            op_keys = {"threshold", "sensitivity", "specificity", "ppv", "npv", "auc", "groups"}
+            assert op_keys | {"ppv_at_prevalence", "npv_at_prevalence"} <= set(m["operating_point"])
+            assert m["lesions"]["images"] == 2 * n // 3  # benign and malignant, normal left out
+            assert {"temperature", "applied", "ece_before", "ece_after", "brier_before",
+                    "brier_after", "malignant"} <= set(m["calibration"])  # fmt: skip
             predictions = pd.read_csv(out / f"predictions_{split}.csv")
             expected = manifest[manifest["split"] == split]
             assert predictions["path"].tolist() == expected["path"].tolist()  # never augmented
             assert list(predictions.columns[:3]) == ["path", "label", "predicted"]
-            confusion = pd.read_csv(out / f"confusion_{split}.csv")
+            folder = out if split == "val" else out / "test"  # test stays out of `dvc plots`
+            confusion = pd.read_csv(folder / f"confusion_{split}.csv")
             assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == n
+            assert list(pd.read_csv(folder / f"roc_{split}.csv").columns) == ["class", "fpr", "tpr"]
+            assert (folder / f"reliability_{split}.csv").is_file()
+        assert saved["test"]["test_use"]["looks"] == 2 and saved["test"]["test_use"]["models"] == 2
+        assert saved["val"]["operating_point"]["threshold_ci_low"] is not None
         # threshold chosen on val, the same one applied to test
         threshold = saved["val"]["operating_point"]["threshold"]
         assert saved["test"]["operating_point"]["threshold"] == threshold
-        assert saved["val"]["operating_point"]["sensitivity"] >= params.evaluate.target_sensitivity
+        assert saved["val"]["operating_point"]["sensitivity"]["value"] >= 0.9  # target_sensitivity
         # probabilities are the saved model's own
         model = keras.saving.load_model(root / "models" / arch / "model.keras")
         test_paths = manifest[manifest["split"] == "test"]["path"]
         images = np.stack([cv2.imread(f"data/prepared/{p}")[..., ::-1] for p in test_paths])
         probabilities = pd.read_csv(out / "predictions_test.csv")[[f"p_{c}" for c in CLASSES]]
         np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-5)
-        assert list(pd.read_csv(out / "roc_test.csv").columns) == ["class", "fpr", "tpr"]
-        assert (out / "reliability_test.csv").is_file()
-        pngs = {p.name for p in (out / "plots").glob("*.png")}
+        assert {"confusion_counts_val.png", "roc_val.png", "reliability_val.png"} <= {
+            p.name for p in (out / "plots").glob("*.png")
+        }
         assert {
-            "confusion_counts_val.png",
             "confusion_normalized_test.png",
             "roc_test.png",
             "reliability_test.png",
             "samples_test.png",
             "gradcam_test.png",
-        } <= pngs
+        } <= {p.name for p in (out / "test").glob("*.png")}
+        assert not list((out / "plots").glob("*test*"))
 
     comparison = (root / "reports/evaluate/comparison.md").read_text()
     assert all(arch in comparison for arch in ARCHS) and "| Macro F1 |" in comparison
+    assert "Paired difference" in comparison and "distinguishable" in comparison
+    assert "Test" not in comparison.split("\n")[0]  # the development view is validation
+    test_report = (root / "reports/evaluate/test.md").read_text()
+    assert "looked at 2 times by 2 models" in test_report
+    paired = json.loads((root / "reports/evaluate/comparison.json").read_text())
+    assert paired["val"]["macro_f1"]["images"] == 9 and "p_value" in paired["test"]["mcnemar"]
+    headline = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert set(headline) == set(ARCHS)
+    assert all(k.startswith("val_") for row in headline.values() for k in row)
 
     client = mlflow.MlflowClient()
     for arch in ARCHS:
         run_id = json.loads((root / "models" / arch / "run.json").read_text())["run_id"]
         logged = client.get_run(run_id).data.metrics
-        assert logged["test_macro_f1"] == pytest.approx(results[arch]["test"]["macro_f1"]["value"])
+        assert logged["val_macro_f1"] == pytest.approx(results[arch]["val"]["macro_f1"]["value"])
+        assert not [k for k in logged if k.startswith("test")]  # test lives in the ledger
         # the evaluated value is the latest, after training's per-epoch history
         assert logged["val_accuracy"] == pytest.approx(results[arch]["val"]["accuracy"]["value"])
         assert max(m.step for m in client.get_metric_history(run_id, "val_accuracy")) == 3
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
-        assert {"evaluate/metrics.json", "evaluate/comparison.md", "evaluate/plots"} <= artifacts
+        assert {
+            "evaluate/val_metrics.json",
+            "evaluate/comparison.md",
+            "evaluate/plots",
+        } <= artifacts
+    looks = mlflow.search_runs(
+        experiment_names=[ledger.ledger_experiment("busi-tumor-classification")]
+    )
+    assert len(looks) == 2 and set(looks["tags.purpose"]) == {"evaluate: test report"}
+    assert sorted(looks["metrics.test_macro_f1"]) == sorted(
+        results[a]["test"]["macro_f1"]["value"] for a in ARCHS
+    )
 
 
 def test_missing_model_names_the_file_and_dvc_repro(inputs, capsys):
@@ -189,18 +213,43 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
 
     result = evaluate.evaluate_probabilities(data, proba, params)
 
-    threshold = metrics.sensitivity_threshold(y_val == 1, proba["val"][:, 1], 0.8)
-    expected_test = metrics.threshold_rates(y_test == 1, proba["test"][:, 1], threshold)
-    assert result["test"]["operating_point"] == expected_test
-    temperature = metrics.fit_temperature(y_val, proba["val"])
-    assert result["val"]["calibration"]["temperature"] == pytest.approx(temperature)
-    assert result["test"]["calibration"]["temperature"] == pytest.approx(temperature)
-    assert result["val"]["calibration"]["ece_after"] < result["val"]["calibration"]["ece_before"]
+    op = result["val"]["operating_point"]
+    threshold = op["threshold"]
+    assert result["test"]["operating_point"]["threshold"] == threshold
+    assert op["selection"]["sensitivity"] >= 0.8  # the rule flags at least the target on val
+    assert op["threshold_ci_low"] <= threshold <= op["threshold_ci_high"]
+    calibration = result["val"]["calibration"]
+    assert calibration["temperature"] == pytest.approx(metrics.fit_temperature(y_val, proba["val"]))
+    assert result["test"]["calibration"]["temperature"] == calibration["temperature"]
+    assert calibration["applied"] == (calibration["improvement"] >= 0.01)
+    served = metrics.apply_temperature(proba["test"], calibration["temperature"])
+    if not calibration["applied"]:
+        served = proba["test"]
+    flagged = served[:, 1] >= threshold
+    expected = flagged[y_test == 1].mean()
+    assert result["test"]["operating_point"]["sensitivity"]["value"] == pytest.approx(expected)
     assert result == evaluate.evaluate_probabilities(data, proba, params)
 
     off = parse_params({"evaluate": {"bootstrap": 0, "temperature_scaling": False}})
     calibration = evaluate.evaluate_probabilities(data, proba, off)["test"]["calibration"]
     assert calibration["temperature"] is None and calibration["ece_after"] is None
+    assert calibration["applied"] is False
+
+
+def test_temperature_is_served_only_when_it_beats_the_margin():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 150)
+    data = {"val": fake_split(y), "test": fake_split(y)}
+    proba = {"val": overconfident(y, 4), "test": overconfident(y, 5)}
+    strict = parse_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 5.0}})
+    loose = parse_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 0.0}})
+    assert (
+        evaluate.evaluate_probabilities(data, proba, strict)["val"]["calibration"]["applied"]
+        is False
+    )
+    assert (
+        evaluate.evaluate_probabilities(data, proba, loose)["val"]["calibration"]["applied"] is True
+    )
 
 
 def test_flat_metric_names_carry_the_split():
@@ -208,9 +257,10 @@ def test_flat_metric_names_carry_the_split():
     data = {"val": fake_split(y), "test": fake_split(y)}
     proba = {"val": overconfident(y, 0), "test": overconfident(y, 1)}
     result = evaluate.evaluate_probabilities(data, proba, parse_params({}))
-    flat = evaluate.flat_metrics(result)
-    assert {"val_macro_f1", "test_macro_f1_ci_low", "test_recall_malignant"} <= set(flat)
-    assert all(k.startswith(("val_", "test_")) for k in flat)
+    flat = evaluate.flat_metrics(result["val"], "val")
+    assert {"val_macro_f1", "val_macro_f1_ci_low", "val_per_class_malignant_recall"} <= set(flat)
+    assert {"val_operating_point_ppv_at_prevalence_ci_high", "val_lesions_auc"} <= set(flat)
+    assert all(k.startswith("val_") for k in flat)
 
 
 def test_a_run_missing_from_the_store_is_a_user_error(inputs):
