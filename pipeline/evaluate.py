@@ -198,8 +198,9 @@ def _split_report(
     )
     if LESION_NEGATIVE in classes:
         report["lesions"] = statistics.lesion_operating_point(
-            y, served[:, m], threshold, m, classes.index(LESION_NEGATIVE), g, **boot
-        )
+            y, served[:, m], threshold, m, classes.index(LESION_NEGATIVE), g,
+            prevalence=e.prevalence, **boot,
+        )  # fmt: skip
     report["calibration"] = _calibration_report(y, proba, served, calibration, m, e.ece_bins)
     report["subgroups"] = {
         name: statistics.subgroup_table(

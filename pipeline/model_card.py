@@ -35,6 +35,17 @@ LABELS = {
 }
 
 
+OWNER = "the busi-pipeline maintainers (issues on the project's repository)"
+LICENCE = (
+    "code Apache-2.0 (pyproject.toml); the weights inherit the terms of the training data "
+    "(BUSI: CC BY 4.0, cite Al-Dhabyani et al.)"
+)
+CITATION = (
+    "busi-pipeline (this repository), and for the data: Al-Dhabyani W, Gomaa M, Khaled H, "
+    "Fahmy A. Dataset of breast ultrasound images. Data in Brief 28 (2020) 104863."
+)
+
+
 def render_model_card(
     arch: str,
     metrics: dict[str, Any],
@@ -45,7 +56,8 @@ def render_model_card(
     model_name: str | None = None,
     version: str | int | None = None,
 ) -> str:
-    """Markdown model card for `arch`.
+    """Markdown model card for `arch`, after Mitchell et al. (2019) plus the TRIPOD+AI items a
+    classifier evaluated on a held-out split can answer.
 
     metrics: `{"val": M, "test": M}` as written by the evaluate stage. data_summary: prepare's
     summary (may be empty or lack keys). selection: the select stage's record (winner, metric,
@@ -56,8 +68,6 @@ def render_model_card(
     val, test = metrics.get("val") or {}, metrics.get("test") or {}
     name = model_name or selection.get("model_name")
     version = version if version is not None else selection.get("version")
-    classes = list((test.get("per_class") or val.get("per_class") or {}).keys())
-
     out = [
         f"# Model card: {arch} breast-ultrasound tumour classifier",
         "",
@@ -66,22 +76,81 @@ def render_model_card(
     ]
     if synthetic:
         out += [f"> {SYNTHETIC_WARNING}", ""]
-    out += ["## Model", ""]
-    out.append(
-        f"- Architecture: `{arch}` convolutional backbone, global average pooling, softmax head."
-    )
+    out += _details(arch, val, test, selection, name, version)
+    out += ["", "## Intended use", "", *INTENDED_USE]
+    out += ["", "## Factors", "", *_factors(test)]
+    out += ["", "## Metrics", "", *METRIC_CHOICES]
+    out += ["", "## Evaluation data", "", *_evaluation_data(val, test)]
+    out += ["", "## Training data", ""]
+    out += _summary_lines(data_summary) or [
+        "- No data summary was found (reports/data/summary.json)."
+    ]
+    out += ["", "## Quantitative analyses", "", *_headline_table(val, test)]
+    out += ["", "### Operating point", "", *_operating_point(val, test)]
+    out += ["", "### Calibration of p(malignant)", "", *_calibration(val, test)]
+    out += ["", "### Subgroups (test)", "", *_subgroups(test)]
+    out += ["", "## Ethical considerations", "", *ETHICS]
+    out += ["", "## Caveats and recommendations", "", *_limitations(data_summary, synthetic, test)]
+    out += ["", "## TRIPOD+AI items", "", *_tripod(val, test)]
+    return "\n".join(out) + "\n"
+
+
+INTENDED_USE = [
+    "- Research and education on breast-ultrasound image classification: benchmarking, "
+    "studying calibration and failure modes, and testing MLOps tooling.",
+    "- Not for clinical use: not for diagnosis, screening, triage or any decision about a "
+    "patient, and not a substitute for a radiologist's reading or biopsy.",
+    "- Inputs are expected to be 2-D B-mode breast ultrasound images like the training data; "
+    "other modalities, organs, or images with annotations burnt in are out of scope.",
+]
+METRIC_CHOICES = [
+    "- Macro-F1 (argmax) chose the model on validation: it weighs the rarer classes equally.",
+    "- Malignant sensitivity and specificity at the served threshold, PPV and NPV in this sample "
+    "and restated at the prevalence named in params (`evaluate.prevalence`): a missed cancer "
+    "and an unnecessary biopsy are the errors that matter.",
+    "- Benign vs malignant among lesions (normal scans excluded): the clinical question.",
+    "- Calibration of p(malignant) (reliability bins, slope, intercept), since decisions use it.",
+    "- Uncertainty: 95% percentile intervals of a cluster bootstrap that resamples prepare's "
+    "groups (near-duplicate images, patients where known) within each class, so repeated views "
+    "of one lesion count once.",
+]
+ETHICS = [
+    "- Patient images: BUSI was collected with the source hospital's approval and is published "
+    "de-identified; any other data set needs its own approval and de-identification.",
+    "- Harms: a false negative delays a cancer diagnosis; a false positive adds anxiety and a "
+    "biopsy. The operating point trades one for the other; its rule and guarantee are above.",
+    "- Fairness: age, ethnicity, breast density and scanner are not recorded, so performance "
+    "across these groups is unknown.",
+    "- Automation bias: a confident-looking probability can sway a reader; outputs must not be "
+    "shown in clinical reading.",
+]
+
+
+def _details(
+    arch: str, val: dict, test: dict, selection: dict, name: str | None, version: Any
+) -> list[str]:
+    classes = list((test.get("per_class") or val.get("per_class") or {}).keys())
+    out = [
+        "## Model details",
+        "",
+        f"- Architecture: `{arch}` convolutional backbone, global "
+        "average pooling, softmax head; resizing and normalisation are inside the model.",
+    ]
     if classes:
-        out.append(f"- Classes: {', '.join(f'`{c}`' for c in classes)}.")
-    out.append(
-        "- Input: an RGB image with 0-255 values, any size; resizing (letterboxed) and the "
-        "backbone's normalisation are inside the model."
-    )
-    out.append("- Output: one probability per class (softmax).")
+        out.append(
+            f"- Classes: {', '.join(f'`{c}`' for c in classes)}; output: one probability each."
+        )
     if name:
         registered = f"`{name}`" + (f" version {version}" if version is not None else "")
         if selection.get("alias"):
             registered += f" (alias `@{selection['alias']}`)"
-        out.append(f"- Registered as {registered} in the MLflow model registry.")
+        out.append(f"- Version: registered as {registered} in the MLflow model registry.")
+    out.append(f"- Owner: {OWNER}.")
+    out.append(
+        "- Date: the registry version's creation time (kept out of the card so reruns "
+        "give the same file)."
+    )
+    out += [f"- Licence: {LICENCE}.", f"- Citation: {CITATION}"]
     if selection.get("metric") or selection.get("reason"):
         why = f": {selection['reason']}" if selection.get("reason") else ""
         out.append(
@@ -90,36 +159,55 @@ def render_model_card(
         )
     if selection.get("run_id"):
         out.append(f"- MLflow training run: `{selection['run_id']}`.")
+    return out
 
-    out += ["", "## Intended use", ""]
-    out += [
-        "- Research and education on breast-ultrasound image classification: benchmarking, "
-        "studying calibration and failure modes, and testing MLOps tooling.",
-        "- Not for clinical use: not for diagnosis, screening, triage or any decision about a "
-        "patient, and not a substitute for a radiologist's reading or biopsy.",
-        "- Inputs are expected to be 2-D B-mode breast ultrasound images like the training data; "
-        "other modalities, organs, or images with annotations burnt in are out of scope.",
+
+def _factors(test: dict) -> list[str]:
+    shown = list((test.get("subgroups") or {}).keys())
+    return [
+        "- Relevant: site and scanner (image size and appearance), lesion size, several lesions "
+        "in one image, and patient characteristics (age, breast density), which the data do not "
+        "record.",
+        "- Evaluated: "
+        + (", ".join(shown) if shown else "none (the manifest records no subgroup information)")
+        + "; subgroups with fewer than 10 images are listed with their n but not estimated.",
     ]
 
-    out += ["", "## Data", ""]
-    out += _summary_lines(data_summary) or [
-        "- No data summary was found (`reports/data/summary.json`)."
-    ]
 
-    out += ["", "## Metrics", ""]
-    out.append(
-        "Point estimates with 95% stratified bootstrap confidence intervals. Validation chose the "
-        "model; test is the unbiased report."
-    )
-    out += ["", f"Images: validation {val.get('n', '?')}, test {test.get('n', '?')}.", ""]
-    out += ["| metric | validation | test |", "|---|---|---|"]
+def _evaluation_data(val: dict, test: dict) -> list[str]:
+    out = [
+        f"- Validation: {val.get('n', '?')} images in {val.get('groups', '?')} groups; chose the "
+        "epoch, the model, the threshold and whether to apply temperature scaling.",
+        f"- Test: {test.get('n', '?')} images in {test.get('groups', '?')} groups, disjoint by "
+        "group from training and validation; used for nothing but this report.",
+    ]
+    use = test.get("test_use")
+    if use:
+        out.append(
+            f"- **Test use: this test split has been looked at {use.get('looks')} times by "
+            f"{use.get('models')} models** (MLflow experiment `{use.get('ledger')}`). Each look "
+            "that informed a choice makes the test figures more optimistic."
+        )
+    return out
+
+
+def _headline_table(val: dict, test: dict) -> list[str]:
+    out = [
+        f"Images (groups): validation {val.get('n', '?')} ({val.get('groups', '?')}), test "
+        f"{test.get('n', '?')} ({test.get('groups', '?')}). Point estimates with 95% "
+        "cluster-bootstrap intervals; the headline uses the argmax of the raw output.",
+        "",
+        "| metric | validation | test |",
+        "|---|---|---|",
+    ]
     for key in LABELS:
         if key in val or key in test:
-            cells = (format_estimate(val.get(key)), format_estimate(test.get(key)))
-            out.append(f"| {LABELS[key]} | {cells[0]} | {cells[1]} |")
+            out.append(
+                f"| {LABELS[key]} | {format_estimate(val.get(key))} | "
+                f"{format_estimate(test.get(key))} |"
+            )
     per_class = test.get("per_class") or {}
     if per_class:
-        out += ["", "Per class (test):", ""]
         cols = (
             "precision",
             "recall",
@@ -129,47 +217,120 @@ def render_model_card(
             "average_precision",
             "support",
         )
+        out += ["", f"Per class (test, {test.get('n', '?')} images):", ""]
         out += ["| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for cls, row in per_class.items():
             out.append(f"| {cls} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    return out
 
-    out += ["", "## Operating point", ""]
+
+OPERATING_ROWS = (
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("ppv", "PPV (this sample)"),
+    ("npv", "NPV (this sample)"),
+    ("ppv_at_prevalence", "PPV at the assumed prevalence"),
+    ("npv_at_prevalence", "NPV at the assumed prevalence"),
+    ("auc", "AUC of p(malignant)"),
+)
+
+
+def _operating_point(val: dict, test: dict) -> list[str]:
     op_val, op_test = val.get("operating_point") or {}, test.get("operating_point") or {}
-    if op_val.get("threshold") is not None:
+    if op_val.get("threshold") is None:
+        return ["No operating point: the validation split had no malignant images."]
+    choice = op_val.get("selection") or {}
+    met = "met" if choice.get("guaranteed") else "NOT met (too few malignant validation images)"
+    out = [
+        f"Flag an image as malignant when p(malignant) >= {op_val['threshold']:.4f} (95% "
+        "bootstrap interval of the threshold on validation: "
+        f"[{_fmt(op_val.get('threshold_ci_low'))}, {_fmt(op_val.get('threshold_ci_high'))}]). "
+        f"Rule: {op_val.get('rule', 'n/a')}. "
+        f"Guarantee {met}: lower bound {_fmt(choice.get('sensitivity_lower_bound'))} against "
+        f"target {_fmt(choice.get('target'))}."
+        + (
+            " The threshold was lowered to match the argmax decision's sensitivity."
+            if choice.get("raised_to_argmax")
+            else ""
+        ),
+        "",
+        f"Prevalence assumed for PPV/NPV: {_fmt(op_test.get('prevalence'))}.",
+        "",
+        "| at the threshold | validation | test | test, lesions only (benign vs malignant) |",
+        "|---|---|---|---|",
+    ]
+    lesions = test.get("lesions") or {}
+    for key, label in OPERATING_ROWS:
         out.append(
-            f"Flag an image as malignant when p(malignant) >= {op_val['threshold']:.4f}. The "
-            f"threshold was chosen on validation as the highest that reaches the target "
-            f"sensitivity (validation sensitivity {_fmt(op_val.get('sensitivity'))}, "
-            f"specificity {_fmt(op_val.get('specificity'))}); on test it gives sensitivity "
-            f"{_fmt(op_test.get('sensitivity'))} and specificity "
-            f"{_fmt(op_test.get('specificity'))}. "
-            "The argmax decision is in the table above."
+            f"| {label} | {format_estimate(op_val.get(key))} | "
+            f"{format_estimate(op_test.get(key))} | {format_estimate(lesions.get(key))} |"
         )
-    else:
-        out.append("No operating point: the validation split had no malignant images.")
+    out.append(
+        f"| Images (groups) | {op_val.get('images', '?')} ({op_val.get('groups', '?')}) | "
+        f"{op_test.get('images', '?')} ({op_test.get('groups', '?')}) | "
+        f"{lesions.get('images', '?')} ({lesions.get('groups', '?')}) |"
+    )
+    return out
 
-    out += ["", "## Calibration", ""]
-    cal_val, cal_test = val.get("calibration") or {}, test.get("calibration") or {}
-    if cal_test.get("temperature") is not None:
-        out.append(
-            f"Temperature scaling fitted on validation: T = {cal_test['temperature']:.3f} "
-            f"({'softens' if cal_test['temperature'] > 1 else 'sharpens'} the probabilities). "
-            f"Test ECE {_fmt(cal_test.get('ece_before'))} -> {_fmt(cal_test.get('ece_after'))}, "
-            f"Brier {_fmt(cal_test.get('brier_before'))} -> {_fmt(cal_test.get('brier_after'))}. "
-            "The registered model outputs the uncalibrated probabilities; divide the log-"
-            "probabilities by T and renormalise to use the calibrated ones."
-        )
-    elif cal_test or cal_val:
-        out.append(
-            f"Temperature scaling was not applied. Test ECE {_fmt(cal_test.get('ece_before'))}, "
-            f"Brier {_fmt(cal_test.get('brier_before'))}."
-        )
-    else:
-        out.append("No calibration results were recorded.")
 
-    out += ["", "## Known limitations", ""]
-    out += _limitations(data_summary, synthetic, test)
-    return "\n".join(out) + "\n"
+def _calibration(val: dict, test: dict) -> list[str]:
+    cal = val.get("calibration") or {}
+    if not cal:
+        return ["No calibration results were recorded."]
+    t = cal.get("temperature")
+    served = "applied: part of the served decision rule" if cal.get("applied") else "not applied"
+    out = [
+        f"Temperature scaling {served} (T = {_fmt(t)}; {cal.get('reason', 'no reason recorded')}).",
+        "",
+    ]
+    for split, report in (("validation", val), ("test", test)):
+        m = (report.get("calibration") or {}).get("malignant") or {}
+        bins = [b for b in m.get("reliability") or [] if b.get("count")]
+        out.append(
+            f"- {split} ({report.get('n', '?')} images): slope {_fmt(m.get('slope'))}, intercept "
+            f"{_fmt(m.get('intercept'))} (ideal 1 and 0); reliability bins (predicted -> observed, "
+            "n): "
+            + "; ".join(f"{b['predicted']:.2f} -> {b['observed']:.2f}, {b['count']}" for b in bins)
+        )
+    return out
+
+
+def _subgroups(test: dict) -> list[str]:
+    tables = test.get("subgroups") or {}
+    if not tables:
+        return ["No subgroup information in the manifest."]
+    out = []
+    for name, rows in tables.items():
+        header = "| subgroup | images | groups | accuracy | sensitivity | specificity |"
+        out += [f"{name}:", "", header, "|---|---|---|---|---|---|"]
+        for r in rows:
+            cells = [
+                format_estimate(r.get(k)) if k in r else r.get("note", "n/a")
+                for k in ("accuracy", "malignant_sensitivity", "malignant_specificity")
+            ]
+            out.append(
+                f"| {r['subgroup']} | {r['images']} | {r['groups']} | " + " | ".join(cells) + " |"
+            )
+        out.append("")
+    return out
+
+
+def _tripod(val: dict, test: dict) -> list[str]:
+    use = test.get("test_use") or {}
+    items = [
+        ("Data source and dates", "see Training data; BUSI: one hospital, 2018"),
+        ("Outcome", "image label (benign / malignant / normal) from the data set; no biopsy link"),
+        ("Sample size", f"validation {val.get('n', '?')}, test {test.get('n', '?')} images"),
+        ("Missing data", "unreadable files are rejected with a reason (reports/data/rejects.csv)"),
+        ("Analysis unit and uncertainty", "group-level cluster bootstrap, stratified by class"),
+        ("Performance with intervals", "Quantitative analyses"),
+        ("Calibration", "Calibration of p(malignant)"),
+        ("Fairness / subgroups", "Subgroups (test); patient characteristics not recorded"),
+        ("Test-set reuse", f"{use.get('looks', '?')} looks by {use.get('models', '?')} models"),
+        ("Model availability", "MLflow registry version above; code in this repository"),
+        ("Limitations", "Caveats and recommendations"),
+    ]
+    return ["| item | where / answer |", "|---|---|", *(f"| {a} | {b} |" for a, b in items)]
 
 
 def format_estimate(entry: Any) -> str:
@@ -205,8 +366,9 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
                 lines.append(f"| {row} | " + " | ".join(_fmt(cells.get(c)) for c in columns) + " |")
             lines.append("")
         elif isinstance(value, dict):
-            inline = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()
-                               if not isinstance(v, dict | list))  # fmt: skip
+            inline = ", ".join(
+                f"{k}: {_fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list)
+            )
             lines.append(f"- {title}: {inline or 'see reports/data/summary.json'}")
         elif isinstance(value, list):
             scalars = all(not isinstance(v, dict | list) for v in value)
@@ -255,8 +417,7 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
         "re-encoded, annotated copies) and keypoint-verified crops, shifts and padding, keeps each "
         "group within one split and drops or resolves conflicting groups; mirrored copies and "
         "different views of one lesion are not found, so the split is image-level, not "
-        "patient-level"
-        + (f" (this run: {detail})." if detail else ".")
+        "patient-level" + (f" (this run: {detail})." if detail else ".")
     )
     n = test.get("n")
     positives = ((test.get("per_class") or {}).get("malignant") or {}).get("support")
@@ -272,7 +433,8 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
     )
     lines.append(
         "- Labels are per image (no patient identifiers), so images of one patient may fall in "
-        "different splits when they are not near-duplicates."
+        "different splits when prepare does not find them similar: near-duplicate detection "
+        "lowers this risk but cannot show there is no leakage."
     )
     lines.append(
         "- Class activation maps are coarse (the backbone's grid is 1/32 of the input side) and "

@@ -9,7 +9,13 @@ from pipeline import evaluate
 from pipeline.config import parse_params
 from pipeline.datasets import ImageSet
 from pipeline.metrics import HEADLINE
-from pipeline.model_card import LABELS, RESEARCH_ONLY, SYNTHETIC_WARNING, render_model_card
+from pipeline.model_card import (
+    LABELS,
+    RESEARCH_ONLY,
+    SYNTHETIC_WARNING,
+    format_estimate,
+    render_model_card,
+)
 
 SELECTION = {
     "winner": "densenet121",
@@ -59,7 +65,7 @@ def test_synthetic_data_is_flagged_at_the_top_and_in_the_limitations(metrics):
     card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, True)
     assert SYNTHETIC_WARNING in card
     assert card.index(SYNTHETIC_WARNING) < card.index("## Model")
-    assert "Synthetic demo data" in card.split("## Known limitations")[1]
+    assert "Synthetic demo data" in card.split("## Caveats and recommendations")[1]
     real = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
     assert SYNTHETIC_WARNING not in real and "Synthetic demo data" not in real
 
@@ -68,11 +74,16 @@ def test_metrics_appear_with_their_confidence_intervals(metrics):
     card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
     f1 = metrics["test"]["macro_f1"]
     assert f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in card
-    sens = metrics["test"]["malignant_sensitivity"]
+    sens = metrics["test"]["operating_point"]["sensitivity"]
     assert f"{sens['value']:.3f} [{sens['ci_low']:.3f}, {sens['ci_high']:.3f}]" in card
+    lesion_auc = metrics["test"]["lesions"]["auc"]
+    assert f"{lesion_auc['value']:.3f} [{lesion_auc['ci_low']:.3f}" in card
     assert f"p(malignant) >= {metrics['val']['operating_point']['threshold']:.4f}" in card
-    assert f"T = {metrics['test']['calibration']['temperature']:.3f}" in card
+    assert f"T = {metrics['val']['calibration']['temperature']:.3f}" in card
+    applied = metrics["val"]["calibration"]["applied"]
+    assert ("Temperature scaling applied" in card) == applied
     assert "| malignant |" in card  # per-class table
+    assert f"validation {metrics['val']['n']} ({metrics['val']['groups']})" in card
 
 
 def test_data_summary_selection_and_limitations_are_shown(metrics):
@@ -81,8 +92,14 @@ def test_data_summary_selection_and_limitations_are_shown(metrics):
     assert "duplicate groups 12" in card and "conflict groups 2" in card
     assert "`tumor-classifier` version 3 (alias `@challenger`)" in card
     assert SELECTION["reason"] in card
-    for heading in ("## Intended use", "## Data", "## Metrics", "## Operating point"):
+    for heading in (
+        "## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",
+        "## Training data", "## Quantitative analyses", "### Subgroups",
+        "## Ethical considerations", "## Caveats and recommendations", "## TRIPOD+AI items",
+    ):  # fmt: skip
         assert heading in card
+    for detail in ("Owner:", "Date:", "Licence:", "Citation:", "Version:"):
+        assert detail in card
     assert "Single site" in card and "BUSI duplicates" in card
 
 
@@ -91,6 +108,29 @@ def test_missing_or_unexpected_inputs_still_render(summary):
     card = render_model_card("resnet50", {"val": {}, "test": {}}, summary, None, True)
     assert RESEARCH_ONLY in card and SYNTHETIC_WARNING in card
     assert card.endswith("\n")
+
+
+def test_the_card_says_how_often_the_test_split_was_looked_at(metrics):
+    seen = {**metrics, "test": {**metrics["test"], "test_use": {"looks": 7, "models": 3}}}
+    card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
+    assert "looked at 7 times by 3 models" in card
+    assert "| Test-set reuse | 7 looks by 3 models |" in card
+
+
+def test_subgroups_show_their_size_and_small_ones_no_estimate(metrics):
+    rows = [
+        {"subgroup": "<= 500 px", "images": 8, "groups": 7, "note": "fewer than 10 images"},
+        {
+            "subgroup": "> 500 px",
+            "images": 62,
+            "groups": 60,
+            "accuracy": metrics["test"]["accuracy"],
+        },
+    ]
+    seen = {**metrics, "test": {**metrics["test"], "subgroups": {"source image size": rows}}}
+    card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
+    assert "| <= 500 px | 8 | 7 | fewer than 10 images |" in card
+    assert f"| > 500 px | 62 | 60 | {format_estimate(metrics['test']['accuracy'])} |" in card
 
 
 def test_the_card_labels_every_headline_metric():
