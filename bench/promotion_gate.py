@@ -1,0 +1,128 @@
+"""How often the promotion gate errs at the configured margin, at the demo and BUSI test sizes.
+
+The gate (pipeline.statistics.non_inferiority) promotes a challenger when the one-sided 95% lower
+bound of macro-F1(challenger) - macro-F1(champion) on the same test images is above -margin.
+This simulates test splits of a given size (with a share of images in duplicate pairs) and two
+models whose decisions agree on most images, and prints:
+
+- false accept: promotions of a challenger truly worse by the margin (by design at most ~5%) and
+  by twice the margin;
+- false refuse: refusals of a challenger exactly as good as the champion;
+- the smallest margin at which an equally good challenger passes 80% of the time: the smallest
+  difference the gate can resolve at that test size.
+
+Run: .venv/bin/python bench/promotion_gate.py [--reps 300] [--discordance 0.15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import metrics, statistics  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+
+CLASS_SHARE = (0.55, 0.27, 0.18)  # BUSI's benign / malignant / normal
+CHAMPION_ACCURACY = 0.80
+
+
+def simulated_split(n_images: int, pair_share: float, rng: np.random.Generator):
+    """Labels and group ids: `pair_share` of the images in duplicate pairs (one label each)."""
+    n_pairs = round(n_images * pair_share / 2)
+    n_groups = n_images - n_pairs
+    group_label = rng.choice(3, n_groups, p=CLASS_SHARE)
+    size = np.r_[np.full(n_pairs, 2), np.ones(n_groups - n_pairs, int)]
+    groups = np.repeat(np.arange(n_groups), size)
+    return group_label[groups], groups, group_label
+
+
+def decisions(group_label: np.ndarray, deficit: float, discordance: float, rng):
+    """Champion and challenger decisions per group: the challenger differs on about
+    `discordance` of the groups, losing `deficit` of accuracy on balance."""
+    n = len(group_label)
+    champion_right = rng.random(n) < CHAMPION_ACCURACY
+    lose = (discordance + deficit) / 2 / CHAMPION_ACCURACY  # of the champion's right answers
+    gain = max(discordance - deficit, 0) / 2 / (1 - CHAMPION_ACCURACY)  # of its wrong ones
+    flip = np.where(champion_right, rng.random(n) < lose, rng.random(n) < gain)
+    challenger_right = champion_right ^ flip
+    wrong = (group_label + rng.integers(1, 3, n)) % 3
+    return (
+        np.where(champion_right, group_label, wrong),
+        np.where(challenger_right, group_label, wrong),
+    )
+
+
+def true_difference(deficit: float, discordance: float, seed: int) -> float:
+    """Macro-F1 difference of the two decision processes on a very large sample: the truth."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, 400_000, p=CLASS_SHARE)
+    champion, challenger = decisions(labels, deficit, discordance, rng)
+    ones = np.ones((1, len(labels)))
+    return float(
+        metrics.weighted_macro_f1(ones, labels, challenger)[0]
+        - metrics.weighted_macro_f1(ones, labels, champion)[0]
+    )
+
+
+def gate_runs(n_images, deficit, args, margin, rng) -> tuple[float, np.ndarray]:
+    """(share accepted, lower bounds) over `args.reps` simulated promotions."""
+    accepted, lower = 0, []
+    for _ in range(args.reps):
+        y, groups, group_label = simulated_split(n_images, args.pairs, rng)
+        champion, challenger = decisions(group_label, deficit, args.discordance, rng)
+        record = statistics.non_inferiority(
+            y, challenger[groups], champion[groups], groups, margin=margin, metric="macro_f1",
+            n_bootstrap=args.bootstrap, seed=int(rng.integers(2**31)),
+        )  # fmt: skip
+        accepted += record.accepted
+        lower.append(record.lower_bound if record.lower_bound is not None else -1.0)
+    return accepted / args.reps, np.array(lower)
+
+
+def deficit_for(target: float, discordance: float) -> float:
+    """The accuracy deficit whose true macro-F1 difference is `target` (bisection)."""
+    low, high = 0.0, min(discordance, 0.5)
+    for _ in range(25):
+        mid = (low + high) / 2
+        low, high = (mid, high) if true_difference(mid, discordance, 0) > target else (low, mid)
+    return (low + high) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=300, help="simulated promotions per case")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples per gate")
+    parser.add_argument("--pairs", type=float, default=0.3, help="share of test images in pairs")
+    parser.add_argument("--discordance", type=float, default=0.15, help="share of groups the "
+                        "models decide differently (equally good models)")  # fmt: skip
+    parser.add_argument("--sizes", type=int, nargs="+", default=[63, 117])
+    args = parser.parse_args()
+    margin = load_params(Path(__file__).resolve().parents[1] / "params.yaml").promote.margin
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    print(f"gate: accept iff the one-sided 95% lower bound of the macro-F1 difference > -{margin}")
+    print(f"{args.reps} promotions per case, {args.pairs:.0%} of test images in duplicate pairs, "
+          f"models disagree on {args.discordance:.0%} of groups\n")  # fmt: skip
+    cases = {"equal": 0.0, "-margin": deficit_for(-margin, args.discordance)}
+    cases["-2 margin"] = deficit_for(-2 * margin, args.discordance)
+    print("| test images | false refuse (equal) | false accept (-margin) | false accept "
+          "(-2 margin) | smallest margin an equal challenger passes 80% |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for n in args.sizes:
+        accept_equal, lower = gate_runs(n, cases["equal"], args, margin, rng)
+        accept_one, _ = gate_runs(n, cases["-margin"], args, margin, rng)
+        accept_two, _ = gate_runs(n, cases["-2 margin"], args, margin, rng)
+        resolvable = float(np.quantile(-lower, 0.8))
+        print(f"| {n} | {1 - accept_equal:.1%} | {accept_one:.1%} | {accept_two:.1%} | "
+              f"{resolvable:.3f} |")  # fmt: skip
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
