@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import socket
 import subprocess
@@ -87,7 +86,7 @@ def post_loop(port: int, body: bytes, until: float, latencies: list, errors: lis
             connection.request("POST", "/predict", body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
-            ok = response.status == 200 and b"predicted_class" in payload
+            ok = response.status == 200 and b'"class"' in payload
         except OSError as exc:
             ok = False
             payload = repr(exc).encode()
@@ -126,14 +125,16 @@ def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
 
 def raw_predict_ms(model_source: str, body: bytes, runs: int) -> tuple[float, float]:
     """p50 of `model.predict` (and of `predict_on_batch`) on the prepared image, in this process."""
-    from pipeline.inference import decode_upload, load_classifier
+    from pipeline.serving.classifier import load_classifier
+    from pipeline.serving.uploads import decode_upload
 
     classifier = load_classifier(model_source)
-    batch = classifier.prepare(decode_upload(body))
+    batch = classifier.engine.prepare(decode_upload(body))[None]
+    model = classifier.engine.model
     results = []
     for call in (
-        lambda: classifier.model.predict(batch, verbose=0),
-        lambda: classifier.model.predict_on_batch(batch),
+        lambda: model.predict(batch, verbose=0),
+        lambda: model.predict_on_batch(batch),
     ):
         for _ in range(5):
             call()
@@ -161,11 +162,15 @@ def main() -> int:
     model = args.model
     if model is None:
         from pipeline.backbones import build_classifier
+        from pipeline.serving.release import write_release
+        from pipeline.serving.rule import DecisionRule
 
-        path = Path(tmp.name) / "model.keras"
+        path = Path(tmp.name) / "untrained.keras"
         build_classifier("resnet50", args.size, CLASSES).save(path)
-        (path.parent / "classes.json").write_text(json.dumps(CLASSES))
-        model = str(path)
+        folder = Path(tmp.name) / "release"
+        folder.mkdir()
+        write_release(folder, path, DecisionRule(tuple(CLASSES)), {"arch": "resnet50"})
+        model = str(folder)
     body = demo_png()
     port = free_port()
     server = start_server(model, port)

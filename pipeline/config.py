@@ -87,6 +87,7 @@ class TrainParams:
     augment_on_the_fly: bool = True
     loader_workers: int = 1
     mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None = None
+    distribution: Literal["data_parallel"] | None = None
     densenet121: ArchParams = field(default_factory=ArchParams)
     resnet50: ArchParams = field(default_factory=ArchParams)
 
@@ -114,6 +115,7 @@ class SelectParams:
     metric: str = "macro_f1"
     model_name: str = "tumor-classifier"
     alias: str = "challenger"
+    register: bool = True  # False: select logs the release but registers nothing
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,13 @@ def _check_values(p: Params) -> None:
         "classes",
         "must include 'malignant' (the operating point needs it)",
     )
+
+
+def default_model_uri(path: str | Path = "params.yaml") -> str:
+    """`models:/<select.model_name>@<promote.alias>`: what `make serve` and `make predict` use
+    unless told otherwise (params.yaml's names, or the defaults outside a project folder)."""
+    params = load_params(path) if Path(path).is_file() else Params()
+    return f"models:/{params.select.model_name}@{params.promote.alias}"
 
 
 def uses_demo_data(params: Params) -> bool:

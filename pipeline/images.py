@@ -9,7 +9,9 @@ Conversions (each counted in the data summary by original mode):
 - with transparency (`RGBA`, `LA`, `PA`, palette with a transparent colour): composited over black,
   the background of an ultrasound frame;
 - 16-bit grey (`I;16*`, `I`): scaled from the full 16-bit range to 8 bits (x / 257), the same for
-  every image, so no per-image contrast stretch changes what a lesion looks like;
+  every image, so no per-image contrast stretch changes what a lesion looks like; converted in
+  strips of rows, so a 7000 x 7000 upload costs its own pixels plus one 8-bit copy, not a 64-bit
+  one (about 1 GB before);
 - 32-bit float (`F`) and anything Pillow cannot turn into RGB: rejected.
 """
 
@@ -28,6 +30,8 @@ from pipeline.files import write_bytes
 
 BACKGROUND = (0, 0, 0)  # letterbox padding and transparency background: ultrasound black
 PNG_COMPRESS_LEVEL = 3  # faster than the default 6 for ~5% larger files; output is still lossless
+STRIP_ROWS = 64  # rows converted at a time from 16 bits, bounding the temporary arrays
+GREY_MODES = ("L", "1", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 class RejectedImage(Exception):
@@ -41,7 +45,7 @@ class RejectedImage(Exception):
 
 @dataclass(frozen=True)
 class Decoded:
-    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    image: Image.Image  # 8-bit RGB (or 8-bit grey `L` when asked), EXIF orientation applied
     mode: str  # the file's original Pillow mode (`RGB`, `L`, `I;16`, `CMYK`, ...)
     width: int  # original size in pixels
     height: int
@@ -60,19 +64,30 @@ def read_file(path: str | Path) -> bytes:
     return data
 
 
-def decode(data: bytes, *, max_pixels: int, min_side: int) -> Decoded:
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int,
+    min_side: int,
+    grey_ok: bool = False,
+    limit_names: tuple[str, str] = ("prepare.max_pixels", "prepare.min_side"),
+) -> Decoded:
     """Validate and decode image bytes into 8-bit RGB, or raise RejectedImage with the reason.
 
     The size checks use the header only, before any pixel is decoded, so a decompression bomb
     (a small file that claims a huge size) costs nothing: more than `max_pixels` pixels or a side
-    shorter than `min_side` pixels is rejected.
+    shorter than `min_side` pixels is rejected; the message names the limits as `limit_names`
+    (the setting a user would change: a params key, a server option). With `grey_ok`, grey
+    images stay 8-bit grey (`L`), a third of the memory until the caller has resized them.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise RejectedImage("too_large", str(exc)) from None
+        except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours
+            raise RejectedImage(
+                "too_large", f"{exc} (over {limit_names[0]}={max_pixels})"
+            ) from None
         except Image.UnidentifiedImageError:
             raise RejectedImage("not_an_image", "not a format Pillow can read") from None
         except Exception as exc:  # any decoder error on a bad file is a rejection, not a crash
@@ -80,35 +95,35 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> Decoded:
         width, height = image.size
         if width * height > max_pixels:
             raise RejectedImage(
-                "too_large", f"{width}x{height} pixels is over prepare.max_pixels={max_pixels}"
+                "too_large", f"{width}x{height} pixels is over {limit_names[0]}={max_pixels}"
             )
         if min(width, height) < min_side:
             raise RejectedImage(
-                "too_small", f"{width}x{height} pixels has a side under prepare.min_side={min_side}"
+                "too_small", f"{width}x{height} pixels has a side under {limit_names[1]}={min_side}"
             )
         mode = image.mode
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
-            rgb = to_rgb(image)
+            converted = to_rgb(image, grey_ok=grey_ok)
         except RejectedImage:
             raise
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             kind = "truncated" if "truncated" in message.lower() else "corrupt"
             raise RejectedImage(kind, f"{type(exc).__name__}: {message}") from None
-    return Decoded(rgb, mode, rgb.width, rgb.height)
+    return Decoded(converted, mode, converted.width, converted.height)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any supported Pillow mode to 8-bit RGB (see the module docstring for the rules)."""
+def to_rgb(image: Image.Image, grey_ok: bool = False) -> Image.Image:
+    """Convert any supported Pillow mode to 8-bit RGB (see the module docstring for the rules);
+    with `grey_ok`, grey modes become 8-bit grey (`L`) instead."""
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" or (grey_ok and mode == "L" and "transparency" not in image.info):
         return image
     if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image, dtype=np.int64)
-        scaled = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
-        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+        grey = _sixteen_bit_to_grey(image)
+        return grey if grey_ok else grey.convert("RGB")
     if mode == "F":
         raise RejectedImage("unsupported_mode", "32-bit float pixels (mode F)")
     if mode == "P":
@@ -118,16 +133,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     ):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
-        if image.getchannel("A").getextrema() == (255, 255):
-            return image.convert("RGB")
-        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
-        return Image.alpha_composite(background, image).convert("RGB")
+        if image.getchannel("A").getextrema() != (255, 255):
+            background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+            image = Image.alpha_composite(background, image)
+        wanted = "L" if grey_ok and mode in GREY_MODES else "RGB"
+        return image.convert(wanted)
     try:
-        return image.convert("RGB")
+        return image.convert("L" if grey_ok and mode in GREY_MODES else "RGB")
     except (ValueError, OSError) as exc:
         raise RejectedImage(
             "unsupported_mode", f"cannot convert mode {mode} to RGB: {exc}"
         ) from None
+
+
+def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
+    """16/32-bit integer grey -> 8-bit grey by x * 255 / 65535, a strip of rows at a time."""
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(height, top + STRIP_ROWS)
+        values = np.asarray(image.crop((0, top, width, bottom)), dtype=np.int64)
+        np.clip(values, 0, 65535, out=values)  # in place: one strip-sized temporary, not five
+        values *= 255
+        values += 32767
+        values //= 65535
+        out[top:bottom] = values
+    return Image.fromarray(out, "L")
 
 
 def fit(image: Image.Image, size: int, keep_aspect: bool) -> Image.Image:

@@ -3,13 +3,13 @@
 `python -m pipeline.package` (or `make package-azure`) writes `build/azure/`, the folder that
 `deploy/azure/deployment.yml` describes (its paths are relative to it):
 
-    endpoint.yml  deployment.yml  conda.yml        copied from deploy/azure/
-    code/score.py  code/pipeline/{inference,images,files}.py   the scoring code, nothing else
-    model/model.keras  model/classes.json  model/registration.json
+    endpoint.yml  deployment.yml  conda.yml    copied from deploy/azure/
+    code/score.py  code/pipeline/...           the scoring script + pipeline/serving/ and the
+                                               base modules it imports (pipeline.serving.shipping)
+    model/model.keras  model/release.json      the registered release, its own bytes
 
-`registration.json` carries what the scoring script reports and decides with: the registry name
-and version, the architecture, the malignant operating-point threshold and the data kind.
-The model file is the registered artifact's own bytes (no re-save), so its hash is traceable.
+The model folder is the release the registry version holds (decision rule and provenance inside),
+so the endpoint answers exactly as every other surface does.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from mlflow.models import Model
 
 from pipeline import registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.errors import UserError
-from pipeline.files import staged_dir, write_json
+from pipeline.files import staged_dir
+from pipeline.serving import shipping
+from pipeline.serving.release import NotARelease, find_release, read_release
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "azure"
 OUT_DIR = Path("build/azure")
 DEPLOY_FILES = ("endpoint.yml", "deployment.yml", "conda.yml")
-SCORING_MODULES = ("__init__.py", "inference.py", "images.py", "files.py")
 
 
 def run(params: Params, alias: str | None = None, out: str | Path = OUT_DIR) -> dict:
@@ -43,42 +43,22 @@ def run(params: Params, alias: str | None = None, out: str | Path = OUT_DIR) -> 
     if version is None:
         raise UserError(f"{name}@{alias}: not found; run `make promote` first")
     uri = f"models:/{name}/{version.version}"
-    tags = dict(version.tags)
     with staged_dir(out) as folder, tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
-        metadata = Model.load(str(local / "MLmodel")).metadata or {}
-        keras_files = sorted(local.rglob("*.keras"))
-        if len(keras_files) != 1:
+        try:
+            release = read_release(find_release(local))
+        except NotARelease as exc:
             raise UserError(
-                f"{uri}: expected one .keras file in the model, found {len(keras_files)}"
-            )
-        (folder / "model").mkdir()
-        shutil.copyfile(keras_files[0], folder / "model" / "model.keras")
-        classes = metadata.get("classes") or list(params.classes)
-        write_json(folder / "model" / "classes.json", list(classes))
-        threshold = tags.get("operating_point_threshold")
-        registration = {
-            "model_name": name,
-            "version": str(version.version),
-            "alias": alias,
-            "winner": tags.get("arch") or metadata.get("arch"),
-            "synthetic_data": tags.get("data_kind", "") == "synthetic-demo"
-            or bool(metadata.get("synthetic_data", False)),
-            "operating_point_threshold": float(threshold) if threshold else None,
-            "run_id": version.run_id,
-            "manifest_sha256": tags.get("manifest_sha256"),
-            "git_commit": tags.get("git_commit"),
-        }
-        write_json(folder / "model" / "registration.json", registration)
+                f"{uri}: not a released model ({exc}); register one with select"
+            ) from None
+        shutil.copytree(release.folder, folder / "model")
         code = folder / "code"
-        (code / "pipeline").mkdir(parents=True)
+        shipping.stage_package(code)
         shutil.copyfile(DEPLOY_DIR / "score.py", code / "score.py")
-        for module in SCORING_MODULES:
-            shutil.copyfile(Path(__file__).resolve().parent / module, code / "pipeline" / module)
-        for name_ in DEPLOY_FILES:
-            shutil.copyfile(DEPLOY_DIR / name_, folder / name_)
+        for file_name in DEPLOY_FILES:
+            shutil.copyfile(DEPLOY_DIR / file_name, folder / file_name)
     print(f"package: {name} version {version.version} (@{alias}) -> {out}")
-    return registration
+    return release.provenance
 
 
 def main(argv: list[str] | None = None) -> int:

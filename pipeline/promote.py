@@ -23,6 +23,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from sklearn.metrics import f1_score
 
 from pipeline import registry, tracking
 from pipeline.cli import stage_main
@@ -30,7 +31,7 @@ from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, load_set
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.metrics import classification_report
+from pipeline.serving.classifier import Classifier, load_classifier
 
 DECISION_FILE = Path("reports/promotion.json")
 GATED = ("macro_f1", "malignant_sensitivity")
@@ -72,18 +73,39 @@ def decide(
     return True, "passes the absolute gates and does not regress against the champion"
 
 
-def evaluate_on_test(model_uri: str, params: Params) -> dict[str, float | int]:
-    """Macro-F1 and malignant sensitivity (argmax) of the model at `model_uri` on the test split."""
+def evaluate_on_test(name: str, version: str, params: Params) -> dict[str, float | int]:
+    """Macro-F1 and malignant sensitivity of a registered release on the test split, decided by
+    the release's own rule (the answer it would serve), through the serving core."""
     test = load_set(PREPARED_DIR, params.classes, split="test")
     if len(test) == 0:
         raise UserError(f"{PREPARED_DIR / 'manifest.csv'}: the test split is empty")
-    model = mlflow.keras.load_model(model_uri)
-    classes = (mlflow.models.get_model_info(model_uri).metadata or {}).get("classes")
-    if classes is not None and tuple(classes) != params.classes:
-        raise UserError(f"{model_uri}: model classes {classes} differ from params classes")
-    proba = np.asarray(model.predict(test.images.astype("float32"), verbose=0), dtype=np.float64)
-    report = classification_report(test.labels, proba, params.classes, n_bootstrap=0)
-    return {name: float(report[name]["value"] or 0.0) for name in GATED} | {"n_test": len(test)}
+    classifier = load_release(name, version)
+    if classifier.classes != params.classes:
+        raise UserError(
+            f"{name} version {version}: model classes {list(classifier.classes)} differ from "
+            f"params classes {list(params.classes)}"
+        )
+    answers = classifier.predict_many(list(test.images))
+    decided = np.array([params.classes.index(a["class"]) for a in answers])
+    positive = params.classes.index("malignant")
+    found = (decided == positive)[test.labels == positive]
+    return {
+        "macro_f1": float(f1_score(test.labels, decided, average="macro", zero_division=0)),
+        "malignant_sensitivity": float(found.mean()) if len(found) else 0.0,
+        "n_test": len(test),
+    }
+
+
+def load_release(name: str, version: str) -> Classifier:
+    """The registered release `name` version `version`, or a UserError saying what is wrong."""
+    try:
+        return load_classifier(f"models:/{name}/{version}", tracking_uri=tracking.tracking_uri())
+    except Exception as exc:  # missing, truncated or not a release: one line, not a traceback
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(
+            f"{name} version {version}: cannot be loaded ({type(exc).__name__}: {detail[:200]}); "
+            "register a new version with `dvc repro` (select)"
+        ) from None
 
 
 def promote(params: Params) -> Decision:
@@ -111,8 +133,12 @@ def promote(params: Params) -> Decision:
             f"{name} version {challenger.version} was selected on another data manifest; "
             "run `dvc pull` / `dvc repro` so its test split is the one it was held out from"
         )
-    ours = evaluate_on_test(f"models:/{name}/{challenger.version}", params)
-    theirs = evaluate_on_test(f"models:/{name}/{champion.version}", params) if champion else None
+    try:
+        ours = evaluate_on_test(name, challenger.version, params)
+        theirs = evaluate_on_test(name, champion.version, params) if champion else None
+    except UserError as exc:
+        _record_refusal(params, str(challenger.version), str(exc), manifest)
+        raise PromotionRefused(f"promotion refused: {exc}") from None
     ok, reason = decide(ours, theirs, params)
     decision = Decision(
         ok, reason, str(challenger.version), champion and str(champion.version), ours, theirs
@@ -136,6 +162,7 @@ def rollback(params: Params) -> str:
         raise UserError(
             f"{name} version {current.version} replaced no champion; nothing to roll back to"
         )
+    load_release(name, previous)  # never roll back onto a version that cannot serve
     registry.set_alias(name, alias, previous)
     registry.tag_version(
         name,
@@ -151,6 +178,15 @@ def run(params: Params, action: str = "promote") -> Decision | str:
         raise UserError(f"action: expected one of {list(ACTIONS)}, got {action!r}")
     tracking.setup(params.mlflow.experiment)
     return promote(params) if action == "promote" else rollback(params)
+
+
+def _record_refusal(params: Params, version: str, reason: str, manifest: str) -> None:
+    """A refusal before any metric (a version that does not load) is recorded like any other."""
+    decision = Decision(False, reason, version, None, {}, None)
+    try:
+        _record(decision, params, manifest)
+    except mlflow.exceptions.MlflowException:
+        write_json(DECISION_FILE, {"model_name": params.select.model_name, **_plain(decision)})
 
 
 def _record(decision: Decision, params: Params, manifest: str) -> None:

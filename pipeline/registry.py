@@ -14,12 +14,29 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 
-def register(run_id: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Register `runs:/<run_id>/model` as a new version of `name`, tag it, move `alias` to it."""
-    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags)
-    client = MlflowClient()
-    client.set_registered_model_alias(name, alias, version.version)
+def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name`, tag it, move `alias` to it."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    MlflowClient().set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def next_version(name: str) -> str:
+    """The version number the registry will give `name`'s next version (as a string)."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return "1"
+    return str(1 + max((int(v.version) for v in versions), default=0))
+
+
+def delete_version(name: str, version: str) -> None:
+    MlflowClient().delete_model_version(name, str(version))
+
+
+def describe_model(name: str, description: str) -> None:
+    """The registered model's own description (what `mlflow ui` shows above its versions)."""
+    MlflowClient().update_registered_model(name, description=description)
 
 
 def file_sha256(path: Path) -> str:

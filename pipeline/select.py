@@ -1,16 +1,23 @@
-"""Stage `select`: pick the better model on validation metrics and register it in MLflow.
+"""Stage `select`: choose the better model on validation, release it with its decision rule.
 
-The test split stays an unbiased report: it is never used to choose. The winner is registered as
-`select.model_name` with alias `select.alias` (default `challenger`); moving `champion` is a
-separate, gated step (promotion). Writes `reports/selection.json`, `reports/model_card.md` and
-`models/selected/` (the winning model and its registration record).
+Three steps. Choose: the higher validation `select.metric` wins (ties: malignant sensitivity);
+the test split is never used to choose. Release: `models/selected/` becomes the released model,
+the winner's Keras file plus release.json with the decision rule fixed on validation (malignant
+threshold, calibration temperature when evaluate kept it) and its provenance. Register: the
+release is logged to the winner's MLflow run as the serving pyfunc (pipeline.serving.pyfunc) and,
+for a run of the committed pipeline with `select.register: true`, registered as
+`select.model_name` with alias `select.alias`. Inside `dvc exp run` nothing is registered and no
+alias moves: the experiment's release is logged and tagged with the experiment's name, so
+`mlflow ui` compares it, and `@challenger` stays where it was.
+Writes `reports/selection.json` and `reports/model_card.md` (nothing in them changes from run to
+run but the results) and `models/selected/`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -21,12 +28,18 @@ from pipeline.datasets import PREPARED_DIR
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import render_model_card
+from pipeline.serving import pyfunc
+from pipeline.serving.release import write_release
+from pipeline.serving.rule import DecisionRule
+from pipeline.synthetic import case_rng, render_case
 
 EVALUATE_DIR = Path("reports/evaluate")
 SELECTION_FILE = Path("reports/selection.json")
 MODEL_CARD_FILE = Path("reports/model_card.md")
 SELECTED_DIR = Path("models/selected")
 TIE_BREAK = "malignant_sensitivity"
+POSITIVE = "malignant"
+REGISTER_ATTEMPTS = 3
 
 
 def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
@@ -58,82 +71,168 @@ def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
     return winner, reason
 
 
-def _value(entry: dict | float | None) -> float:
-    if isinstance(entry, dict):
-        entry = entry.get("value")
-    return float("-inf") if entry is None else float(entry)
+def decision_rule(val: dict[str, Any], classes: tuple[str, ...], manifest: str) -> DecisionRule:
+    """The served rule from the winner's validation results (evaluate's metrics.json `val`)."""
+    op = val.get("operating_point") or {}
+    calibration = val.get("calibration") or {}
+    temperature = calibration.get("temperature") if calibration.get("applied") else None
+    threshold = op.get("threshold")
+    method = op.get("rule") or (
+        f"lowest threshold reaching validation {POSITIVE} sensitivity "
+        f"{op.get('target_sensitivity', op.get('sensitivity', '?'))}"
+    )
+    return DecisionRule(
+        classes=classes,
+        positive_class=POSITIVE,
+        threshold=float(threshold) if threshold is not None else None,
+        temperature=float(temperature) if temperature else None,
+        method=method if threshold is not None else "argmax (no operating point on validation)",
+        chosen_on=f"validation split ({val.get('n', '?')} images), manifest sha256 {manifest[:12]}",
+    )
 
 
 def run(params: Params) -> dict:
     metrics = {arch: _read_json(EVALUATE_DIR / arch / "metrics.json") for arch in ARCHS}
     winner, reason = choose(metrics, params.select.metric)
-    run_info = _read_json(Path("models") / winner / "run.json")
-    synthetic = uses_demo_data(params)
-    summary = _read_json(Path("reports/data/summary.json"), required=False)
-    manifest_hash = registry.file_sha256(PREPARED_DIR / "manifest.csv")
-    threshold = (metrics[winner]["val"].get("operating_point") or {}).get("threshold")
+    run_id = _read_json(Path("models") / winner / "run.json")["run_id"]
+    manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
+    rule = decision_rule(metrics[winner]["val"], params.classes, manifest)
+    experiment = tracking.experiment_name()
     selection = {
         "winner": winner,
         "metric": params.select.metric,
         "reason": reason,
         "validation": {a: _value(metrics[a]["val"].get(params.select.metric)) for a in ARCHS},
-        "test_reported_not_used": {
-            a: _value(metrics[a]["test"].get(params.select.metric)) for a in ARCHS
-        },
-        "run_id": run_info["run_id"],
-        "manifest_sha256": manifest_hash,
-        "synthetic_data": synthetic,
-        "operating_point_threshold": threshold,
+        "rule": rule.to_dict(),
+        "manifest_sha256": manifest,
+        "synthetic_data": uses_demo_data(params),
+        "model_name": params.select.model_name,
+        "alias": params.select.alias if params.select.register and not experiment else None,
     }
-    card = render_model_card(winner, metrics[winner], summary, selection, synthetic)
-
     tracking.setup(params.mlflow.experiment)
-    tags = {
-        "arch": winner,
-        "git_commit": tracking.git_commit(),
-        "manifest_sha256": manifest_hash,
-        "data_kind": "synthetic-demo" if synthetic else "user-data",
-        "selection_metric": params.select.metric,
-        "selection_reason": reason,
-        **_metric_tags(metrics[winner]),
-    }
-    if threshold is not None:
-        tags["operating_point_threshold"] = f"{threshold:.6f}"
-    version = registry.register(
-        run_info["run_id"], params.select.model_name, params.select.alias, tags
-    )
-    selection.update(
-        model_name=params.select.model_name, version=version, alias=params.select.alias
-    )
-    client = mlflow.MlflowClient()
-    client.log_text(run_info["run_id"], card, "model_card.md")
-    client.log_dict(run_info["run_id"], selection, "selection.json")
-    client.update_model_version(params.select.model_name, version, description=card)
-
+    provenance = _release(params, winner, rule, run_id, selection, experiment)
+    summary = _read_json(Path("reports/data/summary.json"), required=False)
+    card = render_model_card(
+        winner, metrics[winner], summary, selection, selection["synthetic_data"],
+        model_name=params.select.model_name, version=provenance["version"],
+    )  # fmt: skip
     write_json(SELECTION_FILE, selection)
     write_text(MODEL_CARD_FILE, card)
-    with staged_dir(SELECTED_DIR) as out:
-        shutil.copyfile(Path("models") / winner / "model.keras", out / "model.keras")
-        shutil.copyfile(Path("models") / winner / "classes.json", out / "classes.json")
-        write_json(out / "registration.json", selection)
-    print(
-        f"select: {winner} ({reason}); registered {params.select.model_name} "
-        f"version {version} as @{params.select.alias}"
-    )
-    return selection
+    client = mlflow.MlflowClient()
+    client.log_text(run_id, card, "model_card.md")
+    if provenance["version"] is not None:
+        client.update_model_version(params.select.model_name, provenance["version"], card)
+    _print_outcome(params, f"{winner} ({reason})", provenance, experiment, rule)
+    return selection | {"version": provenance["version"]}
 
 
-def _metric_tags(metrics: dict) -> dict[str, str]:
-    tags = {}
-    for split in ("val", "test"):
-        for name, entry in metrics[split].items():
-            if isinstance(entry, dict) and "value" in entry and entry["value"] is not None:
-                tags[f"{split}_{name}"] = f"{entry['value']:.4f}"
-                if entry.get("ci_low") is not None:
-                    tags[f"{split}_{name}_ci95"] = (
-                        f"[{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
-                    )
+def _release(
+    params: Params,
+    winner: str,
+    rule: DecisionRule,
+    run_id: str,
+    selection: dict,
+    experiment: str | None,
+) -> dict[str, Any]:
+    """Build models/selected/, log it as the winner's pyfunc and (outside experiments) register
+    it; return its provenance. The version is written into the release before registering, and
+    checked against the one the registry assigns (a deleted version shifts it: then again)."""
+    name = params.select.model_name
+    register = params.select.register and experiment is None
+    expected = registry.next_version(name) if register else None
+    for _ in range(REGISTER_ATTEMPTS):
+        provenance = _provenance(params, winner, run_id, selection, expected, experiment)
+        with staged_dir(SELECTED_DIR) as out:
+            write_release(out, Path("models") / winner / "model.keras", rule, provenance)
+        with mlflow.start_run(run_id=run_id):
+            info = pyfunc.log_release(
+                SELECTED_DIR,
+                _example_scan(params),
+                name="release",
+                tags=_tags(provenance, selection),
+            )
+        if not register:
+            return provenance
+        got = registry.register(
+            info.model_uri, name, params.select.alias, _tags(provenance, selection)
+        )
+        if got == expected:
+            registry.describe_model(name, _description(params))
+            return provenance
+        registry.delete_version(name, got)
+        expected = str(int(got) + 1)
+    raise UserError(f"{name}: the registry kept assigning other version numbers; rerun select")
+
+
+def _provenance(
+    params: Params,
+    winner: str,
+    run_id: str,
+    selection: dict,
+    version: str | None,
+    experiment: str | None,
+) -> dict[str, Any]:
+    synthetic = selection["synthetic_data"]
+    return {
+        "model_name": params.select.model_name,
+        "version": version,
+        "arch": winner,
+        "run_id": run_id,
+        "manifest_sha256": selection["manifest_sha256"],
+        "git_commit": tracking.git_commit(),
+        "data_kind": tracking.data_kind(synthetic),
+        "synthetic_data": synthetic,
+        "dvc_experiment": experiment,
+    }
+
+
+def _tags(provenance: dict[str, Any], selection: dict) -> dict[str, str]:
+    """A short set of version tags describing it (an answer never depends on them)."""
+    winner = selection["winner"]
+    tags = {
+        "arch": winner,
+        "data_kind": provenance["data_kind"],
+        "git_commit": provenance["git_commit"],
+        "manifest_sha256": provenance["manifest_sha256"],
+        "val_" + selection["metric"]: f"{selection['validation'][winner]:.4f}",
+    }
+    if provenance["dvc_experiment"]:
+        tags["dvc_experiment"] = provenance["dvc_experiment"]
     return tags
+
+
+def _description(params: Params) -> str:
+    return (
+        "Breast-ultrasound classifier (benign / malignant / normal), released by the `select` "
+        "stage with its decision rule inside (release.json). Research use only; not a medical "
+        f"device. Aliases: @{params.select.alias} (latest selected), @{params.promote.alias} "
+        "(passed the promotion gate)."
+    )
+
+
+def _example_scan(params: Params):
+    """The pyfunc's input example: a synthetic scan of the training size, never a patient's."""
+    size = params.prepare.image_size
+    return render_case("benign", case_rng(params.seed, "benign", 0), size)[0]
+
+
+def _print_outcome(
+    params: Params, choice: str, provenance: dict, experiment: str | None, rule: DecisionRule
+) -> None:
+    name, alias = params.select.model_name, params.select.alias
+    if provenance["version"] is not None:
+        where = f"registered {name} version {provenance['version']} as @{alias}"
+    elif experiment:
+        where = f"experiment {experiment}: logged, not registered (aliases unchanged)"
+    else:
+        where = "not registered (select.register: false)"
+    print(f"select: {choice}; {where}\nselect: decision rule: {rule.describe()}")
+
+
+def _value(entry: dict | float | None) -> float:
+    if isinstance(entry, dict):
+        entry = entry.get("value")
+    return float("-inf") if entry is None else float(entry)
 
 
 def _read_json(path: Path, required: bool = True) -> dict:

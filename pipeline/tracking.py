@@ -2,7 +2,9 @@
 
 The store defaults to `sqlite:///<project root>/mlflow.db`, resolved to an absolute path because
 `dvc exp run --temp/--queue` runs stages in a copy of the repository where a relative URI would
-land in the copy. `MLFLOW_TRACKING_URI` overrides it (a team server, a test's own store).
+land in the copy: there the project root is `DVC_ROOT`, which DVC sets for every stage command to
+the repository the experiment was queued from. `MLFLOW_TRACKING_URI` overrides it (a team server,
+a test's own store).
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ import mlflow
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def project_root() -> Path:
+    """The project's folder: `DVC_ROOT` inside a DVC stage (the original repository, also from an
+    experiment's temporary copy: dvc/repo/experiments/queue/base.py), else the working directory
+    (stages and make targets run from the project root)."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """The tracking URI this project uses: MLFLOW_TRACKING_URI, else SQLite at the project root."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    root = (root or Path.cwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{(root or project_root()).resolve() / 'mlflow.db'}"
 
 
 def artifact_root(root: Path | None = None) -> str:
     """Artifacts beside the store (absolute), unless a server decides (MLFLOW_TRACKING_URI)."""
-    return ((root or Path.cwd()).resolve() / "mlartifacts").as_uri()
+    return ((root or project_root()).resolve() / "mlartifacts").as_uri()
 
 
 def setup(experiment: str) -> str:
@@ -44,6 +52,15 @@ def setup(experiment: str) -> str:
         experiment_id = mlflow.create_experiment(experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def experiment_name() -> str | None:
+    """The DVC experiment this process runs in (`dvc exp run`, also --temp and --queue), or None.
+
+    DVC sets DVC_EXP_NAME for every experiment run (a generated name when none is given) and
+    never for `dvc repro`: experiments are logged and compared, but never move registry aliases.
+    """
+    return os.environ.get("DVC_EXP_NAME") or None
 
 
 def git_commit() -> str:
@@ -63,12 +80,27 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def data_kind(synthetic: bool) -> str:
+    """The one label for the kind of data a run or model saw."""
+    return "synthetic-demo" if synthetic else "user-data"
+
+
+def run_name(base: str) -> str:
+    """`base`, or `<experiment>/<base>` inside a DVC experiment, so a sweep's runs tell apart."""
+    experiment = experiment_name()
+    return f"{experiment}/{base}" if experiment else base
+
+
 def run_tags(stage: str, synthetic: bool) -> dict[str, str]:
-    """Tags that tie a run to its code, its DVC stage and the kind of data it saw."""
+    """Tags that tie a run to its code, its DVC stage (and experiment) and the data it saw."""
     commit = git_commit()
-    return {
+    tags = {
         "git_commit": commit,
         "dvc_stage": stage,
-        "data_kind": "synthetic-demo" if synthetic else "user-data",
+        "data_kind": data_kind(synthetic),
         "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
+    experiment = experiment_name()
+    if experiment:
+        tags["dvc_experiment"] = experiment
+    return tags

@@ -9,32 +9,38 @@ Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (his
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
 from sklearn.metrics import f1_score
 
-from pipeline import backbones, plots, pyfunc, tracking
+from pipeline import backbones, environment, plots, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
-from pipeline.config import ARCHS, Params, uses_demo_data
+from pipeline.config import ARCHS, Params, TrainParams, uses_demo_data
 from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
-from pipeline.synthetic import case_rng, render_case
 
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports/train")
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Adds `val_macro_f1` (on the whole val set, not averaged per batch), lr, time and images/s."""
+    """Adds the val metrics, lr, time and images/s (of the training alone) to each epoch's logs.
+
+    `val_loss`, `val_accuracy` and `val_macro_f1` come from one prediction of the whole val set
+    (macro-F1 averaged per batch would be wrong), padded to split evenly over data-parallel devices.
+    """
 
     def __init__(self, val: ImageSet, n_train: int, batch_size: int) -> None:
         super().__init__()
@@ -46,7 +52,10 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         seconds = time.perf_counter() - self.started
-        proba = self.model.predict(self.val.images, batch_size=self.batch_size, verbose=0)
+        proba = _predict(self.model, self.val.images, self.batch_size)
+        onehot = np.eye(proba.shape[1], dtype="float32")[self.val.labels]
+        logs["val_loss"] = float(keras.ops.convert_to_numpy(self.model.loss(onehot, proba)))
+        logs["val_accuracy"] = float(np.mean(proba.argmax(axis=1) == self.val.labels))
         logs["val_macro_f1"] = float(
             f1_score(self.val.labels, proba.argmax(axis=1), average="macro", zero_division=0)
         )
@@ -133,11 +142,16 @@ def run(params: Params, arch: str) -> dict[str, float]:
         }
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         served = backbones.for_inference(model)
-        # Keras flavor + the serving pyfunc flavor (base64 images or arrays in), one artifact.
-        pyfunc.log_model(
+        # A plain Keras model (an MLflow LoggedModel); the serving flavor, with the decision
+        # rule, is built by `select` for the winner only, so no serving code is a train dep.
+        mlflow.keras.log_model(
             served,
+            name="model",
+            signature=_signature(params),
+            pip_requirements=environment.pins(
+                ["mlflow", "keras", "numpy"], keras.backend.backend()
+            ),
             metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
-            example=_example_scan(params),
         )
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
         with staged_dir(MODELS_DIR / arch) as out:
@@ -162,8 +176,18 @@ def _fit(
 ) -> tuple[pd.DataFrame, int]:
     """Warm-up (frozen backbone) then fine-tuning, ending on the best epoch's weights.
 
-    Returns the per-epoch history of both phases and the best epoch (on `train.monitor`).
+    Returns the per-epoch history of both phases and the best epoch (on `train.monitor`). With
+    `train.distribution: data_parallel` a replica of `model` trains on every local device and
+    `model` receives its final weights.
     """
+    with _distributed(model, params.train) as (net, devices):
+        feed = batches if devices == 1 else _WholeShards(batches, devices)
+        return _train_phases(net, feed, val, params, arch)
+
+
+def _train_phases(
+    model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
+) -> tuple[pd.DataFrame, int]:
     ap = params.train.arch(arch)
     pretrained = params.model.weights is not None
     phases = []
@@ -193,10 +217,12 @@ def _fit(
                 )
         _compile(model, params, lr, steps=len(batches) * (last - first))
         history = model.fit(
-            batches,
-            validation_data=(val.images, np.eye(len(params.classes))[val.labels]),
+            batches,  # validation: ValidationMetrics, one whole-set prediction per epoch
             initial_epoch=first,
             epochs=last,
+            # TrainBatches orders each epoch from (seed, epoch); Keras' own shuffle of the batch
+            # order draws on Python's global `random`, which anything else may have consumed.
+            shuffle=False,
             class_weight=_class_weights(batches.labels, len(params.classes))
             if params.train.class_weights
             else None,
@@ -221,10 +247,78 @@ def _fit(
     return history, best.epoch
 
 
-def _example_scan(params: Params) -> np.ndarray:
-    """The logged model's input example: a synthetic scan of the training size, not a patient's."""
+def _signature(params: Params) -> ModelSignature:
+    """Input: a batch of 0-255 RGB images at the training size; output: class probabilities."""
     size = params.prepare.image_size
-    return render_case("benign", case_rng(params.seed, "benign", 0), size)[0]
+    example = np.zeros((1, size, size, 3), dtype=np.float32)
+    return infer_signature(example, np.zeros((1, len(params.classes)), dtype=np.float32))
+
+
+@contextlib.contextmanager
+def _distributed(model: keras.Model, t: TrainParams) -> Iterator[tuple[keras.Model, int]]:
+    """(model to train, device count): `model` itself, or a replica over every local device.
+
+    Keras' DataParallel places a variable when it is created, so the replica is built from
+    `model`'s config and weights inside the distribution's scope. Each step splits the global
+    batch (`train.batch_size`) evenly over the devices and averages the gradients, so the
+    learning rate means what it means on one device. On exit, even on an error, the global
+    distribution is restored; on success `model` takes the replica's weights.
+    """
+    if t.distribution is None:
+        yield model, 1
+        return
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise UserError(
+            f"train.distribution: data_parallel runs on the JAX backend, not {backend}; "
+            "set KERAS_BACKEND=jax (README: Scaling) or train.distribution: null"
+        )
+    devices = keras.distribution.list_devices()
+    if t.batch_size % len(devices):
+        raise UserError(
+            f"train.batch_size: {t.batch_size} does not split evenly over the {len(devices)} "
+            f"devices of train.distribution: data_parallel; use a multiple of {len(devices)}"
+        )
+    with keras.distribution.DataParallel(devices=devices).scope():
+        replica = keras.Model.from_config(model.get_config())
+        replica.set_weights(model.get_weights())
+        yield replica, len(devices)
+    model.set_weights(replica.get_weights())
+
+
+class _WholeShards(keras.utils.PyDataset):
+    """Training batches cut to a multiple of the device count, which a sharded step needs.
+
+    Only the epoch's last, short batch loses images (fewer than `devices`, a different few each
+    epoch since the order is reshuffled); a last batch smaller than `devices` is skipped.
+    """
+
+    def __init__(self, batches: TrainBatches, devices: int) -> None:
+        super().__init__(workers=batches.workers, use_multiprocessing=False)
+        self.batches, self.devices, self.labels = batches, devices, batches.labels
+
+    def __len__(self) -> int:
+        short = len(self.labels) % self.batches.batch_size
+        return len(self.batches) - (0 < short < self.devices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        images, onehot = self.batches[index]
+        keep = len(images) - len(images) % self.devices
+        return images[:keep], onehot[:keep]
+
+    def on_epoch_end(self) -> None:
+        self.batches.on_epoch_end()
+
+
+def _predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """`model`'s probabilities for every image; under data parallelism the set is padded (with
+    copies of its first image) to a whole number of per-device shares, and the padding dropped."""
+    current = keras.distribution.distribution()
+    devices = 1 if current is None else current.device_mesh.devices.size
+    pad = -len(images) % devices
+    if pad:
+        images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
+    return model.predict(images, batch_size=batch_size, verbose=0)[: len(images) - pad]
 
 
 def _compile(model: keras.Model, params: Params, learning_rate: float, steps: int) -> None:

@@ -57,3 +57,63 @@ def make_prepared(
                 rows.append([rel, label, split, group, "0" * 64, "0" * 16, rel, "", size, size])
     pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv", index=False)
     return folder
+
+
+def mini_classifier(seed: int = 0, classes: tuple[str, ...] = CLASSES):
+    """The layer contract of pipeline.backbones (resize, preprocess, backbone sub-model, pool,
+    dropout, predictions) with a one-layer backbone: saves and loads in a second, draws CAMs."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    base = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4, activation="relu")],
+        name="backbone",
+    )
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(32, 32, pad_to_aspect_ratio=True, name="resize")(inputs)
+    x = keras.layers.Rescaling(1 / 255, name="preprocess")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base(x))
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(len(classes), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="resnet50_classifier")
+
+
+def make_release(
+    folder: Path,
+    model,
+    threshold: float | None = 0.5,
+    classes: tuple[str, ...] = CLASSES,
+    temperature: float | None = None,
+    **provenance,
+) -> Path:
+    """Save `model` as a released-model folder (model.keras + release.json) at `folder`."""
+    from pipeline.serving.release import write_release
+    from pipeline.serving.rule import DecisionRule
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "source.keras")
+    rule = DecisionRule(classes, "malignant", threshold, temperature, "test rule", "test data")
+    defaults = {"model_name": "tumor-classifier", "version": "1", "arch": "resnet50"}
+    write_release(
+        folder, folder / "source.keras", rule, defaults | {"synthetic_data": True} | provenance
+    )
+    (folder / "source.keras").unlink()
+    return folder
+
+
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An array as the bytes of an image file in `fmt`."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def scan(seed: int = 0, height: int = 40, width: int = 56) -> np.ndarray:
+    """A random grey scan as uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    grey = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)

@@ -8,12 +8,16 @@ benign (macro-F1 about 0.56: above a 0.5 floor, far below a perfect champion).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import keras
 import mlflow
 import numpy as np
 
-from pipeline import pyfunc, registry, tracking
-from tests.factories import CLASSES
+from pipeline import registry, tracking
+from pipeline.serving import pyfunc
+from tests.factories import CLASSES, label_image, make_release
 
 SIZE = 32
 CENTRES = [(SIZE // 4, SIZE // 4), (SIZE // 2, 3 * SIZE // 4), (3 * SIZE // 4, SIZE // 2)]  # (x, y)
@@ -49,12 +53,17 @@ def register_model(
     alias: str = "challenger",
     name: str = "tumor-classifier",
     tags: dict[str, str] | None = None,
+    threshold: float | None = None,
 ) -> str:
-    """Log a disk model as select's registration does (pipeline.pyfunc flavor) and alias it."""
+    """Release a disk model (its rule: `threshold`) as select does: log it as the serving pyfunc,
+    register it with the version written inside, point `alias` at it."""
     tracking.setup("tests")
-    with mlflow.start_run() as run:
-        pyfunc.log_model(
-            disk_model(kind),
-            metadata={"classes": list(CLASSES), "arch": f"disk-{kind}", "synthetic_data": True},
+    version = registry.next_version(name)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
+        folder = make_release(
+            Path(tmp) / "release", disk_model(kind), threshold, version=version, arch=f"disk-{kind}"
         )
-    return registry.register(run.info.run_id, name, alias, {"arch": f"disk-{kind}", **(tags or {})})
+        info = pyfunc.log_release(folder, label_image(1, SIZE, np.random.default_rng(0)))
+    got = registry.register(info.model_uri, name, alias, {"arch": f"disk-{kind}", **(tags or {})})
+    assert got == version
+    return got

@@ -1,23 +1,21 @@
-"""Azure ML scoring script: `init()` loads the packaged champion, `run(request)` scores one image.
+"""Azure ML scoring script: `init()` loads the packaged release, `run(request)` scores one image.
 
 Runs under azureml-inference-server-http (`azmlinfsrv`, `POST /score`) with raw HTTP access
-(`@rawhttp`), so image bytes arrive untouched. `python -m pipeline.package` lays out
-`code/` (this file + `pipeline/inference.py` and what it needs) and `model/` (model.keras,
-classes.json, registration.json); Azure sets AZUREML_MODEL_DIR to the model's folder.
+(`@rawhttp`), so image bytes arrive untouched. `python -m pipeline.package` lays out `code/`
+(this file + `pipeline/serving/` and the base modules it imports) and `model/` (the released
+model: model.keras + release.json with the decision rule); Azure sets AZUREML_MODEL_DIR.
 
 Accepted bodies, decided by Content-Type:
-- `multipart/form-data`: the file field `image` (or the only file sent);
+- `multipart/form-data`: the file field `file` or `image` (or the only file sent);
 - `application/json`: `{"image": "<base64>"}` (a `data:image/png;base64,` prefix is allowed);
 - anything else (`image/png`, `application/octet-stream`, none): the body is the image file.
-Answers 200 `{probabilities, predicted_class, malignant_probability, malignant_decision, model
-{name, version, arch}, synthetic_data}`; 4xx `{"error": reason, "status": code}` for bad input
-(400 broken or empty, 405 not POST, 413 over MAX_UPLOAD_BYTES, 415 not an image).
+Answers 200 with the serving core's answer (the same as every other surface); 4xx
+`{"error": reason, "status": code}` for bad input (400 broken or empty, 405 not POST, with
+`Allow`, 413 over MAX_UPLOAD_BYTES, 415 not an image).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -26,58 +24,44 @@ from pathlib import Path
 from azureml_inference_server_http.api.aml_request import rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 
-from pipeline import inference
+from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.uploads import FILE_FIELDS, InvalidInput, Limits, decode_upload, from_base64
 
 logger = logging.getLogger("score")
-classifier: inference.Classifier | None = None
-MAX_UPLOAD_BYTES = int(os.environ.get("MAX_UPLOAD_BYTES", inference.DEFAULT_MAX_BYTES))
-MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", inference.DEFAULT_MAX_PIXELS))
-
-
-def model_file() -> Path:
-    """`model.keras` under AZUREML_MODEL_DIR (Azure nests a registered folder under its name)."""
-    root = Path(os.environ.get("AZUREML_MODEL_DIR", "model"))
-    for candidate in (root / "model.keras", root / "model" / "model.keras"):
-        if candidate.is_file():
-            return candidate
-    found = sorted(root.rglob("model.keras"))
-    if not found:
-        raise FileNotFoundError(f"no model.keras under AZUREML_MODEL_DIR={root}")
-    return found[0]
+classifier: Classifier | None = None
+LIMITS = Limits.from_env()
+CHUNK = 64 * 1024
 
 
 def init() -> None:
     global classifier
-    path = model_file()
-    classifier = inference.load_classifier(str(path))
-    classifier.warm_up()
+    root = Path(os.environ.get("AZUREML_MODEL_DIR", "model"))
+    classifier = load_classifier(root)
+    identity = classifier.release.identity()
     logger.info(
-        "loaded %s version %s (%s) from %s",
-        classifier.name,
-        classifier.version,
-        classifier.arch,
-        path,
+        "loaded %s version %s (%s)", identity["name"], identity["version"], identity["arch"]
     )
 
 
-def error(status: int, reason: str) -> AMLResponse:
-    return AMLResponse({"error": reason, "status": status}, status, json_str=True)
+def error(status: int, reason: str, headers: dict[str, str] | None = None) -> AMLResponse:
+    response = AMLResponse({"error": reason, "status": status}, status, json_str=True)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
 
 
 @rawhttp
 def run(request):
     if request.method != "POST":
-        return error(405, "POST an image to /score")
-    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+        return error(405, "POST an image to /score", {"Allow": "POST"})
+    if request.content_length is not None and request.content_length > LIMITS.max_bytes:
         return error(
-            413, f"body of {request.content_length} bytes is over {MAX_UPLOAD_BYTES} bytes"
+            413,
+            f"body of {request.content_length} bytes is over {LIMITS.max_bytes} bytes (MAX_UPLOAD_BYTES)",
         )
     try:
-        data = upload_bytes(request)
-        image = inference.decode_upload(
-            data, max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS
-        )
-    except inference.InvalidInput as exc:
+        image = decode_upload(upload_bytes(request), LIMITS)
+    except InvalidInput as exc:
         return error(exc.status, exc.reason)
     return AMLResponse(classifier.predict(image), 200, json_str=True)
 
@@ -87,18 +71,33 @@ def upload_bytes(request) -> bytes:
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         files = request.files
-        upload = files.get("image") or (next(iter(files.values())) if len(files) == 1 else None)
+        upload = next((files[name] for name in FILE_FIELDS if name in files), None)
+        upload = upload or (next(iter(files.values())) if len(files) == 1 else None)
         if upload is None:
-            raise inference.InvalidInput(400, "multipart upload without a file field 'image'")
-        return upload.read(MAX_UPLOAD_BYTES + 1)
-    if mimetype == "application/json":
-        try:
-            payload = json.loads(request.get_data(cache=False))
-            text = payload["image"]
-            text = text.split(",", 1)[1] if text.startswith("data:") else text
-            return base64.b64decode(text, validate=True)
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-            raise inference.InvalidInput(
-                400, 'JSON body must be {"image": "<base64-encoded image file>"}'
-            ) from None
-    return request.stream.read(MAX_UPLOAD_BYTES + 1)  # +1: decode_upload then says 413
+            raise InvalidInput(400, "multipart upload without a file field 'file' or 'image'")
+        return upload.read(LIMITS.max_bytes + 1)
+    body = read_limited(request.stream)
+    if mimetype != "application/json":
+        return body  # decode_upload says 413 when it is over the limit
+    if len(body) > LIMITS.max_bytes:
+        raise InvalidInput(413, f"body is over {LIMITS.max_bytes} bytes (MAX_UPLOAD_BYTES)")
+    try:
+        payload = json.loads(body)
+        text = payload["image"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput(
+            400, 'JSON body must be {"image": "<base64-encoded image file>"}'
+        ) from None
+    return from_base64(text)
+
+
+def read_limited(stream) -> bytes:
+    """At most MAX_UPLOAD_BYTES + 1 bytes of a body, chunked transfer included: never the rest."""
+    chunks, size = [], 0
+    while size <= LIMITS.max_bytes:
+        chunk = stream.read(min(CHUNK, LIMITS.max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

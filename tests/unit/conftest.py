@@ -59,3 +59,14 @@ def busi_sample() -> Path:
     if not BUSI_SAMPLE.is_dir():
         pytest.skip("../shared/busi-sample is not present")
     return BUSI_SAMPLE.resolve()
+
+
+@pytest.fixture(scope="session")
+def mini_release(tmp_path_factory):
+    """(release folder, keras model): version 3 of tumor-classifier, threshold 0.3, synthetic;
+    the fast layer-contract model of tests.factories.mini_classifier."""
+    from tests.factories import make_release, mini_classifier
+
+    model = mini_classifier()
+    folder = make_release(tmp_path_factory.mktemp("release") / "selected", model, 0.3, version="3")
+    return folder, model

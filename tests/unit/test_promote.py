@@ -154,3 +154,39 @@ def test_a_challenger_selected_on_another_manifest_is_not_gated_on_this_test_spl
     with pytest.raises(UserError, match="another data manifest"):
         promote.run(PARAMS)
     assert champion() is None
+
+
+def test_the_gate_judges_the_decision_the_release_would_serve_not_the_argmax(project):
+    """Threshold 0: every image is called malignant; the argmax would have scored perfectly."""
+    version = register_model("good", threshold=0.0)
+    with pytest.raises(promote.PromotionRefused, match="test macro_f1"):
+        promote.run(PARAMS)
+    assert champion() is None and tags(version)["promotion_status"] == "refused"
+
+
+def test_a_truncated_version_is_refused_in_one_line_naming_it_and_the_refusal_is_recorded(
+    project, capsys
+):
+    version = register_model("good")
+    (stored,) = (project / "mlartifacts").rglob("model.keras")
+    stored.write_bytes(stored.read_bytes()[:1000])
+    capsys.readouterr()
+    assert promote.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"version {version}: cannot be loaded" in err
+    assert tags(version)["promotion_status"] == "refused" and champion() is None
+    report = json.loads((project / "reports" / "promotion.json").read_text())
+    assert report["promoted"] is False and "cannot be loaded" in report["promotion_reason"]
+
+
+def test_rollback_onto_a_deleted_version_is_refused_in_one_line(project, capsys):
+    first = register_model("good")
+    promote.run(PARAMS)
+    register_model("good")
+    promote.run(PARAMS)
+    MlflowClient().delete_model_version(NAME, first)
+    capsys.readouterr()
+    assert promote.main(["rollback"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"version {first}: cannot be loaded" in err
+    assert champion() != first

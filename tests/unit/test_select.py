@@ -2,14 +2,15 @@
 
 import json
 
-import keras
 import mlflow
 import pytest
 
-from pipeline import select
+from pipeline import select, tracking
 from pipeline.config import parse_params
 from pipeline.errors import UserError
-from tests.factories import enter_project, make_prepared
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.release import read_release
+from tests.factories import enter_project, make_prepared, mini_classifier
 
 
 def metrics(val_f1, test_f1, val_sens=0.8, threshold=0.3):
@@ -47,24 +48,17 @@ def test_an_unknown_selection_metric_names_the_parameter():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    uri = enter_project(monkeypatch, tmp_path)
+    enter_project(monkeypatch, tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     make_prepared(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("t")
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(
-        inputs,
-        keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)),
-    )
+    tracking.setup("t")
+    model = mini_classifier()
     for arch, f1 in [("densenet121", 0.6), ("resnet50", 0.8)]:
         folder = tmp_path / "models" / arch
         folder.mkdir(parents=True)
         model.save(folder / "model.keras")
-        (folder / "classes.json").write_text(json.dumps(["benign", "malignant", "normal"]))
         with mlflow.start_run() as run:
-            local = tmp_path / f"mlflow-{arch}"
-            mlflow.keras.save_model(model, str(local))
-            mlflow.log_artifacts(str(local), "model")
+            mlflow.set_tag("arch", arch)
         (folder / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
         report = tmp_path / "reports" / "evaluate" / arch
         report.mkdir(parents=True)
@@ -72,23 +66,69 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_the_winner_is_registered_as_challenger_with_its_evidence(project):
-    selection = select.run(parse_params({"mlflow": {"experiment": "t"}}))
+PARAMS = {"mlflow": {"experiment": "t"}}
+
+
+def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(project):
+    selection = select.run(parse_params(PARAMS))
     assert selection["winner"] == "resnet50"
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
-    assert str(version.version) == selection["version"]
-    assert version.tags["arch"] == "resnet50"
-    assert version.tags["val_macro_f1"] == "0.8000"
-    assert version.tags["val_macro_f1_ci95"] == "[0.7000, 0.9000]"
-    assert float(version.tags["operating_point_threshold"]) == pytest.approx(0.3)
-    assert len(version.tags["manifest_sha256"]) == 64
-    assert "Research use only" in version.description or "research" in version.description.lower()
+    assert str(version.version) == selection["version"] == "1"
+    release = read_release(project / "models" / "selected")
+    assert release.rule.threshold == pytest.approx(0.3)  # the rule lives in the artifact
+    assert release.provenance["version"] == "1" and release.provenance["arch"] == "resnet50"
+    assert len(release.provenance["manifest_sha256"]) == 64
+    assert version.tags["arch"] == "resnet50" and version.tags["val_macro_f1"] == "0.8000"
+    assert "operating_point_threshold" not in version.tags and len(version.tags) <= 6
+    assert "Research use only" in client.get_registered_model("tumor-classifier").description
     written = json.loads((project / "reports" / "selection.json").read_text())
     assert written["reason"].startswith("higher validation macro_f1")
-    assert (project / "models" / "selected" / "model.keras").is_file()
-    assert written["operating_point_threshold"] == pytest.approx(0.3)  # served from models/selected
+    assert "run_id" not in written and "version" not in written  # nothing that changes per run
     assert (project / "reports" / "model_card.md").read_text() == version.description
+
+
+def test_the_registered_model_serves_the_rule_that_select_fixed(project):
+    select.run(parse_params(PARAMS))
+    served = load_classifier("models:/tumor-classifier@challenger")
+    assert served.release.rule == read_release(project / "models" / "selected").rule
+    assert served.release.identity()["version"] == "1"
+
+
+def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch):
+    select.run(parse_params(PARAMS))
+    monkeypatch.setenv("DVC_EXP_NAME", "weaker-wren")
+    (project / "reports" / "evaluate" / "resnet50" / "metrics.json").write_text(
+        json.dumps(metrics(0.3, 0.5))
+    )
+    selection = select.run(parse_params(PARAMS))
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("tumor-classifier", "challenger").version) == "1"
+    assert len(client.search_model_versions("name='tumor-classifier'")) == 1
+    assert selection["version"] is None and selection["alias"] is None
+    release = read_release(project / "models" / "selected")
+    assert release.provenance["dvc_experiment"] == "weaker-wren"
+    assert release.identity()["version"] == "unregistered"
+    logged = mlflow.search_logged_models(filter_string="name = 'release'", output_format="list")
+    assert any(m.tags.get("dvc_experiment") == "weaker-wren" for m in logged)
+
+
+def test_registration_can_be_turned_off(project):
+    selection = select.run(parse_params({**PARAMS, "select": {"register": False}}))
+    assert selection["version"] is None
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_the_written_version_matches_the_registry_after_a_deleted_version(project):
+    select.run(parse_params(PARAMS))
+    select.run(parse_params(PARAMS))
+    mlflow.MlflowClient().delete_model_version("tumor-classifier", "2")
+    selection = select.run(parse_params(PARAMS))  # the registry skips the deleted number
+    alias = mlflow.MlflowClient().get_model_version_by_alias("tumor-classifier", "challenger")
+    assert selection["version"] == str(alias.version) != "2"
+    assert (
+        read_release(project / "models" / "selected").provenance["version"] == selection["version"]
+    )
 
 
 def test_missing_evaluation_says_to_run_the_pipeline(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""pipeline.serve: images get the model's answer, careless uploads a clean JSON 4xx."""
+"""pipeline.serving.app: images get the model's answer, careless uploads a clean JSON 4xx."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import struct
 import tempfile
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 import schemathesis
@@ -16,22 +17,22 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from pipeline.inference import Classifier
-from pipeline.serve import STATIC_DIR, create_app
+from pipeline.serving.app import STATIC_DIR, ServiceSettings, create_app
+from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.uploads import Limits, decode_upload
+from tests.factories import CLASSES
 
-CLASSES = ("benign", "malignant", "normal")
 MAX_BYTES = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_model) -> Classifier:
-    model = tiny_model[1]
-    return Classifier(model, CLASSES, 0.3, "tumor-classifier", "3", "resnet50", True)
+def classifier(mini_release) -> Classifier:
+    return load_classifier(mini_release[0])
 
 
 @pytest.fixture(scope="module")
 def app(classifier):
-    return create_app(classifier, max_bytes=MAX_BYTES, max_pixels=4_000_000)
+    return create_app(classifier, ServiceSettings(Limits(MAX_BYTES, 4_000_000)))
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,12 @@ def assert_refused(response, status: int) -> str:
     return body["error"]
 
 
-def test_health_names_the_model(client):
+def test_health_names_the_model_and_its_decision_rule(client):
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
-    assert body["classes"] == list(CLASSES) and body["threshold"] == 0.3
+    assert body["classes"] == list(CLASSES) and body["rule"]["threshold"] == 0.3
+    assert "malignant when" in body["rule"]["description"]
     assert body["synthetic_data"] is True
 
 
@@ -71,10 +73,10 @@ def test_a_multipart_image_gets_probabilities_decision_model_and_time(client, cl
     response = client.post("/predict", files={"file": ("notes.txt", png(scan()), "text/plain")})
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = classifier.predict(scan())
+    expected = classifier.predict(decode_upload(png(scan())))
     assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
-    assert body["predicted_class"] == expected["predicted_class"]
-    assert body["malignant_decision"]["threshold"] == 0.3
+    assert body["class"] == expected["class"] and body["decision"] == expected["decision"]
+    assert body["decision"]["threshold"] == 0.3
     assert body["model"]["version"] == "3" and body["synthetic_data"] is True
     assert body["inference_ms"] > 0 and body["image"] == {"width": 64, "height": 48}
     assert "heatmap" not in body
@@ -82,7 +84,12 @@ def test_a_multipart_image_gets_probabilities_decision_model_and_time(client, cl
 
 def test_the_raw_body_works_too(client):
     response = client.post("/predict", content=png(scan()), headers={"content-type": "image/png"})
-    assert response.status_code == 200 and response.json()["predicted_class"] in CLASSES
+    assert response.status_code == 200 and response.json()["class"] in CLASSES
+
+
+def test_the_multipart_field_may_be_named_image_too(client):
+    response = client.post("/predict", files={"image": ("scan.png", png(scan()), "image/png")})
+    assert response.status_code == 200, response.text
 
 
 def test_grey_rgba_and_16bit_uploads_are_classified(client):
@@ -100,6 +107,7 @@ def test_the_heat_map_matches_the_image_shape_and_agrees_with_the_plain_answer(c
         response = client.post("/predict?heatmap=true", content=data)
         body = response.json()
         assert body["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-4)
+        assert body["class"] == plain["class"]
         prefix = "data:image/png;base64,"
         assert body["heatmap"].startswith(prefix)
         overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"][len(prefix) :])))
@@ -128,7 +136,7 @@ def test_a_truncated_image_is_400(client):
 
 def test_too_many_bytes_is_413_even_when_the_length_header_is_all_we_read(client):
     big = b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES + 200_000)
-    assert "limit" in assert_refused(client.post("/predict", content=big), 413)
+    assert "--max-bytes" in assert_refused(client.post("/predict", content=big), 413)
 
     def chunked():  # no Content-Length: the stream is cut at the limit
         for _ in range(6):
@@ -145,7 +153,8 @@ def test_a_decompression_bomb_is_413_from_its_header(client):
 
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000)))
-    assert "too_large" in assert_refused(client.post("/predict", content=bomb), 413)
+    reason = assert_refused(client.post("/predict", content=bomb), 413)
+    assert "--max-pixels" in reason and "prepare." not in reason
 
 
 def test_a_multipart_body_without_a_file_is_400(client):
@@ -156,7 +165,9 @@ def test_a_multipart_body_without_a_file_is_400(client):
 def test_request_errors_are_json_too(client):
     assert_refused(client.post("/predict?heatmap=perhaps", content=png(scan())), 422)
     assert_refused(client.get("/nowhere"), 404)
-    assert_refused(client.get("/predict"), 405)
+    response = client.get("/predict")
+    assert_refused(response, 405)
+    assert response.headers["allow"] == "POST"
 
 
 def test_uploads_are_never_written_to_disk(client, monkeypatch):
@@ -214,3 +225,39 @@ def test_the_api_survives_schema_driven_fuzzing(app, method, path):
         case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
     check()
+
+
+def test_a_saturated_service_answers_503_with_retry_after_not_an_endless_queue(classifier):
+    import asyncio
+    import threading
+
+    release = threading.Event()
+    busy = ServiceSettings(
+        Limits(MAX_BYTES, 4_000_000), heatmaps=False, max_concurrent=1, max_waiting=1
+    )
+    app = create_app(classifier, busy)
+    original = classifier.engine.probabilities
+
+    def slow(batch):
+        release.wait(10)
+        return original(batch)
+
+    async def flood():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            tasks = [
+                asyncio.create_task(http.post("/predict", content=png(scan()))) for _ in range(4)
+            ]
+            await asyncio.sleep(0.5)
+            release.set()
+            return await asyncio.gather(*tasks)
+
+    classifier.engine.probabilities = slow
+    try:
+        answers = asyncio.run(flood())
+    finally:
+        classifier.engine.probabilities = original
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [200, 200, 503, 503]
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and refused.json()["status"] == 503

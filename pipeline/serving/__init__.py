@@ -1,0 +1,16 @@
+"""Everything a released model needs at answer time, and nothing else.
+
+    rule        the decision rule: probabilities -> one class and a consistent malignant flag
+    release     the released-model folder: model.keras + release.json (rule, provenance)
+    uploads     untrusted bytes -> images, or a refusal with an HTTP status
+    engine      the Keras engine: images -> probabilities
+    classifier  the core every surface uses: load a release, answer for images
+    heatmaps    class activation maps of the answered class, for the page
+    app         the FastAPI service and page (static/)
+    pyfunc      the MLflow pyfunc flavor and how it is logged
+    shipping    which files ship with a model (this folder + the base modules it imports)
+
+It imports nothing of the pipeline outside itself but a small base (`pipeline.images`,
+`pipeline.files`, `pipeline.cam`; `shipping.base_modules()` finds them), so what ships with a model
+is this folder, and training never depends on it.
+"""

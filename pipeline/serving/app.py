@@ -1,0 +1,281 @@
+"""The local service: FastAPI around one Classifier, with a page that shows what the model sees.
+
+- `GET /`: a page to pick or drop an image; the answer (the decision rule's class), the
+  probabilities as bars, an optional class-activation heat map and a research-use-only notice;
+  every asset comes from this app (no CDN), and a Content-Security-Policy holds it to that;
+- `POST /predict`: the image as a multipart field (`file` or `image`) or as the raw request body;
+  the answer is the serving core's (pipeline.serving.classifier) plus timings and, on
+  `?heatmap=true`, a PNG data URL of the heat map;
+- `GET /health` (the model, its rule and provenance) and the OpenAPI schema at `/openapi.json`.
+
+Uploads are read into memory with a byte limit (413 before reading when Content-Length says so),
+never written to disk, and at most `max_concurrent` run at once with `max_waiting` queued behind
+them: beyond that the answer is 503 with `Retry-After`, never an unbounded queue. Every refusal is
+JSON: `{"error": <reason>, "status": <code>}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from pipeline.serving.classifier import Classifier
+from pipeline.serving.heatmaps import HeatMapper
+from pipeline.serving.uploads import FILE_FIELDS, InvalidInput, Limits, decode_upload
+
+STATIC_DIR = Path(__file__).parent / "static"
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the image's own bytes
+RETRY_AFTER_SECONDS = 1
+NOTICE = "Research use only. Not a medical device; not for diagnosis or treatment decisions."
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+_ERROR = {
+    "description": "Refused: JSON `{error, status}`",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+                "required": ["error", "status"],
+            }
+        }
+    },
+}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    limits: Limits = Limits()
+    heatmaps: bool = True
+    max_concurrent: int = 2  # inferences at once: about the cores a CPU host gives the model
+    max_waiting: int = 8  # requests queued behind them before 503
+
+
+class Saturated(Exception):
+    """More requests than the service runs and queues: answered 503 with Retry-After."""
+
+
+class Admission:
+    """At most `running` requests work at once and `waiting` more wait; the rest are refused.
+
+    Counted on the event loop (no lock needed); admission happens before the body is read, so a
+    flood of uploads cannot fill memory while it waits.
+    """
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self.capacity = running + waiting
+        self.inside = 0
+        self.slots = asyncio.Semaphore(running)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.inside >= self.capacity:
+            raise Saturated
+        self.inside += 1
+        try:
+            async with self.slots:
+                yield
+        finally:
+            self.inside -= 1
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
+
+
+async def read_upload(request: Request, max_bytes: int) -> bytes:
+    """The image bytes of a request (a multipart file field, or the whole body), in memory."""
+    limit = max_bytes + MULTIPART_SLACK
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidInput(
+            413,
+            f"upload of {declared} bytes is over this server's limit of {max_bytes} bytes "
+            "(--max-bytes)",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidInput(
+                413, f"upload is over this server's limit of {max_bytes} bytes (--max-bytes)"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return body  # the body is the image; its declared type is ignored, the content decides
+    return await _multipart_file(request, body, limit)
+
+
+async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=16)
+    parser.spool_max_size = limit + 1  # keep the part in memory (Starlette spools over 1 MB)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidInput(400, f"malformed multipart body: {exc.message}") from None
+    except Exception as exc:  # python-multipart raises assorted errors on garbage
+        raise InvalidInput(400, f"malformed multipart body: {type(exc).__name__}") from None
+    named = [form.get(name) for name in FILE_FIELDS]
+    upload = next((v for v in named if isinstance(v, UploadFile)), None)
+    upload = upload or next((v for _, v in form.multi_items() if isinstance(v, UploadFile)), None)
+    if upload is None:
+        raise InvalidInput(
+            400, "multipart upload has no file: send the image in a field named 'file'"
+        )
+    data = await upload.read()
+    await upload.close()
+    return data
+
+
+def create_app(classifier: Classifier, settings: ServiceSettings = ServiceSettings()) -> FastAPI:
+    """The service around one loaded classifier (warmed up, so requests never trace)."""
+    mapper = HeatMapper(classifier) if settings.heatmaps else None
+    app = FastAPI(
+        title="Breast-ultrasound tumour classifier",
+        version="1",
+        description=NOTICE,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.classifier = classifier
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_error_handlers(app)
+    _add_routes(app, classifier, mapper, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_request: Request, exc: InvalidInput) -> JSONResponse:
+        return _error(exc.status, exc.reason)
+
+    @app.exception_handler(Saturated)
+    async def saturated(_request: Request, _exc: Saturated) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return _error(503, "the service is busy with other images; retry shortly", headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+
+def _add_routes(
+    app: FastAPI, classifier: Classifier, mapper: HeatMapper | None, settings: ServiceSettings
+) -> None:
+    admission = Admission(settings.max_concurrent, settings.max_waiting)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/health", summary="Liveness, the loaded model, its decision rule and limits")
+    def health() -> dict[str, Any]:
+        return classifier.health() | {
+            "status": "ok",
+            "heatmaps": mapper is not None,
+            "max_bytes": settings.limits.max_bytes,
+            "max_concurrent": settings.max_concurrent,
+            "notice": NOTICE,
+        }
+
+    @app.post(
+        "/predict",
+        summary="Classify one ultrasound image",
+        openapi_extra={"requestBody": _UPLOAD_BODY},
+        responses={code: _ERROR for code in (400, 413, 415, 422, 503)},
+    )
+    async def predict(request: Request, heatmap: bool = False) -> dict[str, Any]:
+        async with admission.slot():
+            data = await read_upload(request, settings.limits.max_bytes)
+            return await run_in_threadpool(
+                classify, classifier, mapper if heatmap else None, data, settings.limits
+            )
+
+
+_heatmap_lock = threading.Lock()  # the feature model is shared: one heat map at a time
+
+
+def classify(
+    classifier: Classifier, mapper: HeatMapper | None, data: bytes, limits: Limits
+) -> dict[str, Any]:
+    """Decode, answer, and (with a mapper) draw the heat map of the answered class."""
+    started = time.perf_counter()
+    image = decode_upload(data, limits)
+    batch = classifier.engine.prepare(image)[None]
+    decoded = time.perf_counter()
+    overlay = None
+    if mapper is not None:
+        with _heatmap_lock:
+            result, overlay = mapper(batch, image.height, image.width)
+    else:
+        result = classifier.describe(classifier.engine.probabilities(batch)[0])
+    inferred = time.perf_counter()
+    result["image"] = {"width": image.width, "height": image.height}
+    result["decode_ms"] = round((decoded - started) * 1000, 3)
+    result["inference_ms"] = round((inferred - decoded) * 1000, 3)
+    if mapper is not None:
+        result["heatmap"] = _png_data_url(overlay)
+    return result
+
+
+def _png_data_url(image: Image.Image | None) -> str | None:
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

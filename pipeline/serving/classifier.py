@@ -1,0 +1,114 @@
+"""The serving core: a released model (engine + decision rule + provenance) -> answers.
+
+Every surface builds one `Classifier` with `load_classifier(source)` and asks it for answers, so
+one image gets the same probabilities and the same decision on the page, the API, the MLflow
+pyfunc, the Azure scoring script and the batch scorer. An answer is
+
+    {"class", "probabilities" {class: p}, "decision" {positive_class, positive,
+     positive_probability, threshold, temperature, rule}, "model" {name, version, arch},
+     "synthetic_data"}
+
+`source` is a released-model folder (models/selected/), an MLflow model folder holding one, or a
+`models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/` URI, downloaded with MLflow from
+`tracking_uri` (default: MLFLOW_TRACKING_URI, as MLflow itself reads it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.serving.engine import KerasEngine
+from pipeline.serving.release import Release, find_release, read_release
+from pipeline.serving.rule import answer
+
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@dataclass
+class Classifier:
+    engine: KerasEngine
+    release: Release
+
+    def __post_init__(self) -> None:
+        classes = self.release.rule.classes
+        if self.engine.n_outputs != len(classes):
+            raise ValueError(
+                f"model has {self.engine.n_outputs} outputs but the rule names {len(classes)} "
+                f"classes {classes}"
+            )
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.release.rule.classes
+
+    def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """One image's model probabilities (K,) -> the answer (see the module doc)."""
+        result = answer(self.release.rule, probabilities)
+        result["model"] = self.release.identity()
+        result["synthetic_data"] = self.release.synthetic
+        return result
+
+    def predict_many(self, images: Iterable[Image.Image | np.ndarray]) -> list[dict[str, Any]]:
+        """Answers for decoded images, in one forward pass."""
+        batch = np.stack([self.engine.prepare(image) for image in images])
+        return [self.describe(row) for row in self.engine.probabilities(batch)]
+
+    def predict(self, image: Image.Image | np.ndarray) -> dict[str, Any]:
+        return self.predict_many([image])[0]
+
+    def health(self) -> dict[str, Any]:
+        """What a caller needs to know about the loaded model, without images."""
+        return {
+            "model": self.release.identity(),
+            "classes": list(self.classes),
+            "rule": self.release.rule.to_dict() | {"description": self.release.rule.describe()},
+            "provenance": self.release.provenance,
+            "synthetic_data": self.release.synthetic,
+        }
+
+
+def load_classifier(source: str | Path, tracking_uri: str | None = None) -> Classifier:
+    """A warmed-up Classifier from a release folder, an MLflow model folder or a model URI."""
+    text = str(source)
+    if text.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _download(text, tmp, tracking_uri)
+            classifier = _from_folder(find_release(local))
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model source {text!r}: not found; give a released-model folder "
+                "(models/selected), models:/<name>@<alias>, models:/<name>/<version> or runs:/..."
+            )
+        classifier = _from_folder(find_release(path) if path.is_dir() else path)
+    classifier.engine.warm_up()
+    return classifier
+
+
+def _from_folder(folder: Path) -> Classifier:
+    release = read_release(folder)
+    return Classifier(KerasEngine.load(release.model_path), release)
+
+
+def _download(uri: str, into: str, tracking_uri: str | None) -> Path:
+    import mlflow  # only for registry sources; a packaged release needs no MLflow at all
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    quiet = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = quiet or "false"  # one line per download is noise in a terminal
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
+    finally:
+        if quiet is None:
+            del os.environ[PROGRESS_BAR]

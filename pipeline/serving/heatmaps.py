@@ -1,0 +1,64 @@
+"""Heat maps for the page: the class activation map of the answered class, as an RGBA overlay.
+
+The feature model (image -> feature map, probabilities) shares the classifier's weights and is
+traced once at start; one forward pass gives the probabilities, the answer and the map. The map
+is of the class the decision rule answered, not of the arg-max, so the picture explains the
+answer shown beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+from PIL import Image
+
+from pipeline import cam
+from pipeline.serving.classifier import Classifier
+
+MAX_SIDE = 512  # the overlay is sent at most this many pixels on its longer side
+MAX_ALPHA = 200  # the strongest evidence is drawn at this opacity (of 255)
+
+
+class HeatMapper:
+    def __init__(self, classifier: Classifier, max_side: int = MAX_SIDE) -> None:
+        self.classifier = classifier
+        self.max_side = max_side
+        self.features = cam.feature_model(classifier.engine.model)
+        height, width = classifier.engine.input_size or (64, 64)
+        self(np.zeros((1, height, width, 3), np.float32), 8, 8)  # trace once, at start
+
+    def __call__(
+        self, batch: np.ndarray, height: int, width: int
+    ) -> tuple[dict[str, Any], Image.Image]:
+        """(the answer, RGBA heat map at the image's aspect ratio) for a one-image batch."""
+        features, proba = self.features(batch, training=False)
+        proba = np.asarray(keras.ops.convert_to_numpy(proba), dtype=np.float64)
+        result = self.classifier.describe(proba[0])
+        chosen = self.classifier.classes.index(result["class"])
+        features = keras.ops.convert_to_numpy(features)
+        cam_map = cam.maps_from_features(self.classifier.engine.model, features, chosen)[0]
+        return result, self.overlay(cam_map, height, width)
+
+    def overlay(self, cam_map: np.ndarray, height: int, width: int) -> Image.Image:
+        """RGBA image: JET colours with opacity rising with the map, cropped to the image.
+
+        The model saw the image letterboxed in a square (KerasEngine.prepare), so the map covers
+        that square; the image's own box is cut out of its centre.
+        """
+        scale = min(1.0, self.max_side / max(height, width))
+        out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+        side = max(out_h, out_w)
+        square = cam.heatmap(cam_map, side, side)
+        if self.classifier.engine.keep_aspect:
+            top, left = (side - out_h) // 2, (side - out_w) // 2
+            heat = square[top : top + out_h, left : left + out_w]
+        else:
+            heat = cv2.resize(square, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        colour = cv2.cvtColor(
+            cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+        )
+        alpha = np.uint8(np.clip(heat, 0, 1) * MAX_ALPHA)
+        return Image.fromarray(np.dstack([colour, alpha]), "RGBA")

@@ -1,0 +1,119 @@
+"""The released model as an MLflow pyfunc: base64 images in, the serving core's answers out.
+
+`log_release` logs a released-model folder (pipeline.serving.release) through MLflow's public
+`mlflow.pyfunc.log_model`: the folder is the pyfunc's artifact `release`, the model is
+`pyfunc_model.py` (MLflow's "models from code": nothing pickled), this package is its code
+(`code_paths`, derived by pipeline.serving.shipping, nothing listed by hand), the signature is one
+string column `image` and the input example one synthetic scan. So
+`mlflow models serve -m models:/tumor-classifier@champion --env-manager local` answers
+
+    {"dataframe_records": [{"image": "<base64 PNG/JPEG>"}, ...]}
+    {"inputs": {"image": ["<base64>", ...]}}
+
+with one record per image, the same answer (and the same decision rule) as every other surface.
+A bad image is refused as an MLflow `INVALID_PARAMETER_VALUE` (HTTP 400) whose message starts
+with the status the other surfaces give (413 too big, 415 not an image, 400 broken).
+The example is synthetic on purpose: a validation image would copy a patient's scan into every
+registered and deployed version of the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+from PIL import Image
+
+from pipeline import environment, images
+from pipeline.serving import shipping
+from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64
+
+IMAGE_COLUMN = "image"
+RELEASE_ARTIFACT = "release"
+MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # models from code: no pickle
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]))
+
+
+class ServingModel(mlflow.pyfunc.PythonModel):
+    """What `mlflow.pyfunc.load_model` wraps: decode, answer with the release's own rule."""
+
+    def load_context(self, context: Any) -> None:
+        self.classifier: Classifier = load_classifier(context.artifacts[RELEASE_ARTIFACT])
+        self.limits = Limits.from_env()
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        try:
+            decoded = [decode_upload(_bytes(value), self.limits) for value in _column(model_input)]
+        except InvalidInput as exc:
+            raise MlflowException(
+                f"{exc.status}: {exc.reason}", error_code=INVALID_PARAMETER_VALUE
+            ) from None
+        if not decoded:
+            raise MlflowException(
+                "400: no image in the request", error_code=INVALID_PARAMETER_VALUE
+            )
+        return pd.DataFrame(self.classifier.predict_many(decoded))
+
+
+def _column(data: Any) -> list[Any]:
+    """The `image` values of a DataFrame (what MLflow passes once the signature is enforced)."""
+    if isinstance(data, pd.DataFrame):
+        if IMAGE_COLUMN not in data.columns:
+            raise InvalidInput(400, f"expected a column {IMAGE_COLUMN!r} of base64-encoded images")
+        return list(data[IMAGE_COLUMN])
+    if isinstance(data, dict) and IMAGE_COLUMN in data:
+        values = data[IMAGE_COLUMN]
+        return list(values) if isinstance(values, list | tuple | np.ndarray) else [values]
+    raise InvalidInput(400, f"expected {{{IMAGE_COLUMN!r}: [<base64 image>, ...]}}")
+
+
+def _bytes(value: Any) -> bytes:
+    """A base64 string (or raw bytes, as a Python caller may pass) -> the image file's bytes."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return from_base64(value)
+
+
+def image_example(image: np.ndarray) -> dict[str, list[str]]:
+    """An RGB uint8 image as this flavor's input: {"image": [base64 PNG]}."""
+    encoded = images.png_bytes(Image.fromarray(np.asarray(image, dtype=np.uint8)))
+    return {IMAGE_COLUMN: [base64.b64encode(encoded).decode("ascii")]}
+
+
+def requirements() -> list[str]:
+    """Pinned packages the pyfunc imports (see pipeline.environment)."""
+    import keras
+
+    return environment.pins(
+        ["mlflow", "keras", "numpy", "pandas", "pillow"], keras.backend.backend()
+    )
+
+
+def log_release(
+    release_folder: Path, example: np.ndarray, name: str = "model", tags: dict | None = None
+) -> Any:
+    """Log a released-model folder as the active run's pyfunc model; return MLflow's ModelInfo."""
+    with tempfile.TemporaryDirectory() as tmp:
+        code = shipping.stage_package(Path(tmp))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_SCRIPT),
+            artifacts={RELEASE_ARTIFACT: str(release_folder)},
+            code_paths=[str(code)],
+            signature=SIGNATURE,
+            input_example=image_example(example),
+            pip_requirements=requirements(),
+            tags=tags,
+        )

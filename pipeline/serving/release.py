@@ -1,0 +1,126 @@
+"""The released model: one self-describing folder that every serving surface loads.
+
+    model.keras     the Keras model (resizing and normalisation are layers inside it)
+    release.json    {"format": 1, "model_file", "rule": DecisionRule, "provenance": {...}}
+
+Provenance says what a served answer came from: registered name and version (None for a model
+that was never registered, such as a DVC experiment's), architecture, training run, data manifest
+hash, git commit, the kind of data (synthetic demo or user data) and the DVC experiment name.
+`select` writes this folder (models/selected/), logs it inside the MLflow pyfunc and registers it;
+the Azure package ships it as the model. Nothing here reads registry tags: a surface that holds
+the folder holds everything an answer depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.files import write_json
+from pipeline.serving.rule import DecisionRule
+
+FORMAT = 1
+RELEASE_FILE = "release.json"
+MODEL_FILE = "model.keras"
+PROVENANCE_KEYS = (
+    "model_name",
+    "version",
+    "arch",
+    "run_id",
+    "manifest_sha256",
+    "git_commit",
+    "data_kind",
+    "synthetic_data",
+    "dvc_experiment",
+)
+
+
+class NotARelease(ValueError):
+    """A path that is not a released model folder, with what to do instead."""
+
+
+@dataclass(frozen=True)
+class Release:
+    folder: Path
+    rule: DecisionRule
+    provenance: dict[str, Any] = field(default_factory=dict)
+    model_file: str = MODEL_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / self.model_file
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.provenance.get("synthetic_data", False))
+
+    def identity(self) -> dict[str, str]:
+        """{name, version, arch} as answers report them ("unregistered" for experiments)."""
+        p = self.provenance
+        version = p.get("version")
+        return {
+            "name": str(p.get("model_name") or "unnamed"),
+            "version": str(version) if version is not None else "unregistered",
+            "arch": str(p.get("arch") or "unknown"),
+        }
+
+
+def write_release(
+    folder: Path, model_file: Path, rule: DecisionRule, provenance: dict[str, Any]
+) -> Release:
+    """Copy `model_file` into `folder` and write release.json beside it (folder must exist)."""
+    unknown = sorted(set(provenance) - set(PROVENANCE_KEYS))
+    if unknown:
+        raise ValueError(f"provenance: unknown keys {unknown}; allowed {list(PROVENANCE_KEYS)}")
+    shutil.copyfile(model_file, folder / MODEL_FILE)
+    record = {
+        "format": FORMAT,
+        "model_file": MODEL_FILE,
+        "rule": rule.to_dict(),
+        "provenance": {key: provenance.get(key) for key in PROVENANCE_KEYS},
+    }
+    write_json(folder / RELEASE_FILE, record)
+    return Release(Path(folder), rule, record["provenance"])
+
+
+def read_release(folder: Path) -> Release:
+    """The release in `folder` (or in the folder of a release.json / model.keras path given)."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    path = folder / RELEASE_FILE
+    if not path.is_file():
+        raise NotARelease(
+            f"{folder}: no {RELEASE_FILE}; serve a released model (models/selected/, "
+            "models:/<name>@<alias>), not a training output"
+        )
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != FORMAT:
+            raise NotARelease(f"{path}: release format {record.get('format')!r}, expected {FORMAT}")
+        release = Release(
+            folder, DecisionRule.from_dict(record["rule"]), dict(record["provenance"])
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, NotARelease):
+            raise
+        raise NotARelease(
+            f"{path}: not a valid release record ({type(exc).__name__}: {exc})"
+        ) from None
+    if not release.model_path.is_file():
+        raise NotARelease(f"{folder}: {release.model_file} is missing")
+    return release
+
+
+def find_release(root: Path) -> Path:
+    """The one folder under `root` holding a release.json (MLflow and Azure nest it)."""
+    root = Path(root)
+    if (root / RELEASE_FILE).is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob(RELEASE_FILE))
+    if len(found) != 1:
+        raise NotARelease(f"{root}: expected one {RELEASE_FILE} inside, found {len(found)}")
+    return found[0]

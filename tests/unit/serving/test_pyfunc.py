@@ -1,0 +1,88 @@
+"""The MLflow pyfunc: logged through the public API, it answers like every other surface."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from PIL import Image
+
+from pipeline import tracking
+from pipeline.serving import pyfunc
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.release import find_release
+from pipeline.serving.uploads import decode_upload
+from tests.factories import encode, enter_project, label_image, scan
+
+EXAMPLE = label_image(1, 32, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def logged(mini_release, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pyfunc")
+    with pytest.MonkeyPatch.context() as mp:
+        enter_project(mp, root)
+        tracking.setup("tests")
+        with mlflow.start_run():
+            info = pyfunc.log_release(mini_release[0], EXAMPLE)
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "dl")))
+        yield info, local, mlflow.pyfunc.load_model(str(local))
+
+
+def b64(image: np.ndarray) -> str:
+    return base64.b64encode(encode(image)).decode()
+
+
+def test_the_model_ships_the_serving_package_and_the_release_not_the_pipeline(logged):
+    _, local, _ = logged
+    mlmodel = Model.load(str(local / "MLmodel"))
+    assert "python_function" in mlmodel.flavors and mlmodel.model_id
+    code = local / "code" / "pipeline"
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    assert {"serving/rule.py", "serving/classifier.py", "images.py"} <= shipped
+    assert not {"train.py", "config.py", "tracking.py", "select.py"} & shipped
+    assert find_release(local / "artifacts").name == "selected"  # the folder, as select wrote it
+    assert not list(local.rglob("*.pkl"))  # models from code: nothing pickled
+    requirements = (local / "requirements.txt").read_text()
+    assert "keras==" in requirements and "pillow==" in requirements
+
+
+def test_the_signature_and_input_example_show_the_request_format(logged):
+    _, local, _ = logged
+    mlmodel = Model.load(str(local / "MLmodel"))
+    assert mlmodel.signature.inputs.input_names() == ["image"]
+    request = json.loads((local / "serving_input_example.json").read_text())
+    decoded = Image.open(io.BytesIO(base64.b64decode(request["inputs"]["image"][0])))
+    assert np.array_equal(np.asarray(decoded), EXAMPLE)
+
+
+def test_it_answers_exactly_as_the_serving_core(logged, mini_release):
+    _, _, served = logged
+    core = load_classifier(mini_release[0])
+    images = [scan(seed) for seed in range(3)]
+    out = served.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
+    for row, image in zip(out.to_dict("records"), images, strict=True):
+        expected = core.predict(decode_upload(encode(image)))
+        assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+        assert row["class"] == expected["class"] and row["decision"] == expected["decision"]
+        assert row["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [("data:xyz", "400"), ("not base64!", "400"), (base64.b64encode(b"%PDF-1.7").decode(), "415")],
+)
+def test_bad_images_are_400_class_errors_with_the_status_first(logged, value, status):
+    _, _, served = logged
+    with pytest.raises(MlflowException) as refused:
+        served.predict(pd.DataFrame({"image": [value]}))
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert str(refused.value.message).startswith(f"{status}: ")

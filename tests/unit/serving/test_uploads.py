@@ -1,0 +1,116 @@
+"""pipeline.serving.uploads: careless uploads become clean refusals, in bounded memory."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64, sniff_format
+from tests.factories import encode, scan
+
+LIMITS = Limits(max_bytes=10**6, max_pixels=10**6)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming `width` x `height` with one short IDAT: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"])
+def test_supported_formats_decode_by_content(fmt):
+    data = encode(scan(), fmt)
+    assert sniff_format(data) == fmt
+    image = decode_upload(data, LIMITS)
+    assert image.size == (56, 40) and image.mode in ("RGB", "L")
+
+
+def test_grey_rgba_palette_and_16bit_uploads_give_the_same_pixels():
+    grey = scan()[:, :, 0]
+    rgba = np.dstack([scan(), np.full((40, 56), 255, np.uint8)])
+    deep = (grey.astype(np.uint16) * 257).astype(np.uint16)
+    palette = Image.fromarray(grey).convert("P")
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    for data in (encode(grey), encode(rgba), encode(deep), buffer.getvalue()):
+        image = np.asarray(decode_upload(data, LIMITS).convert("RGB"))
+        assert np.array_equal(image[:, :, 0], grey)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"just some text, named scan.png by its sender", 415, "not a supported image"),
+        (b"%PDF-1.7\n" + b"0" * 100, 415, "not a supported image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n" + b"0" * 100, 415, "not a supported image"),
+        (png_header_only(100_000, 100_000), 413, "--max-pixels"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, 400, "corrupt"),
+    ],
+    ids=["empty", "text", "pdf", "eps", "pixel-bomb-header", "broken-png"],
+)
+def test_bad_uploads_are_refused_with_a_status_and_a_reason(data, status, words):
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(data, LIMITS)
+    assert refused.value.status == status and words in refused.value.reason
+
+
+def test_refusals_name_the_servers_own_limits_never_the_pipelines_params():
+    data = encode(scan())
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(data, Limits(max_bytes=len(data) - 1))
+    assert refused.value.status == 413 and "--max-bytes" in refused.value.reason
+    azure = Limits.from_env()
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(png_header_only(9000, 9000), azure)
+    assert "MAX_IMAGE_PIXELS" in refused.value.reason and "prepare." not in refused.value.reason
+
+
+def test_truncated_and_tiny_images_are_400():
+    data = encode(scan(height=200, width=200))
+    for bad in (data[: len(data) // 2], encode(scan(height=8, width=8))):
+        with pytest.raises(InvalidInput) as refused:
+            decode_upload(bad, LIMITS)
+        assert refused.value.status == 400
+
+
+def test_a_large_16_bit_upload_decodes_within_memory_proportional_to_its_output():
+    """The old decoder made an int64 copy: 8 bytes per pixel on top of the image."""
+    side = 3000
+    deep = np.tile(np.arange(side, dtype=np.uint16) * 21, (side, 1))
+    data = encode(deep)
+    tracemalloc.start()
+    try:
+        image = decode_upload(data, Limits(max_bytes=10**8, max_pixels=10**8))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.mode == "L" and image.size == (side, side)
+    assert peak < 2 * side * side, f"{peak / side**2:.1f} bytes per pixel"
+
+
+@pytest.mark.parametrize("text", ["data:xyz", "data:image/png,abc", "not base64!", "", 42])
+def test_bad_base64_and_data_urls_are_400_not_a_crash(text):
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(from_base64(text), LIMITS)
+    assert refused.value.status == 400
+
+
+def test_a_data_url_and_plain_base64_give_the_same_bytes():
+    import base64
+
+    raw = encode(scan())
+    text = base64.b64encode(raw).decode()
+    assert from_base64(text) == from_base64("data:image/png;base64," + text) == raw
