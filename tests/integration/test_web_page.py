@@ -17,11 +17,12 @@ import pytest
 from PIL import Image
 
 from pipeline import synthetic
-from pipeline.inference import Classifier, decode_upload
-from pipeline.serve import create_app
+from pipeline.serving.app import create_app
+from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.uploads import decode_upload
+from tests.factories import CLASSES, make_release
 from tests.servers import free_port
 
-CLASSES = ("benign", "malignant", "normal")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 LAUNCH_ARGS = [
     "--headless",
@@ -37,9 +38,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_model) -> Classifier:
-    model = tiny_model[1]
-    return Classifier(model, CLASSES, 0.4, "tumor-classifier", "5", "resnet50", True)
+def classifier(tiny_model, tmp_path_factory) -> Classifier:
+    folder = tmp_path_factory.mktemp("page") / "selected"
+    return load_classifier(make_release(folder, tiny_model[1], 0.4, version="5"))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,10 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     page.wait_for_selector("#result[data-state='done']", timeout=60_000)
 
     expected = classifier.predict(decode_upload(demo_image.read_bytes()))
-    assert page.inner_text("#predicted-class") == expected["predicted_class"]
+    assert page.inner_text("#predicted-class") == expected["class"]  # one answer, the rule's
+    decision = page.inner_text("#decision")
+    assert ("malignant: yes" if expected["decision"]["positive"] else "malignant: no") in decision
+    assert "0.4000" in decision
     assert page.locator("#bars li").count() == len(CLASSES)
     for name, p in expected["probabilities"].items():
         shown = page.inner_text(f"#bars li[data-class='{name}'] .value")

@@ -34,14 +34,14 @@ function showError(message) {
   setState("error", "");
 }
 
-function renderBars(probabilities, predicted) {
+function renderBars(probabilities, answered, positiveClass) {
   const list = $("bars");
   list.replaceChildren();
   for (const [name, p] of Object.entries(probabilities)) {
     const item = document.createElement("li");
     item.dataset.class = name;
-    if (name === predicted) item.classList.add("top");
-    if (name === "malignant") item.classList.add("malignant");
+    if (name === answered) item.classList.add("top");
+    if (name === positiveClass) item.classList.add("malignant");
     const label = document.createElement("span");
     label.textContent = name;
     const track = document.createElement("span");
@@ -62,18 +62,13 @@ function renderBars(probabilities, predicted) {
 async function renderResult(result, request) {
   $("error").hidden = true;
   $("answer").hidden = false;
-  $("predicted-class").textContent = result.predicted_class;
-  const d = result.malignant_decision;
-  if (d) {
-    const rule = d.threshold === null
-      ? "no operating point for this model version: argmax decides"
-      : `operating point: malignant probability ≥ ${d.threshold.toFixed(3)}`;
-    $("decision").textContent =
-      `Malignant decision: ${d.positive ? "POSITIVE" : "negative"} (${rule}).`;
-  } else {
-    $("decision").textContent = "";
-  }
-  renderBars(result.probabilities, result.predicted_class);
+  // One answer: the decision rule's class. The flag below is the same decision, said for the
+  // positive class, and the bars are the probabilities the rule compared.
+  $("predicted-class").textContent = result.class;
+  const d = result.decision;
+  const positive = d.positive ? "yes" : "no";
+  $("decision").textContent = `${d.positive_class}: ${positive}. Rule: ${d.rule}.`;
+  renderBars(result.probabilities, result.class, d.positive_class);
   const m = result.model;
   $("timing").textContent =
     `Model ${m.name} v${m.version} (${m.arch}) · inference ${result.inference_ms.toFixed(1)} ms` +

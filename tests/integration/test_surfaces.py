@@ -1,0 +1,300 @@
+"""One registered model, one image, one answer: the four serving surfaces, as real servers.
+
+Every demo image (the demo_data stage's 420 synthetic scans) goes through the local service
+(`python -m pipeline.serve`), MLflow's own server (`mlflow models serve`), Azure's inference
+server (`azmlinfsrv` with the packaged score.py, in its own pinned environment) and the batch
+scorer (`python -m pipeline.predict`); the probabilities agree to 1e-5 and the decisions exactly.
+Then each surface's refusals are probed.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import csv
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import demo_data, package, registry, tracking
+from pipeline.config import parse_params
+from pipeline.serving import pyfunc
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.uploads import decode_upload
+from tests.factories import encode, enter_project, make_prepared, make_release, mini_classifier
+from tests.servers import free_port, running
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+AZURE_SERVER = ROOT / ".venv-azureml-server" / "bin" / "azmlinfsrv"
+AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
+BIN = Path(sys.executable).parent
+MAX_UPLOAD_BYTES = 400_000
+RAW = {"mlflow": {"experiment": "tests"}, "demo": {"out_dir": "demo"}}
+
+
+def post(url: str, body: bytes, content_type: str | None, timeout: float = 120) -> tuple:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = urllib.request.Request(url, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
+
+
+def multipart(field: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="scan.png"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def median_malignant_probability(model, scans: list[Path], folder: Path) -> float:
+    """A threshold that splits these images in two, so the decisions go both ways."""
+    probe = load_classifier(make_release(folder, model, None))
+    answers = probe.predict_many([decode_upload(p.read_bytes()) for p in scans])
+    return round(float(np.median([a["probabilities"]["malignant"] for a in answers])), 6)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project with the demo images, a registered @champion release and the Azure package."""
+    root = tmp_path_factory.mktemp("surfaces")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = enter_project(mp, root)
+        params = parse_params(RAW)
+        demo_data.run(params)
+        make_prepared(root, per_split={"train": 1, "val": 1, "test": 2})
+        tracking.setup("tests")
+        scans = [p for p in sorted((root / "demo").rglob("*.png")) if "_mask" not in p.stem]
+        threshold = median_malignant_probability(mini_classifier(seed=1), scans, root / "probe")
+        release = make_release(root / "release", mini_classifier(seed=1), threshold, version="1")
+        with mlflow.start_run():
+            info = pyfunc.log_release(release, np.zeros((32, 32, 3), np.uint8))
+        assert registry.register(info.model_uri, "tumor-classifier", "challenger", {}) == "1"
+        registry.set_alias("tumor-classifier", "champion", "1")
+        (root / "params.yaml").write_text(json.dumps(RAW))
+        assert package.main([]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{env['PATH']}")
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
+    return root, scans, env
+
+
+@pytest.fixture(scope="module")
+def service(project):
+    root, _, env = project
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline.serve", "--port", str(port), "--no-heatmaps"]
+    with running(
+        command, f"http://127.0.0.1:{port}/health", root / "serve.log", env=env, cwd=root
+    ) as process:
+        yield f"http://127.0.0.1:{port}", process
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(project):
+    root, _, env = project
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m"]
+    command += ["models:/tumor-classifier@champion", "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(command, f"http://127.0.0.1:{port}/ping", root / "mlflow.log", env=env, cwd=root):
+        yield f"http://127.0.0.1:{port}/invocations"
+
+
+@pytest.fixture(scope="module")
+def azure_server(project):
+    if not AZURE_SERVER.is_file():
+        pytest.skip("azmlinfsrv not installed: run `make azure-server-env`")
+    root, _, env = project
+    packaged = root / "build" / "azure"
+    port = free_port()
+    command = [str(AZURE_SERVER), "--entry_script", "score.py", "--model_dir"]
+    command += [str(packaged / "model"), "--port", str(port)]
+    azure_env = {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"WORKER_COUNT": "1"}
+    with running(
+        command,
+        f"http://127.0.0.1:{port}/",
+        root / "azure.log",
+        env=azure_env,
+        cwd=packaged / "code",
+    ):
+        yield f"http://127.0.0.1:{port}/score"
+
+
+def answers_over_http(url: str, scans: list[Path]) -> list[dict]:
+    def one(path: Path) -> dict:
+        status, answer, _ = post(url, path.read_bytes(), "image/png")
+        assert status == 200, (path.name, answer)
+        return answer
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return list(pool.map(one, scans))
+
+
+def answers_from_mlflow(url: str, scans: list[Path]) -> list[dict]:
+    found = []
+    for start in range(0, len(scans), 60):
+        records = [
+            {"image": base64.b64encode(p.read_bytes()).decode()} for p in scans[start : start + 60]
+        ]
+        status, answer, _ = post(
+            url, json.dumps({"dataframe_records": records}).encode(), "application/json"
+        )
+        assert status == 200, answer
+        found += answer["predictions"]
+    return found
+
+
+def answers_from_batch_scorer(project: tuple) -> list[dict]:
+    root, scans, env = project
+    out = root / "predictions.csv"
+    command = [sys.executable, "-m", "pipeline.predict", "demo", "--out", str(out)]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with out.open(newline="") as handle:
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    found = []
+    for path in scans:
+        row = rows[str(path.relative_to(root / "demo"))]
+        probabilities = {
+            k.removeprefix("p_"): float(v) for k, v in row.items() if k.startswith("p_")
+        }
+        decision = {"positive": row["positive"] == "True"}
+        found.append({"class": row["class"], "probabilities": probabilities, "decision": decision})
+    return found
+
+
+def test_every_demo_image_gets_the_same_answer_on_all_four_surfaces(
+    project, service, mlflow_server, azure_server
+):
+    _, scans, _ = project
+    assert len(scans) == 420
+    surfaces = {
+        "service": answers_over_http(service[0] + "/predict", scans),
+        "mlflow models serve": answers_from_mlflow(mlflow_server, scans),
+        "azmlinfsrv": answers_over_http(azure_server, scans),
+        "batch scorer": answers_from_batch_scorer(project),
+    }
+    reference = surfaces["service"]
+    positives = sum(a["decision"]["positive"] for a in reference)
+    assert 0 < positives < len(scans)  # the threshold decides both ways on these images
+    for name, answers in surfaces.items():
+        assert len(answers) == len(scans), name
+        for path, ours, theirs in zip(scans, answers, reference, strict=True):
+            assert ours["class"] == theirs["class"], (name, path.name)
+            assert ours["decision"]["positive"] == theirs["decision"]["positive"], (name, path.name)
+            for cls, p in theirs["probabilities"].items():
+                assert abs(ours["probabilities"][cls] - p) <= 1e-5, (name, path.name, cls)
+    for name in ("service", "mlflow models serve", "azmlinfsrv"):
+        assert surfaces[name][0]["model"] == {
+            "name": "tumor-classifier",
+            "version": "1",
+            "arch": "resnet50",
+        }
+
+
+# --- refusals, surface by surface ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, words",
+    [
+        (encode(np.zeros((200, 200, 3), np.uint8))[:60], "image/png", 400, "truncated"),
+        (b"%PDF-1.7\n1 0 obj << >> endobj\n", "application/pdf", 415, "not a supported image"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_BYTES), "image/png", 413, "MAX_UPLOAD_BYTES"),
+        (b'{"picture": "abc"}', "application/json", 400, "JSON body must be"),
+        (b'{"image": "data:xyz"}', "application/json", 400, "data URL"),
+        (b"", "image/png", 400, "empty"),
+    ],
+    ids=["corrupt", "pdf", "oversize", "bad-json", "bad-data-url", "empty"],
+)
+def test_azure_refuses_bad_input_with_a_4xx_and_a_reason(
+    azure_server, body, content_type, status, words
+):
+    got, answer, _ = post(azure_server, body, content_type)
+    assert got == status, answer
+    assert answer["status"] == status and words in answer["error"]
+
+
+def test_azure_takes_file_or_image_multipart_fields_and_says_allow_on_405(azure_server, project):
+    image = project[1][0].read_bytes()
+    for field in ("file", "image"):
+        status, answer, _ = post(azure_server, *multipart(field, image))
+        assert status == 200 and answer["class"], answer
+    request = urllib.request.Request(azure_server, method="GET")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
+
+
+def test_azure_stops_reading_a_chunked_json_body_at_the_limit(azure_server):
+    def chunks():
+        yield b'{"image": "'
+        for _ in range(40):
+            yield b"A" * 20_000  # 800 KB in all, over the 400 KB limit, with no Content-Length
+
+    request = urllib.request.Request(
+        azure_server, data=chunks(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "MAX_UPLOAD_BYTES" in json.loads(refused.value.read())["error"]
+
+
+def test_mlflow_server_refuses_a_bad_image_with_400_and_the_status_first(mlflow_server):
+    junk = base64.b64encode(b"GIF89a but not really").decode()
+    body = json.dumps({"dataframe_records": [{"image": junk}]}).encode()
+    status, answer, _ = post(mlflow_server, body, "application/json")
+    assert status == 400  # MLflow wraps the message: "Failed to predict ... Error: 400: ..."
+    assert "Error: 400: corrupt" in answer["message"]
+
+
+def test_four_huge_16_bit_uploads_at_once_keep_the_service_under_1_5_gb(service, tmp_path):
+    """7000 x 7000 16-bit grey: 95 KB of PNG, 98 MB of pixels. Before: about 1 GB of RSS each."""
+    url, process = service
+    deep = np.zeros((7000, 7000), dtype=np.uint16)
+    deep[::50] = 40_000
+    path = tmp_path / "deep.png"
+    Image.fromarray(deep).save(path, optimize=False)
+    body = path.read_bytes()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: post(url + "/predict", body, "image/png"), range(4)))
+    assert [status for status, _, _ in results] == [200] * 4, results[0][1]
+    status_file = Path(f"/proc/{process.pid}/status").read_text()
+    peak_kb = int(
+        next(line for line in status_file.splitlines() if line.startswith("VmHWM")).split()[1]
+    )
+    assert peak_kb < 1.5 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_the_azure_package_validates_and_ships_the_release_and_only_serving_code(project):
+    if not AZURE_ML_PYTHON.is_file():
+        pytest.skip("azure-ai-ml not installed: run `make azure-ml-env`")
+    packaged = project[0] / "build" / "azure"
+    validate = [str(AZURE_ML_PYTHON), str(ROOT / "deploy" / "azure" / "validate.py"), str(packaged)]
+    result = subprocess.run(validate, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert Path(json.loads(result.stdout)["deployment"]["model_path"]) == packaged / "model"
+    assert json.loads((packaged / "model" / "release.json").read_text())["rule"]["threshold"]
+    shipped = {
+        p.relative_to(packaged / "code").as_posix() for p in (packaged / "code").rglob("*.py")
+    }
+    assert "score.py" in shipped and "pipeline/serving/classifier.py" in shipped
+    assert not {"pipeline/config.py", "pipeline/train.py", "pipeline/tracking.py"} & shipped
