@@ -1,45 +1,63 @@
-"""Promotion: move the registry's `champion` alias to the `challenger`, only through the gates.
+"""Promotion: move the registry's `champion` alias to the `challenger`, only through the gate.
 
-`python -m pipeline.promote` (or `make promote`) loads `<select.model_name>@<select.alias>` (the
-challenger) and `@<promote.alias>` (the champion, if any), evaluates both on the test split of
-the current manifest (`data/prepared/`), and moves the champion alias only when the challenger
+`python -m pipeline.promote` (or `make promote`) loads the released models
+`<select.model_name>@<select.alias>` (the challenger) and `@<promote.alias>` (the champion, if
+any) and scores both, each by its own served decision rule, on the test images of the current
+manifest that neither model saw: a test group any of whose images is in either release's
+`trained_on.txt` (its train and validation images, by content hash) is left out, and fewer than
+`promote.min_test_images` remaining is a refusal. The alias moves only when the challenger
 1. reaches `promote.min_macro_f1` and `promote.min_malignant_sensitivity` (absolute floors), and
-2. is not more than `promote.max_regression` below the champion on either metric.
-Test metrics are frozen report numbers for selection (select chooses on validation), so using
-them here as a gate does not feed back into any choice among candidates.
-
-The decision is written on the challenger version as `promotion_*` tags and to
-`reports/promotion.json`; a refusal exits non-zero with one line saying why.
-`python -m pipeline.promote rollback` (or `make rollback`) points the champion alias back at the
-version it replaced.
+2. is non-inferior to the champion: the one-sided 95% lower bound of the paired, group-level
+   bootstrap difference in macro-F1 (challenger - champion) lies above `-promote.margin`
+   (pipeline.statistics.non_inferiority; bench/promotion_gate.py prints its error rates).
+Every look at the test split is recorded in the test ledger (pipeline.ledger), and the decision,
+with the interval and how often the split has been looked at, goes on the challenger version as
+`promotion_*` tags and to `reports/promotion.json`; a refusal exits non-zero with one line saying
+why. `python -m pipeline.promote rollback` (or `make rollback`) points the champion alias back at
+the version it replaced, after checking that version still loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 from sklearn.metrics import f1_score
 
-from pipeline import registry, tracking
+from pipeline import ledger, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params
-from pipeline.datasets import PREPARED_DIR, load_set
+from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.classifier import Classifier, download_release, load_classifier
+from pipeline.serving.release import read_release
+from pipeline.statistics import non_inferiority
 
 DECISION_FILE = Path("reports/promotion.json")
-GATED = ("macro_f1", "malignant_sensitivity")
 ACTIONS = ("promote", "rollback")
+POSITIVE = "malignant"
 
 
 class PromotionRefused(UserError):
-    """The challenger did not pass the gates; the message is the one-line reason."""
+    """The challenger did not pass the gate; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered release as promotion sees it: the serving core, its hash and what it saw."""
+
+    version: str
+    classifier: Classifier
+    model_sha256: str
+    trained_on: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -50,62 +68,80 @@ class Decision:
     champion: str | None  # the version compared against (None: no champion yet)
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    evidence: dict[str, Any] = field(default_factory=dict)  # held-out images, interval, looks
 
 
-def decide(
-    challenger: dict[str, float], champion: dict[str, float] | None, params: Params
-) -> tuple[bool, str]:
-    """Apply the gates to test metrics; return (promote?, reason). Pure, so tests pin the rules."""
+def floors(metrics: dict[str, float], params: Params) -> tuple[bool, str]:
+    """The absolute gates on the challenger's own test metrics (a NaN never passes)."""
     p = params.promote
-    floors = {"macro_f1": p.min_macro_f1, "malignant_sensitivity": p.min_malignant_sensitivity}
-    for name, floor in floors.items():
-        if not challenger[name] >= floor:  # also refuses a NaN
-            return False, f"test {name} {challenger[name]:.4f} < promote.min_{name} {floor:.4f}"
-    if champion is None:
-        return True, "no champion yet; the challenger passes the absolute gates"
-    for name in GATED:
-        if not challenger[name] >= champion[name] - p.max_regression:
-            return False, (
-                f"test {name} {challenger[name]:.4f} regresses more than "
-                f"promote.max_regression {p.max_regression:.4f} below the champion's "
-                f"{champion[name]:.4f}"
-            )
-    return True, "passes the absolute gates and does not regress against the champion"
+    for name, floor in (
+        ("macro_f1", p.min_macro_f1),
+        ("malignant_sensitivity", p.min_malignant_sensitivity),
+    ):
+        if not metrics[name] >= floor:
+            return False, f"test {name} {metrics[name]:.4f} < promote.min_{name} {floor:.4f}"
+    return True, "passes the absolute gates"
 
 
-def evaluate_on_test(name: str, version: str, params: Params) -> dict[str, float | int]:
-    """Macro-F1 and malignant sensitivity of a registered release on the test split, decided by
-    the release's own rule (the answer it would serve), through the serving core."""
-    test = load_set(PREPARED_DIR, params.classes, split="test")
-    if len(test) == 0:
-        raise UserError(f"{PREPARED_DIR / 'manifest.csv'}: the test split is empty")
-    classifier = load_release(name, version)
-    if classifier.classes != params.classes:
-        raise UserError(
-            f"{name} version {version}: model classes {list(classifier.classes)} differ from "
-            f"params classes {list(params.classes)}"
-        )
-    answers = classifier.predict_many(list(test.images))
-    decided = np.array([params.classes.index(a["class"]) for a in answers])
-    positive = params.classes.index("malignant")
-    found = (decided == positive)[test.labels == positive]
-    return {
-        "macro_f1": float(f1_score(test.labels, decided, average="macro", zero_division=0)),
-        "malignant_sensitivity": float(found.mean()) if len(found) else 0.0,
-        "n_test": len(test),
-    }
-
-
-def load_release(name: str, version: str) -> Classifier:
-    """The registered release `name` version `version`, or a UserError saying what is wrong."""
+def fetch(name: str, version: str) -> Candidate:
+    """Download, check and load a registered release, or a UserError saying what is wrong."""
     try:
-        return load_classifier(f"models:/{name}/{version}", tracking_uri=tracking.tracking_uri())
+        with tempfile.TemporaryDirectory() as tmp:
+            release = read_release(download_release(f"models:/{name}/{version}", tmp))
+            classifier = load_classifier(release.folder)
+            return Candidate(
+                str(version),
+                classifier,
+                ledger.file_sha256(str(release.model_path)),
+                release.trained_on(),
+            )
     except Exception as exc:  # missing, truncated or not a release: one line, not a traceback
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        detail = (str(exc).splitlines() or [""])[0][:200]
         raise UserError(
-            f"{name} version {version}: cannot be loaded ({type(exc).__name__}: {detail[:200]}); "
+            f"{name} version {version}: cannot be loaded ({type(exc).__name__}: {detail}); "
             "register a new version with `dvc repro` (select)"
         ) from None
+
+
+def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, np.ndarray, dict]:
+    """The test images whose whole group is unseen by every candidate, with their groups."""
+    test = load_set(PREPARED_DIR, params.classes, split="test")
+    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    frame = frame[frame["split"] == "test"].reset_index(drop=True)
+    seen = frozenset().union(*(c.trained_on for c in candidates))
+    tainted = set(frame.loc[frame["sha256"].isin(seen), "group"])
+    keep = ~frame["group"].isin(tainted).to_numpy()
+    counts = {"test_images": len(frame), "held_out_images": int(keep.sum()),
+              "held_out_groups": int(frame.loc[keep, "group"].nunique()),
+              "left_out_seen_in_training": int((~keep).sum())}  # fmt: skip
+    if counts["held_out_images"] < params.promote.min_test_images:
+        raise UserError(
+            f"only {counts['held_out_images']} of {len(frame)} test images are unseen by both "
+            f"models (promote.min_test_images {params.promote.min_test_images}); the others are "
+            "in a model's training data: add new test data before promoting"
+        )
+    subset = ImageSet(
+        test.images[keep],
+        test.labels[keep],
+        [p for p, k in zip(test.paths, keep, strict=True) if k],
+    )
+    return subset, frame.loc[keep, "group"].to_numpy(), counts
+
+
+def decisions(candidate: Candidate, test: ImageSet, classes: tuple[str, ...]) -> np.ndarray:
+    """Class indices the release would serve for the test images (its own decision rule)."""
+    answers: list[dict] = []
+    for start in range(0, len(test), 64):
+        answers += candidate.classifier.predict_many(list(test.images[start : start + 64]))
+    return np.array([classes.index(a["class"]) for a in answers], dtype=np.int64)
+
+
+def test_metrics(y: np.ndarray, decided: np.ndarray, positive: int) -> dict[str, float]:
+    found = decided[y == positive] == positive
+    return {
+        "macro_f1": float(f1_score(y, decided, average="macro", zero_division=0)),
+        "malignant_sensitivity": float(found.mean()) if found.size else float("nan"),
+    }
 
 
 def promote(params: Params) -> Decision:
@@ -115,40 +151,77 @@ def promote(params: Params) -> Decision:
         raise UserError(f"{name}@{params.select.alias}: not found; run `dvc repro` (select) first")
     champion = registry.version_by_alias(name, p.alias)
     if champion is not None and champion.version == challenger.version:
-        reason = f"version {challenger.version} is already @{p.alias}; nothing to do"
-        write_json(
-            DECISION_FILE, {"model_name": name, "promotion_status": "unchanged", "reason": reason}
-        )
-        print(f"promote: {name} {reason}")
-        return Decision(False, reason, str(challenger.version), str(champion.version), {}, None)
+        return _unchanged(name, str(challenger.version), p.alias)
     if challenger.tags.get("promotion_status") == "rolled_back":
         raise UserError(
             f"{name} version {challenger.version} was rolled back from @{p.alias}; "
             f"register a new @{params.select.alias} (dvc repro) before promoting again"
         )
     manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
-    trained_on = challenger.tags.get("manifest_sha256")
-    if trained_on and trained_on != manifest:
-        raise UserError(
-            f"{name} version {challenger.version} was selected on another data manifest; "
-            "run `dvc pull` / `dvc repro` so its test split is the one it was held out from"
-        )
     try:
-        ours = evaluate_on_test(name, challenger.version, params)
-        theirs = evaluate_on_test(name, champion.version, params) if champion else None
+        ours = fetch(name, str(challenger.version))
+        theirs = fetch(name, str(champion.version)) if champion else None
+        decision = _judge(params, ours, theirs, manifest)
     except UserError as exc:
-        _record_refusal(params, str(challenger.version), str(exc), manifest)
-        raise PromotionRefused(f"promotion refused: {exc}") from None
-    ok, reason = decide(ours, theirs, params)
-    decision = Decision(
-        ok, reason, str(challenger.version), champion and str(champion.version), ours, theirs
-    )
+        decision = Decision(
+            False, str(exc), str(challenger.version), champion and str(champion.version), {}, None
+        )
     _record(decision, params, manifest)
-    if not ok:
-        raise PromotionRefused(f"promotion refused: {name} version {challenger.version}: {reason}")
-    registry.set_alias(name, p.alias, challenger.version)
-    print(f"promote: {name} version {challenger.version} is now @{p.alias} ({reason})")
+    if not decision.promoted:
+        raise PromotionRefused(
+            f"promotion refused: {name} version {challenger.version}: {decision.reason}"
+        )
+    registry.set_alias(name, p.alias, str(challenger.version))
+    print(f"promote: {name} version {challenger.version} is now @{p.alias} ({decision.reason})")
     return decision
+
+
+def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: str) -> Decision:
+    """Score both releases on the held-out test images and apply the gate."""
+    classes = params.classes
+    test, groups, counts = held_out(params, [c for c in (ours, theirs) if c])
+    positive = classes.index(POSITIVE)
+    mine = decisions(ours, test, classes)
+    metrics = test_metrics(test.labels, mine, positive) | {"n_test": len(test)}
+    split = ledger.split_fingerprint(_test_hashes(test))
+    _look(params, ours, split, manifest, metrics)
+    ok, reason = floors(metrics, params)
+    evidence: dict[str, Any] = dict(counts)
+    other, other_metrics = None, None
+    if theirs is not None:
+        other = decisions(theirs, test, classes)
+        other_metrics = test_metrics(test.labels, other, positive) | {"n_test": len(test)}
+        _look(params, theirs, split, manifest, other_metrics)
+        record = non_inferiority(
+            test.labels, mine, other, groups, margin=params.promote.margin, metric="macro_f1",
+            positive=positive, seed=params.seed,
+        )  # fmt: skip
+        evidence["non_inferiority"] = record.as_dict()
+        if ok:
+            ok, reason = record.accepted, f"non-inferiority {record.reason}"
+    elif ok:
+        reason = "no champion yet; the challenger passes the absolute gates"
+    evidence["test_split_use"] = ledger.split_use(params.mlflow.experiment, split)
+    return Decision(
+        ok, reason, ours.version, theirs and theirs.version, metrics, other_metrics, evidence
+    )
+
+
+def _test_hashes(test: ImageSet) -> list[str]:
+    frame = read_manifest(PREPARED_DIR / "manifest.csv").set_index("path")
+    return [str(frame.loc[p, "sha256"]) for p in test.paths]
+
+
+def _look(params: Params, candidate: Candidate, split: str, manifest: str, metrics: dict) -> None:
+    ledger.record_look(
+        params.mlflow.experiment,
+        split_sha256=split,
+        manifest_sha256=manifest,
+        model=f"{params.select.model_name}/{candidate.version}",
+        model_sha256=candidate.model_sha256,
+        purpose="promote",
+        metrics={k: float(v) for k, v in metrics.items() if np.isfinite(v)},
+    )
 
 
 def rollback(params: Params) -> str:
@@ -162,7 +235,7 @@ def rollback(params: Params) -> str:
         raise UserError(
             f"{name} version {current.version} replaced no champion; nothing to roll back to"
         )
-    load_release(name, previous)  # never roll back onto a version that cannot serve
+    fetch(name, previous)  # never roll back onto a version that cannot serve
     registry.set_alias(name, alias, previous)
     registry.tag_version(
         name,
@@ -180,26 +253,27 @@ def run(params: Params, action: str = "promote") -> Decision | str:
     return promote(params) if action == "promote" else rollback(params)
 
 
-def _record_refusal(params: Params, version: str, reason: str, manifest: str) -> None:
-    """A refusal before any metric (a version that does not load) is recorded like any other."""
-    decision = Decision(False, reason, version, None, {}, None)
-    try:
-        _record(decision, params, manifest)
-    except mlflow.exceptions.MlflowException:
-        write_json(DECISION_FILE, {"model_name": params.select.model_name, **_plain(decision)})
+def _unchanged(name: str, version: str, alias: str) -> Decision:
+    reason = f"version {version} is already @{alias}; nothing to do"
+    write_json(
+        DECISION_FILE, {"model_name": name, "promotion_status": "unchanged", "reason": reason}
+    )
+    print(f"promote: {name} {reason}")
+    return Decision(False, reason, version, version, {}, None)
 
 
 def _record(decision: Decision, params: Params, manifest: str) -> None:
+    """Tags on the challenger version (when it exists) and reports/promotion.json."""
     tags = {
         "promotion_status": "promoted" if decision.promoted else "refused",
-        "promotion_reason": decision.reason,
+        "promotion_reason": decision.reason[:5000],
         "promotion_compared_to": decision.champion or "none",
         "promotion_time": _now(),
         "promotion_manifest_sha256": manifest,
-        "promotion_gates": (
+        "promotion_gate": (
             f"min_macro_f1={params.promote.min_macro_f1} "
             f"min_malignant_sensitivity={params.promote.min_malignant_sensitivity} "
-            f"max_regression={params.promote.max_regression}"
+            f"margin={params.promote.margin} min_test_images={params.promote.min_test_images}"
         ),
         **{f"promotion_test_{k}": _tag(v) for k, v in decision.challenger_metrics.items()},
         **{
@@ -207,9 +281,17 @@ def _record(decision: Decision, params: Params, manifest: str) -> None:
             for k, v in (decision.champion_metrics or {}).items()
         },
     }
+    ni = decision.evidence.get("non_inferiority") or {}
+    if ni.get("lower_bound") is not None:
+        tags["promotion_macro_f1_difference_lower_bound"] = _tag(ni["lower_bound"])
+    use = decision.evidence.get("test_split_use") or {}
+    if use:
+        tags["promotion_test_split_looks"] = f"{use['looks']} looks by {use['models']} models"
     if decision.promoted:
         tags["promotion_previous_champion"] = decision.champion or "none"
-    registry.tag_version(params.select.model_name, decision.challenger, tags)
+    # a version that vanished keeps its record in reports/promotion.json
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        registry.tag_version(params.select.model_name, decision.challenger, tags)
     write_json(DECISION_FILE, {"model_name": params.select.model_name, **_plain(decision), **tags})
 
 
@@ -220,6 +302,7 @@ def _plain(decision: Decision) -> dict:
         "champion_version": decision.champion,
         "challenger_test": decision.challenger_metrics,
         "champion_test": decision.champion_metrics,
+        "evidence": decision.evidence,
     }
 
 

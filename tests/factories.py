@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,8 @@ def make_prepared(
                 rel = f"images/{label}/{label}-{split}-{i}.png"
                 cv2.imwrite(str(folder / rel), label_image(label_index, size, rng))
                 group = f"g-{label}-{split}-{i}"
-                rows.append([rel, label, split, group, "0" * 64, "0" * 16, rel, "", size, size])
+                sha = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+                rows.append([rel, label, split, group, sha, "0" * 16, rel, "", size, size])
     pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv", index=False)
     return folder
 
@@ -84,6 +86,7 @@ def make_release(
     threshold: float | None = 0.5,
     classes: tuple[str, ...] = CLASSES,
     temperature: float | None = None,
+    trained_on: tuple[str, ...] = (),
     **provenance,
 ) -> Path:
     """Save `model` as a released-model folder (model.keras + release.json) at `folder`."""
@@ -95,7 +98,11 @@ def make_release(
     rule = DecisionRule(classes, "malignant", threshold, temperature, "test rule", "test data")
     defaults = {"model_name": "tumor-classifier", "version": "1", "arch": "resnet50"}
     write_release(
-        folder, folder / "source.keras", rule, defaults | {"synthetic_data": True} | provenance
+        folder,
+        folder / "source.keras",
+        rule,
+        defaults | {"synthetic_data": True} | provenance,
+        trained_on=trained_on,
     )
     (folder / "source.keras").unlink()
     return folder

@@ -54,6 +54,7 @@ def register_model(
     name: str = "tumor-classifier",
     tags: dict[str, str] | None = None,
     threshold: float | None = None,
+    trained_on: tuple[str, ...] = (),
 ) -> str:
     """Release a disk model (its rule: `threshold`) as select does: log it as the serving pyfunc,
     register it with the version written inside, point `alias` at it."""
@@ -61,7 +62,12 @@ def register_model(
     version = registry.next_version(name)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
         folder = make_release(
-            Path(tmp) / "release", disk_model(kind), threshold, version=version, arch=f"disk-{kind}"
+            Path(tmp) / "release",
+            disk_model(kind),
+            threshold,
+            trained_on=trained_on,
+            version=version,
+            arch=f"disk-{kind}",
         )
         info = pyfunc.log_release(folder, label_image(1, SIZE, np.random.default_rng(0)))
     got = registry.register(info.model_uri, name, alias, {"arch": f"disk-{kind}", **(tags or {})})

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import keras
 import mlflow
@@ -83,11 +84,17 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     assert run.data.tags["data_kind"] in {"synthetic-demo", "user-data"}
     steps = mlflow.MlflowClient().get_metric_history(run_id, "val_macro_f1")
     assert [m.step for m in steps] == [0, 1]
-    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    (logged,) = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    assert logged.name == "model"  # a LoggedModel: the Models tab lists it
+    model = mlflow.keras.load_model(f"models:/{logged.model_id}")
     assert model.output_shape == (None, 3)
-    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
-    example = Model.load(local).load_input_example(local)
-    assert list(example) == ["image"] and len(example["image"]) == 1  # a synthetic scan
+    local = mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}")
+    mlmodel = Model.load(local)
+    assert set(mlmodel.flavors) == {"keras", "python_function"}  # plain Keras: no serving code
+    assert not (Path(local) / "code").exists()
+    assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 32, 32, 3)
 
 
 def test_the_saved_model_is_the_best_epoch_it_reports(trained):
