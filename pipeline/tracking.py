@@ -9,8 +9,11 @@ a test's own store).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -43,15 +46,33 @@ def setup(experiment: str) -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # explicit: a registry URI set earlier in-process must not win
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    elif uri.startswith("sqlite:"):
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root())
-    else:
-        experiment_id = mlflow.create_experiment(experiment)
+    with _store_lock(uri):
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        elif uri.startswith("sqlite:"):
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root())
+        else:
+            experiment_id = mlflow.create_experiment(experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it is created and the experiment found.
+
+    Stages of parallel experiments (`dvc queue start -j 2`) start together: on a new store both ran
+    MLflow's schema migrations and one failed (`table _alembic_tmp_experiments already exists`,
+    measured), and both would create the experiment. A server store handles that itself.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    store = Path(uri.removeprefix("sqlite:///"))
+    with open(store.with_name(store.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def experiment_name() -> str | None:

@@ -1,0 +1,73 @@
+"""Where runs land and how they are named, in a plain `dvc repro` and inside a DVC experiment."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def outside_dvc(monkeypatch, tmp_path):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_store_is_the_projects_absolute_path(outside_dvc):
+    assert tracking.tracking_uri() == f"sqlite:///{outside_dvc.resolve() / 'mlflow.db'}"
+    assert tracking.artifact_root() == (outside_dvc.resolve() / "mlartifacts").as_uri()
+
+
+def test_an_experiments_temporary_copy_tracks_to_the_original_project(outside_dvc, monkeypatch):
+    project = outside_dvc / "project"
+    copy = outside_dvc / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)  # DVC runs a queued experiment's stages here ...
+    monkeypatch.setenv("DVC_ROOT", str(project))  # ... and names the original repository
+    assert tracking.project_root() == project.resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert Path(tracking.artifact_root().removeprefix("file://")).parent == project.resolve()
+
+
+def test_mlflow_tracking_uri_still_wins(outside_dvc, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(outside_dvc))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert tracking.tracking_uri() == "http://mlflow.internal:5000"
+
+
+def test_runs_are_named_and_tagged_with_the_dvc_experiment(outside_dvc, monkeypatch):
+    assert tracking.experiment_name() is None
+    assert tracking.run_name("resnet50") == "resnet50"
+    assert "dvc_experiment" not in tracking.run_tags("train_resnet50", True)
+    monkeypatch.setenv("DVC_EXP_NAME", "lucid-lamb")
+    assert tracking.experiment_name() == "lucid-lamb"
+    assert tracking.run_name("resnet50") == "lucid-lamb/resnet50"
+    assert tracking.run_tags("train_resnet50", True)["dvc_experiment"] == "lucid-lamb"
+
+
+def test_parallel_experiments_share_a_new_store_without_a_migration_race(outside_dvc):
+    """`dvc queue start -j N` starts N stages at once on a store that may not exist yet."""
+    code = "from pipeline import tracking; print(tracking.setup('sweep'))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env |= {"DVC_ROOT": str(outside_dvc), "PYTHONPATH": str(ROOT)}
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=outside_dvc,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in starts]
+    assert all(code == 0 for code, _, _ in results), [err[-500:] for _, _, err in results]
+    assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, the same id
