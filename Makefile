@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install demo repro test test-fast lint format ui clean-demo serve bench-serve browser \
-	promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env
+.PHONY: install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
+	promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
+	train-azure azure-train-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +28,7 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 
 repro: demo
 
-test: install browser azure-server-env azure-ml-env ## the whole test suite (unit + integration)
+test: install browser azure-server-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
 	$(PY) -m pytest
 
 test-fast: install ## unit tests only
@@ -69,6 +70,7 @@ rollback: install ## point @champion back at the version it replaced
 
 package-azure: install ## build/azure/: the champion + score.py + YAMLs, as deployment.yml expects
 	$(PY) -m pipeline.package
+AZ_TRAIN_VENV := .venv-azureml-train
 
 serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" \
@@ -89,4 +91,16 @@ azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## .venv-azure-ai-ml: azure-ai-ml t
 $(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt
 	$(PYTHON) -m venv $(AZ_ML_VENV)
 	$(AZ_ML_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-deploy.txt
+	touch $@
+
+TRAIN_AZURE_ARGS ?=
+
+train-azure: azure-ml-env ## submit the training stages as an Azure ML GPU job (TRAIN_AZURE_ARGS="--raw azureml:busi-raw@1 --stream")
+	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py $(TRAIN_AZURE_ARGS)
+
+azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
+
+$(AZ_TRAIN_VENV)/.installed-stamp: deploy/azure/requirements-train.txt
+	$(PYTHON) -m venv $(AZ_TRAIN_VENV)
+	$(AZ_TRAIN_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-train.txt
 	touch $@

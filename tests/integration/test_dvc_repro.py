@@ -46,10 +46,8 @@ def sh(*args: str, cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A copy of the project's tracked and new files in a new git repo, with tiny params."""
-    repo = tmp_path_factory.mktemp("repo")
+def project_copy(dest: Path) -> Path:
+    """The project's tracked and new files (no .git, no lock, no reports): a fresh checkout."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -59,8 +57,15 @@ def repo(tmp_path_factory):
     ).stdout.split()
     for name in files:
         if (ROOT / name).is_file() and not name.startswith(("dvc.lock", "reports/")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the project's tracked and new files in a new git repo, with tiny params."""
+    repo = project_copy(tmp_path_factory.mktemp("repo"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}

@@ -1,0 +1,108 @@
+"""The Azure ML training job: its YAML loads offline with azure-ai-ml, and its command runs here.
+
+The command runs in `.venv-azureml-train`, built by `make azure-train-env` from the same pins as
+the job's conda file (requirements-train.txt; only jax's `cuda12` extra differs), on a copy of
+the project without `.git` (as Azure ML uploads it), on tiny params and one training stage.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tests.factories import CLASSES, label_image
+from tests.integration.test_dvc_repro import TINY, merge, project_copy
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+AZURE = ROOT / "deploy" / "azure"
+AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
+TRAIN_ENV = ROOT / ".venv-azureml-train"
+
+
+def check(job_file: Path) -> subprocess.CompletedProcess:
+    if not AZURE_ML_PYTHON.is_file():
+        pytest.skip("azure-ai-ml not installed: run `make azure-ml-env` (.venv-azure-ai-ml)")
+    command = [str(AZURE_ML_PYTHON), str(AZURE / "submit_train.py"), "--check"]
+    return subprocess.run(
+        [*command, "--file", str(job_file)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_training_job_loads_offline_with_its_gpu_compute_data_and_jax():
+    result = check(AZURE / "train-job.yml")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["type"] == "command" and job["compute"].startswith("azureml:")
+    assert job["environment_variables"]["KERAS_BACKEND"] == "jax"
+    assert job["inputs"]["raw"]["type"] == "uri_folder"
+    assert job["inputs"]["raw"]["path"].startswith("azureml:")
+    assert "pipeline" in job["outputs"]
+    assert job["component"]["command"].startswith("bash deploy/azure/train-job.sh ")
+    assert Path(job["component"]["code"]) == ROOT  # the whole project goes up, as a laptop has it
+
+
+def test_a_broken_training_job_is_refused(tmp_path):
+    for name in ("train-job.yml", "train-conda.yml"):
+        shutil.copyfile(AZURE / name, tmp_path / name)
+    job = yaml.safe_load((tmp_path / "train-job.yml").read_text())
+    job["resources"]["instance_count"] = "two"
+    job["code"] = str(ROOT)
+    (tmp_path / "train-job.yml").write_text(yaml.safe_dump(job))
+    result = check(tmp_path / "train-job.yml")
+    assert result.returncode == 1 and "invalid:" in result.stderr
+
+
+def test_the_job_environment_pins_the_local_requirements_plus_cuda_only():
+    conda = yaml.safe_load((AZURE / "train-conda.yml").read_text())
+    (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    lines = (AZURE / "requirements-train.txt").read_text().splitlines()
+    local = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert sorted(p.replace("jax[cuda12]==", "jax==") for p in pip) == sorted(local)
+    assert "jax[cuda12]==" in " ".join(pip) and all("==" in pin for pin in pip)
+    assert not any(p.startswith(("tensorflow", "torch")) for p in pip)  # JAX only: small env
+
+
+def raw_images(folder: Path, per_class: int = 30, size: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    for index, label in enumerate(CLASSES):
+        (folder / label).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(folder / label / f"{label}-{i}.png"), label_image(index, size, rng))
+    return folder
+
+
+def test_the_jobs_command_trains_in_the_jobs_own_environment(tmp_path):
+    if not (TRAIN_ENV / ".installed-stamp").is_file():
+        pytest.skip("the job's environment is missing: run `make azure-train-env`")
+    project = project_copy(tmp_path / "code")
+    params = merge(yaml.safe_load((project / "params.yaml").read_text()), TINY)
+    (project / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    store = f"sqlite:///{tmp_path / 'workspace.db'}"  # Azure ML sets its own URI in the job
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env |= {"PATH": f"{TRAIN_ENV / 'bin'}{os.pathsep}{env['PATH']}", "KERAS_BACKEND": "jax"}
+    env |= {"MLFLOW_TRACKING_URI": store, "KERAS_HOME": str(tmp_path / ".keras")}
+    job = yaml.safe_load((AZURE / "train-job.yml").read_text())
+    command = job["command"].replace("${{inputs.raw}}", str(raw_images(tmp_path / "raw")))
+    command = command.replace("${{outputs.pipeline}}", str(tmp_path / "out"))
+    command = command.replace("${{inputs.params}}", "tiny.yaml")
+    command = command.replace("${{inputs.target}}", "train_resnet")  # one stage is proof enough
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert (out / "models/resnet50/model.keras").is_file()
+    assert "train_resnet" in yaml.safe_load((out / "dvc.lock").read_text())["stages"]
+    assert yaml.safe_load((out / "params.yaml").read_text())["data"]["raw_dir"] == "data/raw/input"
+    run_id = json.loads((out / "models/resnet50/run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(run_id)
+    assert run.data.params["keras_backend"] == "jax"
+    assert run.data.tags["data_kind"] == "user-data"
