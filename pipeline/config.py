@@ -30,6 +30,9 @@ class DemoParams:
 @dataclass(frozen=True)
 class DataParams:
     raw_dir: str = "data/raw/synthetic-demo"
+    exclude: str = "data/exclude.csv"  # path,reason (path may be a glob): left out before splitting
+    group_column: str | None = None  # a CSV layout's patient/study column (None: patient_id/study_id)
+    id_salt: str = "busi-pipeline-salt"  # patient/study ids are hashed with it before any use
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class PrepareParams:
     max_reject_fraction: float = 0.2
     min_side: int = 32
     max_pixels: int = 50_000_000
+    dicom_frames: Literal["refuse", "first", "middle"] = "refuse"  # multi-frame DICOM (cine loops)
+    dicom_region_crop: bool = True  # crop DICOM to the Sequence of Ultrasound Regions' B-mode image
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,11 @@ def _check_values(p: Params) -> None:
     need(p.demo.size >= 32, "demo.size", "need at least 32 pixels")
     pr = p.prepare
     need(32 <= pr.image_size <= 1024, "prepare.image_size", "must be between 32 and 1024 pixels")
+    need(
+        len(p.data.id_salt) >= 8,
+        "data.id_salt",
+        "need at least 8 characters; set a secret of your own per site (ids are hashed with it)",
+    )
     need(0 < pr.val_fraction < 0.5, "prepare.val_fraction", "must be between 0 and 0.5")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be between 0 and 0.5")
     need(

@@ -7,7 +7,12 @@ Three layouts are understood, and nothing is guessed beyond them:
   folder or at any folder that holds it as its only sub-folder);
 - any folder of class sub-folders (the same thing without masks);
 - a CSV file with `path,label` columns (paths relative to the CSV; an optional `masks` column
-  lists mask paths joined by `;`).
+  lists mask paths joined by `;`), or with `sop_instance_uid,label` columns for the DICOM files
+  anywhere under the CSV's folder (a PACS export names its files by no rule a user controls).
+
+Images may be DICOM files (any name: exports often have no suffix); `prepare` reads them. A CSV
+may carry a patient or study id column (`patient_id`, `study_id`, or `data.group_column`): its
+ids come back raw in `Record.ids` for `prepare` to hash and must never be written as they are.
 
 Masks never become records: each image keeps its mask paths as metadata. Everything left out for
 a reason a user should see (a mask without its image, a folder that is not a class, an image file
@@ -22,11 +27,24 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import dicom
 from pipeline.errors import UserError
 
 # `benign (1)_mask`, `benign (1)_mask_1`: the stem of the image is what comes before `_mask`.
 MASK_STEM = re.compile(r"^(?P<image>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".webp",
+    ".dcm",
+    ".dicom",
+}
+GROUP_COLUMNS = ("patient_id", "study_id")  # recognised id columns, when data.group_column is null
 # Files that operating systems and archivers leave behind; never data, never worth a report line.
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
 MAX_WRAPPER_DEPTH = 3  # how many single-folder levels (download/archive wrappers) to look through
@@ -40,6 +58,7 @@ class Record:
     path: Path  # where the file is (it may be missing or not an image: validation decides)
     label: str
     masks: tuple[str, ...] = ()  # mask sources, same convention as `source`
+    ids: tuple[tuple[str, str], ...] = ()  # (column, raw patient/study id): never written as is
 
 
 @dataclass(frozen=True)
@@ -57,11 +76,11 @@ def is_mask(path: str | Path) -> bool:
     return MASK_STEM.match(Path(path).stem) is not None
 
 
-def discover(raw: str | Path, classes: tuple[str, ...]) -> Found:
+def discover(raw: str | Path, classes: tuple[str, ...], group_column: str | None = None) -> Found:
     """Find image records under `raw` (a folder or a CSV file) for the given class names.
 
-    Raises UserError when `raw` does not exist, holds no class folder, or a CSV is malformed or
-    names a label outside `classes`.
+    Raises UserError when `raw` does not exist, holds no class folder, or a CSV is malformed,
+    lacks `group_column`, or names a label outside `classes`.
     """
     raw = Path(raw)
     if raw.is_file():
@@ -70,7 +89,7 @@ def discover(raw: str | Path, classes: tuple[str, ...]) -> Found:
                 f"data.raw_dir: {raw} is a file but not a CSV; point it at a folder of class "
                 "sub-folders or a CSV with path,label columns"
             )
-        return _from_csv(raw, classes)
+        return _from_csv(raw, classes, group_column)
     if not raw.is_dir():
         raise UserError(
             f"data.raw_dir: folder not found: {raw}; put a BUSI download there or point "
@@ -204,41 +223,36 @@ def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
     return Found("folders", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
 
 
-def _from_csv(path: Path, classes: tuple[str, ...]) -> Found:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"data.raw_dir: cannot read CSV {path}: {exc}") from None
-    if not rows:
-        raise UserError(f"data.raw_dir: {path} has no rows; expected a header path,label")
+def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = None) -> Found:
+    rows, header = _read_csv(path)
+    id_columns = _id_columns(path, header, group_column)
+    if "path" not in header and "sop_instance_uid" in header and "label" in header:
+        return _from_uid_csv(path, rows, classes, id_columns)
     if "path" not in header or "label" not in header:
-        raise UserError(f"data.raw_dir: {path} needs columns path,label; found {header}")
+        raise UserError(
+            f"data.raw_dir: {path} needs columns path,label (or sop_instance_uid,label); "
+            f"found {header}"
+        )
     base = path.parent
     images: dict[str, tuple[str, int]] = {}  # source -> (label, line)
+    ids: dict[str, tuple[tuple[str, str], ...]] = {}
     extra_masks: dict[str, list[str]] = {}
     mask_rows: list[str] = []
     for line, row in enumerate(rows, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         source = _normalise(row["path"])
         if not source:
             raise UserError(f"{path}: line {line}: empty path")
         if is_mask(source):
             mask_rows.append(source)
             continue
-        label = _class_of(row["label"], classes)
-        if label is None:
-            raise UserError(
-                f"{path}: line {line}: label {row['label']!r} is not one of classes "
-                f"{list(classes)}; fix the CSV or add the class to `classes` in params.yaml"
-            )
+        label = _label(path, line, row, classes)
         if source in images and images[source][0] != label:
             raise UserError(
                 f"{path}: line {line}: {source} is listed again with another label "
                 f"({images[source][0]} on line {images[source][1]}); keep one row per file"
             )
         images[source] = (label, line)
+        ids[source] = tuple((c, row[c]) for c in id_columns if row.get(c))
         listed = [_normalise(m) for m in row.get("masks", "").split(";")]
         extra_masks.setdefault(source, []).extend(m for m in listed if m)
     by_stem = {(str(Path(s).parent), Path(s).stem): s for s in images}
@@ -251,11 +265,83 @@ def _from_csv(path: Path, classes: tuple[str, ...]) -> Found:
         else:
             extra_masks[owner].append(mask)
     records = [
-        Record(source, base / source, label, tuple(sorted(set(extra_masks[source]))))
+        Record(source, base / source, label, tuple(sorted(set(extra_masks[source]))), ids[source])
         for source, (label, _) in images.items()
     ]
     uses_masks = bool(mask_rows) or any(r.masks for r in records)
     return Found("csv", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
+
+
+def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows (keys lower-case, values stripped) and the header of a labels CSV."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            raw_rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"data.raw_dir: cannot read CSV {path}: {exc}") from None
+    if not raw_rows:
+        raise UserError(f"data.raw_dir: {path} has no rows; expected a header path,label")
+    rows = [
+        {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        for row in raw_rows
+    ]
+    return rows, [h.strip().lower() for h in raw_rows[0] if h is not None]
+
+
+def _id_columns(path: Path, header: list[str], group_column: str | None) -> tuple[str, ...]:
+    """The patient/study id columns to group by: `data.group_column`, or the recognised ones."""
+    if group_column is None:
+        return tuple(c for c in GROUP_COLUMNS if c in header)
+    if group_column.strip().lower() not in header:
+        raise UserError(
+            f"data.group_column: {path} has no column {group_column!r} (columns: {header}); "
+            "name one of them or set data.group_column: null"
+        )
+    return (group_column.strip().lower(),)
+
+
+def _label(path: Path, line: int, row: dict[str, str], classes: tuple[str, ...]) -> str:
+    label = _class_of(row["label"], classes)
+    if label is None:
+        raise UserError(
+            f"{path}: line {line}: label {row['label']!r} is not one of classes "
+            f"{list(classes)}; fix the CSV or add the class to `classes` in params.yaml"
+        )
+    return label
+
+
+def _from_uid_csv(
+    path: Path, rows: list[dict[str, str]], classes: tuple[str, ...], id_columns: tuple[str, ...]
+) -> Found:
+    """Labels keyed by SOPInstanceUID for the DICOM files anywhere under the CSV's folder. No UID
+    is written: a listed UID without a file is reported by its line number."""
+    base = path.parent
+    wanted: dict[str, tuple[str, int, tuple[tuple[str, str], ...]]] = {}
+    for line, row in enumerate(rows, start=2):
+        uid = row["sop_instance_uid"]
+        if not uid:
+            raise UserError(f"{path}: line {line}: empty sop_instance_uid")
+        ids = tuple((c, row[c]) for c in id_columns if row.get(c))
+        wanted[uid] = (_label(path, line, row, classes), line, ids)
+    problems: list[tuple[Path, str]] = []
+    records, skipped, found = [], [], set()
+    for file in _files_under(base, base, problems):
+        if file.resolve() == path.resolve():
+            continue
+        source = file.relative_to(base).as_posix()
+        identity = dicom.read_identity(file)
+        if identity is None or identity.instance not in wanted:
+            what = "not a DICOM file" if identity is None else "its SOPInstanceUID is not listed"
+            skipped.append((source, f"unlisted: {what} in {path.name}"))
+            continue
+        label, _, ids = wanted[identity.instance]
+        found.add(identity.instance)
+        records.append(Record(source, file, label, (), ids))
+    for uid, (_, line, _) in wanted.items():
+        if uid not in found:
+            skipped.append((f"{path.name}:{line}", "missing: no DICOM file has this line's UID"))
+    skipped += [(link.relative_to(base).as_posix(), reason) for link, reason in problems]
+    return Found("csv", _sorted(records, classes), tuple(sorted(skipped)), False)
 
 
 def _normalise(path: str) -> str:

@@ -1,14 +1,16 @@
 """Prepare: turn whatever is in `data.raw_dir` into a leakage-free, reviewable data set.
 
-Finds the images (masks stay metadata), validates and converts every file (bad ones are rejected
-with a reason, never a crash), groups exact and near-duplicates, resolves groups whose members
-carry different labels, splits train / val / test stratified by class and grouped by duplicate
-group, and writes:
+Finds the images (masks stay metadata), leaves out what the exclusion list (`data.exclude`) names,
+validates and converts every file (PNG, JPEG, ... and DICOM; bad ones are rejected with a reason,
+never a crash), groups exact and near-duplicates, resolves groups whose members carry different
+labels, merges duplicate groups with patient or study groups where the data names them (DICOM
+PatientID / StudyInstanceUID, a CSV's id column: hashed with `data.id_salt` first, never written
+raw), splits train / val / test stratified by class and grouped, and writes:
 
     data/prepared/manifest.csv         path,label,split,group,sha256,phash,source,masks,width,height
     data/prepared/images/<label>/*.png 8-bit RGB, prepare.image_size square
     reports/data/summary.json          counts per class and split, rejects, duplicates, conflicts
-    reports/data/rejects.csv           source,reason
+    reports/data/rejects.csv           source,reason (rejected, skipped and excluded files)
     reports/data/label_conflicts.csv   group,sources,labels,action
     reports/data/duplicates.csv        every duplicate pair and how it was found (hash, keypoints)
     reports/data/duplicate_groups.png  the largest duplicate groups side by side, for a human
@@ -24,6 +26,7 @@ Run: python -m pipeline.prepare [--params params.yaml]
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -39,7 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from pipeline import duplicates, images, layouts, splits
+from pipeline import curation, dicom, duplicates, images, layouts, splits
 from pipeline.cli import stage_main
 from pipeline.config import Params, PrepareParams
 from pipeline.errors import UserError
@@ -92,40 +95,44 @@ class Item:
     width: int
     height: int
     mode: str
+    ids: tuple[str, ...] = ()  # patient/study pseudonyms (salted hashes), never raw ids
 
 
 def run(params: Params) -> dict[str, Any]:
     """Prepare the data set; return the summary (also written to reports/data/summary.json)."""
     p = params.prepare
     remove_stale_staging(PREPARED)  # left by a run that was killed before it could clean up
-    found = layouts.discover(params.data.raw_dir, params.classes)
+    found, excluded, unmatched = _curated(params)
     # Each file is decoded once: a valid one is fitted and written to a scratch folder inside the
     # staged output, which replaces data/prepared/ only if every check below passes.
     with staged_dir(PREPARED) as out:
         scratch = out / "scratch"
         jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(found.records)]
-        checked = _parallel(lambda job: _inspect(*job, p), jobs)
+        checked = _parallel(lambda job: _inspect(*job, p, params.data.id_salt), jobs)
         items = [c for c in checked if isinstance(c, Item)]
         rejects = [
             (r.source, str(c))
             for r, c in zip(found.records, checked, strict=True)
             if isinstance(c, images.RejectedImage)
         ]
-        with _failure_report(rejects, found):
+        with _failure_report(rejects + excluded, found):
             _check_rejects(len(found.records), rejects, p)
             pairs, groups = _duplicates(items, p)
             labels = [i.record.label for i in items]
             keep, conflicts = duplicates.resolve_conflicts(labels, groups, p.conflict_policy)
             kept = [k for k, ok in enumerate(keep) if ok]
             _check_classes(params, [labels[k] for k in kept], found, rejects, keep, labels)
+        # Conflicts are judged on duplicate groups (one lesion, two labels); a patient's benign
+        # and malignant lesions are no conflict, they only have to stay in one split.
+        split_groups = splits.merge_groups([groups[k] for k in kept], [items[k].ids for k in kept])
         split_of = splits.assign_splits(
             [labels[k] for k in kept],
-            [groups[k] for k in kept],
+            split_groups,
             val_fraction=p.val_fraction,
             test_fraction=p.test_fraction,
             seed=params.seed,
         )
-        rows = _manifest_rows([items[k] for k in kept], [groups[k] for k in kept], split_of)
+        rows = _manifest_rows([items[k] for k in kept], split_groups, split_of)
         group_sheet = _group_sheet(items, groups, keep)  # from scratch, before it is cleared
 
         for row, k in zip(rows, kept, strict=True):
@@ -136,8 +143,11 @@ def run(params: Params) -> dict[str, Any]:
         sheet = _contact_sheet(rows, out, params.classes)
 
     summary = _summary(params, found, items, rejects, groups, conflicts, rows, pairs)
+    summary["excluded"] = _excluded_summary(excluded, unmatched)
+    summary["grouping"] = _grouping_summary([items[k] for k in kept], split_groups)
     write_json(REPORTS / "summary.json", summary)
-    write_text(REPORTS / "rejects.csv", _csv(("source", "reason"), _reject_rows(rejects, found)))
+    rejected = _reject_rows(rejects + excluded, found)
+    write_text(REPORTS / "rejects.csv", _csv(("source", "reason"), rejected))
     write_text(REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
     write_text(REPORTS / "duplicates.csv", _csv(PAIR_COLUMNS, _pair_rows(pairs, items, groups)))
     write_bytes(REPORTS / "duplicate_groups.png", images.png_bytes(group_sheet))
@@ -163,13 +173,29 @@ def _parallel(func: Callable[[T], R], things: Sequence[T]) -> list[R]:
         return list(pool.map(func, things))
 
 
-def _inspect(record: layouts.Record, fitted: Path, p: PrepareParams) -> Item | images.RejectedImage:
-    """Validate one file and write its prepared PNG to `fitted`; the rejection if it is unusable."""
+def _inspect(
+    record: layouts.Record, fitted: Path, p: PrepareParams, salt: str
+) -> Item | images.RejectedImage:
+    """Validate one file and write its prepared PNG to `fitted`; the rejection if it is unusable.
+    A DICOM file (by content) is cut to its ultrasound region and brings its patient and study."""
+    ids = list(record.ids)
     try:
         data = images.read_file(record.path)
-        decoded = images.decode(data, max_pixels=p.max_pixels, min_side=p.min_side)
+        if dicom.is_dicom(data):
+            scan = dicom.decode(
+                data,
+                max_pixels=p.max_pixels,
+                min_side=p.min_side,
+                frames=p.dicom_frames,
+                crop=p.dicom_region_crop,
+            )
+            decoded = scan.decoded
+            ids += [("patient", scan.identity.patient), ("study", scan.identity.study)]
+        else:
+            decoded = images.decode(data, max_pixels=p.max_pixels, min_side=p.min_side)
     except images.RejectedImage as rejected:
         return rejected
+    pseudonyms = tuple(sorted({splits.pseudonym(_kind(c), v, salt) for c, v in ids if v}))
     images.save_png(images.fit(decoded.image, p.image_size, p.keep_aspect), fitted)
     return Item(
         record,
@@ -180,7 +206,55 @@ def _inspect(record: layouts.Record, fitted: Path, p: PrepareParams) -> Item | i
         decoded.width,
         decoded.height,
         decoded.mode,
+        pseudonyms,
     )
+
+
+def _kind(column: str) -> str:
+    """`patient` or `study` for an id column (a CSV's `patient_id` and a DICOM PatientID are one
+    id space: the same patient in both is one group)."""
+    return "study" if "study" in column.lower() else "patient"
+
+
+def _curated(params: Params) -> tuple[layouts.Found, list[tuple[str, str]], list[curation.Rule]]:
+    """The records left after the exclusion list, the excluded (source, reason) pairs, and the
+    rules that matched no file (worth a warning: a typo excludes nothing)."""
+    found = layouts.discover(params.data.raw_dir, params.classes, params.data.group_column)
+    rules = curation.read_rules(params.data.exclude)
+    kept, excluded, used = [], [], set()
+    for record in found.records:
+        rule = curation.reason_for(record.source, rules)
+        if rule is None:
+            kept.append(record)
+        else:
+            excluded.append((record.source, f"excluded: {rule.reason}"))
+            used.add(rule.line)
+    unmatched = [r for r in rules if r.line not in used]
+    return dataclasses.replace(found, records=tuple(kept)), excluded, unmatched
+
+
+def _excluded_summary(excluded: list[tuple[str, str]], unmatched: list[curation.Rule]) -> dict:
+    reasons = Counter(reason.split(": ", 1)[1] for _, reason in excluded)
+    return {
+        "total": len(excluded),
+        "by_reason": dict(sorted(reasons.items())),
+        "rules_matching_nothing": len(unmatched),
+    }
+
+
+def _grouping_summary(items: list[Item], split_groups: list[str]) -> dict:
+    """Whether the split is patient-level (every image has a patient or study), image-level
+    (none has: near-duplicate groups only) or mixed, with the counts behind it."""
+    with_id = sum(bool(i.ids) for i in items)
+    level = "patient" if with_id == len(items) else "image" if with_id == 0 else "mixed"
+    kinds = {k.split("-", 1)[0] for i in items for k in i.ids}
+    return {
+        "split_level": level,
+        "ids_from": ", ".join(sorted(kinds)) or "none",
+        "images_with_id": with_id,
+        "split_groups": len(set(split_groups)),
+        "id_groups": len({g for g in split_groups if not g.startswith("g-")}),
+    }
 
 
 def _duplicates(items: list[Item], p: PrepareParams) -> tuple[list[duplicates.Pair], list[str]]:
@@ -412,6 +486,20 @@ def _report(summary: dict[str, Any], found: layouts.Found, rows: list[dict]) -> 
     )
     for kind, n in sorted(summary["skipped"].items()):
         print(f"prepare: warning: {n} skipped as {kind} (see {REPORTS}/rejects.csv)")
+    excluded, grouping = summary["excluded"], summary["grouping"]
+    if excluded["total"]:
+        reasons = ", ".join(f"{r} {n}" for r, n in excluded["by_reason"].items())
+        print(f"prepare: {excluded['total']} excluded by data.exclude ({reasons})")
+    if excluded["rules_matching_nothing"]:
+        print(
+            f"prepare: warning: {excluded['rules_matching_nothing']} data.exclude rules match "
+            "no file (a typo excludes nothing)"
+        )
+    print(
+        f"prepare: {grouping['split_level']}-level split: {grouping['split_groups']} groups "
+        f"({grouping['id_groups']} by patient/study id; {grouping['images_with_id']} images "
+        "have an id)"
+    )
     missing = [r["source"] for r in rows if found.uses_masks and not r["masks"]]
     if missing:
         print(f"prepare: warning: {len(missing)} images have no mask, e.g. {missing[0]}")

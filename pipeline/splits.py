@@ -1,8 +1,10 @@
-"""Train / val / test split, stratified by class and grouped by duplicate group, from a seed.
+"""Train / val / test split, stratified by class and grouped, from a seed.
 
 A pure function of (labels, groups, fractions, seed): the same inputs give the same split on any
 machine, and every member of a group lands in the same split, so a copy of a training image can
-never be used to score the model.
+never be used to score the model. The groups are duplicate groups merged with patient (or study)
+groups where the data names them (`merge_groups`): one patient's images, similar or not, stay on
+one side. Patient ids enter only as salted hashes (`pseudonym`), never raw.
 """
 
 from __future__ import annotations
@@ -61,6 +63,43 @@ def assign_splits(
             for i in members[g]:
                 result[i] = SPLITS[k]
     return result
+
+
+def pseudonym(kind: str, value: str, salt: str) -> str:
+    """`<kind>-` plus 16 hex digits of SHA-256(salt, kind, value): stable for one site's salt,
+    and not reversible by hashing a list of likely ids without it. The only form in which a
+    patient or study id may be written anywhere."""
+    digest = hashlib.sha256("\x00".join((salt, kind, value)).encode()).hexdigest()
+    return f"{kind}-{digest[:16]}"
+
+
+def merge_groups(groups: Sequence[str], keys: Sequence[Sequence[str]]) -> list[str]:
+    """Join items that share a group or any key (patient and study pseudonyms), transitively.
+
+    A merged group that holds a key is named by its smallest key (`patient-...` sorts before
+    `study-...`), else it keeps its group name, so names do not depend on the order of the items.
+    """
+    if len(groups) != len(keys):
+        raise ValueError("groups and keys must have the same length")
+    parent = list(range(len(groups)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, names in enumerate(keys):
+        for name in (groups[i], *names):
+            j = first.setdefault(name, i)
+            parent[find(i)] = find(j)
+    named: dict[int, tuple[int, str]] = {}
+    for i, names in enumerate(keys):
+        candidate = (0, min(names)) if names else (1, groups[i])
+        root = find(i)
+        named[root] = min(named.get(root, candidate), candidate)
+    return [named[find(i)][1] for i in range(len(groups))]
 
 
 def _stable_int(text: str) -> int:

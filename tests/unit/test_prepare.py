@@ -29,8 +29,11 @@ BUSI = "Dataset_BUSI_with_GT"
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
-    """Run the stage from a fresh project root (outputs are relative to the working directory)."""
+    """Run the stage from a fresh project root (outputs are relative to the working directory),
+    with the empty exclusion list every checkout has."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "exclude.csv").write_text("path,reason\n")
     return tmp_path
 
 
@@ -268,7 +271,8 @@ def test_a_failed_run_leaves_previous_outputs_intact(workdir, raw):
     after = _outputs(workdir)
     assert after.pop("reports/data-failures/rejects.csv")  # the trail, outside DVC's outputs
     assert after == before
-    assert sorted(p.name for p in Path("data").iterdir()) == ["prepared"]  # no temp folder left
+    left = sorted(p.name for p in Path("data").iterdir())
+    assert left == ["exclude.csv", "prepared"]  # no temp folder left
 
 
 def test_too_many_rejects_stop_the_stage_and_say_why(workdir, raw):
@@ -291,7 +295,7 @@ def test_staging_folders_of_an_interrupted_run_are_removed_at_the_next_start(wor
     for stale in ("data/.prepared.abc123", "data/.prepared.old"):
         Path(stale, "scratch").mkdir(parents=True)
     prepare.run(_params(raw))
-    assert sorted(p.name for p in Path("data").iterdir()) == ["prepared"]
+    assert sorted(p.name for p in Path("data").iterdir()) == ["exclude.csv", "prepared"]
 
 
 def test_every_duplicate_pair_is_reported_with_how_it_was_found(workdir, raw):
@@ -380,3 +384,117 @@ def test_the_real_busi_sample(workdir, busi_sample):
     for row in rows:
         image = Image.open(io.BytesIO(Path("data/prepared", row["path"]).read_bytes()))
         assert (image.mode, image.size) == ("RGB", (64, 64))
+
+
+# --- curation and patient groups (issue 12) -------------------------------------------------------
+
+
+def test_excluded_files_leave_before_the_split_and_are_counted_by_reason(workdir, raw):
+    Path("data/exclude.csv").write_text(
+        "path,reason\n"
+        f"{BUSI}/benign/benign (3).png,axilla view\n"
+        f"{BUSI}/normal/normal (1?).png,annotations drawn\n"  # a glob: normal (10), (11), (12)
+        "nowhere/*.png,typo\n"
+    )
+    summary = prepare.run(_params(raw))
+    sources = {r["source"] for r in _manifest()}
+    assert f"{BUSI}/benign/benign (3).png" not in sources
+    assert not sources & {f"{BUSI}/normal/normal ({n}).png" for n in (10, 11, 12)}
+    assert f"{BUSI}/normal/normal (1).png" in sources
+    assert summary["excluded"] == {
+        "total": 4,
+        "by_reason": {"annotations drawn": 3, "axilla view": 1},
+        "rules_matching_nothing": 1,
+    }
+    reasons = {r["source"]: r["reason"] for r in _csv_rows("reports/data/rejects.csv")}
+    assert reasons[f"{BUSI}/benign/benign (3).png"] == "excluded: axilla view"
+    assert summary["rejects"]["total"] == 1  # exclusions are no rejects
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "not found; create a CSV"),
+        ("file,why\nx,y\n", "starts with"),
+        ("path,reason\nx,\n", "line 2"),
+    ],
+)
+def test_a_missing_or_ill_formed_exclusion_list_is_one_line_naming_the_file(
+    workdir, raw, content, message
+):
+    path = Path("data/exclude.csv")
+    path.unlink() if content is None else path.write_text(content)
+    with pytest.raises(UserError, match=f"data.exclude: data/exclude.csv.*{message}") as error:
+        prepare.run(_params(raw))
+    assert "\n" not in str(error.value) and "path,reason" in str(error.value)
+
+
+def _patient_csv(tmp_path, write_png, synthetic_image, column="patient_id") -> Path:
+    """Six patients with three images each (distinct images: only the ids tie them together)."""
+    lines = [f"path,label,{column}"]
+    for n in range(18):
+        label = CLASSES[(n // 3) % 3]
+        write_png(tmp_path / "pool" / f"i{n}.png", synthetic_image(500 + n, label))
+        lines.append(f"pool/i{n}.png,{label},RAWPATIENT{n // 3:03d}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "labels.csv"
+
+
+def test_a_csv_patient_column_makes_a_patient_level_split_with_hashed_ids(
+    workdir, tmp_path, write_png, synthetic_image
+):
+    labels = _patient_csv(tmp_path, write_png, synthetic_image)
+    summary = prepare.run(_params(labels))
+    rows = _manifest()
+    by_patient: dict[str, set] = {}
+    for row in rows:
+        n = int(Path(row["source"]).stem[1:])
+        by_patient.setdefault(n // 3, set()).add((row["split"], row["group"]))
+    assert all(len(seen) == 1 for seen in by_patient.values())  # one split, one group each
+    assert len({r["group"] for r in rows}) == 6
+    assert all(r["group"].startswith("patient-") for r in rows)
+    assert summary["grouping"]["split_level"] == "patient"
+    assert summary["grouping"]["id_groups"] == 6
+    written = b"".join(
+        p.read_bytes()
+        for p in Path(".").rglob("*")
+        if p.is_file() and "pool" not in p.parts and p.name != "labels.csv"
+    )
+    assert b"RAWPATIENT" not in written
+
+
+def test_a_patient_and_a_duplicate_group_merge_into_one_split_group(
+    workdir, tmp_path, write_png, synthetic_image
+):
+    labels = _patient_csv(tmp_path, write_png, synthetic_image)
+    shutil.copyfile(tmp_path / "pool" / "i0.png", tmp_path / "pool" / "copy.png")
+    with labels.open("a") as handle:
+        handle.write("pool/copy.png,benign,\n")  # no id: joined to patient 0 by the copy
+    prepare.run(_params(labels))
+    group = {Path(r["source"]).name: r["group"] for r in _manifest()}
+    assert group["copy.png"] == group["i0.png"] == group["i1.png"] == group["i2.png"]
+
+
+def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png, synthetic_image):
+    labels = _patient_csv(tmp_path, write_png, synthetic_image, column="hospital_number")
+    params = parse_params(
+        {
+            "classes": list(CLASSES),
+            "prepare": {"image_size": 32, "min_side": 16},
+            "data": {"raw_dir": str(labels), "group_column": "hospital_number"},
+        }
+    )
+    first = {r["group"] for r in (prepare.run(params), _manifest())[1]}
+    salted = parse_params(
+        {
+            "classes": list(CLASSES),
+            "prepare": {"image_size": 32, "min_side": 16},
+            "data": {
+                "raw_dir": str(labels),
+                "group_column": "hospital_number",
+                "id_salt": "another-site-secret",
+            },
+        }
+    )
+    second = {r["group"] for r in (prepare.run(salted), _manifest())[1]}
+    assert len(first) == len(second) == 6 and not first & second

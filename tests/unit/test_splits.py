@@ -76,3 +76,18 @@ def test_order_of_items_does_not_matter():
     shuffled = _split([labels[i] for i in order], [groups[i] for i in order], 5)
     original = _split(labels, groups, 5)
     assert [original[i] for i in order] == shuffled
+
+
+def test_patient_keys_and_duplicate_groups_merge_transitively_whatever_the_order():
+    from pipeline.splits import merge_groups, pseudonym
+
+    a, b = pseudonym("patient", "A", "salt-1234"), pseudonym("study", "S", "salt-1234")
+    groups = ["g-1", "g-2", "g-2", "g-3", "g-4"]
+    keys = [[a], [], [b], [a, b], []]  # 0 and 3 by patient, 2 and 3 by study, 1 and 2 by copy
+    merged = merge_groups(groups, keys)
+    assert merged[:4] == [a] * 4 and merged[4] == "g-4"
+    order = [4, 2, 0, 3, 1]
+    assert merge_groups([groups[i] for i in order], [keys[i] for i in order]) == [
+        merged[i] for i in order
+    ]
+    assert pseudonym("patient", "A", "salt-5678") != a  # another site, another name
