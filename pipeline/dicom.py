@@ -190,10 +190,9 @@ def _frame(count: int, policy: FramePolicy, name: str) -> int | None:
     if count == 1:
         return None
     if policy == "refuse":
+        either = f", or set {name} to first or middle" if name else ""
         raise images.RejectedImage(
-            "multi_frame",
-            f"{count} frames (a cine loop, not one image); send one frame, or set {name} "
-            "to first or middle",
+            "multi_frame", f"{count} frames (a cine loop, not one image): send one frame{either}"
         )
     return 0 if policy == "first" else count // 2
 

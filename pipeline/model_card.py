@@ -82,6 +82,7 @@ def render_model_card(
     out += ["", "## Metrics", "", *METRIC_CHOICES]
     out += ["", "## Evaluation data", "", *_evaluation_data(val, test)]
     out += ["", "## Training data", ""]
+    out += _split_level(data_summary) + _exclusions(data_summary)
     out += _summary_lines(data_summary) or [
         "- No data summary was found (reports/data/summary.json)."
     ]
@@ -383,6 +384,41 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _split_level(summary: dict[str, Any]) -> list[str]:
+    """Patient-level or image-level: what the split's independence claim rests on."""
+    grouping = summary.get("grouping") or {}
+    level = grouping.get("split_level")
+    if level == "patient":
+        return [
+            f"- Split: patient-level. Every image carries a patient or study id "
+            f"({grouping.get('ids_from')}, hashed with a site salt, never stored raw); one "
+            f"patient's images and every near-duplicate stay in one split "
+            f"({grouping.get('split_groups')} groups)."
+        ]
+    if level == "mixed":
+        return [
+            f"- Split: patient-level for the {grouping.get('images_with_id')} images with a "
+            f"patient or study id, image-level (near-duplicate groups) for the rest "
+            f"({grouping.get('split_groups')} groups)."
+        ]
+    return [
+        "- Split: image-level. The data has no patient ids, so images are grouped by "
+        "near-duplicate detection only; two different images of one patient can fall in "
+        "different splits."
+    ]
+
+
+def _exclusions(summary: dict[str, Any]) -> list[str]:
+    excluded = summary.get("excluded") or {}
+    if not excluded.get("total"):
+        return ["- Excluded by the curation list (`data.exclude`): none."]
+    reasons = ", ".join(f"{r}: {n}" for r, n in (excluded.get("by_reason") or {}).items())
+    return [
+        f"- Excluded by the curation list (`data.exclude`) before splitting: "
+        f"{excluded['total']} images ({reasons})."
+    ]
+
+
 def _find(summary: Any, word: str) -> list[str]:
     """`key: value` for scalar entries whose key mentions `word`, at any depth."""
     found = []
@@ -410,14 +446,20 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
     )
     duplicates = _find(summary, "duplicate")
     conflicts = _find(summary, "conflict")
+    patient_level = (summary.get("grouping") or {}).get("split_level") == "patient"
     detail = "; ".join(duplicates + conflicts)
     lines.append(
         "- BUSI duplicates: the public set holds exact and near-duplicate images, some with "
         "different labels. Prepare groups byte-identical files, perceptual-hash matches (resized, "
         "re-encoded, annotated copies) and keypoint-verified crops, shifts and padding, keeps each "
         "group within one split and drops or resolves conflicting groups; mirrored copies and "
-        "different views of one lesion are not found, so the split is image-level, not "
-        "patient-level" + (f" (this run: {detail})." if detail else ".")
+        "different views of one lesion are not found"
+        + (
+            ", but patient ids keep each patient in one split"
+            if patient_level
+            else ", so the split is image-level, not patient-level"
+        )
+        + (f" (this run: {detail})." if detail else ".")
     )
     n = test.get("n")
     positives = ((test.get("per_class") or {}).get("malignant") or {}).get("support")
@@ -431,11 +473,12 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
         f"- Small evaluation sets{f' ({n} test images)' if n else ''}: confidence intervals are "
         f"wide, and {swing}."
     )
-    lines.append(
-        "- Labels are per image (no patient identifiers), so images of one patient may fall in "
-        "different splits when prepare does not find them similar: near-duplicate detection "
-        "lowers this risk but cannot show there is no leakage."
-    )
+    if not patient_level:
+        lines.append(
+            "- Labels are per image (no patient identifiers for every image), so images of one "
+            "patient may fall in different splits when prepare does not find them similar: "
+            "near-duplicate detection lowers this risk but cannot show there is no leakage."
+        )
     lines.append(
         "- Class activation maps are coarse (the backbone's grid is 1/32 of the input side) and "
         "show where evidence was found, not a lesion segmentation."

@@ -11,6 +11,7 @@
     shipping    which files ship with a model (this folder + the base modules it imports)
 
 It imports nothing of the pipeline outside itself but a small base (`pipeline.images`,
-`pipeline.files`, `pipeline.cam`; `shipping.base_modules()` finds them), so what ships with a model
+`pipeline.dicom`, `pipeline.files`, `pipeline.cam`, `pipeline.environment`;
+`shipping.base_modules()` finds them), so what ships with a model
 is this folder, and training never depends on it.
 """

@@ -97,7 +97,17 @@ def requirements() -> list[str]:
     import keras
 
     return environment.pins(
-        ["mlflow", "keras", "numpy", "pandas", "pillow"], keras.backend.backend()
+        [
+            "mlflow",
+            "keras",
+            "numpy",
+            "pandas",
+            "pillow",
+            "pydicom",
+            "pylibjpeg",
+            "pylibjpeg-libjpeg",
+        ],
+        keras.backend.backend(),
     )
 
 

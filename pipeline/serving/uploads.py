@@ -2,7 +2,10 @@
 
 Every surface (service, page, MLflow pyfunc, Azure scoring script, batch scorer) decodes through
 `decode_upload`, so one file gets one verdict everywhere: 413 too big (bytes, or pixels read from
-the header before decoding), 415 not a supported image by its content, 400 broken or tiny. Limits
+the header before decoding), 415 not a supported image by its content, 422 a DICOM file that is not
+one ultrasound image (another modality, a cine loop, no pixels), 400 broken or tiny. DICOM is read
+by `pipeline.dicom`, as prepare reads it: the same checks and the same crop to the ultrasound
+region, so a scan is answered on what the model was trained on. Limits
 are the server's own (`Limits`), and refusals name them as the server's options, never as the
 training pipeline's params. Grey images stay grey until the model input is fitted, so a huge grey
 upload costs a third of an RGB copy.
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipeline import images
+from pipeline import dicom, images
 
 # Formats accepted, by their leading bytes (the content decides, never a file name or a header a
 # client sends). Pillow opens more (EPS, PSD, ICO, ...), some through external programs: not here.
@@ -30,10 +33,13 @@ _SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
     ("TIFF", b"II*\x00", 0),
     ("TIFF", b"MM\x00*", 0),
     ("WEBP", b"WEBP", 8),  # RIFF....WEBP
+    ("DICOM", dicom.MAGIC, dicom.MAGIC_OFFSET),  # 128-byte preamble, then DICM
 )
-SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "DICOM")
 FILE_FIELDS = ("file", "image")  # multipart field names every surface accepts
 _STATUS = {"too_large": 413, "not_an_image": 415, "unsupported_mode": 415}
+# A readable DICOM file that is not one ultrasound image: understood, but not what the model takes.
+_DICOM_STATUS = {"not_ultrasound": 422, "multi_frame": 422, "no_pixel_data": 422}
 
 
 class InvalidInput(Exception):
@@ -88,6 +94,8 @@ def decode_upload(data: bytes, limits: Limits = Limits()) -> Image.Image:
         raise InvalidInput(
             415, f"not a supported image by its content; send one of {', '.join(SUPPORTED_FORMATS)}"
         )
+    if fmt == "DICOM":
+        return _decode_dicom(data, limits)
     try:
         decoded = images.decode(
             data,
@@ -103,6 +111,25 @@ def decode_upload(data: bytes, limits: Limits = Limits()) -> Image.Image:
             ) from None
         raise InvalidInput(_STATUS.get(exc.kind, 400), f"{exc.kind}: {exc.detail}") from None
     return decoded.image
+
+
+def _decode_dicom(data: bytes, limits: Limits) -> Image.Image:
+    """One ultrasound frame, cut to its region; a cine loop is refused (which frame to answer
+    on is a choice for the sender, not the server)."""
+    try:
+        scan = dicom.decode(
+            data,
+            max_pixels=limits.max_pixels,
+            min_side=limits.min_side,
+            frames="refuse",
+            crop=True,
+            grey_ok=True,
+            limit_names=(*limits.names[1:], ""),
+        )
+    except images.RejectedImage as exc:
+        status = _DICOM_STATUS.get(exc.kind) or _STATUS.get(exc.kind, 400)
+        raise InvalidInput(status, f"{exc.kind}: {exc.detail}") from None
+    return scan.decoded.image
 
 
 def from_base64(text: str) -> bytes:

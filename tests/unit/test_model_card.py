@@ -135,3 +135,18 @@ def test_subgroups_show_their_size_and_small_ones_no_estimate(metrics):
 
 def test_the_card_labels_every_headline_metric():
     assert tuple(LABELS) == HEADLINE
+
+
+def test_the_card_says_whether_the_split_is_patient_level_and_what_was_excluded(metrics):
+    image_level = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
+    assert "Split: image-level" in image_level and "so the split is image-level" in image_level
+    assert "(`data.exclude`): none." in image_level
+    summary = SUMMARY | {
+        "grouping": {"split_level": "patient", "ids_from": "patient, study", "split_groups": 40},
+        "excluded": {"total": 5, "by_reason": {"axilla view": 4, "annotations": 1}},
+    }
+    card = render_model_card("densenet121", metrics, summary, SELECTION, False)
+    assert "Split: patient-level" in card and "(40 groups)" in card
+    assert "patient ids keep each patient in one split" in card
+    assert "image-level" not in card and "Labels are per image" not in card
+    assert "before splitting: 5 images (axilla view: 4, annotations: 1)" in card

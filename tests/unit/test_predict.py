@@ -93,3 +93,23 @@ def test_memory_does_not_grow_with_the_number_of_files(tmp_path, classifier):
         tracemalloc.stop()
         assert len(read(tmp_path / f"{count}.csv")) == count
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
+    tmp_path, classifier, mini_release
+):
+    from tests.dicoms import make_dicom
+
+    source = tmp_path / "exports"
+    source.mkdir()
+    (source / "IM0001").write_bytes(make_dicom(scan(4), photometric="RGB"))  # no suffix, as PACS
+    (source / "loop.dcm").write_bytes(make_dicom(scan(5), frames=2))
+    out = tmp_path / "predictions.csv"
+    assert predict.main([str(source), "--model", str(mini_release[0]), "--out", str(out)]) == 0
+    rows = {row["path"]: row for row in read(out)}
+    expected = classifier.predict(decode_upload(encode(scan(4))))
+    assert rows["IM0001"]["class"] == expected["class"]
+    assert float(rows["IM0001"]["p_malignant"]) == pytest.approx(
+        expected["probabilities"]["malignant"], abs=1e-6
+    )
+    assert rows["loop.dcm"]["status"] == "422" and "multi_frame" in rows["loop.dcm"]["reason"]

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.engine import KerasEngine
 from pipeline.serving.release import read_release
 from pipeline.serving.uploads import decode_upload
+from tests.dicoms import make_dicom
 from tests.factories import CLASSES, encode, enter_project, scan
 from tests.registry_models import register_model
 
@@ -78,3 +80,15 @@ def test_registry_alias_version_and_run_sources_give_the_same_answer(tmp_path, m
         assert loaded.release.rule.threshold == 0.25
         answers.append(loaded.predict(scan())["probabilities"])
     assert answers[0] == pytest.approx(answers[1], abs=1e-9)
+
+
+def test_a_dicom_upload_gets_the_same_answer_as_a_png_of_its_region(classifier, busi_sample):
+    """The page, API, pyfunc and batch scorer decode through decode_upload: one answer."""
+    region = np.asarray(Image.open(busi_sample / "malignant" / "malignant (2).png").convert("RGB"))
+    png = decode_upload(encode(region, "PNG"))
+    for photometric in ("RGB", "MONOCHROME2"):
+        dicom_image = decode_upload(make_dicom(region, photometric=photometric, syntax="rle"))
+        want = png if photometric == "RGB" else decode_upload(encode(np.asarray(png.convert("L"))))
+        got, expected = classifier.predict(dicom_image), classifier.predict(want)
+        assert got["class"] == expected["class"]
+        assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)

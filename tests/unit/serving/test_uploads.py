@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64, sniff_format
+from tests.dicoms import MARKERS, make_dicom
 from tests.factories import encode, scan
 
 LIMITS = Limits(max_bytes=10**6, max_pixels=10**6)
@@ -114,3 +115,41 @@ def test_a_data_url_and_plain_base64_give_the_same_bytes():
     raw = encode(scan())
     text = base64.b64encode(raw).decode()
     assert from_base64(text) == from_base64("data:image/png;base64," + text) == raw
+
+
+# --- DICOM (issue 16) -----------------------------------------------------------------------------
+
+
+def test_a_dicom_upload_is_its_ultrasound_region(busi_sample):
+    region = np.asarray(Image.open(busi_sample / "benign" / "benign (1).png").convert("RGB"))
+    region = region[:120, :160]
+    for photometric, syntax in (("MONOCHROME2", "rle"), ("YBR_FULL_422", "jpeg")):
+        image = decode_upload(make_dicom(region, photometric=photometric, syntax=syntax), LIMITS)
+        assert image.size == (160, 120)
+        grey = np.asarray(Image.fromarray(region).convert("L")).astype(int)
+        assert np.abs(np.asarray(image.convert("L")).astype(int) - grey).mean() < 2
+    assert sniff_format(make_dicom(region)) == "DICOM"
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, reason",
+    [
+        ({"frames": 3}, 422, "multi_frame: 3 frames (a cine loop, not one image): send one frame"),
+        ({"modality": "MR"}, 422, "not_ultrasound: DICOM with Modality MR"),
+    ],
+)
+def test_a_cine_loop_or_another_modality_is_a_clear_422(kwargs, status, reason):
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(make_dicom(scan(0, 40, 56), **kwargs), LIMITS)
+    assert refused.value.status == status and refused.value.reason.startswith(reason)
+    assert not any(marker in refused.value.reason for marker in MARKERS.values())
+
+
+def test_a_broken_or_huge_dicom_is_refused_like_any_image():
+    data = make_dicom(scan(0, 40, 56))
+    with pytest.raises(InvalidInput) as broken:
+        decode_upload(data[:-500], LIMITS)  # cut inside the pixels
+    assert broken.value.status == 400
+    with pytest.raises(InvalidInput) as huge:
+        decode_upload(data, Limits(max_pixels=1000))
+    assert huge.value.status == 413 and "--max-pixels" in huge.value.reason
