@@ -43,6 +43,7 @@ from pipeline.statistics import non_inferiority
 
 DECISION_FILE = Path("reports/promotion.json")
 ACTIONS = ("promote", "rollback")
+PROMOTION_HEADING = "## Promotion"
 POSITIVE = "malignant"
 
 
@@ -172,6 +173,7 @@ def promote(params: Params) -> Decision:
             f"promotion refused: {name} version {challenger.version}: {decision.reason}"
         )
     registry.set_alias(name, p.alias, str(challenger.version))
+    registry.describe_version(name, str(challenger.version), _card(name, decision, params))
     print(f"promote: {name} version {challenger.version} is now @{p.alias} ({decision.reason})")
     return decision
 
@@ -205,6 +207,37 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     return Decision(
         ok, reason, ours.version, theirs and theirs.version, metrics, other_metrics, evidence
     )
+
+
+def _card(name: str, decision: Decision, params: Params) -> str:
+    """The version's model card (select's) with the promotion section regenerated."""
+    card = registry.version_description(name, decision.challenger).split(PROMOTION_HEADING)[0]
+    ni = decision.evidence.get("non_inferiority") or {}
+    use = decision.evidence.get("test_split_use") or {}
+    lines = [
+        PROMOTION_HEADING,
+        "",
+        f"- Promoted to `@{params.promote.alias}` on {_now()}: {decision.reason}.",
+        f"- Compared with version {decision.champion or 'none (first champion)'} on "
+        f"{decision.evidence.get('held_out_images')} test images in "
+        f"{decision.evidence.get('held_out_groups')} groups that neither model saw "
+        f"({decision.evidence.get('left_out_seen_in_training')} left out as seen in training).",
+        f"- Test metrics by the served rule: {_pairs(decision.challenger_metrics)}.",
+    ]
+    if ni:
+        lines.append(
+            f"- Macro-F1 difference {ni['difference']:+.4f}, one-sided 95% lower bound "
+            f"{ni['lower_bound']:+.4f}, margin {ni['margin']} (paired cluster bootstrap)."
+        )
+    if use:
+        lines.append(
+            f"- This test split has been looked at {use['looks']} times by {use['models']} models."
+        )
+    return card.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _pairs(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {_tag(v)}" for k, v in metrics.items())
 
 
 def _test_hashes(test: ImageSet) -> list[str]:

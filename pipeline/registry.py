@@ -34,6 +34,15 @@ def delete_version(name: str, version: str) -> None:
     MlflowClient().delete_model_version(name, str(version))
 
 
+def version_description(name: str, version: str) -> str:
+    return MlflowClient().get_model_version(name, str(version)).description or ""
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    """A version's description: its model card, as `mlflow ui` shows it."""
+    MlflowClient().update_model_version(name, str(version), description=description)
+
+
 def describe_model(name: str, description: str) -> None:
     """The registered model's own description (what `mlflow ui` shows above its versions)."""
     MlflowClient().update_registered_model(name, description=description)

@@ -81,6 +81,8 @@ def test_a_passing_challenger_becomes_the_first_champion_and_the_decision_is_rec
     assert recorded["promotion_time"].endswith("+00:00")
     report = json.loads((project / "reports" / "promotion.json").read_text())
     assert report["promoted"] is True and report["challenger_version"] == version
+    card = MlflowClient().get_model_version(NAME, version).description
+    assert "## Promotion" in card and "looked at 1 times by 1 models" in card
 
 
 def test_a_worse_challenger_is_refused_with_a_one_line_reason_and_the_alias_stays(project, capsys):

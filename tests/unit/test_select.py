@@ -85,6 +85,7 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     written = json.loads((project / "reports" / "selection.json").read_text())
     assert written["reason"].startswith("higher validation macro_f1")
     assert "run_id" not in written and "version" not in written  # nothing that changes per run
+    assert written["paired_comparison"]["note"].startswith("no paired comparison")
     assert (project / "reports" / "model_card.md").read_text() == version.description
 
 
