@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
 .PHONY: install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
-	promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
+	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure azure-train-env
 
 $(STAMP): pyproject.toml
@@ -50,6 +50,9 @@ PORT ?= 8000
 
 serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | runs:/... | path.keras)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" $(PY) -m pipeline.serve --model "$(MODEL)" --port $(PORT)
+
+monitor: install ## drift report of the prediction log vs the release's reference (exit 1 on drift)
+	$(PY) -m pipeline.monitor
 
 bench-serve: install ## service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
 	$(PY) bench/serve_latency.py $(BENCH_ARGS)

@@ -113,6 +113,8 @@ class EvaluateParams:
     threshold_confidence: float = 0.95
     prevalence: float = 0.2
     temperature_min_improvement: float = 0.01
+    ood_accept: float = 0.95
+    ood_images: int = 40
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,20 @@ class PromoteParams:
 
 
 @dataclass(frozen=True)
+class MonitorParams:
+    """`python -m pipeline.monitor`: the prediction log's window against the release's reference."""
+
+    log_dir: str = "logs/predictions"
+    model: str = "models/selected"
+    report_dir: str = "reports/monitor"
+    window_days: int = 7
+    min_answers: int = 30
+    alpha: float = 0.01
+    max_psi: float = 0.25
+    max_ood_rate: float = 0.15
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "busi-tumor-classification"
 
@@ -157,6 +173,7 @@ class Params:
     select: SelectParams = field(default_factory=SelectParams)
     promote: PromoteParams = field(default_factory=PromoteParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -318,6 +335,18 @@ def _check_values(p: Params) -> None:
         "evaluate.temperature_min_improvement",
         "must not be negative (nats per image)",
     )
+    need(
+        0.5 <= e.ood_accept < 1,
+        "evaluate.ood_accept",
+        "must be within [0.5, 1) (0.95: 95% of validation images accepted)",
+    )
+    need(e.ood_images >= 4, "evaluate.ood_images", "must be at least 4 images per family")
+    mo = p.monitor
+    need(mo.window_days >= 1, "monitor.window_days", "must be at least 1 day")
+    need(mo.min_answers >= 10, "monitor.min_answers", "must be at least 10 answers")
+    need(0 < mo.alpha < 0.5, "monitor.alpha", "must be within (0, 0.5) (0.01: 1% false alarms)")
+    need(mo.max_psi > 0, "monitor.max_psi", "must be positive (0.25: a shifted mix)")
+    need(0 < mo.max_ood_rate <= 1, "monitor.max_ood_rate", "must be within (0, 1]")
     pm = p.promote
     need(0 <= pm.min_macro_f1 <= 1, "promote.min_macro_f1", "must be within [0, 1]")
     need(

@@ -13,6 +13,13 @@ What people see during development is validation: the terminal, `reports/evaluat
 runs in MLflow. Test numbers are in one place, `reports/evaluate/test.md` (and the `test` section
 of each `<arch>/metrics.json`, `<arch>/test/`), and every computation of them is a run in the MLflow
 test ledger (pipeline.ledger), counted in the report and the model card.
+
+Out-of-distribution check (pipeline.serving.ood, the function that serves): the statistics of the
+pooled backbone features are fitted on the train split of data/prepared, the threshold is chosen
+on validation (`evaluate.ood_accept` of the val images accepted) and written with them to
+`<arch>/ood.npz` for select; the share of test images refused and the OOD AUROC against each
+family of pipeline.ood_sets (test images vs `evaluate.ood_images` synthetic images per family)
+go into the test report.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, ledger, metrics, plots, statistics, subgroups, tracking
+from pipeline import cam, ledger, metrics, ood_sets, plots, statistics, subgroups, tracking
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import LABELS, format_estimate
+from pipeline.serving.ood import METHOD, OOD_FILE, OodStatistics, accept_threshold, fit, pool
 
 EVALUATE_DIR = Path("reports/evaluate")
 HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
@@ -67,7 +75,10 @@ def run(params: Params) -> dict:
         "split_sha256": ledger.split_fingerprint(facts["test"].image_hashes),
         "manifest_sha256": ledger.file_sha256(str(PREPARED_DIR / "manifest.csv")),
     }
-    results, proba, kept = {}, {}, {}
+    train = _load_split("train", params.classes)  # only for the OOD statistics
+    size = data["test"].images.shape[1]
+    shown = ood_sets.ood_sets(params.evaluate.ood_images, size, params.seed)
+    results, proba, kept, fitted = {}, {}, {}, {}
     for arch in ARCHS:
         model = keras.saving.load_model(inputs[arch]["model"], compile=False)
         net = cam.feature_model(model)  # one pass gives probabilities and maps for Grad-CAM
@@ -75,6 +86,12 @@ def run(params: Params) -> dict:
         proba[arch] = {split: probabilities for split, (_, probabilities) in outputs.items()}
         results[arch] = evaluate_probabilities(data, proba[arch], params, facts)
         kept[arch] = (model, outputs["test"][0])
+        pooled = {name: pool(predict(net, x)[0]) for name, x in shown.items()}
+        pooled |= {split: pool(f) for split, (f, _) in outputs.items()}
+        pooled["train"] = pool(predict(net, train.images)[0])
+        fitted[arch], found = ood_evaluation(pooled, train.labels, params.evaluate.ood_accept)
+        for split in SPLITS:
+            results[arch][split]["ood"] = found[split]
     for arch in ARCHS:  # every computation of test metrics is a look, counted before reporting
         _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
     use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
@@ -82,6 +99,7 @@ def run(params: Params) -> dict:
         results[arch]["test"]["test_use"] = use
         with staged_dir(EVALUATE_DIR / arch) as out:
             write_json(out / "metrics.json", results[arch])
+            fitted[arch].save(out / OOD_FILE)
             model, features = kept[arch]
             write_reports(out, model, features, data, proba[arch], results[arch], params)
     comparison = compare_models(data, proba, facts, params)
@@ -92,6 +110,51 @@ def run(params: Params) -> dict:
     _log_to_mlflow(params, inputs, results)
     _print_summary(results)
     return results
+
+
+def ood_evaluation(
+    pooled: dict[str, np.ndarray], train_labels: np.ndarray, accept: float
+) -> tuple[OodStatistics, dict[str, dict[str, Any]]]:
+    """Fit the OOD statistics on train, choose the threshold on val, measure both splits.
+
+    `pooled`: pooled features of "train", "val", "test" and of each OOD family. Per split: the
+    share of its (in-distribution) images refused, with a Clopper-Pearson interval, and the
+    AUROC of the OOD score separating the split's images from each family (1 = always apart).
+    """
+    from scipy.stats import binomtest
+
+    fitted = fit(pooled["train"], train_labels)
+    scores = {name: fitted.scores(x) for name, x in pooled.items() if name != "train"}
+    threshold = accept_threshold(scores["val"], accept)
+    families = [name for name in scores if name not in (*SPLITS, "train")]
+    found = {}
+    for split in SPLITS:
+        inside = scores[split]
+        refused = int((inside > threshold).sum())
+        ci = binomtest(refused, len(inside)).proportion_ci(0.95, method="exact")
+        outside = {f: scores[f] for f in families}
+        found[split] = {
+            "method": METHOD,
+            "accept": accept,
+            "threshold": threshold,
+            "images": len(inside),
+            "refused": {"value": refused / len(inside), "ci_low": ci.low, "ci_high": ci.high},
+            "auroc": {f: _auroc(inside, s) for f, s in outside.items()},
+            "auroc_all": _auroc(inside, np.concatenate(list(outside.values()))),
+            "ood_refused": {f: float((s > threshold).mean()) for f, s in outside.items()},
+            "ood_images": {f: len(s) for f, s in outside.items()},
+        }
+    return fitted, found
+
+
+def _auroc(inside: np.ndarray, outside: np.ndarray) -> float | None:
+    """P(an OOD image scores above an in-distribution one), ties counted half."""
+    from sklearn.metrics import roc_auc_score
+
+    if not len(inside) or not len(outside):
+        return None
+    labels = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
+    return float(roc_auc_score(labels, np.r_[inside, outside]))
 
 
 def split_facts(manifest: pd.DataFrame, split: str) -> SplitFacts:
@@ -285,6 +348,7 @@ def headline(results: dict[str, dict]) -> dict[str, dict]:
             "val_malignant_specificity": (op.get("specificity") or {}).get("value"),
             "val_lesion_auc": (lesions.get("auc") or {}).get("value"),
             "val_threshold": op.get("threshold"),
+            "val_ood_auroc": (val.get("ood") or {}).get("auroc_all"),
         }
     return out
 

@@ -89,6 +89,7 @@ def render_model_card(
     out += ["", "## Quantitative analyses", "", *_headline_table(val, test)]
     out += ["", "### Operating point", "", *_operating_point(val, test)]
     out += ["", "### Calibration of p(malignant)", "", *_calibration(val, test)]
+    out += ["", "### Out-of-distribution inputs", "", *_ood(val, test)]
     out += ["", "### Subgroups (test)", "", *_subgroups(test)]
     out += ["", "## Ethical considerations", "", *ETHICS]
     out += ["", "## Caveats and recommendations", "", *_limitations(data_summary, synthetic, test)]
@@ -293,6 +294,37 @@ def _calibration(val: dict, test: dict) -> list[str]:
             "n): "
             + "; ".join(f"{b['predicted']:.2f} -> {b['observed']:.2f}, {b['count']}" for b in bins)
         )
+    return out
+
+
+def _ood(val: dict, test: dict) -> list[str]:
+    """The OOD check: its threshold, the in-distribution test images it refuses, and how well it
+    separates test images from each synthetic OOD family (AUROC; 1 = always apart)."""
+    found, chosen = test.get("ood") or {}, val.get("ood") or {}
+    if not found:
+        return ["- No out-of-distribution check was evaluated for this model."]
+    refused = found["refused"]
+    out = [
+        f"- Score: {found['method']}. Threshold {found['threshold']:.4g}, chosen on validation so "
+        f"that {found['accept']:.0%} of its images are accepted "
+        f"({format_estimate(chosen.get('refused'))} of validation refused).",
+        f"- In-distribution test images refused as out of scope: {format_estimate(refused)} "
+        f"of {found['images']} (exact binomial 95% interval).",
+        f"- OOD AUROC, test images vs all families: {_fmt(found.get('auroc_all'))}.",
+        "",
+        "| OOD family (synthetic, pipeline/ood_sets.py) | images | AUROC vs test | refused |",
+        "|---|---|---|---|",
+    ]
+    for family, auroc in found["auroc"].items():
+        share = found["ood_refused"].get(family)
+        out.append(f"| {family} | {found['ood_images'].get(family)} | {_fmt(auroc)} | "
+                   f"{_fmt(share)} |")  # fmt: skip
+    out += [
+        "",
+        "The families are synthetic stand-ins (textures, colour scenes and Doppler-like overlays, "
+        "text and UI screenshots, CT-, radiograph- and MRI-like slices), not real images of those "
+        "kinds; an ultrasound of another organ can still pass the check.",
+    ]
     return out
 
 

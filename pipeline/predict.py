@@ -3,7 +3,8 @@
 SOURCE is a folder (every regular file under it, links not followed) or a CSV file with a `path`
 column (relative to the CSV's folder). Each file gets one row in `--out`: the answer of the
 released model (`--model`, default `models:/<select.model_name>@<promote.alias>`) with its
-probabilities, class and decision, or the status and reason it was refused, decided by the same
+probabilities, class and decision (`out_of_scope`, with its OOD score and the reason, for an image
+the model was not made for), or the status and reason it was refused, decided by the same
 serving core and the same upload validation as the service, the MLflow pyfunc and the Azure
 scoring script. Files stream through in batches and rows are written as they come, so memory does
 not grow with the number of files; the CSV appears only when complete (temporary file, then
@@ -67,12 +68,18 @@ def read_image(path: Path, limits: Limits) -> Any:
 
 def columns(classifier: Classifier) -> list[str]:
     probs = [f"p_{name}" for name in classifier.classes]
-    return ["path", "status", "class", "positive", *probs, "reason", "model_name", "model_version"]
+    return [
+        "path", "status", "class", "positive", *probs, "ood_score", "reason", "model_name",
+        "model_version",
+    ]  # fmt: skip
 
 
 def answer_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     row = {"path": name, "status": 200, "class": result["class"]}
-    row["positive"] = result["decision"]["positive"]
+    decision = result["decision"]
+    row["positive"] = decision["positive"]  # empty when out of scope: no class, no flag
+    row["ood_score"] = decision.get("ood_score")
+    row["reason"] = decision.get("reason")
     row.update({f"p_{c}": f"{p:.8f}" for c, p in result["probabilities"].items()})
     row.update(model_name=result["model"]["name"], model_version=result["model"]["version"])
     return row

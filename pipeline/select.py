@@ -24,11 +24,13 @@ import mlflow
 from pipeline import registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
-from pipeline.datasets import PREPARED_DIR
+from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import render_model_card
-from pipeline.serving import pyfunc
+from pipeline.serving import predlog, pyfunc
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.ood import OOD_FILE
 from pipeline.serving.release import write_release
 from pipeline.serving.rule import DecisionRule
 from pipeline.synthetic import case_rng, render_case
@@ -75,6 +77,7 @@ def decision_rule(val: dict[str, Any], classes: tuple[str, ...], manifest: str) 
     """The served rule from the winner's validation results (evaluate's metrics.json `val`)."""
     op = val.get("operating_point") or {}
     calibration = val.get("calibration") or {}
+    ood = val.get("ood") or {}
     temperature = calibration.get("temperature") if calibration.get("applied") else None
     threshold = op.get("threshold")
     method = op.get("rule") or (
@@ -88,6 +91,12 @@ def decision_rule(val: dict[str, Any], classes: tuple[str, ...], manifest: str) 
         temperature=float(temperature) if temperature else None,
         method=method if threshold is not None else "argmax (no operating point on validation)",
         chosen_on=f"validation split ({val.get('n', '?')} images), manifest sha256 {manifest[:12]}",
+        ood_threshold=ood.get("threshold"),
+        ood_method=(
+            f"{ood['method']}; threshold: {ood['accept']:.0%} of the validation images accepted"
+            if ood
+            else ""
+        ),
     )
 
 
@@ -143,7 +152,11 @@ def _release(
     for _ in range(REGISTER_ATTEMPTS):
         provenance = _provenance(params, winner, run_id, selection, expected, experiment)
         with staged_dir(SELECTED_DIR) as out:
-            write_release(out, Path("models") / winner / "model.keras", rule, provenance)
+            write_release(
+                out, Path("models") / winner / "model.keras", rule, provenance,
+                ood_file=_ood_file(winner, rule),
+            )  # fmt: skip
+            _write_reference(out, params)
         with mlflow.start_run(run_id=run_id):
             info = pyfunc.log_release(
                 SELECTED_DIR,
@@ -162,6 +175,32 @@ def _release(
         registry.delete_version(name, got)
         expected = str(int(got) + 1)
     raise UserError(f"{name}: the registry kept assigning other version numbers; rerun select")
+
+
+def _write_reference(folder: Path, params: Params) -> None:
+    """The monitor's reference inside the release: the validation images answered by it, as
+    prediction-log rows (sizes before prepare fitted them, from the manifest; no names)."""
+    val = load_set(PREPARED_DIR, params.classes, split="val")
+    rows = read_manifest(PREPARED_DIR / "manifest.csv")
+    rows = rows[rows["split"] == "val"]
+    if {"width", "height"} <= set(rows.columns) and len(rows) == len(val):
+        sizes = list(zip(rows["width"].astype(int), rows["height"].astype(int), strict=True))
+    else:
+        sizes = [(image.shape[1], image.shape[0]) for image in val.images]
+    classifier = load_classifier(folder)
+    predlog.write_reference(
+        folder / predlog.REFERENCE_FILE, predlog.replay(classifier, val.images, sizes)
+    )
+
+
+def _ood_file(winner: str, rule: DecisionRule) -> Path | None:
+    """The OOD statistics evaluate fitted for the winner, when its rule has an OOD threshold."""
+    if rule.ood_threshold is None:
+        return None
+    path = EVALUATE_DIR / winner / OOD_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found; rerun evaluate (dvc repro)")
+    return path
 
 
 def _provenance(

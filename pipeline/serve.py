@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import default_model_uri
@@ -38,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=2, help="inferences at once")
     p.add_argument("--max-waiting", type=int, default=8, help="requests queued before 503")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the class activation maps")
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=Path("logs/predictions"),
+        help="prediction log folder (answers, scores, sizes, intensity statistics; never images)",
+    )
+    p.add_argument("--no-log", action="store_true", help="do not keep the prediction log")
     return p
 
 
@@ -58,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heatmaps=not args.no_heatmaps,
         max_concurrent=args.max_concurrent,
         max_waiting=args.max_waiting,
+        log_dir=None if args.no_log else args.log_dir,
     )
     app = create_app(classifier, settings)
     identity = classifier.release.identity()
@@ -65,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Serving {identity['name']} version {identity['version']} ({identity['arch']}){data_note}"
         f"\n  rule: {classifier.release.rule.describe()}"
+        f"\n  prediction log: {'off' if args.no_log else args.log_dir} (no images, no file names)"
         f"\n  open http://{args.host}:{args.port}/   (API: POST /predict, GET /health)",
         flush=True,
     )

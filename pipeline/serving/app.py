@@ -12,12 +12,17 @@ Uploads are read into memory with a byte limit (413 before reading when Content-
 never written to disk, and at most `max_concurrent` run at once with `max_waiting` queued behind
 them: beyond that the answer is 503 with `Retry-After`, never an unbounded queue. Every refusal is
 JSON: `{"error": <reason>, "status": <code>}`.
+
+With `ServiceSettings.log_dir`, every answer is appended to the prediction log
+(pipeline.serving.predlog: the decision, scores, image size and intensity statistics; never the
+image or its file name); `python -m pipeline.serve` turns it on by default.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import io
 import threading
 import time
@@ -39,6 +44,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pipeline.serving.classifier import Classifier
 from pipeline.serving.heatmaps import HeatMapper
+from pipeline.serving.predlog import PredictionLog, record
 from pipeline.serving.uploads import FILE_FIELDS, InvalidInput, Limits, decode_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -87,6 +93,7 @@ class ServiceSettings:
     heatmaps: bool = True
     max_concurrent: int = 2  # inferences at once: about the cores a CPU host gives the model
     max_waiting: int = 8  # requests queued behind them before 503
+    log_dir: Path | None = None  # the prediction log's folder; None: answers are not logged
 
 
 class Saturated(Exception):
@@ -180,9 +187,10 @@ def create_app(classifier: Classifier, settings: ServiceSettings = ServiceSettin
         redoc_url=None,
     )
     app.state.classifier = classifier
+    app.state.log = PredictionLog(settings.log_dir) if settings.log_dir else None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
-    _add_routes(app, classifier, mapper, settings)
+    _add_routes(app, classifier, mapper, settings, app.state.log)
     return app
 
 
@@ -215,7 +223,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_routes(
-    app: FastAPI, classifier: Classifier, mapper: HeatMapper | None, settings: ServiceSettings
+    app: FastAPI,
+    classifier: Classifier,
+    mapper: HeatMapper | None,
+    settings: ServiceSettings,
+    log: PredictionLog | None,
 ) -> None:
     admission = Admission(settings.max_concurrent, settings.max_waiting)
 
@@ -230,6 +242,7 @@ def _add_routes(
             "heatmaps": mapper is not None,
             "max_bytes": settings.limits.max_bytes,
             "max_concurrent": settings.max_concurrent,
+            "prediction_log": log is not None,
             "notice": NOTICE,
         }
 
@@ -243,7 +256,7 @@ def _add_routes(
         async with admission.slot():
             data = await read_upload(request, settings.limits.max_bytes)
             return await run_in_threadpool(
-                classify, classifier, mapper if heatmap else None, data, settings.limits
+                classify, classifier, mapper if heatmap else None, data, settings.limits, log
             )
 
 
@@ -251,9 +264,14 @@ _heatmap_lock = threading.Lock()  # the feature model is shared: one heat map at
 
 
 def classify(
-    classifier: Classifier, mapper: HeatMapper | None, data: bytes, limits: Limits
+    classifier: Classifier,
+    mapper: HeatMapper | None,
+    data: bytes,
+    limits: Limits,
+    log: PredictionLog | None = None,
 ) -> dict[str, Any]:
-    """Decode, answer, and (with a mapper) draw the heat map of the answered class."""
+    """Decode, answer, log (without the image), and (with a mapper) draw the heat map of the
+    answered class."""
     started = time.perf_counter()
     image = decode_upload(data, limits)
     batch = classifier.engine.prepare(image)[None]
@@ -263,8 +281,10 @@ def classify(
         with _heatmap_lock:
             result, overlay = mapper(batch, image.height, image.width)
     else:
-        result = classifier.describe(classifier.engine.probabilities(batch)[0])
+        result = classifier.answer_batch(batch)[0]
     inferred = time.perf_counter()
+    if log is not None:
+        log.append(record(result, batch[0], image.width, image.height, dt.datetime.now(dt.UTC)))
     result["image"] = {"width": image.width, "height": image.height}
     result["decode_ms"] = round((decoded - started) * 1000, 3)
     result["inference_ms"] = round((inferred - decoded) * 1000, 3)

@@ -5,8 +5,12 @@ one image gets the same probabilities and the same decision on the page, the API
 pyfunc, the Azure scoring script and the batch scorer. An answer is
 
     {"class", "probabilities" {class: p}, "decision" {positive_class, positive,
-     positive_probability, threshold, temperature, rule}, "model" {name, version, arch},
-     "synthetic_data"}
+     positive_probability, threshold, temperature, rule[, out_of_scope, ood_score, ood_threshold,
+     reason]}, "model" {name, version, arch}, "synthetic_data"}
+
+With OOD statistics in the release, the one forward pass also gives the pooled backbone
+features, and the answer of an input beyond the OOD threshold is `out_of_scope` (rule.answer).
+
 
 `source` is a released-model folder (models/selected/), an MLflow model folder holding one, or a
 `models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/` URI, downloaded with MLflow from
@@ -26,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.serving.engine import KerasEngine
+from pipeline.serving.ood import pool
 from pipeline.serving.release import Release, find_release, read_release
 from pipeline.serving.rule import answer
 
@@ -49,17 +54,35 @@ class Classifier:
     def classes(self) -> tuple[str, ...]:
         return self.release.rule.classes
 
-    def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
-        """One image's model probabilities (K,) -> the answer (see the module doc)."""
-        result = answer(self.release.rule, probabilities)
+    def describe(self, probabilities: np.ndarray, ood_score: float | None = None) -> dict[str, Any]:
+        """One image's model probabilities (K,) and OOD score -> the answer (see the module doc)."""
+        result = answer(self.release.rule, probabilities, ood_score)
         result["model"] = self.release.identity()
         result["synthetic_data"] = self.release.synthetic
         return result
 
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, K), OOD scores (N,) or None without OOD statistics), one pass."""
+        if self.release.ood is None:
+            return self.engine.probabilities(batch), None
+        pooled, proba = self.engine.pooled_and_probabilities(batch)
+        return proba, self.release.ood.scores(pooled)
+
+    def ood_scores(self, feature_maps: np.ndarray) -> np.ndarray | None:
+        """OOD scores (N,) of backbone feature maps (N, h, w, C) (the heat mapper has them)."""
+        return None if self.release.ood is None else self.release.ood.scores(pool(feature_maps))
+
+    def answer_batch(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        """Answers for a prepared batch (N, H, W, 3) (engine.prepare of each image)."""
+        proba, scores = self.forward(batch)
+        return [
+            self.describe(row, None if scores is None else float(scores[i]))
+            for i, row in enumerate(proba)
+        ]
+
     def predict_many(self, images: Iterable[Image.Image | np.ndarray]) -> list[dict[str, Any]]:
         """Answers for decoded images, in one forward pass."""
-        batch = np.stack([self.engine.prepare(image) for image in images])
-        return [self.describe(row) for row in self.engine.probabilities(batch)]
+        return self.answer_batch(np.stack([self.engine.prepare(image) for image in images]))
 
     def predict(self, image: Image.Image | np.ndarray) -> dict[str, Any]:
         return self.predict_many([image])[0]
@@ -90,7 +113,7 @@ def load_classifier(source: str | Path, tracking_uri: str | None = None) -> Clas
                 "(models/selected), models:/<name>@<alias>, models:/<name>/<version> or runs:/..."
             )
         classifier = _from_folder(find_release(path) if path.is_dir() else path)
-    classifier.engine.warm_up()
+    classifier.engine.warm_up(features=classifier.release.ood is not None)
     return classifier
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import images
+from pipeline.serving.ood import pool
 
 RESIZE_LAYER = "resize"  # pipeline.backbones names the model's resizing layer so
 
@@ -26,6 +27,7 @@ class KerasEngine:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
+        self.features: keras.Model | None = None  # cam.feature_model, built on first use
         self.input_size: tuple[int, int] | None = None
         self.keep_aspect = True
         try:
@@ -66,7 +68,23 @@ class KerasEngine:
         """
         return np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
 
-    def warm_up(self) -> None:
-        """Trace the predict function once, so the first request is not the slow one."""
+    def pooled_and_probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled backbone features (N, C), probabilities (N, K)) of a prepared batch, in one
+        forward pass of the model's own layers (pipeline.cam.feature_model): the OOD score needs
+        the features, the decision rule the probabilities."""
+        if self.features is None:
+            from pipeline import cam
+
+            self.features = cam.feature_model(self.model)
+        features, proba = self.features.predict_on_batch(batch)
+        return pool(features), np.asarray(proba, dtype=np.float64)
+
+    def warm_up(self, features: bool = False) -> None:
+        """Trace the predict function once (the feature model's too when the OOD check needs
+        it), so the first request is not the slow one."""
         height, width = self.input_size or (64, 64)
-        self.probabilities(np.zeros((1, height, width, 3), dtype=np.float32))
+        zeros = np.zeros((1, height, width, 3), dtype=np.float32)
+        if features:
+            self.pooled_and_probabilities(zeros)
+        else:
+            self.probabilities(zeros)

@@ -32,13 +32,17 @@ class HeatMapper:
 
     def __call__(
         self, batch: np.ndarray, height: int, width: int
-    ) -> tuple[dict[str, Any], Image.Image]:
-        """(the answer, RGBA heat map at the image's aspect ratio) for a one-image batch."""
+    ) -> tuple[dict[str, Any], Image.Image | None]:
+        """(the answer, RGBA heat map at the image's aspect ratio, or None for an input out of
+        scope) for a one-image batch."""
         features, proba = self.features(batch, training=False)
         proba = np.asarray(keras.ops.convert_to_numpy(proba), dtype=np.float64)
-        result = self.classifier.describe(proba[0])
-        chosen = self.classifier.classes.index(result["class"])
         features = keras.ops.convert_to_numpy(features)
+        scores = self.classifier.ood_scores(features)
+        result = self.classifier.describe(proba[0], None if scores is None else float(scores[0]))
+        if result["class"] not in self.classifier.classes:
+            return result, None  # out of scope: no class to explain
+        chosen = self.classifier.classes.index(result["class"])
         cam_map = cam.maps_from_features(self.classifier.engine.model, features, chosen)[0]
         return result, self.overlay(cam_map, height, width)
 

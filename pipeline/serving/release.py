@@ -2,6 +2,10 @@
 
     model.keras     the Keras model (resizing and normalisation are layers inside it)
     release.json    {"format": 1, "model_file", "rule": DecisionRule, "provenance": {...}}
+    ood.npz         the OOD score's statistics (pipeline.serving.ood), when the rule has an OOD
+                    threshold: class means and precision of the train split's pooled features
+    reference.csv   what the validation images looked like through this release (the monitor's
+                    reference: pipeline.serving.predlog records, no images, no file names)
 
 Provenance says what a served answer came from: registered name and version (None for a model
 that was never registered, such as a DVC experiment's), architecture, training run, data manifest
@@ -15,11 +19,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.files import write_json
+from pipeline.serving.ood import OOD_FILE, OodStatistics
 from pipeline.serving.rule import DecisionRule
 
 FORMAT = 1
@@ -48,6 +53,7 @@ class Release:
     rule: DecisionRule
     provenance: dict[str, Any] = field(default_factory=dict)
     model_file: str = MODEL_FILE
+    ood: OodStatistics | None = None
 
     @property
     def model_path(self) -> Path:
@@ -69,13 +75,25 @@ class Release:
 
 
 def write_release(
-    folder: Path, model_file: Path, rule: DecisionRule, provenance: dict[str, Any]
+    folder: Path,
+    model_file: Path,
+    rule: DecisionRule,
+    provenance: dict[str, Any],
+    *,
+    ood_file: Path | None = None,
 ) -> Release:
-    """Copy `model_file` into `folder` and write release.json beside it (folder must exist)."""
+    """Copy `model_file` (and `ood_file`, the OOD statistics the rule's OOD threshold needs) into
+    `folder` and write release.json beside them (folder must exist)."""
     unknown = sorted(set(provenance) - set(PROVENANCE_KEYS))
     if unknown:
         raise ValueError(f"provenance: unknown keys {unknown}; allowed {list(PROVENANCE_KEYS)}")
+    if (rule.ood_threshold is None) != (ood_file is None):
+        raise ValueError("an OOD threshold and its statistics file go together, or neither")
     shutil.copyfile(model_file, folder / MODEL_FILE)
+    ood = None
+    if ood_file is not None:
+        shutil.copyfile(ood_file, folder / OOD_FILE)
+        ood = OodStatistics.load(folder / OOD_FILE)
     record = {
         "format": FORMAT,
         "model_file": MODEL_FILE,
@@ -83,7 +101,7 @@ def write_release(
         "provenance": {key: provenance.get(key) for key in PROVENANCE_KEYS},
     }
     write_json(folder / RELEASE_FILE, record)
-    return Release(Path(folder), rule, record["provenance"])
+    return Release(Path(folder), rule, record["provenance"], ood=ood)
 
 
 def read_release(folder: Path) -> Release:
@@ -112,7 +130,15 @@ def read_release(folder: Path) -> Release:
         ) from None
     if not release.model_path.is_file():
         raise NotARelease(f"{folder}: {release.model_file} is missing")
-    return release
+    if release.rule.ood_threshold is None:
+        return release
+    try:
+        return replace(release, ood=OodStatistics.load(folder / OOD_FILE))
+    except (OSError, ValueError, KeyError) as exc:
+        raise NotARelease(
+            f"{folder}: the rule has an OOD threshold but {OOD_FILE} is unreadable "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def find_release(root: Path) -> Path:

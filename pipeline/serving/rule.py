@@ -12,6 +12,11 @@ malignant flag come out of the same comparison and cannot contradict each other:
 4. without a threshold, the most probable class, and positive exactly when that is the positive
    class.
 
+Before all of these, when the rule carries an OOD threshold (pipeline.serving.ood, chosen on
+validation): an image whose OOD score is above it is out of scope. Its answer is the class
+`out_of_scope` with `positive` null and the reason "refer to a radiologist", never one of the
+model's classes: a photo or a CT slice gets no tumour class, however confident the softmax.
+
 The rule travels inside the released model (`release.json`), never in registry tags.
 """
 
@@ -21,6 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+OUT_OF_SCOPE = "out_of_scope"
+REFER = "out of scope: refer to a radiologist"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class DecisionRule:
     temperature: float | None = None  # calibration applied before the threshold; None: none
     method: str = "argmax"  # how the threshold was chosen, in words
     chosen_on: str = ""  # the data it was chosen on (split, images, manifest hash)
+    ood_threshold: float | None = None  # OOD score > threshold -> out of scope; None: no check
+    ood_method: str = ""  # the OOD score and how its threshold was chosen, in words
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -42,6 +52,10 @@ class DecisionRule:
             raise ValueError(f"threshold {self.threshold} is not a probability")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature {self.temperature} must be positive")
+        if self.ood_threshold is not None and not self.ood_threshold >= 0:
+            raise ValueError(f"OOD threshold {self.ood_threshold} must not be negative")
+        if OUT_OF_SCOPE in self.classes:
+            raise ValueError(f"{OUT_OF_SCOPE!r} is the refusal, not a class name")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "classes": list(self.classes)}
@@ -56,11 +70,16 @@ class DecisionRule:
         calibrated = (
             f"temperature-calibrated (T={self.temperature:.3f}) " if self.temperature else ""
         )
+        scope = (
+            f"{OUT_OF_SCOPE} when the OOD score > {self.ood_threshold:.4g}; else "
+            if self.ood_threshold is not None
+            else ""
+        )
         if self.threshold is None:
-            return f"most probable class of the {calibrated}probabilities"
+            return f"{scope}most probable class of the {calibrated}probabilities"
         return (
-            f"{self.positive_class} when its {calibrated}probability >= {self.threshold:.4f}, "
-            "otherwise the most probable other class"
+            f"{scope}{self.positive_class} when its {calibrated}probability >= "
+            f"{self.threshold:.4f}, otherwise the most probable other class"
         )
 
 
@@ -95,24 +114,50 @@ def _classify(rule: DecisionRule, p: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return labels, labels == k
 
 
-def answer(rule: DecisionRule, probabilities: np.ndarray) -> dict[str, Any]:
-    """One image's probabilities (K,) -> the JSON-ready decision every surface returns.
+def out_of_scope(rule: DecisionRule, ood_scores: np.ndarray | None) -> np.ndarray:
+    """True per image whose OOD score is beyond the rule's threshold (N,) (all False without one).
+
+    A rule with a threshold and no scores is an error: a surface that forgot to compute them
+    would otherwise answer every photo and CT slice with a tumour class.
+    """
+    if rule.ood_threshold is None:
+        return np.zeros(0 if ood_scores is None else np.size(ood_scores), dtype=bool)
+    if ood_scores is None:
+        raise ValueError("the rule has an OOD threshold: the OOD score is needed to answer")
+    return np.atleast_1d(np.asarray(ood_scores, dtype=np.float64)) > rule.ood_threshold
+
+
+def answer(
+    rule: DecisionRule, probabilities: np.ndarray, ood_score: float | None = None
+) -> dict[str, Any]:
+    """One image's probabilities (K,) and OOD score -> the JSON-ready answer every surface returns.
 
     `probabilities` in the answer are the ones the rule compared (calibrated when the rule has a
-    temperature), so a reader can check the decision against them.
+    temperature), so a reader can check the decision against them. Out of scope, the class is
+    `out_of_scope`, `positive` is None and `reason` says what to do; the probabilities stay for
+    the record (the prediction log, the monitor), not as an answer.
     """
     p = calibrate(np.asarray(probabilities, dtype=np.float64).reshape(1, -1), rule.temperature)
     labels, positive = _classify(rule, p)
     k = rule.classes.index(rule.positive_class)
-    return {
-        "class": rule.classes[int(labels[0])],
+    refused = bool(out_of_scope(rule, None if ood_score is None else [ood_score]).any())
+    result = {
+        "class": OUT_OF_SCOPE if refused else rule.classes[int(labels[0])],
         "probabilities": {c: float(v) for c, v in zip(rule.classes, p[0], strict=True)},
         "decision": {
             "positive_class": rule.positive_class,
-            "positive": bool(positive[0]),
+            "positive": None if refused else bool(positive[0]),
             "positive_probability": float(p[0, k]),
             "threshold": rule.threshold,
             "temperature": rule.temperature,
             "rule": rule.describe(),
         },
     }
+    if rule.ood_threshold is not None:
+        result["decision"].update(
+            out_of_scope=refused,
+            ood_score=float(ood_score),
+            ood_threshold=rule.ood_threshold,
+            reason=REFER if refused else None,
+        )
+    return result

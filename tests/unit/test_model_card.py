@@ -137,6 +137,27 @@ def test_the_card_labels_every_headline_metric():
     assert tuple(LABELS) == HEADLINE
 
 
+def test_the_ood_check_shows_its_auroc_per_family_and_the_share_of_test_refused(metrics):
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 30)
+    inside = {s: rng.normal(size=(n, 6)) for s, n in (("val", 60), ("test", 70))}
+    pooled = {"train": rng.normal(size=(90, 6)) + labels[:, None] * 0.1, **inside}
+    pooled |= {"textures": rng.normal(size=(20, 6)) * 4, "colour": rng.normal(size=(20, 6))}
+    _, found = evaluate.ood_evaluation(pooled, labels, 0.95)
+    card = render_model_card(
+        "densenet121",
+        {s: metrics[s] | {"ood": found[s]} for s in ("val", "test")},
+        SUMMARY,
+        SELECTION,
+        False,
+    )
+    section = card.split("### Out-of-distribution inputs")[1].split("###")[0]
+    assert f"| textures | 20 | {found['test']['auroc']['textures']:.3f} |" in section
+    assert found["test"]["auroc"]["textures"] > 0.9 > found["test"]["auroc"]["colour"]
+    assert f"of {found['test']['images']} (exact binomial" in section
+    assert found["val"]["refused"]["value"] <= 0.05 + 1 / 60
+
+
 def test_the_card_says_whether_the_split_is_patient_level_and_what_was_excluded(metrics):
     image_level = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
     assert "Split: image-level" in image_level and "so the split is image-level" in image_level

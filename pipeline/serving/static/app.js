@@ -67,7 +67,10 @@ async function renderResult(result, request) {
   $("predicted-class").textContent = result.class;
   const d = result.decision;
   const positive = d.positive ? "yes" : "no";
-  $("decision").textContent = `${d.positive_class}: ${positive}. Rule: ${d.rule}.`;
+  // Out of scope: no class and no flag, only the refusal and the score that caused it.
+  $("decision").textContent = d.out_of_scope
+    ? `${d.reason} (OOD score ${d.ood_score.toFixed(3)} > ${d.ood_threshold.toFixed(3)}). Rule: ${d.rule}.`
+    : `${d.positive_class}: ${positive}. Rule: ${d.rule}.`;
   renderBars(result.probabilities, result.class, d.positive_class);
   const m = result.model;
   $("timing").textContent =

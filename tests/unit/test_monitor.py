@@ -1,0 +1,81 @@
+"""`python -m pipeline.monitor`: quiet on a replay of in-distribution images, loud on a drift."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import monitor
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.predlog import REFERENCE_FILE, PredictionLog, record, replay, write_reference
+from tests.factories import mini_classifier
+from tests.ood_releases import make_ood_release, scans
+
+NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A release with an OOD check and its reference: 90 validation-like scans."""
+    folder = make_ood_release(tmp_path_factory.mktemp("monitor") / "rel", mini_classifier())
+    classifier = load_classifier(folder)
+    images, _ = scans(90, seed=2)
+    write_reference(folder / REFERENCE_FILE, replay(classifier, images, sizes(90, seed=2)))
+    return folder, classifier
+
+
+def sizes(n: int, seed: int) -> list[tuple[int, int]]:
+    """Upload sizes as one scanner gives them: a few hundred pixels, a landscape aspect."""
+    rng = np.random.default_rng(seed)
+    return [(int(w), int(w * 0.75)) for w in rng.integers(500, 700, n)]
+
+
+def log_replay(folder, classifier, images, seed: int) -> None:
+    """Answer images as the service does and log them over the last two days."""
+    log = PredictionLog(folder)
+    for i, (image, (w, h)) in enumerate(zip(images, sizes(len(images), seed), strict=True)):
+        prepared = classifier.engine.prepare(image)
+        result = classifier.answer_batch(prepared[None])[0]
+        log.append(record(result, prepared, w, h, NOW - dt.timedelta(hours=i % 48)))
+
+
+def run(tmp_path, folder):
+    params = {"monitor": {"log_dir": str(tmp_path / "log"), "model": str(folder),
+                          "report_dir": str(tmp_path / "report")}}  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return monitor.run(tmp_path / "params.yaml", None, None, NOW)
+
+
+def test_a_replay_of_test_images_stays_quiet(release, tmp_path):
+    folder, classifier = release
+    log_replay(tmp_path / "log", classifier, scans(80, seed=3)[0], seed=3)
+    summary = run(tmp_path, folder)
+    assert not summary["drift"], [c for c in summary["checks"] if c["drift"]]
+    assert summary["window"]["answers"] == 80
+    assert "no drift detected" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "mean.png").is_file()
+
+
+def test_a_brightness_shift_on_half_of_the_inputs_is_flagged(release, tmp_path, monkeypatch):
+    folder, classifier = release
+    images = scans(80, seed=3)[0].astype(np.int16)
+    images[::2] += 60  # a new scanner's gain on half of the uploads
+    log_replay(tmp_path / "log", classifier, np.clip(images, 0, 255).astype(np.uint8), seed=3)
+    summary = run(tmp_path, folder)
+    flagged = {c["check"] for c in summary["checks"] if c["drift"]}
+    assert "mean (KS)" in flagged
+    monkeypatch.chdir(tmp_path)
+    assert monitor.main(["--params", str(tmp_path / "params.yaml")]) == 1
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["drift"] is True
+
+
+def test_too_few_answers_is_a_user_error_not_a_verdict(release, tmp_path, monkeypatch):
+    folder, classifier = release
+    log_replay(tmp_path / "log", classifier, scans(5, seed=4)[0], seed=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"monitor": {
+        "log_dir": str(tmp_path / "log"), "model": str(folder)}}))  # fmt: skip
+    assert monitor.main(["--params", str(tmp_path / "params.yaml")]) == 2
