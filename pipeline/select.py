@@ -112,6 +112,7 @@ def run(params: Params) -> dict:
         "metric": params.select.metric,
         "reason": reason,
         "validation": {a: _value(metrics[a]["val"].get(params.select.metric)) for a in ARCHS},
+        "paired_comparison": _paired(),
         "rule": rule.to_dict(),
         "manifest_sha256": manifest,
         "synthetic_data": uses_demo_data(params),
@@ -131,7 +132,8 @@ def run(params: Params) -> dict:
     client.log_text(run_id, card, "model_card.md")
     if provenance["version"] is not None:
         client.update_model_version(params.select.model_name, provenance["version"], card)
-    _print_outcome(params, f"{winner} ({reason})", provenance, experiment, rule)
+    choice = f"{winner} ({reason}; {selection['paired_comparison']['note']})"
+    _print_outcome(params, choice, provenance, experiment, rule)
     return selection | {"version": provenance["version"]}
 
 
@@ -154,7 +156,7 @@ def _release(
         with staged_dir(SELECTED_DIR) as out:
             write_release(
                 out, Path("models") / winner / "model.keras", rule, provenance,
-                ood_file=_ood_file(winner, rule),
+                ood_file=_ood_file(winner, rule), trained_on=_seen(),
             )  # fmt: skip
             _write_reference(out, params)
         with mlflow.start_run(run_id=run_id):
@@ -175,6 +177,12 @@ def _release(
         registry.delete_version(name, got)
         expected = str(int(got) + 1)
     raise UserError(f"{name}: the registry kept assigning other version numbers; rerun select")
+
+
+def _seen() -> list[str]:
+    """Hashes of the train and validation images: what the model was fitted and chosen on."""
+    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    return list(frame.loc[frame["split"].isin(["train", "val"]), "sha256"])
 
 
 def _write_reference(folder: Path, params: Params) -> None:
@@ -266,6 +274,17 @@ def _print_outcome(
     else:
         where = "not registered (select.register: false)"
     print(f"select: {choice}; {where}\nselect: decision rule: {rule.describe()}")
+
+
+def _paired() -> dict[str, Any]:
+    """Whether the validation difference between the models is distinguishable from noise
+    (evaluate's paired cluster bootstrap), so the record never oversells a point-value win."""
+    val = _read_json(EVALUATE_DIR / "comparison.json", required=False).get("val") or {}
+    f1 = val.get("macro_f1") or {}
+    if "distinguishable" not in f1:
+        return {"macro_f1": None, "note": "no paired comparison recorded (comparison.json)"}
+    verdict = "distinguishable from noise" if f1["distinguishable"] else "not distinguishable"
+    return {"macro_f1": f1, "note": f"validation macro-F1 difference {verdict}"}
 
 
 def _value(entry: dict | float | None) -> float:

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.files import write_json
+from pipeline.files import write_json, write_text
 from pipeline.serving.ood import OOD_FILE, OodStatistics
 from pipeline.serving.rule import DecisionRule
 
 FORMAT = 1
 RELEASE_FILE = "release.json"
 MODEL_FILE = "model.keras"
+TRAINED_ON_FILE = "trained_on.txt"  # SHA-256 of every image the model was fitted or chosen on
 PROVENANCE_KEYS = (
     "model_name",
     "version",
@@ -63,6 +65,12 @@ class Release:
     def synthetic(self) -> bool:
         return bool(self.provenance.get("synthetic_data", False))
 
+    def trained_on(self) -> frozenset[str]:
+        """Content hashes of the train and validation images (empty when not recorded), so a
+        promotion can score it on images it never saw."""
+        path = self.folder / TRAINED_ON_FILE
+        return frozenset(path.read_text().split()) if path.is_file() else frozenset()
+
     def identity(self) -> dict[str, str]:
         """{name, version, arch} as answers report them ("unregistered" for experiments)."""
         p = self.provenance
@@ -81,9 +89,11 @@ def write_release(
     provenance: dict[str, Any],
     *,
     ood_file: Path | None = None,
+    trained_on: Iterable[str] = (),
 ) -> Release:
     """Copy `model_file` (and `ood_file`, the OOD statistics the rule's OOD threshold needs) into
-    `folder` and write release.json beside them (folder must exist)."""
+    `folder` and write release.json beside them (folder must exist); `trained_on`: content
+    hashes of the images the model was trained and selected on (trained_on.txt)."""
     unknown = sorted(set(provenance) - set(PROVENANCE_KEYS))
     if unknown:
         raise ValueError(f"provenance: unknown keys {unknown}; allowed {list(PROVENANCE_KEYS)}")
@@ -101,6 +111,9 @@ def write_release(
         "provenance": {key: provenance.get(key) for key in PROVENANCE_KEYS},
     }
     write_json(folder / RELEASE_FILE, record)
+    hashes = sorted(set(trained_on))
+    if hashes:
+        write_text(folder / TRAINED_ON_FILE, "\n".join(hashes) + "\n")
     return Release(Path(folder), rule, record["provenance"], ood=ood)
 
 
