@@ -130,18 +130,27 @@ def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, np.
 
 
 def decisions(candidate: Candidate, test: ImageSet, classes: tuple[str, ...]) -> np.ndarray:
-    """Class indices the release would serve for the test images (its own decision rule)."""
+    """Class indices the release would serve for the test images (its own decision rule).
+
+    An out-of-scope answer is index len(classes), a class of its own: the test images are all
+    in scope, so a refusal is never right; it costs the true class a miss (and, like every class
+    answered, enters the macro average, here and in pipeline.statistics alike).
+    """
     answers: list[dict] = []
     for start in range(0, len(test), 64):
         answers += candidate.classifier.predict_many(list(test.images[start : start + 64]))
-    return np.array([classes.index(a["class"]) for a in answers], dtype=np.int64)
+    index = {name: i for i, name in enumerate(classes)}
+    return np.array([index.get(a["class"], len(classes)) for a in answers], dtype=np.int64)
 
 
-def test_metrics(y: np.ndarray, decided: np.ndarray, positive: int) -> dict[str, float]:
+def served_metrics(y: np.ndarray, decided: np.ndarray, positive: int, k: int) -> dict[str, float]:
+    """Macro-F1 and malignant sensitivity of served decisions, and how many were out of scope
+    (index k, see `decisions`)."""
     found = decided[y == positive] == positive
     return {
         "macro_f1": float(f1_score(y, decided, average="macro", zero_division=0)),
         "malignant_sensitivity": float(found.mean()) if found.size else float("nan"),
+        "out_of_scope": int((decided == k).sum()),
     }
 
 
@@ -184,7 +193,7 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     test, groups, counts = held_out(params, [c for c in (ours, theirs) if c])
     positive = classes.index(POSITIVE)
     mine = decisions(ours, test, classes)
-    metrics = test_metrics(test.labels, mine, positive) | {"n_test": len(test)}
+    metrics = served_metrics(test.labels, mine, positive, len(classes)) | {"n_test": len(test)}
     split = ledger.split_fingerprint(_test_hashes(test))
     _look(params, ours, split, manifest, metrics)
     ok, reason = floors(metrics, params)
@@ -192,7 +201,9 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     other, other_metrics = None, None
     if theirs is not None:
         other = decisions(theirs, test, classes)
-        other_metrics = test_metrics(test.labels, other, positive) | {"n_test": len(test)}
+        other_metrics = served_metrics(test.labels, other, positive, len(classes)) | {
+            "n_test": len(test)
+        }
         _look(params, theirs, split, manifest, other_metrics)
         record = non_inferiority(
             test.labels, mine, other, groups, margin=params.promote.margin, metric="macro_f1",

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -201,3 +202,11 @@ def test_rollback_onto_a_deleted_version_is_refused_in_one_line(project, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"version {first}: cannot be loaded" in err
     assert champion() != first
+
+
+def test_an_out_of_scope_answer_counts_as_a_miss_never_as_a_crash():
+    y = np.array([0, 1, 2, 1])
+    decided = np.array([0, 3, 2, 1])  # 3 = out of scope for three classes
+    metrics = promote.served_metrics(y, decided, positive=1, k=3)
+    assert metrics["out_of_scope"] == 1 and metrics["malignant_sensitivity"] == 0.5
+    assert metrics["macro_f1"] < 1.0
