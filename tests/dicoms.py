@@ -112,8 +112,8 @@ def _dataset(shape: tuple, modality: str, frames: int, patient: str, study: str)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = generate_uid(prefix=UID_ROOT)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = f"{UID_ROOT}7.{study}"
-    ds.SeriesInstanceUID = f"{UID_ROOT}8.{study}"
+    ds.StudyInstanceUID = f"{UID_ROOT}7.{int(study)}"  # no leading zeros in a UID component
+    ds.SeriesInstanceUID = f"{UID_ROOT}8.{int(study)}"
     ds.Modality = modality
     for keyword, value in MARKERS.items():
         setattr(ds, keyword, value)
