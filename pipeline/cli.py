@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline import terminal
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 
@@ -20,9 +21,15 @@ def stage_main(
     """Run a stage's `run(params, **extra_args)`; return the process exit code.
 
     A UserError becomes `error: <message>` on stderr and exit code 2, so a user mistake never shows
-    a stack trace; any other exception is a bug and propagates with its traceback.
+    a stack trace; any other exception is a bug and propagates with its traceback. Library log
+    chatter is off unless VERBOSE=1 (pipeline.terminal).
     """
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    terminal.quiet_libraries()
+    parser = argparse.ArgumentParser(
+        prog=command_name(run),
+        description=(doc or "").strip().splitlines()[0],
+        epilog="VERBOSE=1 shows the libraries' own log lines (TensorFlow, MLflow).",
+    )
     parser.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
@@ -36,3 +43,16 @@ def stage_main(
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def command_name(run: Callable[..., Any]) -> str:
+    """`python -m pipeline.<stage>`, how a stage is run (a stage file run as a script would
+    shadow the standard library: `select.py`), for usage lines; argparse would say `train.py`.
+
+    Under `python -m` the stage module is `__main__`; its spec keeps the real name.
+    """
+    module = run.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"python -m {module}"

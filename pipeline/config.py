@@ -157,6 +157,9 @@ class MonitorParams:
 @dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "busi-tumor-classification"
+    # CPU, memory (and GPU where present) sampled during training into the run's system/*
+    # metrics: off by default, since the sampler thread costs a little on small CPU machines.
+    system_metrics: bool = False
 
 
 @dataclass(frozen=True)

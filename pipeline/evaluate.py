@@ -101,7 +101,7 @@ def run(params: Params) -> dict:
             write_json(out / "metrics.json", results[arch])
             fitted[arch].save(out / OOD_FILE)
             model, features = kept[arch]
-            write_reports(out, model, features, data, proba[arch], results[arch], params)
+            write_reports(out, model, features, data, proba[arch], results[arch], params, arch)
     comparison = compare_models(data, proba, facts, params)
     write_json(EVALUATE_DIR / "comparison.json", comparison)
     write_text(EVALUATE_DIR / "comparison.md", comparison_markdown(results, comparison, "val"))
@@ -336,19 +336,23 @@ def compare_models(
 
 
 def headline(results: dict[str, dict]) -> dict[str, dict]:
-    """The DVC metrics file: a few validation numbers per model, what `dvc exp show` lays out."""
+    """The DVC metrics file: four validation numbers per model, what `dvc exp show` lays out.
+
+    Keys, all on validation: `f1` macro-F1; for malignant at the chosen operating point `sens`
+    sensitivity and `spec` specificity; `auc` its one-vs-rest AUC. Short on purpose: DVC makes
+    `<arch>.<key>` a column of `dvc exp show`, whose width is set by these names (it must fit in
+    200 columns with `--only-changed`; the long names took 492). Everything else (intervals,
+    lesions-only AUC, threshold, OOD, test) is in `<arch>/metrics.json`.
+    """
     out = {}
     for arch, result in results.items():
         val = result["val"]
-        op, lesions = val["operating_point"], val.get("lesions") or {}
+        op = val["operating_point"]
         out[arch] = {
-            "val_macro_f1": val["macro_f1"]["value"],
-            "val_malignant_auc": (op.get("auc") or {}).get("value"),
-            "val_malignant_sensitivity": (op.get("sensitivity") or {}).get("value"),
-            "val_malignant_specificity": (op.get("specificity") or {}).get("value"),
-            "val_lesion_auc": (lesions.get("auc") or {}).get("value"),
-            "val_threshold": op.get("threshold"),
-            "val_ood_auroc": (val.get("ood") or {}).get("auroc_all"),
+            "f1": val["macro_f1"]["value"],
+            "sens": (op.get("sensitivity") or {}).get("value"),
+            "spec": (op.get("specificity") or {}).get("value"),
+            "auc": (op.get("auc") or {}).get("value"),
         }
     return out
 
@@ -361,6 +365,7 @@ def write_reports(
     proba: dict[str, np.ndarray],
     result: dict,
     params: Params,
+    arch: str = "model",
 ) -> None:
     """Predictions, plot data and figures of one model into its (staged) output folder.
 
@@ -372,43 +377,78 @@ def write_reports(
         y, p = data[split].labels, proba[split]
         table = plots.predictions_table(data[split].paths, y, p, classes)
         plots.save_csv(table, out / f"predictions_{split}.csv")
-    _split_figures(out, out / "plots", "val", data["val"].labels, proba["val"], result, params)
+    figures = {"params": params, "arch": arch, "result": result}
+    _split_figures(out, out / "plots", "val", data["val"].labels, proba["val"], **figures)
     test = out / "test"
-    _split_figures(test, test, "test", data["test"].labels, proba["test"], result, params)
-    _test_images(test, model, test_features, data["test"], proba["test"], params)
+    _split_figures(test, test, "test", data["test"].labels, proba["test"], **figures)
+    _test_images(test, model, test_features, data["test"], proba["test"], params, arch)
 
 
 def _split_figures(
-    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, p: np.ndarray, result: dict, params
-) -> None:
-    """Confusion, ROC and the reliability of p(malignant) of one split: CSV data and PNGs."""
+    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, p: np.ndarray, *, result: dict,
+    params: Params, arch: str,
+) -> None:  # fmt: skip
+    """Confusion, ROC and the reliability of p(malignant) of one split: CSV data and PNGs.
+
+    The ROC and reliability CSVs are long tables with a series column (`class`, `probabilities`)
+    that the project's DVC templates (.dvc/plots/) draw as one line per series.
+    """
     classes, report = params.classes, result[split]
     plots.save_csv(
         plots.confusion_rows(y, p.argmax(1), classes), csv_dir / f"confusion_{split}.csv"
     )
+    n = f"{len(y)} images"
     for normalize, kind in ((False, "counts"), (True, "normalized")):
-        title = f"{split}: confusion ({'row-normalised' if normalize else 'counts'})"
+        title = f"{arch}, {split}: confusion ({'row-normalised' if normalize else 'counts'}), {n}"
         fig = plots.confusion_figure(report["confusion_matrix"], classes, normalize, title)
         plots.save_png(fig, png_dir / f"confusion_{kind}_{split}.png")
     roc = metrics.roc_points(y, p, classes)
     plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_dir / f"roc_{split}.csv")
     auc = {c: v["roc_auc"] for c, v in report["per_class"].items()}
-    fig = plots.roc_figure(roc, auc, f"{split}: ROC, one-vs-rest")
+    fig = plots.roc_figure(roc, auc, f"{arch}, {split}: ROC, one-vs-rest, {n}")
     plots.save_png(fig, png_dir / f"roc_{split}.png")
-    malignant = report["calibration"]["malignant"]
-    bins = [r for r in malignant["reliability"] if r["count"]]
-    plots.save_csv(pd.DataFrame(bins), csv_dir / f"reliability_{split}.csv")
-    curve = [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
+    curves = _reliability_curves(y, p, report["calibration"], params)
+    rows = [{"probabilities": name, **r} for name, bins in curves.items() for r in bins]
+    plots.save_csv(pd.DataFrame(rows), csv_dir / f"reliability_{split}.csv")
+    shown = {
+        name: [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
+        for name, bins in curves.items()
+    }
     fig = plots.reliability_figure(
-        {f"p(malignant), {malignant['probabilities']}": curve},
-        f"{split}: reliability of p(malignant), {sum(r['count'] for r in bins)} images",
+        shown,
+        f"{arch}, {split}: reliability of p(malignant), {n}",
         axes=("mean predicted p(malignant)", "observed fraction malignant"),
     )
     plots.save_png(fig, png_dir / f"reliability_{split}.png")
 
 
+def _reliability_curves(
+    y: np.ndarray, p: np.ndarray, calibration: dict, params: Params
+) -> dict[str, list[dict]]:
+    """Non-empty reliability bins of p(malignant): raw, and temperature-scaled when a temperature
+    was fitted (before / after), the one served marked as such."""
+    m, n_bins = params.classes.index(POSITIVE), params.evaluate.ece_bins
+    t, applied = calibration.get("temperature"), calibration.get("applied")
+    probabilities = {"raw": p}
+    if t:
+        probabilities[f"temperature-scaled T={t:.2f}"] = metrics.apply_temperature(p, t)
+    curves = {}
+    for name, q in probabilities.items():
+        served = (name == "raw") != bool(applied and t)
+        label = f"{name} (served)" if served else name
+        bins = statistics.reliability_curve(y == m, q[:, m], n_bins)
+        curves[label] = [r for r in bins if r["count"]]
+    return curves
+
+
 def _test_images(
-    out: Path, model: keras.Model, features: np.ndarray, test: ImageSet, p: np.ndarray, params
+    out: Path,
+    model: keras.Model,
+    features: np.ndarray,
+    test: ImageSet,
+    p: np.ndarray,
+    params: Params,
+    arch: str,
 ) -> None:
     """Sample predictions and Grad-CAM maps of test images, per class."""
     e, classes, y = params.evaluate, params.classes, test.labels
@@ -419,7 +459,7 @@ def _test_images(
     ]
     if e.samples_per_class:
         picks = plots.choose_samples(y, p, classes, e.samples_per_class, params.seed)
-        fig = plots.image_grid(test.images, picks, captions, "test: sample predictions")
+        fig = plots.image_grid(test.images, picks, captions, f"{arch}, test: sample predictions")
         plots.save_png(fig, out / "samples_test.png")
     picks = {
         f"true {name}": [int(i) for i in np.flatnonzero(y == k)[: e.gradcam_per_class]]
@@ -433,7 +473,7 @@ def _test_images(
     for i, heat in zip(chosen, maps, strict=True):
         gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
         tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat)])
-    title = "test: class activation maps (Grad-CAM) of the predicted class"
+    title = f"{arch}, test: class activation maps (Grad-CAM) of the predicted class"
     plots.save_png(plots.image_grid(tiles, picks, captions, title), out / "gradcam_test.png")
 
 
@@ -577,12 +617,23 @@ def _log_to_mlflow(params: Params, inputs: dict[str, dict], results: dict[str, d
         )
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics(flat, step=step)
-            mlflow.set_tags(
-                {f"evaluate.{k}": str(v) for k, v in dataclasses.asdict(params.evaluate).items()}
-            )
+            _log_settings(client, run_id, params)
             mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
             mlflow.log_artifacts(str(EVALUATE_DIR / arch / "plots"), artifact_path="evaluate/plots")
             mlflow.log_artifact(str(EVALUATE_DIR / "comparison.md"), artifact_path="evaluate")
+
+
+def _log_settings(client: mlflow.MlflowClient, run_id: str, params: Params) -> None:
+    """The evaluate settings as the run's params (`evaluate.<key>`), comparable in the runs table.
+
+    MLflow params are write-once: when the same trained model is evaluated again with other
+    settings (only `evaluate` changed, so DVC kept the training), the new values become tags of
+    the same name, which the runs table shows too.
+    """
+    settings = {f"evaluate.{k}": str(v) for k, v in dataclasses.asdict(params.evaluate).items()}
+    logged = client.get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in settings.items() if k not in logged})
+    mlflow.set_tags({k: v for k, v in settings.items() if k in logged and logged[k] != v})
 
 
 def _print_summary(results: dict[str, dict]) -> None:

@@ -58,9 +58,14 @@ def predictions_table(
 # --- figures -------------------------------------------------------------------------------------
 
 
-def history_figure(history: pd.DataFrame, title: str) -> Figure:
-    """Training curves: loss, accuracy and whole-val-set macro-F1 per epoch, train beside val."""
-    fig = Figure(figsize=(11, 3.4))
+def history_figure(history: pd.DataFrame, title: str, best_epoch: int | None = None) -> Figure:
+    """Training curves: loss, accuracy and whole-val-set macro-F1 per epoch, train beside val.
+
+    Epochs as numbered in `history` (from 1, as Keras prints them); the best epoch, the one the
+    saved model holds, is marked in every panel. Constrained layout keeps the suptitle clear of
+    the panel titles.
+    """
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     panels = [
         ("loss", ["loss", "val_loss"]),
         ("accuracy", ["accuracy", "val_accuracy"]),
@@ -69,7 +74,10 @@ def history_figure(history: pd.DataFrame, title: str) -> Figure:
     for ax, (name, columns) in zip(fig.subplots(1, 3), panels, strict=True):
         for column in columns:
             if column in history:
-                ax.plot(history["epoch"] + 1, history[column], marker="o", label=column)
+                ax.plot(history["epoch"], history[column], marker="o", label=column)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label="best epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -137,9 +145,15 @@ def reliability_figure(
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
     for label, rows in curves.items():
         used = [r for r in rows if r["count"]]
-        ax.plot(
-            [r["confidence"] for r in used], [r["accuracy"] for r in used], marker="o", label=label
-        )
+        x, y = [r["confidence"] for r in used], [r["accuracy"] for r in used]
+        (line,) = ax.plot(x, y, marker="o", label=label)
+        # Each bin's image count beside its point: a bin of 2 images says little, and a reader
+        # must see that before trusting a gap from the diagonal.
+        for xi, yi, r in zip(x, y, used, strict=True):
+            ax.annotate(
+                f"n={r['count']}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+                fontsize="x-small", color=line.get_color(),
+            )  # fmt: skip
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=axes[0], ylabel=axes[1])
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
@@ -182,12 +196,16 @@ def image_grid(
 
     `images` is indexed by the indices in `rows`: an array, or a mapping for just those images.
     """
+    empty = [name for name, idx in rows.items() if not idx]
+    rows = {name: idx for name, idx in rows.items() if idx}  # no blank rows: named below instead
     n_rows = max(1, len(rows))
     n_cols = max([1] + [len(idx) for idx in rows.values()])
     first = next((images[i] for idx in rows.values() for i in idx), np.zeros((1, 1)))
     aspect = first.shape[1] / first.shape[0]
-    fig = Figure(figsize=(1.9 * aspect * n_cols + 1.6, 2.1 * n_rows))
+    fig = Figure(figsize=(1.9 * aspect * n_cols + 1.6, 2.1 * n_rows + 0.4), layout="constrained")
     fig.suptitle(title)
+    if empty:
+        fig.supxlabel(f"no images: {'; '.join(empty)}", fontsize="small")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, (name, indices) in enumerate(rows.items()):
         for c in range(n_cols):

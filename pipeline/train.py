@@ -10,6 +10,7 @@ Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (his
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import mlflow.data
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
@@ -33,6 +35,11 @@ from pipeline.files import staged_dir, write_json
 
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports/train")
+# The DVC stage that trains each architecture (dvc.yaml), for the run's `dvc_stage` tag.
+STAGES = {"densenet121": "train_densenet", "resnet50": "train_resnet"}
+# Per-epoch columns that change from run to run on the same code and data: they go to MLflow
+# only, so the committed history.csv stays byte-identical across reruns.
+TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -96,10 +103,11 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to the active MLflow run, with a global epoch index across phases."""
+    """Per-epoch metrics to the active MLflow run, step = the epoch as Keras prints it (from 1),
+    numbered across phases."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
 
 
 def run(params: Params, arch: str) -> dict[str, float]:
@@ -129,18 +137,15 @@ def run(params: Params, arch: str) -> dict[str, float]:
     tracking.setup(params.mlflow.experiment)
     synthetic = uses_demo_data(params)
     with mlflow.start_run(
-        run_name=arch, tags=tracking.run_tags(f"train_{arch}", synthetic)
+        run_name=tracking.run_name(arch),
+        tags=tracking.run_tags(STAGES[arch], synthetic),
+        log_system_metrics=params.mlflow.system_metrics,
     ) as active:
         mlflow.log_params(_run_params(params, arch, train, val))
+        _log_dataset(PREPARED_DIR / "manifest.csv")
         history, best_epoch = _fit(model, batches, val, params, arch)
-        best = history.loc[history.epoch == best_epoch].iloc[0]
-        summary = {
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
-            **{k: float(best[k]) for k in ("val_macro_f1", "val_accuracy", "val_loss")},
-            "train_seconds": float(history["epoch_seconds"].sum()),
-        }
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        summary = _summary(history, best_epoch)
+        mlflow.log_metrics(_run_metrics(summary, history))
         served = backbones.for_inference(model)
         # A plain Keras model (an MLflow LoggedModel); the serving flavor, with the decision
         # rule, is built by `select` for the winner only, so no serving code is a train dep.
@@ -158,10 +163,12 @@ def run(params: Params, arch: str) -> dict[str, float]:
             served.save(out / "model.keras")
             write_json(out / "run.json", run_info)
             write_json(out / "classes.json", list(params.classes))
-        plots.save_csv(history, REPORTS_DIR / arch / "history.csv")
+        plots.save_csv(
+            history.drop(columns=list(TIMING_COLUMNS)), REPORTS_DIR / arch / "history.csv"
+        )
         write_json(REPORTS_DIR / arch / "metrics.json", summary)
         plots.save_png(
-            plots.history_figure(history, f"{arch}: training curves"),
+            plots.history_figure(history, f"{arch}: training curves", best_epoch),
             REPORTS_DIR / arch / "curves.png",
         )
         mlflow.log_artifact(str(REPORTS_DIR / arch / "history.csv"))
@@ -169,6 +176,37 @@ def run(params: Params, arch: str) -> dict[str, float]:
     best_f1 = summary["val_macro_f1"]
     print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {best_f1:.3f}")
     return summary
+
+
+def _summary(history: pd.DataFrame, best_epoch: int) -> dict[str, float | int]:
+    """The committed training summary: the best epoch (numbered as Keras prints it) and its val
+    metrics. Nothing that varies between reruns of the same code and data (timings go to MLflow)."""
+    best = history.loc[history.epoch == best_epoch].iloc[0]
+    return {
+        "best_epoch": int(best_epoch),
+        "epochs_run": len(history),
+        **{k: float(best[k]) for k in ("val_macro_f1", "val_accuracy", "val_loss")},
+    }
+
+
+def _run_metrics(summary: dict[str, float | int], history: pd.DataFrame) -> dict[str, float]:
+    """The run's summary metrics under plain names: `best_epoch`, `epochs_run`, `train_seconds`
+    and the best epoch's `best_val_*` (evaluate later logs the saved model's `val_*`)."""
+    out = {k: float(v) for k, v in summary.items() if not k.startswith("val_")}
+    out |= {f"best_{k}": float(v) for k, v in summary.items() if k.startswith("val_")}
+    out["train_seconds"] = float(history["epoch_seconds"].sum())
+    return out
+
+
+def _log_dataset(manifest: Path) -> None:
+    """The manifest as the run's training dataset (MLflow's Datasets column), with a digest of
+    its content: two runs on the same prepared data show the same digest."""
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    dataset = mlflow.data.from_pandas(
+        frame, source=str(manifest), targets="label", name="manifest", digest=digest
+    )
+    mlflow.log_input(dataset, context="training")
 
 
 def _fit(
@@ -235,7 +273,8 @@ def _train_phases(
             verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
         )
         frame = pd.DataFrame(history.history)
-        frame.insert(0, "epoch", history.epoch)
+        # Epochs numbered as Keras prints them ("Epoch 1/5"), in history, plots and summaries.
+        frame.insert(0, "epoch", [e + 1 for e in history.epoch])
         frames.append(frame)
     history = pd.concat(frames, ignore_index=True)
     if best.epoch is None:
@@ -244,7 +283,7 @@ def _train_phases(
             "epochs (the training diverged); lower the learning rate or monitor val_macro_f1"
         )
     best.restore()
-    return history, best.epoch
+    return history, best.epoch + 1
 
 
 def _signature(params: Params) -> ModelSignature:

@@ -115,8 +115,15 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             folder = out if split == "val" else out / "test"  # test stays out of `dvc plots`
             confusion = pd.read_csv(folder / f"confusion_{split}.csv")
             assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == n
-            assert list(pd.read_csv(folder / f"roc_{split}.csv").columns) == ["class", "fpr", "tpr"]
-            assert (folder / f"reliability_{split}.csv").is_file()
+            roc = pd.read_csv(folder / f"roc_{split}.csv")
+            assert list(roc.columns) == ["class", "fpr", "tpr"]
+            assert set(roc["class"]) == set(CLASSES)  # one series per class for DVC's template
+            reliability = pd.read_csv(folder / f"reliability_{split}.csv")
+            series = set(reliability["probabilities"])  # before / after, the served one marked
+            t = m["calibration"]["temperature"]
+            assert len(series) == (2 if t else 1)
+            assert sum(name.endswith("(served)") for name in series) == 1
+            assert reliability.groupby("probabilities")["count"].sum().eq(n).all()
         assert saved["test"]["test_use"]["looks"] == 2 and saved["test"]["test_use"]["models"] == 2
         assert saved["val"]["operating_point"]["threshold_ci_low"] is not None
         # threshold chosen on val, the same one applied to test
@@ -151,7 +158,14 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
     assert paired["val"]["macro_f1"]["images"] == 9 and "p_value" in paired["test"]["mcnemar"]
     headline = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert set(headline) == set(ARCHS)
-    assert all(k.startswith("val_") for row in headline.values() for k in row)
+    for arch in ARCHS:  # four validation numbers per model, nothing of test
+        val = results[arch]["val"]
+        assert headline[arch] == {
+            "f1": val["macro_f1"]["value"],
+            "sens": val["operating_point"]["sensitivity"]["value"],
+            "spec": val["operating_point"]["specificity"]["value"],
+            "auc": val["operating_point"]["auc"]["value"],
+        }
 
     client = mlflow.MlflowClient()
     for arch in ARCHS:
@@ -162,6 +176,9 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         # the evaluated value is the latest, after training's per-epoch history
         assert logged["val_accuracy"] == pytest.approx(results[arch]["val"]["accuracy"]["value"])
         assert max(m.step for m in client.get_metric_history(run_id, "val_accuracy")) == 3
+        run = client.get_run(run_id)
+        assert run.data.params["evaluate.bootstrap"] == "100"  # settings are params, not tags
+        assert not [k for k in run.data.tags if k.startswith("evaluate.")]
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
         assert {
             "evaluate/val_metrics.json",

@@ -94,11 +94,25 @@ def test_sample_rows_hold_what_their_titles_say(fixture_predictions):
     assert rows == plots.choose_samples(y, proba, CLASSES, per_class=2, seed=0)
 
 
-def test_image_grid_renders_rows_including_empty_ones(tmp_path, fixture_predictions):
+def test_image_grid_leaves_out_empty_rows_and_names_them(tmp_path, fixture_predictions):
     y, proba = fixture_predictions
     images = np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3)).astype(np.uint8)
     rows = plots.choose_samples(y, proba, CLASSES, per_class=3, seed=0)
-    rows["empty"] = []
+    rows = {name: idx for name, idx in rows.items() if idx}
     captions = [f"true {CLASSES[t]}" for t in y]
-    plots.save_png(plots.image_grid(images, rows, captions, "samples"), tmp_path / "grid.png")
+    full = plots.image_grid(images, rows, captions, "samples")
+    with_empty = plots.image_grid(images, {**rows, "no such row": []}, captions, "samples")
+    assert len(with_empty.axes) == len(full.axes)  # no blank row of axes
+    assert "no images: no such row" in with_empty.get_supxlabel()
+    plots.save_png(with_empty, tmp_path / "grid.png")
     assert_png(tmp_path / "grid.png")
+
+
+def test_reliability_diagram_shows_each_bins_image_count():
+    rows = [
+        {"confidence": 0.2, "accuracy": 0.1, "count": 3},
+        {"confidence": 0.8, "accuracy": 0.9, "count": 12},
+        {"confidence": 0.5, "accuracy": 0.0, "count": 0},
+    ]
+    fig = plots.reliability_figure({"raw": rows}, "densenet121, val")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["n=3", "n=12"]

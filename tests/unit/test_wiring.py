@@ -45,6 +45,17 @@ def test_every_imported_pipeline_module_is_a_stage_dependency(stage):
     assert missing == set(), f"add to {stage}.deps in dvc.yaml"
 
 
+def test_each_training_run_is_tagged_with_the_stage_that_ran_it():
+    from pipeline.train import STAGES as TRAIN_STAGES
+
+    found = {
+        arch.group(1): stage
+        for stage, spec in STAGES.items()
+        if (arch := re.search(r"pipeline\.train --arch (\w+)", spec["cmd"]))
+    }
+    assert found == TRAIN_STAGES
+
+
 def _covers(dep: str, path: str) -> bool:
     """A dep names the file itself or a folder above it (DVC hashes a folder dep whole)."""
     return path == dep or path.startswith(dep.rstrip("/") + "/")

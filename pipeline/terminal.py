@@ -1,0 +1,34 @@
+"""What a stage prints: its own lines, not the start-up chatter of libraries (VERBOSE=1: all).
+
+TensorFlow logs 5-6 lines per process (absl, oneDNN, cpu_feature_guard) and MLflow logs INFO lines
+about creating its tables; none of them tell a user anything
+about their run. Called by the stage entry point (pipeline.cli), never at import: a library module
+that changed logging when imported would silence the caller's own logs too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+VERBOSE_ENV = "VERBOSE"
+# Library loggers that speak at INFO about their own machinery (store creation, migrations).
+NOISY_LOGGERS = ("mlflow", "alembic", "absl", "tensorflow", "h5py", "urllib3")
+
+
+def verbose() -> bool:
+    """True when the user asked for the libraries' logs: VERBOSE set, and not 0 or false."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter for this process unless VERBOSE is set.
+
+    TF_CPP_MIN_LOG_LEVEL only acts on TensorFlow's C++ lines if set before TensorFlow loads: the
+    Makefile exports it for `make demo`; here it covers processes that load TensorFlow later.
+    """
+    if verbose():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
