@@ -261,3 +261,17 @@ def test_a_saturated_service_answers_503_with_retry_after_not_an_endless_queue(c
     assert statuses == [200, 200, 503, 503]
     refused = next(r for r in answers if r.status_code == 503)
     assert refused.headers["retry-after"] == "1" and refused.json()["status"] == 503
+
+
+def test_a_dicom_upload_is_answered_and_a_cine_loop_or_other_modality_is_422(client, classifier):
+    from tests.dicoms import make_dicom
+
+    region = scan(64, 80, seed=5)
+    response = client.post(
+        "/predict", files={"file": ("scan.dcm", make_dicom(region), "application/dicom")}
+    )
+    assert response.status_code == 200, response.text
+    expected = classifier.predict(decode_upload(png(region)).convert("L"))
+    assert response.json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+    for bad in (make_dicom(region, frames=3), make_dicom(region, modality="CT")):
+        assert_refused(client.post("/predict", content=bad), 422)
