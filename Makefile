@@ -5,10 +5,21 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
+.DEFAULT_GOAL := help
+# TensorFlow's start-up lines (oneDNN, cpu_feature_guard) are printed before any of our code runs:
+# only the environment can stop them. VERBOSE=1 brings them and the other library logs back.
+ifeq ($(filter-out 0 false,$(VERBOSE)),)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+endif
 
-.PHONY: install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
+.PHONY: help install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
 	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure azure-train-env
+
+help: ## this list (the default target)
+	@echo "make <verb>, the verbs a user says (README for the walk-through):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +37,7 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); print("Selected", s["winner"], "-", s["reason"], "- registered", s["model_name"], "version", s["version"], "@" + s["alias"])'
 	@echo "All metrics: .venv/bin/dvc metrics show   Model card: reports/model_card.md   Runs: make ui"
 
-repro: demo
+repro: demo ## the same as demo: `dvc repro` through the project's venv
 
 test: install browser azure-server-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
 	$(PY) -m pytest
@@ -34,15 +45,16 @@ test: install browser azure-server-env azure-ml-env azure-train-env ## the whole
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
-lint: install
+lint: install ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-ui: install ## MLflow UI on the project's tracking store
+ui: install ## MLflow UI on the project's tracking store; prints the link to the runs table
+	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
 MODEL ?= models:/tumor-classifier@champion
