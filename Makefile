@@ -5,21 +5,10 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
-.DEFAULT_GOAL := help
-# TensorFlow's start-up lines (oneDNN, cpu_feature_guard) are printed before any of our code runs:
-# only the environment can stop them. VERBOSE=1 brings them and the other library logs back.
-ifeq ($(filter-out 0 false,$(VERBOSE)),)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-endif
 
-.PHONY: help install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
+.PHONY: install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
 	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
-	train-azure azure-train-env
-
-help: ## this list (the default target)
-	@echo "make <verb>, the verbs a user says (README for the walk-through):"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	train-azure azure-train-env azure-onnx-env export-onnx bench-engines
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,24 +26,23 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); print("Selected", s["winner"], "-", s["reason"], "- registered", s["model_name"], "version", s["version"], "@" + s["alias"])'
 	@echo "All metrics: .venv/bin/dvc metrics show   Model card: reports/model_card.md   Runs: make ui"
 
-repro: demo ## the same as demo: `dvc repro` through the project's venv
+repro: demo
 
-test: install browser azure-server-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
+test: install browser azure-server-env azure-onnx-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
 	$(PY) -m pytest
 
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
-lint: install ## ruff check and format check
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install ## ruff format and autofix
+format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-ui: install ## MLflow UI on the project's tracking store; prints the link to the runs table
-	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
+ui: install ## MLflow UI on the project's tracking store
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
 MODEL ?= models:/tumor-classifier@champion
@@ -76,6 +64,7 @@ browser: ## Debian's chromium for the page's end-to-end test (root; no Playwrigh
 # --- promotion and Azure deployment (docs/deploy.md) ----------------------------------------------
 AZ_SERVER_VENV := .venv-azureml-server
 AZ_ML_VENV := .venv-azure-ai-ml
+AZ_ONNX_VENV := .venv-azureml-onnx
 
 promote: install ## move @champion to @challenger if it passes params.yaml's promote: gates
 	$(PY) -m pipeline.promote
@@ -83,8 +72,17 @@ promote: install ## move @champion to @challenger if it passes params.yaml's pro
 rollback: install ## point @champion back at the version it replaced
 	$(PY) -m pipeline.promote rollback
 
-package-azure: install ## build/azure/: the champion + score.py + YAMLs, as deployment.yml expects
-	$(PY) -m pipeline.package
+package-azure: install ## build/azure/: the champion + score.py + YAMLs (PACKAGE_ARGS="--engine onnx": no TensorFlow)
+	$(PY) -m pipeline.package $(PACKAGE_ARGS)
+
+RELEASE ?= models/selected
+
+export-onnx: install ## model.onnx beside model.keras in a released-model folder (RELEASE=models/selected)
+	$(PY) -m pipeline.export "$(RELEASE)"
+
+bench-engines: install ## Keras vs ONNX Runtime, alone and behind the service, 224 and 64 px (BENCH_ARGS="--repeats 200")
+	$(PY) bench/serve_engines.py $(BENCH_ARGS)
+
 AZ_TRAIN_VENV := .venv-azureml-train
 
 serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
@@ -99,6 +97,13 @@ azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## .venv-azureml-server: az
 $(AZ_SERVER_VENV)/.installed-stamp: deploy/azure/requirements.txt
 	$(PYTHON) -m venv $(AZ_SERVER_VENV)
 	$(AZ_SERVER_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements.txt
+	touch $@
+
+azure-onnx-env: $(AZ_ONNX_VENV)/.installed-stamp ## .venv-azureml-onnx: azmlinfsrv + the ONNX Runtime scoring env (no TensorFlow)
+
+$(AZ_ONNX_VENV)/.installed-stamp: deploy/azure/requirements-onnx.txt
+	$(PYTHON) -m venv $(AZ_ONNX_VENV)
+	$(AZ_ONNX_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-onnx.txt
 	touch $@
 
 azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## .venv-azure-ai-ml: azure-ai-ml to validate the YAMLs offline

@@ -50,7 +50,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str, port: int) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python -m pipeline.serve` (no heat maps, plus `extra` options), once /health answers."""
     command = [
         sys.executable,
         "-m",
@@ -60,6 +61,7 @@ def start_server(model: str, port: int) -> subprocess.Popen:
         "--port",
         str(port),
         "--no-heatmaps",
+        *extra,
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180

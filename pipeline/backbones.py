@@ -63,18 +63,26 @@ def resolve_weights(arch: str, weights: str | None) -> str | None:
 
 
 def _preprocessing(style: str) -> keras.layers.Layer:
+    """Keras' ImageNet preprocessing of `style`, as one frozen 1x1 convolution per pixel.
+
+    Why a convolution and not `Normalization`: its weights are variables, which every exporter
+    freezes into the graph, whereas `Normalization`'s mean and variance are captured constants
+    that `model.export(format="onnx")` turned into two extra graph inputs (measured with tf2onnx
+    1.17). It is a standard layer, so the saved model loads anywhere without custom objects.
+    torch: (x / 255 - mean) / std per RGB channel; caffe: RGB -> BGR, minus the BGR mean.
+    """
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
     if style == "torch":
-        return keras.layers.Normalization(
-            mean=_TORCH_MEAN.tolist(), variance=(_TORCH_STD**2).tolist(), name="preprocess"
-        )
-    # caffe: RGB -> BGR and mean subtraction, as a frozen 1x1 convolution (a standard layer,
-    # so the saved model loads anywhere without custom objects).
+        for channel in range(3):
+            kernel[0, 0, channel, channel] = 1.0 / _TORCH_STD[channel]
+        bias = -_TORCH_MEAN / _TORCH_STD
+    else:
+        for out_channel, in_channel in enumerate((2, 1, 0)):
+            kernel[0, 0, in_channel, out_channel] = 1.0
+        bias = -_CAFFE_MEAN_BGR
     layer = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
     layer.build((None, None, None, 3))
-    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
-    for out_channel, in_channel in enumerate((2, 1, 0)):
-        kernel[0, 0, in_channel, out_channel] = 1.0
-    layer.set_weights([kernel, -_CAFFE_MEAN_BGR.astype("float32")])
+    layer.set_weights([kernel, bias.astype("float32")])
     return layer
 
 

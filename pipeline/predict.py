@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pipeline import tracking
 from pipeline.config import default_model_uri
 from pipeline.errors import UserError
-from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.classifier import ENGINES, Classifier, load_classifier
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload
 
 BATCH = 32
@@ -152,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="released model (default: params' @champion)")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV")
     p.add_argument("--max-bytes", type=int, default=Limits.max_bytes)
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=os.environ.get("SERVING_ENGINE", "keras"),
+        help="keras or onnx (the release's model.onnx in ONNX Runtime); default: $SERVING_ENGINE",
+    )
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     args = p.parse_args(argv)
     limits = Limits(
@@ -162,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.source}: not found; give a folder of images or a CSV of paths")
         model = args.model or default_model_uri()
         try:
-            classifier = load_classifier(model, tracking_uri=tracking.tracking_uri())
+            classifier = load_classifier(
+                model, tracking_uri=tracking.tracking_uri(), engine=args.engine
+            )
         except Exception as exc:  # a missing alias or folder: one line, not a traceback
             raise UserError(f"--model {model}: cannot load: {type(exc).__name__}: {exc}") from None
         counts = score(args.source, classifier, args.out, limits)

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.config import default_model_uri
 from pipeline.serving.app import ServiceSettings, create_app
-from pipeline.serving.classifier import load_classifier
+from pipeline.serving.classifier import ENGINES, load_classifier
 from pipeline.serving.uploads import Limits
 
 
@@ -40,6 +40,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-waiting", type=int, default=8, help="requests queued before 503")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the class activation maps")
     p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=os.environ.get("SERVING_ENGINE", "keras"),
+        help="keras (model.keras, heat maps) or onnx (the release's model.onnx in ONNX Runtime, "
+        "no heat maps); default: $SERVING_ENGINE or keras",
+    )
+    p.add_argument(
         "--log-dir",
         type=Path,
         default=Path("logs/predictions"),
@@ -52,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        classifier = load_classifier(args.model, tracking_uri=tracking.tracking_uri())
+        classifier = load_classifier(
+            args.model, tracking_uri=tracking.tracking_uri(), engine=args.engine
+        )
     except Exception as exc:  # a missing alias or folder is the usual cause: one line, no trace
         print(
             f"serve: cannot load model {args.model!r}: {type(exc).__name__}: {exc}\n"

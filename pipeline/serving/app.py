@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,9 +43,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pipeline.serving.classifier import Classifier
-from pipeline.serving.heatmaps import HeatMapper
 from pipeline.serving.predlog import PredictionLog, record
 from pipeline.serving.uploads import FILE_FIELDS, InvalidInput, Limits, decode_upload
+
+if TYPE_CHECKING:
+    from pipeline.serving.heatmaps import HeatMapper  # Keras: imported only when drawing
 
 STATIC_DIR = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the image's own bytes
@@ -178,7 +180,11 @@ async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
 
 def create_app(classifier: Classifier, settings: ServiceSettings = ServiceSettings()) -> FastAPI:
     """The service around one loaded classifier (warmed up, so requests never trace)."""
-    mapper = HeatMapper(classifier) if settings.heatmaps else None
+    mapper = None
+    if settings.heatmaps and classifier.engine.draws_heatmaps:  # not the ONNX engine: no Keras
+        from pipeline.serving.heatmaps import HeatMapper
+
+        mapper = HeatMapper(classifier)
     app = FastAPI(
         title="Breast-ultrasound tumour classifier",
         version="1",

@@ -29,17 +29,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.serving.engine import KerasEngine
+from pipeline.serving.engine import KerasEngine, OnnxEngine
 from pipeline.serving.ood import pool
-from pipeline.serving.release import Release, find_release, read_release
+from pipeline.serving.release import NotARelease, Release, find_release, read_release
 from pipeline.serving.rule import answer
 
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+ENGINES = ("keras", "onnx")  # keras: model.keras; onnx: model.onnx in ONNX Runtime (no Keras)
+ONNX_FILE = "model.onnx"  # written beside model.keras by pipeline.export
 
 
 @dataclass
 class Classifier:
-    engine: KerasEngine
+    engine: KerasEngine | OnnxEngine
     release: Release
 
     def __post_init__(self) -> None:
@@ -98,13 +100,18 @@ class Classifier:
         }
 
 
-def load_classifier(source: str | Path, tracking_uri: str | None = None) -> Classifier:
-    """A warmed-up Classifier from a release folder, an MLflow model folder or a model URI."""
+def load_classifier(
+    source: str | Path, tracking_uri: str | None = None, engine: str = "keras"
+) -> Classifier:
+    """A warmed-up Classifier from a release folder, an MLflow model folder or a model URI,
+    running its model on `engine` (one of ENGINES; the decision rule is the same on both)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: {engine!r} is not one of {list(ENGINES)}")
     text = str(source)
     if text.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory() as tmp:
             local = _download(text, tmp, tracking_uri)
-            classifier = _from_folder(find_release(local))
+            classifier = _from_folder(find_release(local), engine)
     else:
         path = Path(text).expanduser()
         if not path.exists():
@@ -112,14 +119,22 @@ def load_classifier(source: str | Path, tracking_uri: str | None = None) -> Clas
                 f"model source {text!r}: not found; give a released-model folder "
                 "(models/selected), models:/<name>@<alias>, models:/<name>/<version> or runs:/..."
             )
-        classifier = _from_folder(find_release(path) if path.is_dir() else path)
+        classifier = _from_folder(find_release(path) if path.is_dir() else path, engine)
     classifier.engine.warm_up(features=classifier.release.ood is not None)
     return classifier
 
 
-def _from_folder(folder: Path) -> Classifier:
+def _from_folder(folder: Path, engine: str = "keras") -> Classifier:
     release = read_release(folder)
-    return Classifier(KerasEngine.load(release.model_path), release)
+    if engine == "keras":
+        return Classifier(KerasEngine.load(release.model_path), release)
+    onnx_path = release.folder / ONNX_FILE
+    if not onnx_path.is_file():
+        raise NotARelease(
+            f"{release.folder}: no {ONNX_FILE} for the onnx engine; export it with "
+            "`make export-onnx` (python -m pipeline.export <release folder>)"
+        )
+    return Classifier(OnnxEngine.load(onnx_path), release)
 
 
 def _download(uri: str, into: str, tracking_uri: str | None) -> Path:

@@ -1,4 +1,9 @@
-"""The Keras engine: a released model's file -> probabilities for decoded images.
+"""The engines: a released model's file -> probabilities for decoded images.
+
+`KerasEngine` runs model.keras; `OnnxEngine` runs model.onnx (pipeline.export) with ONNX Runtime
+and imports neither Keras nor TensorFlow, so a CPU endpoint can ship without them (heat maps need
+Keras' layers: an ONNX engine answers without them). Both have one interface (`prepare`,
+`probabilities`, `pooled_and_probabilities`, `warm_up`, `n_outputs`) and fit images the same way.
 
 Why the image is fitted here and not only inside the model: the model's own `resize` layer takes
 any size, but the training images were fitted by `prepare` with Pillow's Lanczos filter to the
@@ -11,13 +16,17 @@ model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 from PIL import Image
 
 from pipeline import images
 from pipeline.serving.ood import pool
+
+if TYPE_CHECKING:
+    import keras
+    import onnxruntime as ort
 
 RESIZE_LAYER = "resize"  # pipeline.backbones names the model's resizing layer so
 
@@ -37,8 +46,12 @@ class KerasEngine:
         self.input_size = (int(config["height"]), int(config["width"]))
         self.keep_aspect = bool(config.get("pad_to_aspect_ratio", False))
 
+    draws_heatmaps = True  # the page's class activation maps need the Keras layers
+
     @classmethod
     def load(cls, path: Path) -> KerasEngine:
+        import keras  # here, not at import: the ONNX engine must not pull in Keras
+
         return cls(keras.saving.load_model(path, compile=False))
 
     @property
@@ -88,3 +101,58 @@ class KerasEngine:
             self.pooled_and_probabilities(zeros)
         else:
             self.probabilities(zeros)
+
+
+ONNX_OUTPUTS = ("pooled", "probabilities")  # pipeline.export names the graph's outputs so
+
+
+class OnnxEngine:
+    """model.onnx in an ONNX Runtime session, with the input geometry from the file's metadata."""
+
+    draws_heatmaps = False  # class activation maps need the Keras layers
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        outputs = [out.name for out in session.get_outputs()]
+        if outputs != list(ONNX_OUTPUTS):
+            raise ValueError(f"ONNX outputs {outputs}; expected {list(ONNX_OUTPUTS)}")
+        meta = session.get_modelmeta().custom_metadata_map
+        self.input_size: tuple[int, int] | None = None
+        if "input_height" in meta:
+            self.input_size = (int(meta["input_height"]), int(meta["input_width"]))
+        self.keep_aspect = meta.get("keep_aspect", "true") == "true"
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None = None) -> OnnxEngine:
+        """A CPU session; `threads` caps its intra-op threads (None: ONNX Runtime's default, one
+        per physical core), so two workers on one host need not fight over the cores."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return cls(session)
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.session.get_outputs()[1].shape[-1])
+
+    prepare = KerasEngine.prepare  # the same fitting: both engines see the same pixels
+
+    def pooled_and_probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled backbone features (N, C), probabilities (N, K)): the graph's two outputs."""
+        pooled, proba = self.session.run(
+            None, {self.input_name: np.asarray(batch, dtype=np.float32)}
+        )
+        return np.asarray(pooled, dtype=np.float64), np.asarray(proba, dtype=np.float64)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) of a prepared batch (N, H, W, 3)."""
+        return self.pooled_and_probabilities(batch)[1]
+
+    def warm_up(self, features: bool = False) -> None:
+        """One run, so the first request does not pay for ONNX Runtime's lazy allocations."""
+        height, width = self.input_size or (64, 64)
+        self.probabilities(np.zeros((1, height, width, 3), dtype=np.float32))

@@ -49,10 +49,23 @@ def test_a_broken_deployment_yaml_is_refused(tmp_path):
     assert result.returncode == 1 and "invalid:" in result.stderr
 
 
-def test_the_conda_environment_pins_exactly_the_local_scoring_requirements():
-    conda = yaml.safe_load((AZURE / "conda.yml").read_text())
+def conda_and_requirements(conda_file: str, requirements_file: str) -> tuple[list, list]:
+    """(the pip pins of a conda file, the lines of a requirements file), comments left out."""
+    conda = yaml.safe_load((AZURE / conda_file).read_text())
     (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
-    lines = (AZURE / "requirements.txt").read_text().splitlines()
-    required = [line for line in lines if line.strip() and not line.startswith("#")]
+    lines = (AZURE / requirements_file).read_text().splitlines()
+    return pip, [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_the_conda_environment_pins_exactly_the_local_scoring_requirements():
+    pip, required = conda_and_requirements("conda.yml", "requirements.txt")
     assert sorted(pip) == sorted(required)
     assert all("==" in pin for pin in pip)
+
+
+def test_the_onnx_conda_environment_pins_exactly_its_requirements_and_no_tensorflow():
+    pip, required = conda_and_requirements("conda-onnx.yml", "requirements-onnx.txt")
+    assert sorted(pip) == sorted(required)
+    assert all("==" in pin for pin in pip)
+    names = {pin.split("==")[0] for pin in pip}
+    assert "onnxruntime" in names and not names & {"tensorflow", "tensorflow-cpu", "keras"}

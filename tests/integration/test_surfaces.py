@@ -24,6 +24,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline import demo_data, package, registry, tracking
@@ -37,6 +38,7 @@ from tests.servers import free_port, running
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 AZURE_SERVER = ROOT / ".venv-azureml-server" / "bin" / "azmlinfsrv"
+AZURE_ONNX_SERVER = ROOT / ".venv-azureml-onnx" / "bin" / "azmlinfsrv"
 AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
 BIN = Path(sys.executable).parent
 MAX_UPLOAD_BYTES = 400_000
@@ -89,6 +91,7 @@ def project(tmp_path_factory):
         registry.set_alias("tumor-classifier", "champion", "1")
         (root / "params.yaml").write_text(json.dumps(RAW))
         assert package.main([]) == 0
+        assert package.main(["--engine", "onnx", "--out", "build/azure-onnx"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{env['PATH']}")
     env.update(TF_CPP_MIN_LOG_LEVEL="2", MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
@@ -131,6 +134,30 @@ def azure_server(project):
         command,
         f"http://127.0.0.1:{port}/",
         root / "azure.log",
+        env=azure_env,
+        cwd=packaged / "code",
+    ):
+        yield f"http://127.0.0.1:{port}/score"
+
+
+@pytest.fixture(scope="module")
+def azure_onnx_server(project):
+    """azmlinfsrv from the ONNX Runtime environment (no TensorFlow) on the --engine onnx package,
+    with the settings its deployment.yml gives (SERVING_ENGINE=onnx)."""
+    if not AZURE_ONNX_SERVER.is_file():
+        pytest.skip("azmlinfsrv (ONNX) not installed: run `make azure-onnx-env`")
+    root, _, env = project
+    packaged = root / "build" / "azure-onnx"
+    settings = yaml.safe_load((packaged / "deployment.yml").read_text())["environment_variables"]
+    port = free_port()
+    command = [str(AZURE_ONNX_SERVER), "--entry_script", "score.py", "--model_dir"]
+    command += [str(packaged / "model"), "--port", str(port)]
+    azure_env = {k: v for k, v in env.items() if k != "PYTHONPATH"} | settings
+    azure_env |= {"WORKER_COUNT": "1", "MAX_UPLOAD_BYTES": env["MAX_UPLOAD_BYTES"]}
+    with running(
+        command,
+        f"http://127.0.0.1:{port}/",
+        root / "azure-onnx.log",
         env=azure_env,
         cwd=packaged / "code",
     ):
@@ -207,6 +234,35 @@ def test_every_demo_image_gets_the_same_answer_on_all_four_surfaces(
             "version": "1",
             "arch": "resnet50",
         }
+
+
+def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
+    project, service, azure_onnx_server
+):
+    root, scans, _ = project
+    packaged = root / "build" / "azure-onnx"
+    assert (packaged / "model" / "model.onnx").is_file() and (packaged / "conda-onnx.yml").is_file()
+    assert not (packaged / "conda.yml").exists()
+    reference = answers_over_http(service[0] + "/predict", scans)
+    answers = answers_over_http(azure_onnx_server, scans)
+    assert 0 < sum(a["decision"]["positive"] for a in reference) < len(scans)
+    for path, ours, theirs in zip(scans, answers, reference, strict=True):
+        assert ours["class"] == theirs["class"], path.name
+        assert ours["decision"]["positive"] == theirs["decision"]["positive"], path.name
+        for cls, p in theirs["probabilities"].items():
+            assert abs(ours["probabilities"][cls] - p) <= 1e-4, (path.name, cls)
+    status, answer, _ = post(azure_onnx_server, b"%PDF-1.7\n", "application/pdf")
+    assert status == 415 and answer["status"] == 415
+    heavy = AZURE_ONNX_SERVER.parent.parent / "lib"
+    assert not list(heavy.glob("python*/site-packages/tensorflow*"))
+    if AZURE_ML_PYTHON.is_file():  # the rewritten deployment.yml still loads with azure-ai-ml
+        validate = [str(AZURE_ML_PYTHON), str(ROOT / "deploy" / "azure" / "validate.py")]
+        result = subprocess.run(
+            [*validate, str(packaged)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        settings = json.loads(result.stdout)["deployment"]["environment_variables"]
+        assert settings["SERVING_ENGINE"] == "onnx" and "KERAS_BACKEND" not in settings
 
 
 # --- refusals, surface by surface ---------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""`python -m pipeline.export [RELEASE]`: the released model as ONNX, for ONNX Runtime serving.
+
+Writes `model.onnx` beside `model.keras` in a released-model folder (default `models/selected`;
+`make export-onnx`), so it travels with the release: the MLflow pyfunc, the registry and the Azure
+package all carry the folder. The graph is the Keras model itself, resizing and normalisation
+included (pipeline.backbones writes them as layers that export), with a dynamic batch and image
+size, and two outputs: the pooled backbone features (`pooled`, what the OOD score reads) and the
+class probabilities (`probabilities`). The input geometry the serving engine fits images to (the
+`resize` layer's size and letterboxing) goes into the file's metadata, so ONNX Runtime serving
+needs neither Keras nor TensorFlow.
+
+Why Keras' `model.export(format="onnx")` on the TensorFlow backend (tf2onnx): it is the documented
+route, and on JAX it would need jax2onnx, another converter; a model trained on JAX loads under
+TensorFlow (tests/unit/test_backends.py), so on any other backend the export runs in a
+subprocess with KERAS_BACKEND=tensorflow. The model is frozen (`trainable = False`) first: traced
+as it is, a from-scratch model's BatchNorm updates stayed in the graph and tf2onnx's freezing
+failed, falling back to a slow repair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.serving.classifier import ONNX_FILE
+from pipeline.serving.engine import ONNX_OUTPUTS as OUTPUTS
+
+INPUT_NAME = "image"
+RELEASE_DIR = Path("models/selected")
+POOL_LAYER, RESIZE_LAYER = "pool", "resize"
+
+
+def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
+    """Export a pipeline.backbones model saved at `keras_file` to `onnx_file` (atomically)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow(keras_file, onnx_file)
+    model = keras.saving.load_model(keras_file, compile=False)
+    graph = _serving_graph(model)
+    onnx_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=onnx_file.parent, prefix=f".{onnx_file.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        spec = keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=INPUT_NAME)
+        graph.export(tmp, format="onnx", verbose=False, input_signature=[spec])
+        _finish(Path(tmp), _geometry(model))
+        os.replace(tmp, onnx_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return onnx_file
+
+
+def _serving_graph(model):
+    """image -> (pooled features, probabilities), the model's own layers, frozen for inference."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if POOL_LAYER not in names:
+        raise UserError(f"model {model.name}: no {POOL_LAYER!r} layer; not a pipeline model")
+    graph = keras.Model(model.inputs, [model.get_layer(POOL_LAYER).output, model.outputs[0]])
+    graph.trainable = False
+    return graph
+
+
+def _geometry(model) -> dict[str, str]:
+    """The `resize` layer's target size and letterboxing, as ONNX metadata (strings)."""
+    try:
+        config = model.get_layer(RESIZE_LAYER).get_config()
+    except ValueError:
+        return {}
+    return {
+        "input_height": str(int(config["height"])),
+        "input_width": str(int(config["width"])),
+        "keep_aspect": str(bool(config.get("pad_to_aspect_ratio", False))).lower(),
+    }
+
+
+def _finish(path: Path, metadata: dict[str, str]) -> None:
+    """Name the outputs, add the metadata, and refuse a graph that asks for more than the image.
+
+    A layer whose constants are not variables (Keras' `Normalization`) becomes an extra graph
+    input that nothing can feed: such a model must be rebuilt with pipeline.backbones.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    extra = [i.name for i in proto.graph.input if i.name != INPUT_NAME]
+    if extra:
+        raise UserError(
+            f"ONNX export asks for inputs {extra} besides {INPUT_NAME!r}: the model's "
+            "preprocessing does not export; retrain it with the current pipeline.backbones"
+        )
+    for out, name in zip(proto.graph.output, OUTPUTS, strict=True):  # tf2onnx: "Identity:0"
+        proto.graph.node.append(onnx.helper.make_node("Identity", [out.name], [name]))
+        out.name = name
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _export_in_tensorflow(keras_file: Path, onnx_file: Path) -> Path:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "pipeline.export", "--keras", str(keras_file)]
+    command += ["--out", str(onnx_file)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"ONNX export under TensorFlow failed: {result.stderr.strip()[-2000:]}")
+    return onnx_file
+
+
+def export_release(folder: Path) -> Path:
+    """Write `model.onnx` into a released-model folder, from its `model.keras`."""
+    keras_file = Path(folder) / "model.keras"
+    if not keras_file.is_file():
+        raise UserError(f"{folder}: no model.keras; give a released-model folder (models/selected)")
+    return export_onnx(keras_file, Path(folder) / ONNX_FILE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.export", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("release", nargs="?", type=Path, default=RELEASE_DIR, help="release folder")
+    p.add_argument("--keras", type=Path, default=None, help="export this .keras file instead")
+    p.add_argument("--out", type=Path, default=None, help="with --keras: the .onnx to write")
+    args = p.parse_args(argv)
+    try:
+        if args.keras is not None:
+            out = export_onnx(args.keras, args.out or args.keras.with_suffix(".onnx"))
+        else:
+            out = export_release(args.release)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"export: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

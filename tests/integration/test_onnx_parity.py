@@ -1,0 +1,60 @@
+"""The exported ONNX graph of each real backbone answers as its Keras model (issue 19).
+
+Both backbones as pipeline.backbones builds them at the demo's size (64 px, from scratch), saved,
+exported by pipeline.export, then served by the one core on each engine: the demo's test-like
+images (synthetic scans at the demo's raw size, 128 px, fitted to 64 by the engines) get
+probabilities within 1e-4 and the same decision under a threshold that splits them in two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import synthetic
+from pipeline.backbones import build_classifier
+from pipeline.export import export_release
+from pipeline.serving.classifier import load_classifier
+from tests.factories import CLASSES, make_release
+
+pytestmark = pytest.mark.slow
+DEMO_RAW_SIZE, DEMO_MODEL_SIZE = 128, 64
+
+
+def demo_scans(per_class: int = 12) -> list[np.ndarray]:
+    return [
+        synthetic.render_case(label, synthetic.case_rng(7, label, n), DEMO_RAW_SIZE)[0]
+        for label in synthetic.CLASSES
+        for n in range(per_class)
+    ]
+
+
+def splitting_threshold(probabilities: list[float]) -> float:
+    """Halfway between the two middle values: no image sits on the threshold itself."""
+    ordered = sorted(probabilities)
+    middle = len(ordered) // 2
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+@pytest.mark.parametrize("arch", ["densenet121", "resnet50"])
+def test_onnx_runtime_answers_as_keras_on_the_demos_test_like_images(arch, tmp_path):
+    model = build_classifier(arch, DEMO_MODEL_SIZE, CLASSES)
+    scans = demo_scans()
+    probe = load_classifier(make_release(tmp_path / "probe", model, None, arch=arch))
+    malignant = [a["probabilities"]["malignant"] for a in probe.predict_many(scans)]
+    folder = make_release(tmp_path / "release", model, splitting_threshold(malignant), arch=arch)
+    export_release(folder)
+    by_keras = load_classifier(folder)
+    by_onnx = load_classifier(folder, engine="onnx")
+    keras_answers, onnx_answers = by_keras.predict_many(scans), by_onnx.predict_many(scans)
+    gaps = [
+        abs(ours["probabilities"][c] - theirs["probabilities"][c])
+        for ours, theirs in zip(onnx_answers, keras_answers, strict=True)
+        for c in CLASSES
+    ]
+    print(f"{arch}: max |onnx - keras| = {max(gaps):.2e} over {len(scans)} images")
+    assert max(gaps) <= 1e-4
+    assert [a["class"] for a in onnx_answers] == [a["class"] for a in keras_answers]
+    positives = [a["decision"]["positive"] for a in onnx_answers]
+    assert positives == [a["decision"]["positive"] for a in keras_answers]
+    assert 0 < sum(positives) < len(scans)

@@ -1,0 +1,94 @@
+"""The ONNX Runtime engine: the same answers as Keras, through the same core, without Keras."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.export import export_onnx, export_release
+from pipeline.serving.classifier import ONNX_FILE, load_classifier
+from pipeline.serving.release import NotARelease
+from tests.factories import CLASSES, encode, make_release, scan
+
+
+@pytest.fixture(scope="module")
+def onnx_release(mini_release, tmp_path_factory):
+    """A copy of the mini release with its model.onnx exported beside model.keras."""
+    folder = tmp_path_factory.mktemp("onnx") / "selected"
+    shutil.copytree(mini_release[0], folder)
+    export_release(folder)
+    return folder
+
+
+def test_onnx_and_keras_engines_give_the_same_answers(onnx_release):
+    by_keras = load_classifier(onnx_release)
+    by_onnx = load_classifier(onnx_release, engine="onnx")
+    images = [scan(seed, 40 + 7 * seed, 56) for seed in range(8)]  # several sizes and shapes
+    keras_answers, onnx_answers = by_keras.predict_many(images), by_onnx.predict_many(images)
+    for ours, theirs in zip(onnx_answers, keras_answers, strict=True):
+        assert ours["class"] == theirs["class"]
+        assert ours["decision"]["positive"] == theirs["decision"]["positive"]
+        for name in CLASSES:
+            assert ours["probabilities"][name] == pytest.approx(
+                theirs["probabilities"][name], abs=1e-5
+            )
+    assert by_onnx.engine.input_size == by_keras.engine.input_size == (32, 32)
+    assert by_onnx.engine.keep_aspect is by_keras.engine.keep_aspect is True
+
+
+def test_the_onnx_graph_gives_the_pooled_features_the_ood_score_reads(onnx_release):
+    by_keras = load_classifier(onnx_release)
+    by_onnx = load_classifier(onnx_release, engine="onnx")
+    batch = np.stack([by_keras.engine.prepare(scan(seed)) for seed in range(3)])
+    keras_pooled, keras_proba = by_keras.engine.pooled_and_probabilities(batch)
+    onnx_pooled, onnx_proba = by_onnx.engine.pooled_and_probabilities(batch)
+    np.testing.assert_allclose(onnx_pooled, keras_pooled, atol=1e-5)
+    np.testing.assert_allclose(onnx_proba, keras_proba, atol=1e-5)
+
+
+def test_the_onnx_path_serves_without_importing_keras_or_tensorflow(onnx_release):
+    probe = (
+        "import json, sys\n"
+        "from pipeline.serving.classifier import load_classifier\n"
+        "from pipeline.serving.app import create_app\n"
+        "from pipeline.serving.uploads import decode_upload\n"
+        f"c = load_classifier({str(onnx_release)!r}, engine='onnx')\n"
+        "app = create_app(c)\n"
+        f"answer = c.predict(decode_upload({encode(scan(1))!r}))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"
+        "print(json.dumps({'class': answer['class'], 'heavy': heavy}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["class"] in CLASSES and found["heavy"] == []
+
+
+def test_the_onnx_engine_on_a_release_without_model_onnx_says_how_to_export(mini_release):
+    with pytest.raises(NotARelease, match="make export-onnx"):
+        load_classifier(mini_release[0], engine="onnx")
+    with pytest.raises(ValueError, match="engine"):
+        load_classifier(mini_release[0], engine="tflite")
+
+
+def test_a_model_whose_preprocessing_does_not_export_is_refused_with_the_reason(tmp_path):
+    """Keras' Normalization keeps its statistics as constants: they became extra graph inputs."""
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Normalization(mean=[100.0] * 3, variance=[400.0] * 3, name="preprocess")(
+        inputs
+    )
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 3)(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    folder = make_release(tmp_path / "old", model, 0.5)
+    with pytest.raises(UserError, match="retrain"):
+        export_onnx(folder / "model.keras", folder / ONNX_FILE)
+    assert not (folder / ONNX_FILE).exists()
