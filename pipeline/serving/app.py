@@ -126,6 +126,13 @@ class Admission:
             self.inside -= 1
 
 
+def _swagger_assets() -> Path:
+    """Swagger UI's script and style, as the fastapi-offline package ships them (offline)."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
 
@@ -195,6 +202,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings = ServiceSettin
     app.state.classifier = classifier
     app.state.log = PredictionLog(settings.log_dir) if settings.log_dir else None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=_swagger_assets()), name="docs-assets")
     _add_error_handlers(app)
     _add_routes(app, classifier, mapper, settings, app.state.log)
     return app
@@ -236,6 +244,11 @@ def _add_routes(
     log: PredictionLog | None,
 ) -> None:
     admission = Admission(settings.max_concurrent, settings.max_waiting)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """Swagger UI from the app itself: assets from the fastapi-offline package, no CDN."""
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

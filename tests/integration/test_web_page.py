@@ -118,7 +118,15 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
 
     heat = page.locator("#heatmap")
     assert heat.evaluate("img => img.complete && img.naturalWidth > 0")  # decoded, paintable
+    assert not heat.is_visible()  # off by default: the scan comes first
+    assert page.locator("#heat-controls .ramp").is_visible()  # with its colour scale
+    page.check("#show-heatmap")
     assert heat.is_visible() and heat.get_attribute("src").startswith("data:image/png;base64,")
+    page.fill("#heat-opacity", "40")
+    page.dispatch_event("#heat-opacity", "input")
+    assert heat.evaluate("img => getComputedStyle(img).opacity") == "0.4"
+    page.fill("#heat-opacity", "100")
+    page.dispatch_event("#heat-opacity", "input")
     preview_box, heat_box = page.locator("#preview").bounding_box(), heat.bounding_box()
     assert preview_box["width"] > 0
     assert abs(heat_box["width"] - preview_box["width"]) < 2
@@ -145,13 +153,52 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     page.close()
 
 
-def test_a_bad_upload_shows_the_reason(server, browser, tmp_path):
+def test_a_bad_upload_shows_the_reason_and_resets_the_page(server, browser, demo_image, tmp_path):
     page = browser.new_page()
     page.goto(server + "/", wait_until="load", timeout=30_000)
+    page.set_input_files("#file", str(demo_image))
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
     fake = tmp_path / "report.png"
     fake.write_text("not an image at all")
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("#result[data-state='error']", timeout=30_000)
     message = page.inner_text("#error")
     assert "415" in message and "not a supported image" in message
+    for leftover in ("#preview", "#heatmap", "#heat-controls", "#answer"):
+        assert not page.locator(leftover).is_visible(), leftover
+    page.close()
+
+
+def test_keyboard_users_open_the_file_chooser_and_axe_finds_no_serious_violation(
+    server, browser, demo_image
+):
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = browser.new_page()
+    page.goto(server + "/", wait_until="load", timeout=30_000)
+    page.keyboard.press("Tab")  # the first stop is the file input (shown as its button)
+    assert page.evaluate("document.activeElement.id") == "file"
+    with page.expect_file_chooser(timeout=10_000) as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(demo_image))
+    page.wait_for_selector("#result[data-state='done']", timeout=60_000)
+    page.keyboard.press("Tab")  # then the heat-map controls
+    assert page.evaluate("document.activeElement.id") == "show-heatmap"
+    page.keyboard.press("Space")
+    assert page.locator("#heatmap").is_visible()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "heat-opacity"
+    violations = Axe().run(page).response["violations"]
+    serious = [(v["id"], v["impact"]) for v in violations if v["impact"] in ("serious", "critical")]
+    assert serious == [], serious
+    page.close()
+
+
+def test_the_api_docs_load_offline_from_the_app(server, browser):
+    page = browser.new_page()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(server + "/docs", wait_until="load", timeout=30_000)
+    page.wait_for_selector("text=/predict", timeout=30_000)
+    assert all(url.startswith((server, "data:", "blob:")) for url in requested), requested
     page.close()

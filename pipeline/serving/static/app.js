@@ -28,6 +28,10 @@ function setState(name, message) {
 }
 
 function showError(message) {
+  // A full reset: no broken preview and no heat-map controls left from an earlier image.
+  $("preview").removeAttribute("src");
+  $("preview").hidden = true;
+  clearHeatmap();
   $("answer").hidden = true;
   $("error").hidden = false;
   $("error").textContent = message;
@@ -82,12 +86,23 @@ async function renderResult(result, request) {
     // "done" only once the overlay can be painted: a data URL still decodes asynchronously
     try { await heat.decode(); } catch (err) { /* a broken overlay must not hide the answer */ }
     if (request !== state.request) return; // a newer image was chosen while this one decoded
-    heat.hidden = !$("show-heatmap").checked;
+    heat.hidden = !$("show-heatmap").checked; // off by default: the scan comes first
+    $("heat-controls").hidden = false;
   } else {
-    heat.removeAttribute("src");
-    heat.hidden = true;
+    clearHeatmap();
   }
   setState("done", "");
+}
+
+function clearHeatmap() {
+  const heat = $("heatmap");
+  heat.removeAttribute("src");
+  heat.hidden = true;
+  $("heat-controls").hidden = true;
+}
+
+function setOpacity() {
+  $("heatmap").style.opacity = String($("heat-opacity").value / 100);
 }
 
 async function classify(file) {
@@ -97,7 +112,8 @@ async function classify(file) {
   state.objectUrl = URL.createObjectURL(file);
   $("view").hidden = false;
   $("preview").src = state.objectUrl;
-  $("heatmap").hidden = true;
+  $("preview").hidden = false;
+  clearHeatmap();
   $("answer").hidden = true;
   $("error").hidden = true;
   setState("busy", `Classifying ${file.name}…`);
@@ -126,7 +142,10 @@ function setup() {
     const heat = $("heatmap");
     heat.hidden = !e.target.checked || !heat.getAttribute("src");
   });
+  $("heat-opacity").addEventListener("input", setOpacity);
+  setOpacity();
   const drop = $("drop");
+
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }
