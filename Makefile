@@ -5,10 +5,21 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
+.DEFAULT_GOAL := help
+# TensorFlow's start-up lines (oneDNN, cpu_feature_guard) are printed before any of our code runs:
+# only the environment can stop them. VERBOSE=1 brings them and the other library logs back.
+ifeq ($(filter-out 0 false,$(VERBOSE)),)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+endif
 
-.PHONY: install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
+.PHONY: help install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
 	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure azure-train-env azure-onnx-env export-onnx bench-engines
+
+help: ## this list (the default target)
+	@echo "make <verb>, the verbs a user says (README for the walk-through):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +34,10 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 	@echo
 	@cat reports/evaluate/comparison.md
 	@echo
-	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); print("Selected", s["winner"], "-", s["reason"], "- registered", s["model_name"], "version", s["version"], "@" + s["alias"])'
+	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); p = json.load(open("models/selected/release.json"))["provenance"]; print("Selected", s["winner"], "-", s["reason"]); print("Released", p["model_name"], "version", p["version"] or "(not registered)", "@" + (s["alias"] or "-"))'
 	@echo "All metrics: .venv/bin/dvc metrics show   Model card: reports/model_card.md   Runs: make ui"
 
-repro: demo
+repro: demo ## the same as demo: `dvc repro` through the project's venv
 
 test: install browser azure-server-env azure-onnx-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
 	$(PY) -m pytest
@@ -34,22 +45,32 @@ test: install browser azure-server-env azure-onnx-env azure-ml-env azure-train-e
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
-lint: install
+lint: install ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-ui: install ## MLflow UI on the project's tracking store
+ui: install ## MLflow UI on the project's tracking store; prints the link to the runs table
+	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
-MODEL ?= models:/tumor-classifier@champion
+# A released model: models:/<name>@<alias>, models:/<name>/<version>, or a folder such as
+# models/selected. Empty: models:/<select.model_name>@<promote.alias> from params.yaml.
+MODEL ?=
 PORT ?= 8000
+TRACKING := MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}"
+MODEL_URI = $(or $(MODEL),$(shell $(PY) -c 'from pipeline.config import default_model_uri as d; print(d())' 2>/dev/null))
+SOURCE ?= data/raw
+OUT ?= predictions.csv
 
-serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | runs:/... | path.keras)
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" $(PY) -m pipeline.serve --model "$(MODEL)" --port $(PORT)
+serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | models/selected)
+	$(TRACKING) $(PY) -m pipeline.serve --model "$(MODEL_URI)" --port $(PORT)
+
+predict: install ## score a folder or CSV of images into a CSV (SOURCE=folder OUT=predictions.csv MODEL=...)
+	$(TRACKING) $(PY) -m pipeline.predict "$(SOURCE)" --model "$(MODEL_URI)" --out "$(OUT)"
 
 monitor: install ## drift report of the prediction log vs the release's reference (exit 1 on drift)
 	$(PY) -m pipeline.monitor
@@ -64,6 +85,7 @@ browser: ## Debian's chromium for the page's end-to-end test (root; no Playwrigh
 # --- promotion and Azure deployment (docs/deploy.md) ----------------------------------------------
 AZ_SERVER_VENV := .venv-azureml-server
 AZ_ML_VENV := .venv-azure-ai-ml
+AZ_TRAIN_VENV := .venv-azureml-train
 AZ_ONNX_VENV := .venv-azureml-onnx
 
 promote: install ## move @champion to @challenger if it passes params.yaml's promote: gates
@@ -83,11 +105,9 @@ export-onnx: install ## model.onnx beside model.keras in a released-model folder
 bench-engines: install ## Keras vs ONNX Runtime, alone and behind the service, 224 and 64 px (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
 
-AZ_TRAIN_VENV := .venv-azureml-train
-
 serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
-	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" \
-	$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(PORT)
+	PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
+	$(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 lint-workflows: install ## GitHub Actions workflows against GitHub's schema (offline)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml

@@ -31,7 +31,7 @@ class DemoParams:
 class DataParams:
     raw_dir: str = "data/raw/synthetic-demo"
     exclude: str = "data/exclude.csv"  # path,reason (path may be a glob): left out before splitting
-    group_column: str | None = None  # a CSV layout's patient/study column (None: patient_id/study_id)
+    group_column: str | None = None  # CSV patient/study column (None: patient_id / study_id)
     id_salt: str = "busi-pipeline-salt"  # patient/study ids are hashed with it before any use
 
 
@@ -266,13 +266,13 @@ def _check_values(p: Params) -> None:
     need(len(set(p.classes)) == len(p.classes) >= 2, "classes", "need at least two distinct names")
     need(p.demo.images >= 30, "demo.images", "need at least 30 images")
     need(p.demo.size >= 32, "demo.size", "need at least 32 pixels")
-    pr = p.prepare
-    need(32 <= pr.image_size <= 1024, "prepare.image_size", "must be between 32 and 1024 pixels")
     need(
         len(p.data.id_salt) >= 8,
         "data.id_salt",
         "need at least 8 characters; set a secret of your own per site (ids are hashed with it)",
     )
+    pr = p.prepare
+    need(32 <= pr.image_size <= 1024, "prepare.image_size", "must be between 32 and 1024 pixels")
     need(0 < pr.val_fraction < 0.5, "prepare.val_fraction", "must be between 0 and 0.5")
     need(0 < pr.test_fraction < 0.5, "prepare.test_fraction", "must be between 0 and 0.5")
     need(

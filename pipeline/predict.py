@@ -1,8 +1,10 @@
 """`python -m pipeline.predict SOURCE --out predictions.csv`: score a folder or a list of images.
 
 SOURCE is a folder (every regular file under it, links not followed) or a CSV file with a `path`
-column (relative to the CSV's folder). Each file gets one row in `--out`: the answer of the
-released model (`--model`, default `models:/<select.model_name>@<promote.alias>`) with its
+column (relative to the CSV's folder). Files are recognised by content, DICOM ultrasound (`.dcm`,
+or no suffix as PACS exports write them) included: one frame, cut to its ultrasound region.
+Each file gets one row in `--out`: the answer of the released model (`--model`, default
+`models:/<select.model_name>@<promote.alias>`) with its
 probabilities, class and decision (`out_of_scope`, with its OOD score and the reason, for an image
 the model was not made for), or the status and reason it was refused, decided by the same
 serving core and the same upload validation as the service, the MLflow pyfunc and the Azure

@@ -15,10 +15,17 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# MLflow 3's UI opens an experiment on its GenAI (traces) view unless the experiment says it is
+# for model development; this tag, set when the project creates the experiment, says so.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table sorted by the headline metric, best first (URL keys of MLflow 3's experiment
+# page: orderByKey, orderByAsc, compareRunsMode; mlflow/server/js, experiment page search facets).
+HEADLINE_METRIC = "val_macro_f1"
 
 
 def project_root() -> Path:
@@ -51,11 +58,33 @@ def setup(experiment: str) -> str:
         if found is not None:
             experiment_id = found.experiment_id
         elif uri.startswith("sqlite:"):
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root())
+            experiment_id = mlflow.create_experiment(
+                experiment, artifact_location=artifact_root(), tags=EXPERIMENT_KIND
+            )
         else:
-            experiment_id = mlflow.create_experiment(experiment)
+            experiment_id = mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def runs_view_url(base: str, experiment: str) -> str:
+    """The MLflow UI link that opens `experiment`'s runs table, sorted by validation macro-F1.
+
+    A fresh browser on `mlflow ui` lands on the GenAI overview; this link goes to the classic
+    runs view. The experiments list when the store or the experiment does not exist yet.
+    """
+    uri = tracking_uri()
+    store = Path(uri.removeprefix("sqlite:///"))
+    found = None
+    if not uri.startswith("sqlite:///") or store.is_file():
+        found = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
+    if found is None:
+        return f"{base}/#/experiments"
+    order = quote(f"metrics.`{HEADLINE_METRIC}`")
+    return (
+        f"{base}/#/experiments/{found.experiment_id}/runs"
+        f"?orderByKey={order}&orderByAsc=false&compareRunsMode=TABLE"
+    )
 
 
 @contextlib.contextmanager

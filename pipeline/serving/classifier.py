@@ -11,7 +11,6 @@ pyfunc, the Azure scoring script and the batch scorer. An answer is
 With OOD statistics in the release, the one forward pass also gives the pooled backbone
 features, and the answer of an input beyond the OOD threshold is `out_of_scope` (rule.answer).
 
-
 `source` is a released-model folder (models/selected/), an MLflow model folder holding one, or a
 `models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/` URI, downloaded with MLflow from
 `tracking_uri` (default: MLFLOW_TRACKING_URI, as MLflow itself reads it).
@@ -110,8 +109,7 @@ def load_classifier(
     text = str(source)
     if text.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory() as tmp:
-            local = _download(text, tmp, tracking_uri)
-            classifier = _from_folder(find_release(local), engine)
+            classifier = _from_folder(download_release(text, tmp, tracking_uri), engine)
     else:
         path = Path(text).expanduser()
         if not path.exists():
@@ -122,6 +120,23 @@ def load_classifier(
         classifier = _from_folder(find_release(path) if path.is_dir() else path, engine)
     classifier.engine.warm_up(features=classifier.release.ood is not None)
     return classifier
+
+
+def download_release(uri: str, into: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download a `models:/` or `runs:/` model into `into`; return its release folder."""
+    import mlflow  # only for registry sources; a packaged release needs no MLflow at all
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    quiet = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = quiet or "false"  # one line per file is noise in a terminal
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into))
+    finally:
+        if quiet is None:
+            del os.environ[PROGRESS_BAR]
+    return find_release(Path(local))
 
 
 def _from_folder(folder: Path, engine: str = "keras") -> Classifier:
@@ -135,18 +150,3 @@ def _from_folder(folder: Path, engine: str = "keras") -> Classifier:
             "`make export-onnx` (python -m pipeline.export <release folder>)"
         )
     return Classifier(OnnxEngine.load(onnx_path), release)
-
-
-def _download(uri: str, into: str, tracking_uri: str | None) -> Path:
-    import mlflow  # only for registry sources; a packaged release needs no MLflow at all
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    quiet = os.environ.get(PROGRESS_BAR)
-    os.environ[PROGRESS_BAR] = quiet or "false"  # one line per download is noise in a terminal
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
-    finally:
-        if quiet is None:
-            del os.environ[PROGRESS_BAR]
