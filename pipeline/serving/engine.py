@@ -132,6 +132,10 @@ class OnnxEngine:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning, so between requests they leave the cores
+        # to the server's own threads (service/onnx over ONNX Runtime alone at 224 px: +59 ms
+        # spinning, +15 ms not, bench/serve_engines.py on 2 shared cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return cls(session)
 

@@ -1,12 +1,17 @@
-"""The exported ONNX graph of each real backbone answers as its Keras model (issue 19).
+"""The exported ONNX graph of a real backbone answers as its Keras model (issue 19).
 
-Both backbones as pipeline.backbones builds them at the demo's size (64 px, from scratch), saved,
+DenseNet121 as pipeline.backbones builds it at the demo's size (64 px, from scratch), saved,
 exported by pipeline.export, then served by the one core on each engine: the demo's test-like
 images (synthetic scans at the demo's raw size, 128 px, fitted to 64 by the engines) get
 probabilities within 1e-4 and the same decision under a threshold that splits them in two.
+DenseNet121 because its preprocessing is the one that did not export (Keras' Normalization);
+ResNet50 passes too (max |diff| 8.9e-07, 2026-12) but its export alone takes over a minute on
+2 cores, so it runs only with ONNX_PARITY_ARCHS="densenet121 resnet50".
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -36,7 +41,7 @@ def splitting_threshold(probabilities: list[float]) -> float:
     return (ordered[middle - 1] + ordered[middle]) / 2
 
 
-@pytest.mark.parametrize("arch", ["densenet121", "resnet50"])
+@pytest.mark.parametrize("arch", os.environ.get("ONNX_PARITY_ARCHS", "densenet121").split())
 def test_onnx_runtime_answers_as_keras_on_the_demos_test_like_images(arch, tmp_path):
     model = build_classifier(arch, DEMO_MODEL_SIZE, CLASSES)
     scans = demo_scans()
