@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -192,3 +193,89 @@ def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: data.raw_dir")
     assert "Traceback" not in result.stderr
+
+
+# --- a sweep: `dvc exp run --queue` x 2, `dvc queue start -j 2` ----------------------------------
+# Last in this module on purpose: it reuses the reproduced repo (its baseline and @challenger)
+# instead of a second full pipeline, and restores the params the tests above changed.
+
+SWEEP = {"sweep-lr-low": 0.0003, "sweep-lr-high": 0.003}
+
+
+def aliases(path: Path) -> dict[str, str]:
+    uri = f"sqlite:///{path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return dict(client.get_registered_model("tumor-classifier").aliases)
+
+
+def wait_for_queue(path: Path, env: dict, timeout: float = 900) -> str:
+    """`dvc queue start` returns at once; its workers run the experiments in the background."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=path, env=env)
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"the queue did not finish in {timeout} s:\n{status}")
+
+
+@pytest.fixture(scope="module")
+def sweep(repo):
+    path, env, _ = repo
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    sh("git", "checkout", "--", "params.yaml", cwd=path, env=env)
+    sh(*git, "add", "-A", cwd=path, env=env)
+    sh(*git, "commit", "-qm", "baseline reproduced", cwd=path, env=env)
+    before = aliases(path)
+    for name, rate in SWEEP.items():
+        sh(
+            "dvc", "exp", "run", "--queue", "--name", name,
+            "-S", f"train.resnet50.learning_rate={rate}",
+            cwd=path, env=env,
+        )  # fmt: skip
+    # not captured: the workers it starts keep its output pipes open after it returns
+    start = ["dvc", "queue", "start", "-j", "2"]
+    subprocess.run(start, cwd=path, env=env, stdout=subprocess.DEVNULL, check=True)
+    status = wait_for_queue(path, env)
+    sh("dvc", "queue", "stop", cwd=path, env=env)  # the idle workers, once the queue is done
+    logs = {name: sh("dvc", "queue", "logs", name, cwd=path, env=env) for name in SWEEP}
+    return path, env, before, status, logs
+
+
+def test_a_queued_sweep_runs_both_experiments_to_success(sweep):
+    path, env, _, status, logs = sweep
+    for name in SWEEP:
+        line = next((s for s in status.splitlines() if name in s), "")
+        assert "Success" in line, f"{name}: {status}\n{logs[name][-3000:]}"
+    shown = subprocess.run(
+        ["dvc", "exp", "show", "--json"], cwd=path, env=env, capture_output=True, text=True
+    )
+    shown = json.loads(shown.stdout)
+    assert SWEEP.keys() <= set(_experiment_names(shown)), shown
+
+
+def _experiment_names(shown: list[dict]) -> list[str]:
+    return [exp.get("name") for base in shown for exp in base.get("experiments") or []]
+
+
+def test_each_experiments_training_run_lands_in_the_projects_store_tagged_with_its_name(sweep):
+    path = sweep[0]
+    uri = f"sqlite:///{path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("busi-tumor-classification")
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_experiment != ''")
+    by_name = {run.data.tags["dvc_experiment"]: run for run in runs}
+    assert set(by_name) == set(SWEEP)
+    for name, rate in SWEEP.items():
+        run = by_name[name]
+        assert run.data.params["arch"] == "resnet50"
+        assert float(run.data.params["learning_rate"]) == rate
+        assert run.data.tags["dvc_stage"].startswith("train_resnet")
+        assert run.info.run_name == f"{name}/resnet50"  # tracking.run_name
+    assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a copy
+
+
+def test_a_sweep_moves_no_registry_alias(sweep):
+    path, _, before, _, _ = sweep
+    assert before.get("challenger")  # the baseline `dvc repro` registered one
+    assert aliases(path) == before
