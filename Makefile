@@ -39,7 +39,11 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 
 repro: demo ## the same as demo: `dvc repro` through the project's venv
 
-test: install browser azure-server-env azure-onnx-env azure-ml-env azure-train-env ## the whole test suite (unit + integration)
+SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
+
+test: install browser ## the whole test suite (unit + integration)
+	@# the four side environments are independent: built side by side (downloads overlap)
+	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
 	$(PY) -m pytest
 
 test-fast: install ## unit tests only

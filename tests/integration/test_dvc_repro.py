@@ -17,6 +17,8 @@ import mlflow
 import pytest
 import yaml
 
+from pipeline.serving.classifier import load_classifier
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -161,11 +163,25 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
     assert len(looks) == 2 and all("test_macro_f1" in r.data.metrics for r in looks)
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
     selection = json.loads((path / "reports/selection.json").read_text())
-    assert str(version.version) == selection["version"]
-    assert version.tags["arch"] == selection["winner"]
+    release = json.loads((path / "models/selected/release.json").read_text())
+    assert str(version.version) == release["provenance"]["version"]
+    assert version.tags["arch"] == selection["winner"] == release["provenance"]["arch"]
     assert "manifest_sha256" in version.tags and "val_macro_f1" in version.tags
-    model = mlflow.keras.load_model("models:/tumor-classifier@challenger")
-    assert model.output_shape == (None, 3)
+    served = load_classifier("models:/tumor-classifier@challenger", tracking_uri=uri)
+    assert served.release.rule.to_dict() == release["rule"]  # the rule travels in the model
+
+
+def test_a_change_to_the_serving_code_reruns_select_but_never_training(repo):
+    path, env, _ = repo
+    decoder = path / "pipeline" / "serving" / "uploads.py"
+    original = decoder.read_text()
+    decoder.write_text(original + "\n# a fix to the upload decoder\n")
+    try:
+        changed = set(json.loads(sh("dvc", "status", "--json", cwd=path, env=env)))
+    finally:
+        decoder.write_text(original)
+    assert "select" in changed
+    assert not changed & {"train_densenet", "train_resnet", "prepare", "augment"}, changed
 
 
 def test_changing_one_training_param_reruns_only_what_depends_on_it(repo):

@@ -1,0 +1,112 @@
+"""A hospital's DICOM export through `dvc repro`, for real: patient-level splits, and no patient
+data anywhere in what the pipeline writes.
+
+Every identifying element a scanner fills (names, ids, dates, accession, institution, free-text
+descriptions, UIDs) carries a marker string; after the whole pipeline has run (prepare, augment,
+both trainings, evaluate, select with its registered model), no file outside the raw data holds
+any marker: not data/prepared, not reports, not the MLflow store or its artifacts, not the DVC
+cache, not the stage logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.dicoms import MARKERS, UID_ROOT, write_dicom
+from tests.factories import label_image
+from tests.integration.test_dvc_repro import TINY, merge, project_copy, sh
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("benign", "malignant", "normal")
+PATIENTS_PER_CLASS = 8
+IMAGES_PER_PATIENT = 3
+STYLES = (("MONOCHROME2", "explicit"), ("YBR_FULL_422", "jpeg"), ("RGB", "rle"))
+# Every marker, the test UIDs' root and the patient ids' stem: none may leave data/raw.
+SEARCHED = sorted({*MARKERS.values(), UID_ROOT.rstrip("."), MARKERS["PatientID"]})
+
+
+def hospital_export(raw: Path) -> None:
+    """Class folders of extensionless DICOM files, three per patient, mixed encodings; plus a CT
+    file and a cine loop that prepare must reject."""
+    rng = np.random.default_rng(0)
+    for c, label in enumerate(CLASSES):
+        for p in range(PATIENTS_PER_CLASS):
+            patient = f"{c}{p:02d}"
+            for k in range(IMAGES_PER_PATIENT):
+                photometric, syntax = STYLES[(p + k) % 3]
+                image = label_image(c, 48, rng)
+                write_dicom(
+                    raw / label / f"IM{patient}{k}",
+                    image,
+                    photometric=photometric,
+                    syntax=syntax,
+                    patient=patient,
+                )
+    write_dicom(raw / "benign" / "CT0001", label_image(0, 48, rng), modality="CT")
+    write_dicom(raw / "normal" / "LOOP0001", label_image(2, 48, rng), frames=3)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = project_copy(tmp_path_factory.mktemp("dicom-repo"))
+    hospital_export(repo / "data" / "raw" / "hospital")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    hospital = {"data": {"raw_dir": "data/raw/hospital", "id_salt": "site-secret-1"}}
+    params = merge(merge(params, TINY), hospital)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["KERAS_HOME"] = str(repo / ".keras")
+    sh("git", "init", "-q", cwd=repo, env=env)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=repo, env=env)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x", cwd=repo, env=env)
+    log = sh("dvc", "repro", "select", cwd=repo, env=env)
+    return repo, env, log
+
+
+def test_a_dicom_folder_runs_through_dvc_repro_with_patient_level_splits(repo):
+    path, _, _ = repo
+    summary = json.loads((path / "reports/data/summary.json").read_text())
+    assert summary["grouping"]["split_level"] == "patient"
+    assert summary["total"] == len(CLASSES) * PATIENTS_PER_CLASS * IMAGES_PER_PATIENT
+    assert summary["rejects"]["by_reason"] == {"multi_frame": 1, "not_ultrasound": 1}
+    with (path / "data/prepared/manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    split_of: dict[str, set] = {}
+    for row in rows:
+        split_of.setdefault(Path(row["source"]).name[2:5], set()).add(row["split"])
+    assert len(split_of) == len(CLASSES) * PATIENTS_PER_CLASS
+    assert all(len(splits) == 1 for splits in split_of.values())  # a patient on one side only
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert "Split: patient-level" in (path / "reports/model_card.md").read_text()
+    assert (path / "models/selected/model.keras").is_file()
+
+
+def test_no_marker_of_any_identifying_element_is_in_any_output_or_log(repo):
+    """Every file the pipeline wrote (outputs, DVC cache, MLflow store and artifacts, the
+    registered model), i.e. all but the raw export and the project's own checked-in files."""
+    path, env, log = repo
+    raw = path / "data" / "raw"
+    source = set(sh("git", "ls-files", cwd=path, env=env).split())
+    searched = 0
+    for file in path.rglob("*"):
+        skip = file.is_relative_to(raw) or file.is_relative_to(path / ".git")
+        if skip or file.is_symlink() or not file.is_file():
+            continue
+        if file.relative_to(path).as_posix() in source and file.suffix in (".py", ".md"):
+            continue  # the tests' own marker table (tests/dicoms.py) and docs
+        data = file.read_bytes()
+        searched += 1
+        found = [m for m in SEARCHED if m.encode() in data]
+        assert not found, f"{file.relative_to(path)} holds {found}"
+    assert searched > 50 and (path / "mlflow.db").is_file()
+    assert not [m for m in SEARCHED if m in log], "the stage logs quote an identifying value"
