@@ -60,7 +60,8 @@ def run(request):
     if request.content_length is not None and request.content_length > LIMITS.max_bytes:
         return error(
             413,
-            f"body of {request.content_length} bytes is over {LIMITS.max_bytes} bytes (MAX_UPLOAD_BYTES)",
+            f"body of {request.content_length} bytes is over {LIMITS.max_bytes} bytes "
+            "(MAX_UPLOAD_BYTES)",
         )
     try:
         image = decode_upload(upload_bytes(request), LIMITS)

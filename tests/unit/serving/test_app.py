@@ -202,7 +202,9 @@ def test_the_openapi_schema_documents_the_upload(client):
     assert {"/health", "/predict"} <= set(schema["paths"])
 
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "default-src 'self'" in docs.headers["content-security-policy"]
+    assert (
+        docs.status_code == 200 and "default-src 'self'" in docs.headers["content-security-policy"]
+    )
     for asset in re.findall(r'(?:src|href)="(/[^"]+)"', docs.text):  # every asset from the app
         assert client.get(asset).status_code == 200, asset
 
