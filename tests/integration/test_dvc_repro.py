@@ -121,8 +121,11 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
             f1 = metrics[split]["macro_f1"]
             assert f1["ci_low"] <= f1["value"] <= f1["ci_high"]
         assert any((path / f"reports/evaluate/{arch}/plots").glob("*.png"))
-    shown = sh("dvc", "metrics", "show", "--json", cwd=path, env=env)
-    assert "macro_f1" in shown
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=path, env=env))
+    (workspace,) = shown.values()
+    (headline,) = [f["data"] for f in workspace["data"].values()]  # one metrics file
+    assert set(headline) == {"densenet121", "resnet50"}
+    assert all(set(v) == {"f1", "sens", "spec", "auc"} for v in headline.values())
     assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
 
 
