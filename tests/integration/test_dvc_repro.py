@@ -147,6 +147,16 @@ def test_dvc_plots_show_the_training_history_of_both_models(repo):
         assert sources == {"densenet121", "resnet50"}, title
 
 
+def test_dvc_plots_draw_one_roc_line_per_class(repo):
+    path, env, _ = repo
+    shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=path, env=env))["data"]
+    for arch in ("densenet121", "resnet50"):
+        (roc,) = shown[f"reports/evaluate/{arch}/roc_val.csv"]
+        assert roc["content"]["encoding"]["color"]["field"] == "class"
+        values = roc["content"]["data"]["values"]
+        assert {row["class"] for row in values} == {"benign", "malignant", "normal"}
+
+
 def test_two_tracked_runs_and_a_registered_challenger(repo):
     path, _, _ = repo
     uri = f"sqlite:///{path / 'mlflow.db'}"
@@ -219,6 +229,7 @@ def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
 # instead of a second full pipeline, and restores the params the tests above changed.
 
 SWEEP = {"sweep-lr-low": 0.0003, "sweep-lr-high": 0.003}
+EXP_SHOW_DROP = "models/|reports/"  # the hash columns of changed outputs (README, Scaling)
 
 
 def aliases(path: Path) -> dict[str, str]:
@@ -298,3 +309,16 @@ def test_a_sweep_moves_no_registry_alias(sweep):
     path, _, before, _, _ = sweep
     assert before.get("challenger")  # the baseline `dvc repro` registered one
     assert aliases(path) == before
+
+
+def test_dvc_exp_show_of_the_sweep_fits_in_200_columns(sweep):
+    """The metrics and params of a sweep fit in 200 columns. Dropped here: one hash column per
+    changed stage output (models/, reports/), about 190 columns more for this sweep, which plain
+    `dvc exp show --only-changed` still prints (README: the --drop to use)."""
+    path, env = sweep[0], sweep[1]
+    wide = {**env, "COLUMNS": "1000"}  # the table at its natural width, not cut to a terminal
+    command = ("dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", EXP_SHOW_DROP)
+    shown = sh(*command, cwd=path, env=wide)
+    assert all(name in shown for name in SWEEP), shown
+    assert "resnet50.f1" in shown and "train.resnet50.learning_rate" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 200, shown
