@@ -29,6 +29,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from sklearn.metrics import f1_score
 
 from pipeline import ledger, registry, tracking
@@ -104,8 +105,9 @@ def fetch(name: str, version: str) -> Candidate:
         ) from None
 
 
-def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, np.ndarray, dict]:
-    """The test images whose whole group is unseen by every candidate, with their groups."""
+def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, pd.DataFrame, dict]:
+    """The test images whose whole group is unseen by every candidate, with their manifest rows
+    (group, sha256) in the same order."""
     test = load_set(PREPARED_DIR, params.classes, split="test")
     frame = read_manifest(PREPARED_DIR / "manifest.csv")
     frame = frame[frame["split"] == "test"].reset_index(drop=True)
@@ -126,7 +128,7 @@ def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, np.
         test.labels[keep],
         [p for p, k in zip(test.paths, keep, strict=True) if k],
     )
-    return subset, frame.loc[keep, "group"].to_numpy(), counts
+    return subset, frame.loc[keep].reset_index(drop=True), counts
 
 
 def decisions(candidate: Candidate, test: ImageSet, classes: tuple[str, ...]) -> np.ndarray:
@@ -190,11 +192,12 @@ def promote(params: Params) -> Decision:
 def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: str) -> Decision:
     """Score both releases on the held-out test images and apply the gate."""
     classes = params.classes
-    test, groups, counts = held_out(params, [c for c in (ours, theirs) if c])
+    test, rows, counts = held_out(params, [c for c in (ours, theirs) if c])
+    groups = rows["group"].to_numpy()
     positive = classes.index(POSITIVE)
     mine = decisions(ours, test, classes)
     metrics = served_metrics(test.labels, mine, positive, len(classes)) | {"n_test": len(test)}
-    split = ledger.split_fingerprint(_test_hashes(test))
+    split = ledger.split_fingerprint(rows["sha256"])
     _look(params, ours, split, manifest, metrics)
     ok, reason = floors(metrics, params)
     evidence: dict[str, Any] = dict(counts)
@@ -249,11 +252,6 @@ def _card(name: str, decision: Decision, params: Params) -> str:
 
 def _pairs(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {_tag(v)}" for k, v in metrics.items())
-
-
-def _test_hashes(test: ImageSet) -> list[str]:
-    frame = read_manifest(PREPARED_DIR / "manifest.csv").set_index("path")
-    return [str(frame.loc[p, "sha256"]) for p in test.paths]
 
 
 def _look(params: Params, candidate: Candidate, split: str, manifest: str, metrics: dict) -> None:
