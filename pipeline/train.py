@@ -162,7 +162,6 @@ def run(params: Params, arch: str) -> dict[str, float]:
         with staged_dir(MODELS_DIR / arch) as out:
             served.save(out / "model.keras")
             write_json(out / "run.json", run_info)
-            write_json(out / "classes.json", list(params.classes))
         plots.save_csv(
             history.drop(columns=list(TIMING_COLUMNS)), REPORTS_DIR / arch / "history.csv"
         )

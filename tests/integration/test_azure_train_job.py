@@ -6,7 +6,6 @@ the project without `.git` (as Azure ML uploads it), on tiny params and one trai
 """
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tests.factories import CLASSES, label_image
-from tests.integration.test_dvc_repro import TINY, merge, project_copy
+from tests.repos import clean_env, project_copy, write_params
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +82,11 @@ def test_the_jobs_command_trains_in_the_jobs_own_environment(tmp_path):
     if not (TRAIN_ENV / ".installed-stamp").is_file():
         pytest.skip("the job's environment is missing: run `make azure-train-env`")
     project = project_copy(tmp_path / "code")
-    params = merge(yaml.safe_load((project / "params.yaml").read_text()), TINY)
-    (project / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(project, {}, name="tiny.yaml")
     store = f"sqlite:///{tmp_path / 'workspace.db'}"  # Azure ML sets its own URI in the job
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
-    env |= {"PATH": f"{TRAIN_ENV / 'bin'}{os.pathsep}{env['PATH']}", "KERAS_BACKEND": "jax"}
-    env |= {"MLFLOW_TRACKING_URI": store, "KERAS_HOME": str(tmp_path / ".keras")}
+    env = clean_env(project, TRAIN_ENV / "bin")
+    env |= {"KERAS_BACKEND": "jax", "MLFLOW_TRACKING_URI": store}
+    env["KERAS_HOME"] = str(tmp_path / ".keras")  # not inside the uploaded code
     job = yaml.safe_load((AZURE / "train-job.yml").read_text())
     command = job["command"].replace("${{inputs.raw}}", str(raw_images(tmp_path / "raw")))
     command = command.replace("${{outputs.pipeline}}", str(tmp_path / "out"))

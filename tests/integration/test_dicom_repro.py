@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from tests.dicoms import MARKERS, UID_ROOT, write_dicom
 from tests.factories import label_image
-from tests.integration.test_dvc_repro import TINY, merge, project_copy, sh
+from tests.repos import sh, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -57,18 +54,9 @@ def hospital_export(raw: Path) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = project_copy(tmp_path_factory.mktemp("dicom-repo"))
-    hospital_export(repo / "data" / "raw" / "hospital")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
     hospital = {"data": {"raw_dir": "data/raw/hospital", "id_salt": "site-secret-1"}}
-    params = merge(merge(params, TINY), hospital)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["KERAS_HOME"] = str(repo / ".keras")
-    sh("git", "init", "-q", cwd=repo, env=env)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=repo, env=env)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x", cwd=repo, env=env)
+    repo, env = tiny_repo(tmp_path_factory.mktemp("dicom-repo"), hospital)
+    hospital_export(repo / "data" / "raw" / "hospital")  # data/raw is never committed
     log = sh("dvc", "repro", "select", cwd=repo, env=env)
     return repo, env, log
 

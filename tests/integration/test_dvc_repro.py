@@ -6,10 +6,7 @@ second `dvc repro` that has nothing to do.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,65 +15,15 @@ import pytest
 import yaml
 
 from pipeline.serving.classifier import load_classifier
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-TINY = {
-    "demo": {"images": 90, "size": 64},
-    "prepare": {"image_size": 32},
-    "train": {
-        "batch_size": 16,
-        "densenet121": {"epochs": 1},
-        "resnet50": {"epochs": 1},
-    },
-    "evaluate": {"bootstrap": 50, "samples_per_class": 2},
-}
+from tests.repos import BIN, GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
-def sh(*args: str, cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def project_copy(dest: Path) -> Path:
-    """The project's tracked and new files (no .git, no lock, no reports): a fresh checkout."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("dvc.lock", "reports/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A copy of the project's tracked and new files in a new git repo, with tiny params."""
-    repo = project_copy(tmp_path_factory.mktemp("repo"))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["KERAS_HOME"] = str(repo / ".keras")
-    sh("git", "init", "-q", cwd=repo, env=env)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=repo, env=env)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x", cwd=repo, env=env)
+    repo, env = tiny_repo(tmp_path_factory.mktemp("repo"))
     log = sh("dvc", "repro", cwd=repo, env=env)
     return repo, env, log
 
@@ -252,10 +199,9 @@ def wait_for_queue(path: Path, env: dict, timeout: float = 900) -> str:
 @pytest.fixture(scope="module")
 def sweep(repo):
     path, env, _ = repo
-    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
     sh("git", "checkout", "--", "params.yaml", cwd=path, env=env)
-    sh(*git, "add", "-A", cwd=path, env=env)
-    sh(*git, "commit", "-qm", "baseline reproduced", cwd=path, env=env)
+    sh(*GIT, "add", "-A", cwd=path, env=env)
+    sh(*GIT, "commit", "-qm", "baseline reproduced", cwd=path, env=env)
     before = aliases(path)
     for name, rate in SWEEP.items():
         sh(
