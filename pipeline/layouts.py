@@ -60,6 +60,12 @@ class Record:
     masks: tuple[str, ...] = ()  # mask sources, same convention as `source`
     ids: tuple[tuple[str, str], ...] = ()  # (column, raw patient/study id): never written as is
 
+    def mask_paths(self) -> tuple[Path, ...]:
+        """Where the mask files are: `path` is always `<raw input> / source`, and masks are named
+        relative to the same raw input, so they sit under the ancestor `source` starts from."""
+        base = self.path.parents[len(Path(self.source).parts) - 1]
+        return tuple(base / mask for mask in self.masks)
+
 
 @dataclass(frozen=True)
 class Found:

@@ -7,7 +7,9 @@ labels, merges duplicate groups with patient or study groups where the data name
 PatientID / StudyInstanceUID, a CSV's id column: hashed with `data.id_salt` first, never written
 raw), splits train / val / test stratified by class and grouped, and writes:
 
-    data/prepared/manifest.csv         path,label,split,group,sha256,phash,source,masks,width,height
+    data/prepared/manifest.csv         path,label,split,group,sha256,phash,source,masks,mask_area,
+                                       width,height (mask_area: lesion area / image area, union of
+                                       the image's masks; empty where no mask marks a lesion)
     data/prepared/images/<label>/*.png 8-bit RGB, prepare.image_size square
     reports/data/summary.json          counts per class and split, rejects, duplicates, conflicts
     reports/data/rejects.csv           source,reason (rejected, skipped and excluded files)
@@ -76,11 +78,13 @@ MANIFEST_COLUMNS = (
     "phash",
     "source",
     "masks",
+    "mask_area",
     "width",
     "height",
 )
 SHEET_IMAGES = 6  # per class and split on the contact sheet
 WORKERS = min(4, os.cpu_count() or 1)  # Pillow decodes and resizes with the GIL released
+MASK_LEVEL = 128  # a mask pixel this bright or brighter is lesion (BUSI draws 0 / 255)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class Item:
     height: int
     mode: str
     ids: tuple[str, ...] = ()  # patient/study pseudonyms (salted hashes), never raw ids
+    mask_area: float | None = None  # lesion fraction of the image; None: no lesion marked
+    mask_note: str | None = None  # why masks were there but no area was measured
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -197,6 +203,7 @@ def _inspect(
         return rejected
     pseudonyms = tuple(sorted({splits.pseudonym(_kind(c), v, salt) for c, v in ids if v}))
     images.save_png(images.fit(decoded.image, p.image_size, p.keep_aspect), fitted)
+    area, note = _mask_area(record, decoded.width, decoded.height, p.max_pixels)
     return Item(
         record,
         fitted,
@@ -207,7 +214,41 @@ def _inspect(
         decoded.height,
         decoded.mode,
         pseudonyms,
+        area,
+        note,
     )
+
+
+def _mask_area(
+    record: layouts.Record, width: int, height: int, max_pixels: int
+) -> tuple[float | None, str | None]:
+    """(lesion area as a fraction of the image, None) from the union of the image's masks, for
+    the lesion-size subgroups of the model card. BUSI draws one mask per lesion, so an image with
+    two lesions has two masks and its lesion burden is their union (overlaps counted once).
+
+    The area is None when no mask marks anything (BUSI's normal images have all-black masks) and
+    when it cannot be measured, with the reason as the second value: an unreadable mask, or one
+    whose size differs from its image's (a DICOM cut to its ultrasound region, a mask drawn on
+    another copy): how it would line up is unknown, so no area is guessed.
+    """
+    if not record.masks:
+        return None, None
+    union = np.zeros((height, width), dtype=bool)
+    for source, path in zip(record.masks, record.mask_paths(), strict=True):
+        try:
+            mask = images.decode(
+                images.read_file(path), max_pixels=max_pixels, min_side=1, grey_ok=True
+            )
+        except images.RejectedImage as rejected:
+            return None, f"unreadable_mask: {source}: {rejected}"
+        if (mask.width, mask.height) != (width, height):
+            return None, (
+                f"mask_size_mismatch: {source} is {mask.width}x{mask.height}, "
+                f"its image {width}x{height}"
+            )
+        union |= np.asarray(mask.image.convert("L")) >= MASK_LEVEL
+    area = float(union.mean())
+    return (area if area > 0 else None), None
 
 
 def _kind(column: str) -> str:
@@ -341,6 +382,7 @@ def _manifest_rows(items: list[Item], groups: list[str], split_of: list[str]) ->
                 "phash": f"{item.phash:016x}",
                 "source": r.source,
                 "masks": ";".join(r.masks),
+                "mask_area": "" if item.mask_area is None else f"{item.mask_area:.6f}",
                 "width": item.width,
                 "height": item.height,
             }
@@ -414,6 +456,9 @@ def _summary(
     sizes = Counter(groups)
     shared = Counter(i.sha256 for i in items)
     with_masks = sum(bool(r["masks"]) for r in rows)
+    kept = {r["source"] for r in rows}
+    notes = [i.mask_note for i in items if i.mask_note and i.record.source in kept]
+    unmeasured = Counter(note.split(":", 1)[0] for note in notes)
     return {
         "total": len(rows),
         "classes": {
@@ -433,6 +478,9 @@ def _summary(
             "attached": sum(len(r["masks"].split(";")) for r in rows if r["masks"]),
             "images_with_masks": with_masks,
             "images_without_mask": len(rows) - with_masks if found.uses_masks else 0,
+            "images_with_lesion_area": sum(bool(r["mask_area"]) for r in rows),
+            "area_not_measured": dict(sorted(unmeasured.items())),
+            "area_not_measured_example": notes[0] if notes else None,
         },
         "converted": dict(Counter(i.mode for i in items if i.mode != "RGB")),
         "duplicates": {
@@ -503,6 +551,14 @@ def _report(summary: dict[str, Any], found: layouts.Found, rows: list[dict]) -> 
     missing = [r["source"] for r in rows if found.uses_masks and not r["masks"]]
     if missing:
         print(f"prepare: warning: {len(missing)} images have no mask, e.g. {missing[0]}")
+    unmeasured = summary["masks"]["area_not_measured"]
+    if unmeasured:
+        kinds = ", ".join(f"{k} {n}" for k, n in unmeasured.items())
+        print(
+            f"prepare: warning: lesion area not measured for {sum(unmeasured.values())} images "
+            f"({kinds}; e.g. {summary['masks']['area_not_measured_example']}): they are left "
+            "out of the lesion-size subgroups"
+        )
     for label, cells in summary["classes"].items():
         empty = [s for s in splits.SPLITS if not cells[s]]
         if empty:  # a group never straddles splits, so a class needs three groups to fill them

@@ -30,7 +30,7 @@ def define(manifest: pd.DataFrame, rows: pd.DataFrame) -> dict[str, tuple[np.nda
         labels = np.where(count >= 2, "multiple lesions", "single lesion").astype(object)
         labels[~lesion | (count == 0)] = None
         found["lesions per image (mask files)"] = (labels, ["single lesion", "multiple lesions"])
-    if "mask_area" in manifest.columns:
+    if _has_areas(manifest):
         in_manifest = manifest["label"].isin(LESION_CLASSES) & (manifest["mask_area"] != "")
         area = pd.to_numeric(manifest.loc[in_manifest, "mask_area"]).to_numpy()
         values = pd.to_numeric(rows["mask_area"].replace("", np.nan)).to_numpy()
@@ -49,7 +49,18 @@ def missing(manifest: pd.DataFrame) -> list[str]:
         gaps.append("single vs multiple lesions: the data set has no masks")
     if "mask_area" not in manifest.columns:
         gaps.append("lesion size: prepare records no mask areas")
+    elif not _has_areas(manifest):
+        gaps.append("lesion size: no benign or malignant image has a mask marking its lesion")
     return gaps
+
+
+def _has_areas(manifest: pd.DataFrame) -> bool:
+    """Whether any lesion image has a measured area (prepare writes the column always, empty
+    for CSV or DICOM data without masks): without one, a lesion-size table would be all empty."""
+    if "mask_area" not in manifest.columns:
+        return False
+    lesion = manifest["label"].isin(LESION_CLASSES)
+    return bool((manifest.loc[lesion, "mask_area"] != "").any())
 
 
 def _longest_side(frame: pd.DataFrame) -> np.ndarray:

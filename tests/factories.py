@@ -75,7 +75,7 @@ def make_prepared(
                 cv2.imwrite(str(folder / rel), label_image(label_index, size, rng))
                 group = f"g-{label}-{split}-{i}"
                 sha = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
-                rows.append([rel, label, split, group, sha, "0" * 16, rel, "", size, size])
+                rows.append([rel, label, split, group, sha, "0" * 16, rel, "", "", size, size])
     pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv", index=False)
     return folder
 

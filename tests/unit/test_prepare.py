@@ -21,7 +21,7 @@ from pipeline.layouts import is_mask
 CLASSES = ("benign", "malignant", "normal")
 COLUMNS = [
     *("path", "label", "split", "group", "sha256", "phash"),
-    *("source", "masks", "width", "height"),
+    *("source", "masks", "mask_area", "width", "height"),
 ]  # spelled out, not imported: this is the contract other stages read
 PER_CLASS = 12
 BUSI = "Dataset_BUSI_with_GT"
@@ -329,6 +329,33 @@ def test_an_image_without_its_mask_is_reported(workdir, raw, capsys):
     assert "2 images have no mask" in capsys.readouterr().out
 
 
+def test_lesion_area_is_the_union_of_the_images_masks_and_empty_where_none_is_marked(
+    workdir, raw, write_png, capsys
+):
+    """benign (1) has three masks: two disjoint quarters of the image and a copy of the first, so
+    its lesion area is a half (overlap counted once); a normal image's black mask marks nothing.
+    A mask of another size than its image, or an unreadable one, gives no area and is counted."""
+    folder = raw / BUSI / "benign"
+    top = np.zeros((40, 48), np.uint8)
+    top[0:10, :] = 255  # 480 of 1920 pixels
+    write_png(folder / "benign (1)_mask_1.png", top)  # _mask: rows 10-30 x cols 12-36, also 480
+    write_png(raw / BUSI / "normal" / "normal (5)_mask.png", np.zeros((40, 48), np.uint8))
+    write_png(folder / "benign (4)_mask.png", np.full((20, 24), 255, np.uint8))
+    (raw / BUSI / "malignant" / "malignant (3)_mask.png").write_bytes(b"not a png")
+    summary = prepare.run(_params(raw))
+    area = {r["source"]: r["mask_area"] for r in _manifest()}
+    assert float(area[f"{BUSI}/benign/benign (1).png"]) == 0.5
+    assert float(area[f"{BUSI}/benign/benign (5).png"]) == 0.25
+    assert area[f"{BUSI}/normal/normal (5).png"] == ""
+    assert area[f"{BUSI}/benign/benign (4).png"] == ""
+    assert area[f"{BUSI}/malignant/malignant (3).png"] == ""
+    assert area[f"{BUSI}/normal/normal (40).jpg"] == ""  # an image without masks
+    masks = summary["masks"]
+    assert masks["area_not_measured"] == {"mask_size_mismatch": 1, "unreadable_mask": 1}
+    assert masks["images_with_lesion_area"] == sum(bool(a) for a in area.values())
+    assert "lesion area not measured for 2 images" in capsys.readouterr().out
+
+
 def test_a_csv_of_paths_and_labels_works(workdir, tmp_path, write_png, synthetic_image):
     lines = ["path,label"]
     for c, label in enumerate(CLASSES):
@@ -339,6 +366,24 @@ def test_a_csv_of_paths_and_labels_works(workdir, tmp_path, write_png, synthetic
     summary = prepare.run(_params(tmp_path / "labels.csv"))
     assert summary["total"] == 18
     assert _manifest()[0]["source"] == "pool/benign0.png"
+    assert {r["mask_area"] for r in _manifest()} == {""}  # no masks: no lesion size
+
+
+def test_a_csv_masks_column_gives_the_lesion_area(workdir, tmp_path, write_png, synthetic_image):
+    lines = ["path,label,masks"]
+    mask = np.zeros((48, 48), np.uint8)
+    mask[:12, :] = 255
+    for c, label in enumerate(CLASSES):
+        for n in range(6):
+            write_png(tmp_path / "pool" / f"{label}{n}.png", synthetic_image(100 * c + n, label))
+            lines.append(f"pool/{label}{n}.png,{label},")
+    write_png(tmp_path / "outlines" / "b0.png", mask)  # not named *_mask: listed in the column
+    lines[1] = "pool/benign0.png,benign,outlines/b0.png"
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    prepare.run(_params(tmp_path / "labels.csv"))
+    area = {r["source"]: r["mask_area"] for r in _manifest()}
+    assert float(area["pool/benign0.png"]) == 0.25
+    assert sum(bool(a) for a in area.values()) == 1
 
 
 def test_a_class_too_small_to_reach_every_split_is_warned_about(
@@ -384,6 +429,30 @@ def test_the_real_busi_sample(workdir, busi_sample):
     for row in rows:
         image = Image.open(io.BytesIO(Path("data/prepared", row["path"]).read_bytes()))
         assert (image.mode, image.size) == ("RGB", (64, 64))
+
+
+def test_the_real_busi_sample_records_each_lesions_area_and_none_for_normal_scans(
+    workdir, busi_sample
+):
+    """Lesion area on the real masks: the union of an image's masks over its pixel count, read
+    here independently of prepare; BUSI's normal images come with all-black masks."""
+    (workdir / "raw").mkdir()
+    (workdir / "raw" / BUSI).symlink_to(busi_sample, target_is_directory=True)
+    summary = prepare.run(_params(workdir / "raw", image_size=32))
+    rows = {r["source"]: r for r in _manifest()}
+    for source, row in rows.items():
+        if row["label"] == "normal":
+            assert row["mask_area"] == ""
+            continue
+        union = None
+        for mask in row["masks"].split(";"):
+            marked = np.asarray(Image.open(busi_sample / Path(mask).relative_to(BUSI)).convert("L"))
+            union = marked > 0 if union is None else union | (marked > 0)
+        assert float(row["mask_area"]) == pytest.approx(union.mean(), abs=1e-6), source
+    two = rows[f"{BUSI}/benign/benign (100).png"]
+    assert 0.06 < float(two["mask_area"]) < 0.07  # masks of 4.6% and 1.9%: two lesions
+    assert summary["masks"]["images_with_lesion_area"] == 8
+    assert summary["masks"]["area_not_measured"] == {}
 
 
 # --- curation and patient groups (issue 12) -------------------------------------------------------
