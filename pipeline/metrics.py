@@ -340,34 +340,50 @@ def _weighted_metrics(
 
     Returns ({headline name: (B,)}, {per-class name: (B, K)}).
     """
-    n, k = proba.shape
-    pred = proba.argmax(1)
+    k = proba.shape[1]
     total = w.sum(1)
+    cm = weighted_confusion(w, y, proba.argmax(1), k)
+    per_class = _per_class_rates(cm, total)
+    per_class["roc_auc"] = np.stack(
+        [weighted_auc(w, y == c, proba[:, c]) for c in range(k)], axis=1
+    )
+    headline = _headline(cm, total, per_class, pos)
+    headline["brier"] = (w @ np.sum((proba - np.eye(k)[y]) ** 2, axis=1)) / total
+    headline["ece"] = _weighted_ece(w, y, proba, n_bins) / total
+    return headline, per_class
 
-    cm = weighted_confusion(w, y, pred, k)
+
+def _per_class_rates(cm: np.ndarray, total: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and specificity (B, K) of confusion matrices cm (B, K, K); 0 where a
+    class is never predicted or never present, specificity NaN when every image is of the class."""
     tp = np.diagonal(cm, axis1=1, axis2=2)
     support = cm.sum(2)
     predicted = cm.sum(1)
-    precision = _safe_div(tp, predicted, 0.0)
-    recall = _safe_div(tp, support, 0.0)
-    f1 = _safe_div(2 * tp, support + predicted, 0.0)
     negatives = total[:, None] - support
-    specificity = _safe_div(negatives - (predicted - tp), negatives, np.nan)
-    seen = (support + predicted) > 0
+    return {
+        "precision": _safe_div(tp, predicted, 0.0),
+        "recall": _safe_div(tp, support, 0.0),
+        "f1": _safe_div(2 * tp, support + predicted, 0.0),
+        "specificity": _safe_div(negatives - (predicted - tp), negatives, np.nan),
+    }
+
+
+def _headline(
+    cm: np.ndarray, total: np.ndarray, per_class: dict[str, np.ndarray], pos: int | None
+) -> dict[str, np.ndarray]:
+    """The (B,) headline metrics but the calibration ones. Macro averages run over the classes
+    present or predicted (scikit-learn's `labels` of y and pred), balanced accuracy over those
+    present; the malignant figures are NaN without a positive class."""
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support = cm.sum(2)
+    seen = (support + cm.sum(1)) > 0
     present = support > 0
-
-    brier = (w @ np.sum((proba - np.eye(k)[y]) ** 2, axis=1)) / total
-    conf = proba.max(1)
-    in_bin = np.eye(n_bins)[_bin_index(conf, n_bins)]
-    gap = w @ (in_bin * (pred == y)[:, None]) - w @ (in_bin * conf[:, None])
-    ece = np.abs(gap).sum(1) / total
-
-    auc = np.stack([weighted_auc(w, y == c, proba[:, c]) for c in range(k)], axis=1)
+    precision, recall, f1 = per_class["precision"], per_class["recall"], per_class["f1"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no class defines an AUC
-        auc_macro = np.nanmean(auc, axis=1)
-
-    headline = {
+        auc_macro = np.nanmean(per_class["roc_auc"], axis=1)
+    missing = np.full(len(cm), np.nan)
+    return {
         "accuracy": tp.sum(1) / total,
         "balanced_accuracy": (recall * present).sum(1) / present.sum(1),
         "macro_f1": (f1 * seen).sum(1) / seen.sum(1),
@@ -375,23 +391,20 @@ def _weighted_metrics(
         "macro_recall": (recall * seen).sum(1) / seen.sum(1),
         "weighted_f1": _safe_div((f1 * support).sum(1), support.sum(1), np.nan),
         "roc_auc_macro": auc_macro,
-        "malignant_sensitivity": _safe_div(tp[:, pos], support[:, pos], np.nan)
-        if pos is not None
-        else np.full(len(w), np.nan),
-        "malignant_specificity": specificity[:, pos]
-        if pos is not None
-        else np.full(len(w), np.nan),
-        "brier": brier,
-        "ece": ece,
+        "malignant_sensitivity": missing
+        if pos is None
+        else _safe_div(tp[:, pos], support[:, pos], np.nan),
+        "malignant_specificity": missing if pos is None else per_class["specificity"][:, pos],
     }
-    per_class = {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "specificity": specificity,
-        "roc_auc": auc,
-    }
-    return headline, per_class
+
+
+def _weighted_ece(w: np.ndarray, y: np.ndarray, proba: np.ndarray, n_bins: int) -> np.ndarray:
+    """Sum over confidence bins of |correct - confidence|, weighted by w (B, n); / total = ECE."""
+    pred = proba.argmax(1)
+    conf = proba.max(1)
+    in_bin = np.eye(n_bins)[_bin_index(conf, n_bins)]
+    gap = w @ (in_bin * (pred == y)[:, None]) - w @ (in_bin * conf[:, None])
+    return np.abs(gap).sum(1)
 
 
 def weighted_confusion(w: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
