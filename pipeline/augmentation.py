@@ -45,9 +45,21 @@ def augment_image(
     given): the flip is folded into the rotation's matrix, contrast and brightness are one table,
     and the speckle is a window of a pre-drawn `field` (see `speckle_field`) when one is given.
     """
-    height, width = image.shape[:2]
     if out is None:
         out = np.empty_like(image)
+    # the draws happen in this order (geometry, then intensity, then speckle) for every image
+    _flip_rotate_zoom(image, rng, p, out)
+    _contrast_brightness(out, rng, p)
+    if p.speckle:
+        _speckle(out, rng, p.speckle, field)
+    return out
+
+
+def _flip_rotate_zoom(
+    image: np.ndarray, rng: np.random.Generator, p: AugmentParams, out: np.ndarray
+) -> None:
+    """`image` mirrored, rotated and zoomed about its centre into `out`, in one warp."""
+    height, width = image.shape[:2]
     # left-right only: depth (top-bottom) has meaning; drawn even when off, so that turning flips
     # off leaves every other draw of the stream where it was
     flip = rng.random() < 0.5 and p.flip
@@ -69,7 +81,11 @@ def augment_image(
         cv2.flip(image, 1, dst=out)
     else:
         np.copyto(out, image)
-    # contrast around the mean, then brightness (x * gain + offset), exact as a 256-entry table
+
+
+def _contrast_brightness(out: np.ndarray, rng: np.random.Generator, p: AugmentParams) -> None:
+    """Contrast around the mean, then brightness (x * gain + offset), in place, exact as a
+    256-entry table."""
     gain = 1.0 + rng.uniform(-p.contrast, p.contrast) if p.contrast else 1.0
     offset = 255.0 * rng.uniform(-p.brightness, p.brightness) if p.brightness else 0.0
     if gain != 1.0:
@@ -77,15 +93,20 @@ def augment_image(
     if gain != 1.0 or offset:
         table = np.clip(np.arange(256, dtype=np.float32) * gain + offset, 0, 255)
         cv2.LUT(out, table.astype(np.uint8), dst=out)
-    if p.speckle:
-        if field is None:
-            window = speckle_field(rng, out.shape, p.speckle)
-        else:
-            top = int(rng.integers(0, field.shape[0] - height + 1))
-            left = int(rng.integers(0, field.shape[1] - width + 1))
-            window = field[top : top + height, left : left + width]
-        cv2.multiply(out, window, dst=out, dtype=cv2.CV_8U)
-    return out
+
+
+def _speckle(
+    out: np.ndarray, rng: np.random.Generator, speckle: float, field: np.ndarray | None
+) -> None:
+    """Multiplicative speckle in place: a fresh field, or a random window of a pre-drawn one."""
+    height, width = out.shape[:2]
+    if field is None:
+        window = speckle_field(rng, out.shape, speckle)
+    else:
+        top = int(rng.integers(0, field.shape[0] - height + 1))
+        left = int(rng.integers(0, field.shape[1] - width + 1))
+        window = field[top : top + height, left : left + width]
+    cv2.multiply(out, window, dst=out, dtype=cv2.CV_8U)
 
 
 def balance_counts(counts: dict[str, int], target: int | str) -> dict[str, int]:
