@@ -21,10 +21,17 @@ help: ## this list (the default target)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# uv installs what pip would (same PyPI releases, same pins) in a fraction of the time: the five
+# environments' downloads are fetched once into uv's cache and linked from there. pip stays in
+# every venv for whoever wants it.
+UV := $(BIN)/uv
+
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "uv>=0.9,<1"
+
+$(STAMP): pyproject.toml | $(UV)
+	$(UV) pip install --quiet --python $(PY) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
@@ -58,7 +65,7 @@ format: install ## ruff format and autofix
 	$(BIN)/ruff check --fix .
 
 ui: install ## MLflow UI on the project's tracking store; prints the link to the runs table
-	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
+	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; t.store_uri(); print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
 # A released model: models:/<name>@<alias>, models:/<name>/<version>, or a folder such as
@@ -118,23 +125,23 @@ lint-workflows: install ## GitHub Actions workflows against GitHub's schema (off
 
 azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## .venv-azureml-server: azmlinfsrv + the pinned scoring env
 
-$(AZ_SERVER_VENV)/.installed-stamp: deploy/azure/requirements.txt
+$(AZ_SERVER_VENV)/.installed-stamp: deploy/azure/requirements.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_SERVER_VENV)
-	$(AZ_SERVER_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements.txt
+	$(UV) pip install --quiet --python $(AZ_SERVER_VENV)/bin/python -r deploy/azure/requirements.txt
 	touch $@
 
 azure-onnx-env: $(AZ_ONNX_VENV)/.installed-stamp ## .venv-azureml-onnx: azmlinfsrv + the ONNX Runtime scoring env (no TensorFlow)
 
-$(AZ_ONNX_VENV)/.installed-stamp: deploy/azure/requirements-onnx.txt
+$(AZ_ONNX_VENV)/.installed-stamp: deploy/azure/requirements-onnx.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_ONNX_VENV)
-	$(AZ_ONNX_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-onnx.txt
+	$(UV) pip install --quiet --python $(AZ_ONNX_VENV)/bin/python -r deploy/azure/requirements-onnx.txt
 	touch $@
 
 azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## .venv-azure-ai-ml: azure-ai-ml to validate the YAMLs offline
 
-$(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt
+$(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_ML_VENV)
-	$(AZ_ML_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-deploy.txt
+	$(UV) pip install --quiet --python $(AZ_ML_VENV)/bin/python -r deploy/azure/requirements-deploy.txt
 	touch $@
 
 TRAIN_AZURE_ARGS ?=
@@ -144,7 +151,7 @@ train-azure: azure-ml-env ## submit the training stages as an Azure ML GPU job (
 
 azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
 
-$(AZ_TRAIN_VENV)/.installed-stamp: deploy/azure/requirements-train.txt
+$(AZ_TRAIN_VENV)/.installed-stamp: deploy/azure/requirements-train.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_TRAIN_VENV)
-	$(AZ_TRAIN_VENV)/bin/python -m pip install --quiet -r deploy/azure/requirements-train.txt
+	$(UV) pip install --quiet --python $(AZ_TRAIN_VENV)/bin/python -r deploy/azure/requirements-train.txt
 	touch $@

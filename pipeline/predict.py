@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = args.model or default_model_uri()
         try:
             classifier = load_classifier(
-                model, tracking_uri=tracking.tracking_uri(), engine=args.engine
+                model, tracking_uri=tracking.store_uri(), engine=args.engine
             )
         except Exception as exc:  # a missing alias or folder: one line, not a traceback
             raise UserError(f"--model {model}: cannot load: {type(exc).__name__}: {exc}") from None

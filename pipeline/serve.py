@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         classifier = load_classifier(
-            args.model, tracking_uri=tracking.tracking_uri(), engine=args.engine
+            args.model, tracking_uri=tracking.store_uri(), engine=args.engine
         )
     except Exception as exc:  # a missing alias or folder is the usual cause: one line, no trace
         print(

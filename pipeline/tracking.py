@@ -5,6 +5,12 @@ The store defaults to `sqlite:///<project root>/mlflow.db`, resolved to an absol
 land in the copy: there the project root is `DVC_ROOT`, which DVC sets for every stage command to
 the repository the experiment was queued from. `MLFLOW_TRACKING_URI` overrides it (a team server,
 a test's own store).
+
+A SQLite store keeps its artifacts beside it (`mlartifacts/`), and MLflow records their locations
+as absolute URIs: it resolves even a relative `artifact_location` or `--default-artifact-root`
+against the working directory when it stores it (mlflow/mlflow#7670), and `mlflow-artifacts:`
+URIs need an HTTP tracking server. So a moved or copied project's store would still point into the
+old folder; `follow_move` repoints it once, the first time the store is opened from its new folder.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlparse
 
 import mlflow
 
@@ -26,6 +34,16 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The runs table sorted by the headline metric, best first (URL keys of MLflow 3's experiment
 # page: orderByKey, orderByAsc, compareRunsMode; mlflow/server/js, experiment page search facets).
 HEADLINE_METRIC = "val_macro_f1"
+ARTIFACTS_DIR = "mlartifacts"
+# Where MLflow 3 stores artifact locations (its SQL schema): (table, column, extra condition).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location", ""),
+    ("runs", "artifact_uri", ""),
+    ("logged_models", "artifact_location", ""),
+    ("model_versions", "storage_location", ""),
+    ("model_versions", "source", ""),
+    ("trace_tags", "value", " AND key = 'mlflow.artifactLocation'"),
+)
 
 
 def project_root() -> Path:
@@ -45,7 +63,71 @@ def tracking_uri(root: Path | None = None) -> str:
 
 def artifact_root(root: Path | None = None) -> str:
     """Artifacts beside the store (absolute), unless a server decides (MLFLOW_TRACKING_URI)."""
-    return ((root or project_root()).resolve() / "mlartifacts").as_uri()
+    return ((root or project_root()).resolve() / ARTIFACTS_DIR).as_uri()
+
+
+def store_uri() -> str:
+    """`tracking_uri()`, its SQLite store repointed first if it moved (`follow_move`): for the
+    commands that read the store without `setup` (serve, predict, `make ui`)."""
+    uri = tracking_uri()
+    follow_move(uri)
+    return uri
+
+
+def sqlite_store(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def follow_move(uri: str) -> str | None:
+    """Repoint a SQLite store's artifact locations after its folder was moved or copied.
+
+    The folder the store was created in is read from the project experiment's artifact location
+    (`file://<folder>/mlartifacts`, written by `setup`). When the store now lives elsewhere, every
+    stored location under the old folder (experiments, runs, LoggedModels, model versions, traces)
+    is rewritten to the same path under the new one, in one transaction: new runs write beside
+    the store, not into the old checkout, and the artifacts copied or moved with it are found.
+    A store whose artifacts stayed behind in a folder that still exists is left alone.
+    Returns the old folder when it rewrote, else None (other stores, nothing moved, a new store).
+    """
+    store = sqlite_store(uri)
+    if store is None or not store.is_file():
+        return None
+    new = store.resolve().parent
+    with contextlib.closing(sqlite3.connect(store, timeout=60)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if "experiments" not in tables:
+            return None  # not migrated yet: MLflow creates it, nothing is recorded
+        recorded = {
+            Path(unquote(urlparse(location).path)).parent
+            for (location,) in db.execute(
+                "SELECT artifact_location FROM experiments WHERE artifact_location LIKE ?",
+                (f"file://%/{ARTIFACTS_DIR}",),
+            )
+        }
+        if len(recorded) != 1 or recorded == {new}:
+            return None  # none of ours, several roots (set by hand: left alone) or not moved
+        (old,) = recorded
+        if (old / ARTIFACTS_DIR).is_dir() and not (new / ARTIFACTS_DIR).is_dir():
+            return None  # the artifacts did not travel with the store: they are still found
+        with db:  # one transaction: all rewritten or none
+            for table, column, where in _LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                for before, after in (
+                    (f"{old.as_uri()}/", f"{new.as_uri()}/"),
+                    (f"{old}/", f"{new}/"),
+                ):
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?{where}",
+                        (after, len(before) + 1, len(before), before),
+                    )
+    print(
+        f"MLflow store {store}: moved from {old}; artifact locations now under {new}",
+        file=sys.stderr,
+    )
+    return str(old)
 
 
 def setup(experiment: str) -> str:
@@ -53,14 +135,17 @@ def setup(experiment: str) -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # explicit: a registry URI set earlier in-process must not win
+    store = sqlite_store(uri)
     with _store_lock(uri):
+        follow_move(uri)
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
             experiment_id = found.experiment_id
-        elif uri.startswith("sqlite:"):
+        elif store is not None:
             experiment_id = mlflow.create_experiment(
-                experiment, artifact_location=artifact_root(), tags=EXPERIMENT_KIND
-            )
+                experiment, artifact_location=artifact_root(store.resolve().parent),
+                tags=EXPERIMENT_KIND,
+            )  # fmt: skip
         else:
             experiment_id = mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)

@@ -1,13 +1,18 @@
 """Where runs land and how they are named, in a plain `dvc repro` and inside a DVC experiment."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
+import mlflow
+import pandas as pd
 import pytest
 
 from pipeline import tracking
+from tests.factories import enter_project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +80,73 @@ def test_parallel_experiments_share_a_new_store_without_a_migration_race(outside
     results = [(p.wait(timeout=120), *p.communicate()) for p in starts]
     assert all(code == 0 for code, _, _ in results), [err[-500:] for _, _, err in results]
     assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, the same id
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: pd.DataFrame) -> pd.DataFrame:
+        return model_input
+
+
+def _project_with_a_run(monkeypatch, root: Path) -> tuple[str, str]:
+    """A project folder whose store holds a run with an artifact and a registered LoggedModel."""
+    root.mkdir()
+    enter_project(monkeypatch, root)
+    tracking.setup("moving")
+    with mlflow.start_run() as run:
+        mlflow.log_text("kept", "note.txt")
+        info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), pip_requirements=[])
+    version = mlflow.register_model(info.model_uri, "echo").version
+    return run.info.run_id, f"models:/echo/{version}"
+
+
+def _reopen(monkeypatch, root: Path) -> None:
+    for name in ("DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    enter_project(monkeypatch, root)
+    tracking.setup("moving")
+
+
+@pytest.mark.slow
+def test_a_moved_project_finds_its_artifacts_and_writes_new_ones_beside_its_store(
+    tmp_path, monkeypatch
+):
+    """A real move: MLflow stores absolute artifact URIs, so without follow_move the old run's
+    artifacts and the registered model point into a folder that no longer exists."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    run_id, model_uri = _project_with_a_run(monkeypatch, old)
+    monkeypatch.chdir(tmp_path)
+    shutil.move(old, new)
+    _reopen(monkeypatch, new)
+
+    assert (
+        mlflow.get_experiment_by_name("moving").artifact_location
+        == (new.resolve() / "mlartifacts").as_uri()
+    )
+    note = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/note.txt", dst_path=tmp_path)
+    assert Path(note).read_text() == "kept"
+    assert mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"x": [1]}))["x"][0] == 1
+    with mlflow.start_run() as run:
+        mlflow.log_text("new", "note.txt")
+    assert run.info.artifact_uri.startswith((new.resolve() / "mlartifacts").as_uri() + "/")
+    assert not old.exists()  # nothing was written into the old folder
+
+
+@pytest.mark.slow
+def test_a_copied_project_writes_into_its_own_folder_and_leaves_the_original_alone(
+    tmp_path, monkeypatch
+):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    _project_with_a_run(monkeypatch, original)
+    shutil.copytree(original, copy)
+    _reopen(monkeypatch, copy)
+    with mlflow.start_run() as run:
+        mlflow.log_text("copy", "note.txt")
+    assert Path(urlparse(run.info.artifact_uri).path).is_relative_to(copy.resolve())
+    assert not (original / "mlartifacts" / run.info.run_id).exists()
+
+    _reopen(monkeypatch, original)  # the original's store never saw the copy
+    assert tracking.follow_move(tracking.tracking_uri()) is None
+    assert (
+        mlflow.get_experiment_by_name("moving").artifact_location
+        == (original.resolve() / "mlartifacts").as_uri()
+    )
