@@ -7,6 +7,7 @@ before any work with a message that names the key (`train.batch_size: expected i
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ class EvaluateParams:
     threshold_confidence: float = 0.95
     prevalence: float = 0.2
     temperature_min_improvement: float = 0.01
+    # bounds of the temperature search; a fit on the lower bound is not served (README, Calibration)
+    temperature_range: tuple[float, ...] = (0.5, 5.0)
     ood_accept: float = 0.95
     ood_images: int = 40
 
@@ -364,6 +367,13 @@ def _check_evaluate(e: EvaluateParams) -> None:
         e.temperature_min_improvement >= 0,
         "evaluate.temperature_min_improvement",
         "must not be negative (nats per image)",
+    )
+    low, high = (*e.temperature_range, math.nan)[:2]
+    _need(
+        len(e.temperature_range) == 2 and 0 < low <= 1 <= high < math.inf,
+        "evaluate.temperature_range",
+        "must be [low, high] with 0 < low <= 1 <= high (T = 1 leaves probabilities as they are); "
+        "the default is [0.5, 5.0]",
     )
     _need(
         0.5 <= e.ood_accept < 1,

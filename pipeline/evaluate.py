@@ -229,7 +229,12 @@ def _calibration_choice(
     if not e.temperature_scaling:
         return {"temperature": None, "applied": False, "reason": "evaluate.temperature_scaling off"}
     return statistics.temperature_decision(
-        y, proba, groups, min_improvement=e.temperature_min_improvement, seed=params.seed
+        y,
+        proba,
+        groups,
+        min_improvement=e.temperature_min_improvement,
+        bounds=(e.temperature_range[0], e.temperature_range[1]),
+        seed=params.seed,
     )
 
 

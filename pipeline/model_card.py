@@ -285,6 +285,18 @@ def _calibration(val: dict, test: dict) -> list[str]:
         f"Temperature scaling {served} (T = {_fmt(t)}; {cal.get('reason', 'no reason recorded')}).",
         "",
     ]
+    if cal.get("bounds"):
+        low, high = cal["bounds"]
+        out += [
+            f"The rule: T is fitted on validation within [{low:g}, {high:g}] "
+            "(`evaluate.temperature_range`) and served only when it lowers group-cross-validated "
+            f"validation NLL by at least {cal.get('min_improvement')} nats per image. A fit on "
+            "the lower bound is never served: a validation set the model already separates "
+            "(every true class on top) lowers NLL for every smaller T, so it cannot say how "
+            "sharp the probabilities should be, and sharpening there makes the first error on "
+            "new data a near-certain one.",
+            "",
+        ]
     for split, report in (("validation", val), ("test", test)):
         m = (report.get("calibration") or {}).get("malignant") or {}
         bins = [b for b in m.get("reliability") or [] if b.get("count")]

@@ -304,16 +304,27 @@ def calibration_line(is_positive: np.ndarray, p: np.ndarray) -> dict[str, float 
     }
 
 
+TEMPERATURE_RANGE = (0.5, 5.0)  # evaluate.temperature_range's default; README "Calibration"
+
+
 def temperature_decision(
     y: np.ndarray,
     proba: np.ndarray,
     groups: Any = None,
     *,
     min_improvement: float,
+    bounds: tuple[float, float] = TEMPERATURE_RANGE,
     folds: int = 5,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit a temperature on validation and decide whether it earns its place in the served rule.
+
+    The search is bounded to `bounds` (evaluate.temperature_range). A fit that ends on the lower
+    bound is never served: validation NLL still falls as T shrinks, which is what a validation set
+    the model already separates perfectly (every image's true class on top) does for every T,
+    down to T -> 0, so the data say nothing about how sharp the probabilities should be, and
+    sharpening there turns the first wrong answer on new data into a near-certain one. A fit on
+    the upper bound is served if it passes the test below: softening errs towards doubt.
 
     A temperature fitted on validation always improves validation NLL in-sample, so the gain is
     measured out of fold: groups are split into `folds`, each fold scored with the temperature
@@ -323,15 +334,30 @@ def temperature_decision(
     y, proba = np.asarray(y), np.asarray(proba, dtype=np.float64)
     codes = metrics.group_codes(groups, len(y))
     n_groups = int(codes.max()) + 1 if len(y) else 0
-    temperature = metrics.fit_temperature(y, proba)
-    record: dict[str, Any] = {"temperature": temperature, "min_improvement": min_improvement}
+    temperature = metrics.fit_temperature(y, proba, bounds)
+    record: dict[str, Any] = {
+        "temperature": temperature,
+        "min_improvement": min_improvement,
+        "bounds": [float(b) for b in bounds],
+    }
+    if _runs_to_lower_bound(y, proba, temperature, bounds[0]):
+        right = int((proba.argmax(1) == y).sum())
+        return {
+            **record,
+            "temperature": float(bounds[0]),
+            "applied": False,
+            "reason": f"not applied: the fit runs to the lower bound T={bounds[0]:g} "
+            f"(evaluate.temperature_range) and would sharpen further ({right} of {len(y)} "
+            "validation images have their true class on top): validation cannot say how sharp "
+            "the probabilities should be, so the raw ones are served",
+        }
     if n_groups < 2:
         return {**record, "applied": False, "reason": "fewer than two groups to cross-validate"}
     fold_of = np.random.default_rng(seed).permutation(n_groups)[codes] % min(folds, n_groups)
     after = 0.0
     for f in np.unique(fold_of):
         held = fold_of == f
-        t = metrics.fit_temperature(y[~held], proba[~held])
+        t = metrics.fit_temperature(y[~held], proba[~held], bounds)
         scored = metrics.apply_temperature(proba[held], t)
         after += metrics.negative_log_likelihood(y[held], scored) * held.sum()
     before, after = metrics.negative_log_likelihood(y, proba), float(after / len(y))
@@ -346,6 +372,19 @@ def temperature_decision(
         "reason": f"{verdict}: cross-validated NLL {before:.4f} -> {after:.4f} "
         f"(gain {before - after:+.4f}, required {min_improvement:.4f})",
     }
+
+
+def _runs_to_lower_bound(y: np.ndarray, proba: np.ndarray, fitted: float, low: float) -> bool:
+    """Whether the sharpest allowed temperature fits validation as well as the fitted one: then
+    NLL is still falling at the bound (on a separated set it reaches 0 in floating point before
+    it, so the optimiser may stop anywhere on that flat floor; comparing losses catches both)."""
+    if not len(y) or fitted >= 1 or low >= 1:
+        return False
+
+    def nll(t: float) -> float:
+        return metrics.negative_log_likelihood(y, metrics.apply_temperature(proba, t))
+
+    return nll(low) <= nll(fitted) + 1e-9
 
 
 # --- two models on the same images --------------------------------------------------------------

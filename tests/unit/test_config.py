@@ -39,6 +39,9 @@ def test_defaults_fill_missing_sections():
         ({"evaluate": {"prevalence": 1.0}}, "evaluate.prevalence: must be within"),
         ({"evaluate": {"threshold_confidence": 0.3}}, "evaluate.threshold_confidence: must be"),
         ({"evaluate": {"temperature_min_improvement": -1}}, "evaluate.temperature_min_improvement"),
+        ({"evaluate": {"temperature_range": [0.0, 5]}}, "evaluate.temperature_range: must be"),
+        ({"evaluate": {"temperature_range": [1.5, 5]}}, "evaluate.temperature_range: must be"),
+        ({"evaluate": {"temperature_range": [0.5]}}, "evaluate.temperature_range: must be"),
         ({"train": {"batch_size": "x"}}, "train.batch_size: expected an integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size: must be positive"),
         (

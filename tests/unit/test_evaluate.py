@@ -236,7 +236,8 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
     assert op["selection"]["sensitivity"] >= 0.8  # the rule flags at least the target on val
     assert op["threshold_ci_low"] <= threshold <= op["threshold_ci_high"]
     calibration = result["val"]["calibration"]
-    assert calibration["temperature"] == pytest.approx(metrics.fit_temperature(y_val, proba["val"]))
+    fitted = metrics.fit_temperature(y_val, proba["val"], params.evaluate.temperature_range)
+    assert calibration["temperature"] == pytest.approx(fitted)
     assert result["test"]["calibration"]["temperature"] == calibration["temperature"]
     assert calibration["applied"] == (calibration["improvement"] >= 0.01)
     served = metrics.apply_temperature(proba["test"], calibration["temperature"])
@@ -267,6 +268,27 @@ def test_temperature_is_served_only_when_it_beats_the_margin():
     assert (
         evaluate.evaluate_probabilities(data, proba, loose)["val"]["calibration"]["applied"] is True
     )
+
+
+def test_a_separated_validation_set_is_served_raw_probabilities_and_the_reason_says_why():
+    """The demo's case: every validation image right, so NLL falls for every smaller T."""
+    rng = np.random.default_rng(6)
+    y_val, y_test = rng.integers(0, 3, 90), rng.integers(0, 3, 60)
+    val = np.full((90, 3), 0.15)
+    val[np.arange(90), y_val] = 0.7  # right and modestly sure: sharpening lowers val NLL a lot
+    data = {"val": fake_split(y_val), "test": fake_split(y_test)}
+    proba = {"val": val, "test": overconfident(y_test, 7)}
+    params = parse_params({"evaluate": {"bootstrap": 0}})
+    result = evaluate.evaluate_probabilities(data, proba, params)
+    calibration = result["val"]["calibration"]
+    assert calibration["applied"] is False and calibration["temperature"] == 0.5
+    assert "lower bound" in calibration["reason"]
+    assert result["test"]["calibration"]["malignant"]["probabilities"] == "raw"
+    narrow = parse_params({"evaluate": {"bootstrap": 0, "temperature_range": [0.9, 1.5]}})
+    proba["val"] = overconfident(y_val, 8)  # needs T near 3: softened only as far as allowed
+    calibration = evaluate.evaluate_probabilities(data, proba, narrow)["val"]["calibration"]
+    assert calibration["temperature"] == pytest.approx(1.5, rel=1e-3)
+    assert calibration["bounds"] == [0.9, 1.5]
 
 
 def test_flat_metric_names_carry_the_split():
