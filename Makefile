@@ -12,7 +12,7 @@ ifeq ($(filter-out 0 false,$(VERBOSE)),)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 endif
 
-.PHONY: help install demo repro test test-fast lint format ui clean-demo serve predict bench-serve browser \
+.PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure azure-train-env azure-onnx-env export-onnx bench-engines
 
@@ -56,9 +56,10 @@ test: install browser ## the whole test suite (unit + integration)
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
-lint: install ## ruff check and format check
+lint: install ## ruff (lint + format check), then lint-workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@$(MAKE) --no-print-directory lint-workflows
 
 format: install ## ruff format and autofix
 	$(BIN)/ruff format .
@@ -120,8 +121,10 @@ serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.
 	PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
 	$(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local --host 127.0.0.1 --port $(PORT)
 
-lint-workflows: install ## GitHub Actions workflows against GitHub's schema (offline)
+lint-workflows: install ## .github/workflows: GitHub's schema, actionlint, zizmor's security audit (offline)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/actionlint
+	$(BIN)/zizmor --offline --quiet .github/workflows
 
 azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## .venv-azureml-server: azmlinfsrv + the pinned scoring env
 

@@ -75,7 +75,8 @@ def test_every_stage_param_exists_in_params_yaml(stage):
     for key in STAGES[stage].get("params", []):
         node = PARAMS
         for part in key.split("."):
-            assert isinstance(node, dict) and part in node, f"{stage}: params key {key} missing"
+            assert isinstance(node, dict), f"{stage}: params key {key}: {part} is not a section"
+            assert part in node, f"{stage}: params key {key} missing"
             node = node[part]
 
 
@@ -90,6 +91,13 @@ def test_every_make_command_in_the_readme_is_a_makefile_target():
     used = set(re.findall(r"\bmake ([a-z][\w-]*)", (ROOT / "README.md").read_text()))
     assert {"demo", "test"} <= used
     assert used - targets == set()
+
+
+def test_phony_lists_exactly_the_verbs_make_help_prints():
+    text = (ROOT / "Makefile").read_text()
+    phony = " ".join(re.findall(r"^\.PHONY:((?:.*\\\n)*.*)$", text, re.M))
+    verbs = set(re.findall(r"^([a-zA-Z][\w-]*):.*## ", text, re.M))
+    assert set(phony.replace("\\\n", " ").split()) == verbs
 
 
 def test_ci_runs_the_readme_test_command():
