@@ -15,6 +15,10 @@ Accepted bodies, decided by Content-Type:
 Answers 200 with the serving core's answer (the same as every other surface); 4xx
 `{"error": reason, "status": code}` for bad input (400 broken or empty, 405 not POST, with
 `Allow`, 413 over MAX_UPLOAD_BYTES, 415 not an image).
+
+Each answer is also handed to Azure ML's data collector (deployment.yml `data_collector:`) as
+the prediction log's summary of it, never the image (pipeline.serving.collection); without a
+data collector, or when it fails, the answer is the same and the reason is logged once.
 """
 
 from __future__ import annotations
@@ -28,18 +32,21 @@ from azureml_inference_server_http.api.aml_request import rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 
 from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.collection import DataCollection
 from pipeline.serving.uploads import FILE_FIELDS, InvalidInput, Limits, decode_upload, from_base64
 
 logger = logging.getLogger("score")
 classifier: Classifier | None = None
+collection: DataCollection | None = None
 LIMITS = Limits.from_env()
 CHUNK = 64 * 1024
 
 
 def init() -> None:
-    global classifier
+    global classifier, collection
     root = Path(os.environ.get("AZUREML_MODEL_DIR", "model"))
     classifier = load_classifier(root, engine=os.environ.get("SERVING_ENGINE", "keras"))
+    collection = DataCollection()
     identity = classifier.release.identity()
     logger.info(
         "loaded %s version %s (%s)", identity["name"], identity["version"], identity["arch"]
@@ -67,7 +74,10 @@ def run(request):
         image = decode_upload(upload_bytes(request), LIMITS)
     except InvalidInput as exc:
         return error(exc.status, exc.reason)
-    return AMLResponse(classifier.predict(image), 200, json_str=True)
+    batch = classifier.engine.prepare(image)[None]
+    result = classifier.answer_batch(batch)[0]
+    collection.collect(result, batch[0], image.width, image.height)
+    return AMLResponse(result, 200, json_str=True)
 
 
 def upload_bytes(request) -> bytes:

@@ -37,10 +37,23 @@ def main(folder: str) -> int:
             "model_path": str(deployment.model.path),
             "conda_file": deployment.environment.conda_file,
             "environment_variables": deployment.environment_variables,
+            "data_collector": data_collector(deployment.data_collector),
         },
     }
     print(json.dumps(summary, default=str))
     return 0
+
+
+def data_collector(collector) -> dict | None:
+    """The loaded data_collector section: each collection's `enabled` ('true'/'false' after
+    azure-ai-ml's schema), the rolling and sampling rates; None when the deployment has none."""
+    if collector is None:
+        return None
+    return {
+        "collections": {name: c.enabled for name, c in collector.collections.items()},
+        "rolling_rate": collector.rolling_rate,
+        "sampling_rate": collector.sampling_rate,
+    }
 
 
 if __name__ == "__main__":

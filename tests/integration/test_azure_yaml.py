@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.serving.collection import INPUTS, OUTPUTS
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "deploy" / "azure"
@@ -25,11 +27,17 @@ def validate(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def test_endpoint_and_deployment_load_with_probes_limits_and_settings():
+@pytest.fixture(scope="module")
+def loaded() -> dict:
+    """deploy/azure/ as azure-ai-ml loads it (validate.py's summary), read once."""
     result = validate(AZURE)
     assert result.returncode == 0, result.stderr
-    deployment = json.loads(result.stdout)["deployment"]
-    assert deployment["endpoint_name"] == json.loads(result.stdout)["endpoint"]["name"]
+    return json.loads(result.stdout)
+
+
+def test_endpoint_and_deployment_load_with_probes_limits_and_settings(loaded):
+    deployment = loaded["deployment"]
+    assert deployment["endpoint_name"] == loaded["endpoint"]["name"]
     assert deployment["instance_count"] >= 1 and deployment["instance_type"]
     assert deployment["request_timeout_ms"] > 0
     assert deployment["liveness_period"] and deployment["readiness_period"]
@@ -37,6 +45,17 @@ def test_endpoint_and_deployment_load_with_probes_limits_and_settings():
     settings = deployment["environment_variables"]
     assert int(settings["WORKER_COUNT"]) == deployment["max_concurrent_requests_per_instance"]
     assert int(settings["MAX_UPLOAD_BYTES"]) > 0
+
+
+def test_the_data_collector_takes_what_score_py_collects_and_never_the_request_payload(loaded):
+    """The section survives azure-ai-ml's loader; the collections it enables are the names
+    score.py collects under; payload logging (request: the image itself) stays off."""
+    collector = loaded["deployment"]["data_collector"]
+    assert collector is not None, "deployment.yml lost its data_collector section"
+    collections = collector["collections"]
+    assert {name for name, on in collections.items() if on == "true"} == {INPUTS, OUTPUTS}
+    assert collections["request"] == collections["response"] == "false"
+    assert collector["sampling_rate"] == 1.0 and collector["rolling_rate"] == "hour"
 
 
 def test_a_broken_deployment_yaml_is_refused(tmp_path):

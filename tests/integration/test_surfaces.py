@@ -31,9 +31,11 @@ from pipeline import demo_data, package, registry, tracking
 from pipeline.config import parse_params
 from pipeline.serving import pyfunc
 from pipeline.serving.classifier import load_classifier
+from pipeline.serving.collection import INPUTS, OUTPUTS
 from pipeline.serving.uploads import decode_upload
 from tests.factories import encode, enter_project, make_prepared, make_release, mini_classifier
-from tests.servers import free_port, running
+from tests.factories import scan as make_scan
+from tests.servers import DataCollectorSink, data_collector_sink, free_port, running
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +57,10 @@ def post(url: str, body: bytes, content_type: str | None, timeout: float = 120) 
         return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
 
 
-def multipart(field: str, data: bytes) -> tuple[bytes, str]:
+def multipart(field: str, data: bytes, filename: str = "scan.png") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="scan.png"'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"'
         "\r\nContent-Type: application/octet-stream\r\n\r\n"
     )
     body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
@@ -121,7 +123,16 @@ def mlflow_server(project):
 
 
 @pytest.fixture(scope="module")
-def azure_server(project):
+def collector_sink(project):
+    """What stands in for Azure's data collector agent (tests.servers.DataCollectorSink)."""
+    with data_collector_sink(project[0]) as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def azure_server(project, collector_sink):
+    """azmlinfsrv on the Keras package, with Azure ML's data collector on as deployment.yml
+    turns it on (its collections, sent to `collector_sink`): every Azure test runs with it."""
     if not AZURE_SERVER.is_file():
         pytest.skip("azmlinfsrv not installed: run `make azure-server-env`")
     root, _, env = project
@@ -130,6 +141,7 @@ def azure_server(project):
     command = [str(AZURE_SERVER), "--entry_script", "score.py", "--model_dir"]
     command += [str(packaged / "model"), "--port", str(port)]
     azure_env = {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"WORKER_COUNT": "1"}
+    azure_env |= collector_sink.environment(packaged / "deployment.yml")
     with running(
         command,
         f"http://127.0.0.1:{port}/",
@@ -312,6 +324,33 @@ def test_azure_stops_reading_a_chunked_json_body_at_the_limit(azure_server):
         urllib.request.urlopen(request, timeout=60)
     assert refused.value.code == 413
     assert "MAX_UPLOAD_BYTES" in json.loads(refused.value.read())["error"]
+
+
+def test_azure_hands_the_data_collector_a_summary_never_the_image_or_its_name(
+    azure_server, collector_sink: DataCollectorSink
+):
+    """An upload named like a patient, of a size no demo scan has: the collector's two frames
+    of it (found by that size, paired by correlation id) hold the answer and the summary only."""
+    upload = encode(make_scan(height=47, width=61))
+    status, answer, _ = post(azure_server, *multipart("file", upload, "jane-doe-MRN4711.png"))
+    assert status == 200, answer
+
+    def frames(received) -> dict[str, dict]:
+        ours = [f for f in received if f.collection == INPUTS and f.rows[0]["width"] == 61]
+        ids = {f.correlation_id for f in ours}
+        return {f.collection: f.rows[0] for f in received if f.correlation_id in ids}
+
+    received = collector_sink.wait_for(lambda got: len(frames(got)) == 2)
+    collected = frames(received)
+    assert collected[INPUTS]["height"] == 47
+    assert collected[OUTPUTS]["answer"] == answer["class"]
+    assert collected[OUTPUTS]["model_version"] == answer["model"]["version"] == "1"
+    for cls, probability in answer["probabilities"].items():
+        assert collected[OUTPUTS][f"probability_{cls}"] == pytest.approx(probability, abs=1e-9)
+    assert 0 <= collected[INPUTS]["mean"] <= 255
+    wire = b"".join(f.body + repr(f.headers).encode() for f in received)
+    assert b"jane-doe" not in wire and b"MRN" not in wire
+    assert not any(upload[i : i + 24] in wire for i in range(0, len(upload) - 24, 7))
 
 
 def test_mlflow_server_refuses_a_bad_image_with_400_and_the_status_first(mlflow_server):
