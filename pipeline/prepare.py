@@ -130,20 +130,9 @@ def run(params: Params) -> dict[str, Any]:
             _check_classes(params, [labels[k] for k in kept], found, rejects, keep, labels)
         # Conflicts are judged on duplicate groups (one lesion, two labels); a patient's benign
         # and malignant lesions are no conflict, they only have to stay in one split.
-        split_groups = splits.merge_groups([groups[k] for k in kept], [items[k].ids for k in kept])
-        split_of = splits.assign_splits(
-            [labels[k] for k in kept],
-            split_groups,
-            val_fraction=p.val_fraction,
-            test_fraction=p.test_fraction,
-            seed=params.seed,
-        )
-        rows = _manifest_rows([items[k] for k in kept], split_groups, split_of)
+        split_groups, rows = _split([items[k] for k in kept], [groups[k] for k in kept], params)
         group_sheet = _group_sheet(items, groups, keep)  # from scratch, before it is cleared
-
-        for row, k in zip(rows, kept, strict=True):
-            (out / row["path"]).parent.mkdir(parents=True, exist_ok=True)
-            items[k].fitted.rename(out / row["path"])
+        _move_into_place(out, rows, [items[k] for k in kept])
         shutil.rmtree(scratch, ignore_errors=True)  # what is left there was dropped
         write_text(out / "manifest.csv", _csv(MANIFEST_COLUMNS, rows))
         sheet = _contact_sheet(rows, out, params.classes)
@@ -161,6 +150,30 @@ def run(params: Params) -> dict[str, Any]:
     shutil.rmtree(FAILURES, ignore_errors=True)  # an old failure is no longer the state
     _report(summary, found, rows)
     return summary
+
+
+def _split(
+    kept: list[Item], groups: list[str], params: Params
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(split groups, manifest rows) of the kept images: duplicate groups merged with patient
+    groups, then assigned to train / val / test stratified by class, whole groups at a time."""
+    p = params.prepare
+    split_groups = splits.merge_groups(groups, [item.ids for item in kept])
+    split_of = splits.assign_splits(
+        [item.record.label for item in kept],
+        split_groups,
+        val_fraction=p.val_fraction,
+        test_fraction=p.test_fraction,
+        seed=params.seed,
+    )
+    return split_groups, _manifest_rows(kept, split_groups, split_of)
+
+
+def _move_into_place(out: Path, rows: list[dict[str, Any]], kept: list[Item]) -> None:
+    """Each kept image's fitted PNG from the scratch folder to its manifest path under `out`."""
+    for row, item in zip(rows, kept, strict=True):
+        (out / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        item.fitted.rename(out / row["path"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -453,12 +466,6 @@ def _summary(
     pairs: list[duplicates.Pair],
 ) -> dict[str, Any]:
     cells = Counter((r["label"], r["split"]) for r in rows)
-    sizes = Counter(groups)
-    shared = Counter(i.sha256 for i in items)
-    with_masks = sum(bool(r["masks"]) for r in rows)
-    kept = {r["source"] for r in rows}
-    notes = [i.mask_note for i in items if i.mask_note and i.record.source in kept]
-    unmeasured = Counter(note.split(":", 1)[0] for note in notes)
     return {
         "total": len(rows),
         "classes": {
@@ -474,26 +481,44 @@ def _summary(
             "by_reason": dict(Counter(reason.split(":", 1)[0] for _, reason in rejects)),
         },
         "skipped": dict(Counter(reason.split(":", 1)[0] for _, reason in found.skipped)),
-        "masks": {
-            "attached": sum(len(r["masks"].split(";")) for r in rows if r["masks"]),
-            "images_with_masks": with_masks,
-            "images_without_mask": len(rows) - with_masks if found.uses_masks else 0,
-            "images_with_lesion_area": sum(bool(r["mask_area"]) for r in rows),
-            "area_not_measured": dict(sorted(unmeasured.items())),
-            "area_not_measured_example": notes[0] if notes else None,
-        },
+        "masks": _masks_summary(found, items, rows),
         "converted": dict(Counter(i.mode for i in items if i.mode != "RGB")),
-        "duplicates": {
-            "groups": sum(n > 1 for n in sizes.values()),
-            "images_in_groups": sum(n for n in sizes.values() if n > 1),
-            "exact_copies": sum(n - 1 for n in shared.values()),
-            "largest_group": max(sizes.values(), default=0),
-            "pairs_by_method": dict(sorted(Counter(q.method for q in pairs).items())),
-        },
+        "duplicates": _duplicates_summary(items, groups, pairs),
         "conflicts": {
             "groups": len(conflicts),
             "images_dropped": len(items) - len(rows),
         },
+    }
+
+
+def _masks_summary(found: layouts.Found, items: list[Item], rows: list[dict]) -> dict[str, Any]:
+    """Masks attached to the kept images, and their lesion areas (or why none was measured)."""
+    with_masks = sum(bool(r["masks"]) for r in rows)
+    kept = {r["source"] for r in rows}
+    notes = [i.mask_note for i in items if i.mask_note and i.record.source in kept]
+    unmeasured = Counter(note.split(":", 1)[0] for note in notes)
+    return {
+        "attached": sum(len(r["masks"].split(";")) for r in rows if r["masks"]),
+        "images_with_masks": with_masks,
+        "images_without_mask": len(rows) - with_masks if found.uses_masks else 0,
+        "images_with_lesion_area": sum(bool(r["mask_area"]) for r in rows),
+        "area_not_measured": dict(sorted(unmeasured.items())),
+        "area_not_measured_example": notes[0] if notes else None,
+    }
+
+
+def _duplicates_summary(
+    items: list[Item], groups: list[str], pairs: list[duplicates.Pair]
+) -> dict[str, Any]:
+    """Duplicate groups among the valid images (before conflicts are dropped), and how found."""
+    sizes = Counter(groups)
+    shared = Counter(i.sha256 for i in items)
+    return {
+        "groups": sum(n > 1 for n in sizes.values()),
+        "images_in_groups": sum(n for n in sizes.values() if n > 1),
+        "exact_copies": sum(n - 1 for n in shared.values()),
+        "largest_group": max(sizes.values(), default=0),
+        "pairs_by_method": dict(sorted(Counter(q.method for q in pairs).items())),
     }
 
 
