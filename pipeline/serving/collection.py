@@ -81,6 +81,7 @@ class DataCollection:
 
     @property
     def active(self) -> bool:
+        """Whether answers are collected (both collectors are up); when not, `collect` is free."""
         return self._inputs is not None
 
     def collect(

@@ -55,7 +55,8 @@ def test_the_data_collector_takes_what_score_py_collects_and_never_the_request_p
     collections = collector["collections"]
     assert {name for name, on in collections.items() if on == "true"} == {INPUTS, OUTPUTS}
     assert collections["request"] == collections["response"] == "false"
-    assert collector["sampling_rate"] == 1.0 and collector["rolling_rate"] == "hour"
+    assert collector["sampling_rate"] == 1.0
+    assert collector["rolling_rate"] == "hour"
 
 
 def test_a_broken_deployment_yaml_is_refused(tmp_path):

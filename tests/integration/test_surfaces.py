@@ -131,7 +131,7 @@ def collector_sink(project):
 
 @pytest.fixture(scope="module")
 def azure_server(project, collector_sink):
-    """azmlinfsrv on the Keras package, with Azure ML's data collector on as deployment.yml
+    """The Keras package in azmlinfsrv, with Azure ML's data collector on as deployment.yml
     turns it on (its collections, sent to `collector_sink`): every Azure test runs with it."""
     if not AZURE_SERVER.is_file():
         pytest.skip("azmlinfsrv not installed: run `make azure-server-env`")
@@ -349,7 +349,8 @@ def test_azure_hands_the_data_collector_a_summary_never_the_image_or_its_name(
         assert collected[OUTPUTS][f"probability_{cls}"] == pytest.approx(probability, abs=1e-9)
     assert 0 <= collected[INPUTS]["mean"] <= 255
     wire = b"".join(f.body + repr(f.headers).encode() for f in received)
-    assert b"jane-doe" not in wire and b"MRN" not in wire
+    assert b"jane-doe" not in wire
+    assert b"MRN" not in wire
     assert not any(upload[i : i + 24] in wire for i in range(0, len(upload) - 24, 7))
 
 

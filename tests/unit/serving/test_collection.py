@@ -59,7 +59,8 @@ def test_the_two_collections_split_the_log_row_and_leave_out_only_its_time(class
     inputs, outputs = collected_rows(row)
     per_class = {f"probability_{cls}" for cls in CLASSES}
     assert set(inputs) | set(outputs) == (set(COLUMNS) - {"ts", "probabilities"}) | per_class
-    assert not set(inputs) & set(outputs) and not set(inputs) & per_class
+    assert not set(inputs) & set(outputs)
+    assert not set(inputs) & per_class
     assert (inputs["width"], inputs["height"]) == (640, 480)
     assert inputs["ood_score"] == result["decision"]["ood_score"]
     assert outputs["answer"] == result["class"]
@@ -80,7 +81,8 @@ def test_the_collector_gets_each_answers_summary_correlated_and_never_the_image(
         for name, value in sink.environment(DEPLOYMENT).items():
             monkeypatch.setenv(name, value)
         collection = DataCollection()
-        assert collection.active and collection.failures == 0
+        assert collection.active
+        assert collection.failures == 0
         answers = []
         for upload in uploads:
             result, prepared, width, height = answered(classifier, upload)
@@ -92,7 +94,8 @@ def test_the_collector_gets_each_answers_summary_correlated_and_never_the_image(
     for frame in received:
         (row,) = frame.rows
         pairs.setdefault(frame.correlation_id, {})[frame.collection] = row
-    assert len(pairs) == len(uploads) and all(set(p) == {INPUTS, OUTPUTS} for p in pairs.values())
+    assert len(pairs) == len(uploads)
+    assert all(set(p) == {INPUTS, OUTPUTS} for p in pairs.values())
     by_width = {pair[INPUTS]["width"]: pair for pair in pairs.values()}
     for size, result in zip((48, 56), answers, strict=True):
         pair = by_width[size]
@@ -101,7 +104,8 @@ def test_the_collector_gets_each_answers_summary_correlated_and_never_the_image(
         assert pair[OUTPUTS]["answer"] == result["class"]
         for cls, probability in result["probabilities"].items():
             assert pair[OUTPUTS][f"probability_{cls}"] == pytest.approx(probability, abs=1e-9)
-    assert by_width[48][OUTPUTS]["out_of_scope"] == 1 and by_width[48][OUTPUTS]["positive"] is None
+    assert by_width[48][OUTPUTS]["out_of_scope"] == 1
+    assert by_width[48][OUTPUTS]["positive"] is None
     wire = b"".join(f.body + repr(f.headers).encode() for f in received)
     for data in (*uploads, photo.tobytes()):
         assert not any(data[i : i + 24] in wire for i in range(0, len(data) - 24, 7))
@@ -119,7 +123,8 @@ def test_without_a_data_collector_the_answers_go_on_and_the_reason_is_said_once(
         for _ in range(3):
             collection.collect(result, prepared, width, height)
     said = [r.getMessage() for r in caplog.records if r.name == "pipeline.serving.collection"]
-    assert not collection.active and len(said) == 1
+    assert not collection.active
+    assert len(said) == 1
     assert ("azureml.ai.monitoring" if why == "package missing" else "not enabled") in said[0]
 
 
@@ -137,4 +142,6 @@ def test_a_failing_collector_never_fails_an_answer_and_says_so_once(
         for _ in range(3):
             collection.collect(result, prepared, width, height)
     said = [r.getMessage() for r in caplog.records if r.name == "pipeline.serving.collection"]
-    assert collection.failures == 5 and len(said) == 1 and "queue is full" in said[0]
+    assert collection.failures == 5
+    assert len(said) == 1
+    assert "queue is full" in said[0]
