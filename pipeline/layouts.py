@@ -179,10 +179,6 @@ def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
     records: list[Record] = []
     skipped: list[tuple[str, str]] = []
     uses_masks = False
-
-    def rel(path: Path) -> str:
-        return path.relative_to(raw).as_posix()
-
     problems: list[tuple[Path, str]] = []
     for child in _children(root):
         problem = _link_problem(child, raw.resolve(), frozenset()) if child.is_symlink() else None
@@ -190,43 +186,64 @@ def _from_folders(raw: Path, classes: tuple[str, ...]) -> Found:
             problems.append((child, problem))
             continue
         label = _class_of(child.name, classes) if child.is_dir() else None
-        if child.is_dir() and label is None:
-            n = len(_files_under(child, raw, []))
-            skipped.append(
-                (
-                    rel(child) + "/",
-                    f"unknown_folder: {child.name!r} is not one of classes {list(classes)}; "
-                    f"its {n} files are ignored (add the class to params.yaml or move the folder)",
-                )
-            )
+        if label is None:
+            skipped += _not_a_class_folder(child, raw, classes)
             continue
-        if not child.is_dir():
-            if child.suffix.lower() in IMAGE_SUFFIXES:
-                skipped.append((rel(child), "outside_class_folder: not inside a class folder"))
-            continue
-        images: dict[tuple[Path, str], list[Path]] = {}  # x.png beside x.jpg: both kept
-        masks: list[tuple[Path, str, Path]] = []
-        for path in _files_under(child, raw, problems):
-            match = MASK_STEM.match(path.stem)
-            if match:
-                masks.append((path.parent, match["image"], path))
-            else:
-                images.setdefault((path.parent, path.stem), []).append(path)
-        attached: dict[Path, list[str]] = {}
-        for parent, image_stem, mask in masks:
-            uses_masks = True
-            owners = images.get((parent, image_stem), [])
-            if not owners:
-                skipped.append(
-                    (rel(mask), f"mask_without_image: no image named {image_stem!r} next to it")
-                )
-            for image in owners:
-                attached.setdefault(image, []).append(rel(mask))
-        for path in (p for same_stem in images.values() for p in same_stem):
-            masks_of = tuple(sorted(attached.get(path, [])))
-            records.append(Record(rel(path), path, label, masks_of))
-    skipped += [(rel(link), reason) for link, reason in problems]
+        found, masks_skipped, has_masks = _class_folder(child, label, raw, problems)
+        records += found
+        skipped += masks_skipped
+        uses_masks |= has_masks
+    skipped += [(_rel(link, raw), reason) for link, reason in problems]
     return Found("folders", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
+
+
+def _rel(path: Path, raw: Path) -> str:
+    return path.relative_to(raw).as_posix()
+
+
+def _not_a_class_folder(child: Path, raw: Path, classes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Why a folder or file beside the class folders is skipped: a folder of another name, or an
+    image outside any class folder (other files are not mentioned)."""
+    if child.is_dir():
+        n = len(_files_under(child, raw, []))
+        reason = (
+            f"unknown_folder: {child.name!r} is not one of classes {list(classes)}; "
+            f"its {n} files are ignored (add the class to params.yaml or move the folder)"
+        )
+        return [(_rel(child, raw) + "/", reason)]
+    if child.suffix.lower() in IMAGE_SUFFIXES:
+        return [(_rel(child, raw), "outside_class_folder: not inside a class folder")]
+    return []
+
+
+def _class_folder(
+    folder: Path, label: str, raw: Path, problems: list[tuple[Path, str]]
+) -> tuple[list[Record], list[tuple[str, str]], bool]:
+    """(records, skipped, whether any mask was seen) of one class folder: every image under it,
+    with the masks named after it (`x_mask.png`, `x_mask_1.png`) in the same folder attached."""
+    images: dict[tuple[Path, str], list[Path]] = {}  # x.png beside x.jpg: both kept
+    masks: list[tuple[Path, str, Path]] = []
+    for path in _files_under(folder, raw, problems):
+        match = MASK_STEM.match(path.stem)
+        if match:
+            masks.append((path.parent, match["image"], path))
+        else:
+            images.setdefault((path.parent, path.stem), []).append(path)
+    skipped = []
+    attached: dict[Path, list[str]] = {}
+    for parent, image_stem, mask in masks:
+        owners = images.get((parent, image_stem), [])
+        if not owners:
+            reason = f"mask_without_image: no image named {image_stem!r} next to it"
+            skipped.append((_rel(mask, raw), reason))
+        for image in owners:
+            attached.setdefault(image, []).append(_rel(mask, raw))
+    records = [
+        Record(_rel(path, raw), path, label, tuple(sorted(attached.get(path, []))))
+        for same_stem in images.values()
+        for path in same_stem
+    ]
+    return records, skipped, bool(masks)
 
 
 def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = None) -> Found:
