@@ -52,6 +52,15 @@ class PromotionRefused(UserError):
     """The challenger did not pass the gate; the message is the one-line reason."""
 
 
+class TooFewUnseen(UserError):
+    """Fewer test images than `promote.min_test_images` are unseen by both models: a refusal that
+    carries the held-out counts, so the promotion record shows how much overlap caused it."""
+
+    def __init__(self, message: str, counts: dict[str, int]):
+        super().__init__(message)
+        self.counts = counts
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A registered release as promotion sees it: the serving core, its hash and what it saw."""
@@ -105,23 +114,35 @@ def fetch(name: str, version: str) -> Candidate:
         ) from None
 
 
-def held_out(params: Params, candidates: list[Candidate]) -> tuple[ImageSet, pd.DataFrame, dict]:
-    """The test images whose whole group is unseen by every candidate, with their manifest rows
-    (group, sha256) in the same order."""
+def held_out(
+    params: Params, seen_by: dict[str, frozenset[str]]
+) -> tuple[ImageSet, pd.DataFrame, dict[str, int]]:
+    """The test images whose whole group is unseen by every model, with their manifest rows
+    (group, sha256) in the same order, and the counts for the record.
+
+    `seen_by` maps each model (`challenger`, `champion`) to the image hashes it trained and
+    validated on (its release's trained_on.txt). A group with any image either model saw is left
+    out whole: its other images are duplicates or the same patient, so they are not new to that
+    model either. TooFewUnseen when fewer than `promote.min_test_images` images remain.
+    """
     test = load_set(PREPARED_DIR, params.classes, split="test")
     frame = read_manifest(PREPARED_DIR / "manifest.csv")
     frame = frame[frame["split"] == "test"].reset_index(drop=True)
-    seen = frozenset().union(*(c.trained_on for c in candidates))
+    seen = frozenset().union(*seen_by.values())
     tainted = set(frame.loc[frame["sha256"].isin(seen), "group"])
     keep = ~frame["group"].isin(tainted).to_numpy()
     counts = {"test_images": len(frame), "held_out_images": int(keep.sum()),
               "held_out_groups": int(frame.loc[keep, "group"].nunique()),
-              "left_out_seen_in_training": int((~keep).sum())}  # fmt: skip
+              "left_out_seen_in_training": int((~keep).sum()),
+              "left_out_groups": len(tainted)}  # fmt: skip
+    for name, hashes in seen_by.items():
+        counts[f"test_images_in_{name}_training"] = int(frame["sha256"].isin(hashes).sum())
     if counts["held_out_images"] < params.promote.min_test_images:
-        raise UserError(
+        raise TooFewUnseen(
             f"only {counts['held_out_images']} of {len(frame)} test images are unseen by both "
             f"models (promote.min_test_images {params.promote.min_test_images}); the others are "
-            "in a model's training data: add new test data before promoting"
+            "in a model's training data: add new test data before promoting",
+            counts,
         )
     subset = ImageSet(
         test.images[keep],
@@ -176,7 +197,13 @@ def promote(params: Params) -> Decision:
         decision = _judge(params, ours, theirs, manifest)
     except UserError as exc:
         decision = Decision(
-            False, str(exc), str(challenger.version), champion and str(champion.version), {}, None
+            False,
+            str(exc),
+            str(challenger.version),
+            str(champion.version) if champion else None,
+            {},
+            None,
+            dict(exc.counts) if isinstance(exc, TooFewUnseen) else {},
         )
     _record(decision, params, manifest)
     if not decision.promoted:
@@ -192,7 +219,10 @@ def promote(params: Params) -> Decision:
 def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: str) -> Decision:
     """Score both releases on the held-out test images and apply the gate."""
     classes = params.classes
-    test, rows, counts = held_out(params, [c for c in (ours, theirs) if c])
+    seen_by = {"challenger": ours.trained_on}
+    if theirs is not None:
+        seen_by["champion"] = theirs.trained_on
+    test, rows, counts = held_out(params, seen_by)
     groups = rows["group"].to_numpy()
     positive = classes.index(POSITIVE)
     mine = decisions(ours, test, classes)
@@ -218,9 +248,8 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     elif ok:
         reason = "no champion yet; the challenger passes the absolute gates"
     evidence["test_split_use"] = ledger.split_use(params.mlflow.experiment, split)
-    return Decision(
-        ok, reason, ours.version, theirs and theirs.version, metrics, other_metrics, evidence
-    )
+    theirs_version = theirs.version if theirs else None
+    return Decision(ok, reason, ours.version, theirs_version, metrics, other_metrics, evidence)
 
 
 def _card(name: str, decision: Decision, params: Params) -> str:
@@ -235,7 +264,9 @@ def _card(name: str, decision: Decision, params: Params) -> str:
         f"- Compared with version {decision.champion or 'none (first champion)'} on "
         f"{decision.evidence.get('held_out_images')} test images in "
         f"{decision.evidence.get('held_out_groups')} groups that neither model saw "
-        f"({decision.evidence.get('left_out_seen_in_training')} left out as seen in training).",
+        f"({decision.evidence.get('left_out_seen_in_training')} images in "
+        f"{decision.evidence.get('left_out_groups')} groups left out: a model trained on one of "
+        "their images).",
         f"- Test metrics by the served rule: {_pairs(decision.challenger_metrics)}.",
     ]
     if ni:
@@ -323,6 +354,9 @@ def _record(decision: Decision, params: Params, manifest: str) -> None:
             for k, v in (decision.champion_metrics or {}).items()
         },
     }
+    for key in ("held_out_images", "left_out_seen_in_training", "left_out_groups"):
+        if key in decision.evidence:
+            tags[f"promotion_{key}"] = str(decision.evidence[key])
     ni = decision.evidence.get("non_inferiority") or {}
     if ni.get("lower_bound") is not None:
         tags["promotion_macro_f1_difference_lower_bound"] = _tag(ni["lower_bound"])

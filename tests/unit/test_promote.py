@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,17 +156,98 @@ def test_without_a_challenger_the_error_says_what_to_run(project):
         promote.run(PARAMS)
 
 
-def test_test_images_either_model_trained_on_are_left_out_and_too_few_is_a_refusal(project):
+def test_test_images_the_champion_trained_on_are_left_out_and_too_few_is_a_recorded_refusal(
+    project,
+):
     frame = pd.read_csv(project / "data" / "prepared" / "manifest.csv")
     test = frame[frame["split"] == "test"]
-    register_model("good")
-    promote.run(PARAMS)
     seen = tuple(test["sha256"].iloc[:7])  # the old champion's training data has 7 of these
-    register_model("good", trained_on=seen)
+    first = register_model("good", alias="champion", trained_on=seen)
+    second = register_model("good")  # the challenger saw none of them
     with pytest.raises(promote.PromotionRefused, match=r"only 5 of 12 test images are unseen"):
         promote.run(PARAMS)
+    assert champion() == first
     report = json.loads((project / "reports" / "promotion.json").read_text())
-    assert report["promoted"] is False and "min_test_images" in report["promotion_reason"]
+    assert report["promoted"] is False
+    assert "min_test_images" in report["promotion_reason"]
+    assert report["evidence"] == {
+        "test_images": 12,
+        "held_out_images": 5,
+        "held_out_groups": 5,
+        "left_out_seen_in_training": 7,
+        "left_out_groups": 7,
+        "test_images_in_challenger_training": 0,
+        "test_images_in_champion_training": 7,
+    }
+    recorded = tags(second)
+    assert recorded["promotion_status"] == "refused"
+    assert (recorded["promotion_held_out_images"], recorded["promotion_left_out_groups"]) == (
+        "5",
+        "7",
+    )
+
+
+# --- which test images the gate may use, without a registry ------------------------------------
+
+
+@pytest.fixture
+def paired_test_split(tmp_path, monkeypatch) -> pd.DataFrame:
+    """A prepared set whose 12 test images form 6 groups of two (duplicates or one patient's
+    images share a group, as prepare writes them); returns the test rows in manifest order."""
+    monkeypatch.chdir(tmp_path)
+    make_prepared(tmp_path, per_split={"train": 1, "val": 1, "test": 4})
+    path = tmp_path / "data" / "prepared" / "manifest.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    test = frame.index[frame["split"] == "test"]
+    frame.loc[test, "group"] = [f"pair-{i // 2}" for i in range(len(test))]
+    frame.to_csv(path, index=False)
+    return frame.loc[test].reset_index(drop=True)
+
+
+def test_a_test_group_is_left_out_whole_when_either_model_saw_one_of_its_images(
+    paired_test_split,
+):
+    test = paired_test_split
+    challenger = frozenset({test["sha256"][0]})  # pair-0
+    champion = frozenset({test["sha256"][5]})  # pair-2
+    images, rows, counts = promote.held_out(
+        PARAMS, {"challenger": challenger, "champion": champion}
+    )
+    assert sorted(set(rows["group"])) == ["pair-1", "pair-3", "pair-4", "pair-5"]
+    assert len(images) == len(rows) == 8
+    assert [Path(p).name for p in images.paths] == [Path(p).name for p in rows["path"]]
+    assert counts == {
+        "test_images": 12,
+        "held_out_images": 8,
+        "held_out_groups": 4,
+        "left_out_seen_in_training": 4,
+        "left_out_groups": 2,
+        "test_images_in_challenger_training": 1,
+        "test_images_in_champion_training": 1,
+    }
+    _, rows, _ = promote.held_out(PARAMS, {"challenger": frozenset(), "champion": champion})
+    assert "pair-2" not in set(rows["group"])  # the champion's overlap alone leaves it out
+    assert len(rows) == 10
+
+
+@pytest.mark.parametrize(("minimum", "refused"), [(6, False), (7, True)])
+def test_overlap_is_refused_exactly_when_fewer_than_min_test_images_remain(
+    paired_test_split, minimum, refused
+):
+    test = paired_test_split
+    seen = {  # three pairs seen between them: 6 of 12 images remain
+        "challenger": frozenset(test["sha256"][[0, 2]]),
+        "champion": frozenset(test["sha256"][[4]]),
+    }
+    params = parse_params(RAW | {"promote": RAW["promote"] | {"min_test_images": minimum}})
+    if not refused:
+        images, _, counts = promote.held_out(params, seen)
+        assert len(images) == counts["held_out_images"] == 6
+        return
+    with pytest.raises(promote.TooFewUnseen, match=r"only 6 of 12 .*min_test_images 7") as info:
+        promote.held_out(params, seen)
+    assert info.value.counts["held_out_images"] == 6
+    assert info.value.counts["left_out_groups"] == 3
 
 
 def test_the_gate_judges_the_decision_the_release_would_serve_not_the_argmax(project):
