@@ -281,7 +281,8 @@ def test_a_separated_validation_set_is_served_raw_probabilities_and_the_reason_s
     params = parse_params({"evaluate": {"bootstrap": 0}})
     result = evaluate.evaluate_probabilities(data, proba, params)
     calibration = result["val"]["calibration"]
-    assert calibration["applied"] is False and calibration["temperature"] == 0.5
+    assert calibration["applied"] is False
+    assert calibration["temperature"] == 0.5
     assert "lower bound" in calibration["reason"]
     assert result["test"]["calibration"]["malignant"]["probabilities"] == "raw"
     narrow = parse_params({"evaluate": {"bootstrap": 0, "temperature_range": [0.9, 1.5]}})

@@ -332,9 +332,10 @@ def test_an_image_without_its_mask_is_reported(workdir, raw, capsys):
 def test_lesion_area_is_the_union_of_the_images_masks_and_empty_where_none_is_marked(
     workdir, raw, write_png, capsys
 ):
-    """benign (1) has three masks: two disjoint quarters of the image and a copy of the first, so
-    its lesion area is a half (overlap counted once); a normal image's black mask marks nothing.
-    A mask of another size than its image, or an unreadable one, gives no area and is counted."""
+    """The image `benign (1)` has three masks: two disjoint quarters of the image and a copy of
+    the first, so its lesion area is a half (overlap counted once); a normal image's black mask
+    marks nothing. A mask of another size than its image, or an unreadable one, gives no area
+    and is counted."""
     folder = raw / BUSI / "benign"
     top = np.zeros((40, 48), np.uint8)
     top[0:10, :] = 255  # 480 of 1920 pixels

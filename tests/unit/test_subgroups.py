@@ -32,15 +32,18 @@ def test_lesion_size_bands_are_tertiles_of_every_lesion_and_say_their_cut():
     labels, order = subgroups.define(frame, frame)[LESION_SIZE]
     assert order == ["<= 10.67 % of image", "10.67-20.33 % of image", "> 20.33 % of image"]
     assert [int((labels == name).sum()) for name in order] == [10, 10, 10]
-    assert labels[0] == order[0] and labels[29] == order[2]
-    assert labels[30] is None and labels[31] is None  # normal scans have no lesion size
+    assert labels[0] == order[0]
+    assert labels[29] == order[2]
+    assert labels[30] is None  # normal scans have no lesion size
+    assert labels[31] is None
 
 
 def test_a_lesion_without_a_measured_area_is_in_no_size_band_but_still_counted_elsewhere():
     frame = manifest(["0.02", "", "0.2", "0.1"], ["benign", "malignant", "benign", "malignant"])
     found = subgroups.define(frame, frame)
     labels, _ = found[LESION_SIZE]
-    assert labels[1] is None and all(label is not None for label in labels[[0, 2, 3]])
+    assert labels[1] is None
+    assert all(label is not None for label in labels[[0, 2, 3]])
     assert list(found["lesions per image (mask files)"][0]) == ["single lesion"] * 4
 
 
