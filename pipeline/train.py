@@ -9,17 +9,19 @@ Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (his
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import mlflow
-import mlflow.data
+import mlflow.data.pandas_dataset
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
@@ -111,6 +113,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def run(params: Params, arch: str) -> dict[str, float]:
+    """Train `arch`, write its model, reports and MLflow run; return the best epoch's summary."""
     params.train.arch(arch)  # validates the name before any work
     keras.utils.set_random_seed(params.seed)
     if params.train.mixed_precision:
@@ -125,15 +128,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         dropout=params.model.dropout,
         keep_aspect=params.prepare.keep_aspect,
     )
-    batches = TrainBatches(
-        train.images,
-        train.labels,
-        len(params.classes),
-        params.train.batch_size,
-        params.seed,
-        augment=light(params.augment) if params.train.augment_on_the_fly else None,
-        workers=params.train.loader_workers,
-    )
+    batches = _train_batches(train, params)
     tracking.setup(params.mlflow.experiment)
     synthetic = uses_demo_data(params)
     with mlflow.start_run(
@@ -147,34 +142,57 @@ def run(params: Params, arch: str) -> dict[str, float]:
         summary = _summary(history, best_epoch)
         mlflow.log_metrics(_run_metrics(summary, history))
         served = backbones.for_inference(model)
-        # A plain Keras model (an MLflow LoggedModel); the serving flavor, with the decision
-        # rule, is built by `select` for the winner only, so no serving code is a train dep.
-        mlflow.keras.log_model(
-            served,
-            name="model",
-            signature=_signature(params),
-            pip_requirements=environment.pins(
-                ["mlflow", "keras", "numpy"], keras.backend.backend()
-            ),
-            metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
-        )
+        _log_model(served, params, arch, synthetic)
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
         with staged_dir(MODELS_DIR / arch) as out:
             served.save(out / "model.keras")
             write_json(out / "run.json", run_info)
-        plots.save_csv(
-            history.drop(columns=list(TIMING_COLUMNS)), REPORTS_DIR / arch / "history.csv"
-        )
-        write_json(REPORTS_DIR / arch / "metrics.json", summary)
-        plots.save_png(
-            plots.history_figure(history, f"{arch}: training curves", best_epoch),
-            REPORTS_DIR / arch / "curves.png",
-        )
-        mlflow.log_artifact(str(REPORTS_DIR / arch / "history.csv"))
-        mlflow.log_artifact(str(REPORTS_DIR / arch / "curves.png"))
+        _write_reports(history, summary, best_epoch, arch)
     best_f1 = summary["val_macro_f1"]
     print(f"train {arch}: best epoch {summary['best_epoch']}, val macro-F1 {best_f1:.3f}")
     return summary
+
+
+def _train_batches(train: ImageSet, params: Params) -> TrainBatches:
+    """The shuffled, one-hot training batches, augmented on the fly when the params say so."""
+    return TrainBatches(
+        train.images,
+        train.labels,
+        len(params.classes),
+        params.train.batch_size,
+        params.seed,
+        augment=light(params.augment) if params.train.augment_on_the_fly else None,
+        workers=params.train.loader_workers,
+    )
+
+
+def _log_model(served: keras.Model, params: Params, arch: str, synthetic: bool) -> None:
+    """The trained model as a plain Keras LoggedModel of the active run. The serving flavor, with
+    the decision rule, is built by `select` for the winner only, so no serving code is a train
+    dependency."""
+    mlflow.keras.log_model(
+        served,
+        name="model",
+        signature=_signature(params),
+        pip_requirements=environment.pins(["mlflow", "keras", "numpy"], keras.backend.backend()),
+        metadata={"classes": list(params.classes), "arch": arch, "synthetic_data": synthetic},
+    )
+
+
+def _write_reports(
+    history: pd.DataFrame, summary: dict[str, float | int], best_epoch: int, arch: str
+) -> None:
+    """reports/train/<arch>/: history.csv (no timings), metrics.json and curves.png; the history
+    and the curves also go to the active MLflow run."""
+    folder = REPORTS_DIR / arch
+    plots.save_csv(history.drop(columns=list(TIMING_COLUMNS)), folder / "history.csv")
+    write_json(folder / "metrics.json", summary)
+    plots.save_png(
+        plots.history_figure(history, f"{arch}: training curves", best_epoch),
+        folder / "curves.png",
+    )
+    mlflow.log_artifact(str(folder / "history.csv"))
+    mlflow.log_artifact(str(folder / "curves.png"))
 
 
 def _summary(history: pd.DataFrame, best_epoch: int) -> dict[str, float | int]:
@@ -202,7 +220,7 @@ def _log_dataset(manifest: Path) -> None:
     its content: two runs on the same prepared data show the same digest."""
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-    dataset = mlflow.data.from_pandas(
+    dataset = mlflow.data.pandas_dataset.from_pandas(
         frame, source=str(manifest), targets="label", name="manifest", digest=digest
     )
     mlflow.log_input(dataset, context="training")
@@ -222,59 +240,51 @@ def _fit(
         return _train_phases(net, feed, val, params, arch)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One `fit` call: epochs `first` (from 0) up to `last`, at `learning_rate`, with the
+    backbone's top `unfreeze` blocks trainable ("all": every layer; None: the backbone frozen)."""
+
+    name: str
+    first: int
+    last: int
+    learning_rate: float
+    unfreeze: int | str | None
+
+
+def schedule(params: Params, arch: str) -> list[Phase]:
+    """The training of `arch` as phases: an explicit warm-up, then fine-tuning."""
+    ap = params.train.arch(arch)
+    # 1) from scratch: no pretrained features to protect, so every layer, BatchNorm included,
+    #    trains from the first epoch at learning_rate (warmup_epochs does not apply)
+    if params.model.weights is None:
+        return [Phase("train", 0, ap.epochs, ap.learning_rate, "all")]
+    # 2) pretrained, no warm-up: the top `unfreeze` blocks fine-tune from the first epoch, at
+    #    learning_rate (the new head starts random, so keep this rate low)
+    if ap.warmup_epochs == 0:
+        return [Phase("fine-tune", 0, ap.epochs, ap.learning_rate, ap.unfreeze)]
+    # 3) pretrained, warm-up: the new head trains alone on the frozen backbone at learning_rate,
+    #    so its first, large gradients from random weights never reach the pretrained features
+    warm_up = Phase("warm-up", 0, ap.warmup_epochs, ap.learning_rate, None)
+    # 4) ...then, if epochs remain, the top `unfreeze` blocks fine-tune at the lower
+    #    fine_tune_learning_rate; warmup_epochs == epochs trains the head alone (a linear probe)
+    if ap.warmup_epochs == ap.epochs:
+        return [warm_up]
+    fine_tune = Phase(
+        "fine-tune", ap.warmup_epochs, ap.epochs, ap.fine_tune_learning_rate, ap.unfreeze
+    )
+    return [warm_up, fine_tune]
+
+
 def _train_phases(
     model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
 ) -> tuple[pd.DataFrame, int]:
-    ap = params.train.arch(arch)
-    pretrained = params.model.weights is not None
-    phases = []
-    if pretrained and ap.warmup_epochs > 0:
-        backbones.freeze_backbone(model)
-        phases.append((0, ap.warmup_epochs, ap.learning_rate))
-        start = ap.warmup_epochs
-        fine_lr = ap.fine_tune_learning_rate
-    else:
-        start, fine_lr = 0, ap.learning_rate
-    phases.append((start, ap.epochs, fine_lr))
-    frames = []
+    """Each phase of `schedule` in turn; the best epoch over all of them is restored at the end."""
     best = BestWeights(params.train.monitor)
-    for i, (first, last, lr) in enumerate(phases):
-        if first >= last:
-            continue
-        if i == len(phases) - 1:
-            unfrozen = backbones.set_backbone_trainable(
-                model, ap.unfreeze if pretrained else "all", pretrained
-            )
-            if pretrained:
-                print(
-                    f"train {arch}: fine-tuning {len(unfrozen)} backbone blocks, "
-                    f"{unfrozen[0]} to {unfrozen[-1]}, BatchNorm frozen"
-                    if unfrozen
-                    else f"train {arch}: the backbone stays frozen (unfreeze: 0)"
-                )
-        _compile(model, params, lr, steps=len(batches) * (last - first))
-        history = model.fit(
-            batches,  # validation: ValidationMetrics, one whole-set prediction per epoch
-            initial_epoch=first,
-            epochs=last,
-            # TrainBatches orders each epoch from (seed, epoch); Keras' own shuffle of the batch
-            # order draws on Python's global `random`, which anything else may have consumed.
-            shuffle=False,
-            class_weight=_class_weights(batches.labels, len(params.classes))
-            if params.train.class_weights
-            else None,
-            callbacks=[
-                ValidationMetrics(val, len(batches.labels), params.train.batch_size),
-                MlflowEpochLogger(),
-                best,
-                _early_stopping(params),
-            ],
-            verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
-        )
-        frame = pd.DataFrame(history.history)
-        # Epochs numbered as Keras prints them ("Epoch 1/5"), in history, plots and summaries.
-        frame.insert(0, "epoch", [e + 1 for e in history.epoch])
-        frames.append(frame)
+    frames = []
+    for phase in schedule(params, arch):
+        _set_trainable(model, phase, params.model.weights is not None, arch)
+        frames.append(_fit_phase(model, batches, val, params, phase, best))
     history = pd.concat(frames, ignore_index=True)
     if best.epoch is None:
         raise UserError(
@@ -283,6 +293,56 @@ def _train_phases(
         )
     best.restore()
     return history, best.epoch + 1
+
+
+def _set_trainable(model: keras.Model, phase: Phase, pretrained: bool, arch: str) -> None:
+    """Freeze the backbone for a warm-up; otherwise unfreeze the phase's blocks, BatchNorm kept
+    frozen when the weights are pretrained (backbones.set_backbone_trainable says why)."""
+    if phase.unfreeze is None:
+        backbones.freeze_backbone(model)
+        return
+    unfrozen = backbones.set_backbone_trainable(model, phase.unfreeze, pretrained)
+    if pretrained:
+        print(
+            f"train {arch}: fine-tuning {len(unfrozen)} backbone blocks, "
+            f"{unfrozen[0]} to {unfrozen[-1]}, BatchNorm frozen"
+            if unfrozen
+            else f"train {arch}: the backbone stays frozen (unfreeze: 0)"
+        )
+
+
+def _fit_phase(
+    model: keras.Model,
+    batches: TrainBatches,
+    val: ImageSet,
+    params: Params,
+    phase: Phase,
+    best: BestWeights,
+) -> pd.DataFrame:
+    """Compile at the phase's learning rate and fit its epochs; returns their history rows."""
+    _compile(model, params, phase.learning_rate, steps=len(batches) * (phase.last - phase.first))
+    history = model.fit(
+        batches,  # validation: ValidationMetrics, one whole-set prediction per epoch
+        initial_epoch=phase.first,
+        epochs=phase.last,
+        # TrainBatches orders each epoch from (seed, epoch); Keras' own shuffle of the batch
+        # order draws on Python's global `random`, which anything else may have consumed.
+        shuffle=False,
+        class_weight=_class_weights(batches.labels, len(params.classes))
+        if params.train.class_weights
+        else None,
+        callbacks=[
+            ValidationMetrics(val, len(batches.labels), params.train.batch_size),
+            MlflowEpochLogger(),
+            best,
+            _early_stopping(params),
+        ],
+        verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
+    )
+    frame = pd.DataFrame(history.history)
+    # Epochs numbered as Keras prints them ("Epoch 1/5"), in history, plots and summaries.
+    frame.insert(0, "epoch", [e + 1 for e in history.epoch])
+    return frame
 
 
 def _signature(params: Params) -> ModelSignature:
@@ -435,7 +495,7 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    def configure(parser):
+    def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arch", required=True, choices=ARCHS)
 
     return stage_main(__doc__, run, argv, configure)

@@ -149,6 +149,34 @@ def pretrained_params(weights_path, warmup_epochs: int, epochs: int) -> Params:
     )
 
 
+def phases(params: Params) -> list[tuple]:
+    return [(p.name, p.first, p.last, p.learning_rate, p.unfreeze) for p in train.schedule(
+        params, "resnet50"
+    )]  # fmt: skip
+
+
+def test_the_schedule_is_a_warm_up_on_a_frozen_backbone_then_fine_tuning_at_the_lower_rate():
+    weights = "weights.h5"  # only its presence matters to the schedule
+    assert phases(pretrained_params(weights, warmup_epochs=1, epochs=3)) == [
+        ("warm-up", 0, 1, 0.01, None),
+        ("fine-tune", 1, 3, 0.0001, 2),
+    ]
+    # no warm-up: fine-tuning from the first epoch, at the head's rate
+    assert phases(pretrained_params(weights, warmup_epochs=0, epochs=3)) == [
+        ("fine-tune", 0, 3, 0.01, 2)
+    ]
+    # warm-up for every epoch: the backbone never unfreezes
+    assert phases(pretrained_params(weights, warmup_epochs=3, epochs=3)) == [
+        ("warm-up", 0, 3, 0.01, None)
+    ]
+    # from scratch every layer trains from the first epoch; warmup_epochs does not apply
+    scratch = dataclasses.replace(
+        pretrained_params(weights, warmup_epochs=1, epochs=3), model=Params().model
+    )
+    assert Params().model.weights is None
+    assert phases(scratch) == [("train", 0, 3, 0.01, "all")]
+
+
 def backbone_weights(root, layer_filter):
     model = keras.saving.load_model(root / "models/resnet50/model.keras")
     layers = model.get_layer("backbone").layers
