@@ -488,11 +488,26 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
         "lower performance on other sites and devices; external validation is required before "
         "any conclusion."
     )
-    duplicates = _find(summary, "duplicate")
-    conflicts = _find(summary, "conflict")
     patient_level = (summary.get("grouping") or {}).get("split_level") == "patient"
-    detail = "; ".join(duplicates + conflicts)
+    lines.append(_duplicates_limitation(summary, patient_level))
+    lines.append(_small_test_limitation(test))
+    if not patient_level:
+        lines.append(
+            "- Labels are per image (no patient identifiers for every image), so images of one "
+            "patient may fall in different splits when prepare does not find them similar: "
+            "near-duplicate detection lowers this risk but cannot show there is no leakage."
+        )
     lines.append(
+        "- Class activation maps are coarse (the backbone's grid is 1/32 of the input side) and "
+        "show where evidence was found, not a lesion segmentation."
+    )
+    return lines
+
+
+def _duplicates_limitation(summary: dict[str, Any], patient_level: bool) -> str:
+    """What duplicate grouping finds and misses, with this run's counts."""
+    detail = "; ".join(_find(summary, "duplicate") + _find(summary, "conflict"))
+    return (
         "- BUSI duplicates: the public set holds exact and near-duplicate images, some with "
         "different labels. Prepare groups byte-identical files, perceptual-hash matches (resized, "
         "re-encoded, annotated copies) and keypoint-verified crops, shifts and padding, keeps each "
@@ -505,6 +520,10 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
         )
         + (f" (this run: {detail})." if detail else ".")
     )
+
+
+def _small_test_limitation(test: dict[str, Any]) -> str:
+    """How much one case moves the test figures, from the test split's size."""
     n = test.get("n")
     positives = ((test.get("per_class") or {}).get("malignant") or {}).get("support")
     swing = (
@@ -513,18 +532,7 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
         if positives
         else "one missed malignant case moves sensitivity by several points"
     )
-    lines.append(
+    return (
         f"- Small evaluation sets{f' ({n} test images)' if n else ''}: confidence intervals are "
         f"wide, and {swing}."
     )
-    if not patient_level:
-        lines.append(
-            "- Labels are per image (no patient identifiers for every image), so images of one "
-            "patient may fall in different splits when prepare does not find them similar: "
-            "near-duplicate detection lowers this risk but cannot show there is no leakage."
-        )
-    lines.append(
-        "- Class activation maps are coarse (the backbone's grid is 1/32 of the input side) and "
-        "show where evidence was found, not a lesion segmentation."
-    )
-    return lines
