@@ -56,9 +56,10 @@ test: install browser ## the whole test suite (unit + integration)
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
-lint: install ## ruff (lint + format check), then lint-workflows
+lint: install ## ruff (lint + format check), mypy over pipeline/, then lint-workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	@$(MAKE) --no-print-directory lint-workflows
 
 format: install ## ruff format and autofix

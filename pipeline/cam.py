@@ -89,7 +89,7 @@ def heatmap(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """Blend a CAM's `heatmap` (JET colours, red = strongest) over an RGB uint8 image."""
     heat = heatmap(cam, *image.shape[:2])
-    colour = cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
     return np.clip(blended, 0, 255).astype(np.uint8)

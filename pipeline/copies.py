@@ -158,7 +158,7 @@ def score(case: Case, groups: Sequence[str]) -> Score:
     for i, name in enumerate(case.edit):
         if name:
             hits.setdefault(name, []).append(groups[i] == groups[case.origin[i]])
-    merged = set()
+    merged: set[tuple[int, int]] = set()
     members: dict[str, set[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, set()).add(case.origin[i])

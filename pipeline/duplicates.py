@@ -106,10 +106,11 @@ def keypoints(image: Image.Image) -> Keypoints:
     longer = max(grey.shape)
     scale = min(max(WORK_SCALE, WORK_SIDE[0] / longer), WORK_SIDE[1] / longer)
     work = _resized(grey, scale)
-    orb = cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=10, edgeThreshold=15, patchSize=15)
+    orb = cv2.ORB.create(nfeatures=KEYPOINTS, fastThreshold=10, edgeThreshold=15, patchSize=15)
     found, descriptors = orb.detectAndCompute(work, None)
     if descriptors is None:
-        found, descriptors = (), np.zeros((0, 32), np.uint8)
+        # OpenCV's stubs say an array; with no keypoint found it is None
+        found, descriptors = (), np.zeros((0, 32), np.uint8)  # type: ignore[unreachable]
     order = np.argsort([-k.response for k in found], kind="stable").astype(int)
     points = np.array([found[i].pt for i in order], np.float32).reshape(-1, 2)
     size = (work.shape[1], work.shape[0])
@@ -163,8 +164,8 @@ def match(a: Keypoints, b: Keypoints) -> Match | None:
         maxIters=2000,
         confidence=0.995,
     )
-    if matrix is None:
-        return None
+    if matrix is None:  # no transform found (OpenCV's stubs say it always returns one)
+        return None  # type: ignore[unreachable]
     inside = in_a[mask.ravel().astype(bool)]
     extent = np.ptp(inside, axis=0) / np.array(a.size) if len(inside) else np.zeros(2)
     work_scale = math.hypot(matrix[0, 0], matrix[1, 0])
@@ -306,7 +307,7 @@ def find_pairs(
     exact = _identical(sha256s)
     hashes = np.array([int(h) for h in phashes], dtype=np.uint64)
     close = [p for p in phash_pairs(hashes, phash_threshold) if p not in set(exact)]
-    found = [(i, j, "sha256", None) for i, j in exact]
+    found: list[tuple[int, int, str, Match | None]] = [(i, j, "sha256", None) for i, j in exact]
     for (i, j), result in zip(close, _verify_all(prints, close), strict=True):
         agreed = result is not None and result.accepted(min_inliers, min_correlation)
         found.append((i, j, "phash+keypoints" if agreed else "phash", result))

@@ -298,13 +298,18 @@ def _calibration_report(
 ) -> dict[str, Any]:
     """The val decision about temperature, and how both probability sets fare on this split."""
     t = calibration.get("temperature")
-    scaled = metrics.apply_temperature(proba, t) if t else None
+    ece_after: float | None = None
+    brier_after: float | None = None
+    if t:
+        scaled = metrics.apply_temperature(proba, t)
+        ece_after = metrics.expected_calibration_error(y, scaled, n_bins)
+        brier_after = metrics.brier_score(y, scaled)
     return {
         **calibration,
         "ece_before": metrics.expected_calibration_error(y, proba, n_bins),
-        "ece_after": metrics.expected_calibration_error(y, scaled, n_bins) if t else None,
+        "ece_after": ece_after,
         "brier_before": metrics.brier_score(y, proba),
-        "brier_after": metrics.brier_score(y, scaled) if t else None,
+        "brier_after": brier_after,
         "malignant": {
             "probabilities": "temperature-scaled" if calibration["applied"] else "raw",
             **statistics.calibration_line(y == m, served[:, m]),
@@ -382,10 +387,10 @@ def write_reports(
         y, p = data[split].labels, proba[split]
         table = plots.predictions_table(data[split].paths, y, p, classes)
         plots.save_csv(table, out / f"predictions_{split}.csv")
-    figures = {"params": params, "arch": arch, "result": result}
-    _split_figures(out, out / "plots", "val", data["val"].labels, proba["val"], **figures)
     test = out / "test"
-    _split_figures(test, test, "test", data["test"].labels, proba["test"], **figures)
+    for split, csv_dir, png_dir in (("val", out, out / "plots"), ("test", test, test)):
+        y, p = data[split].labels, proba[split]
+        _split_figures(csv_dir, png_dir, split, y, p, result=result, params=params, arch=arch)
     _test_images(test, model, test_features, data["test"], proba["test"], params, arch)
 
 

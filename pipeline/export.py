@@ -25,10 +25,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
 from pipeline.serving.classifier import ONNX_FILE
 from pipeline.serving.engine import ONNX_OUTPUTS as OUTPUTS
+
+if TYPE_CHECKING:
+    import keras
 
 INPUT_NAME = "image"
 RELEASE_DIR = Path("models/selected")
@@ -57,7 +61,7 @@ def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
     return onnx_file
 
 
-def _serving_graph(model):
+def _serving_graph(model: keras.Model) -> keras.Model:
     """image -> (pooled features, probabilities), the model's own layers, frozen for inference."""
     import keras
 
@@ -69,7 +73,7 @@ def _serving_graph(model):
     return graph
 
 
-def _geometry(model) -> dict[str, str]:
+def _geometry(model: keras.Model) -> dict[str, str]:
     """The `resize` layer's target size and letterboxing, as ONNX metadata (strings)."""
     try:
         config = model.get_layer(RESIZE_LAYER).get_config()

@@ -83,7 +83,7 @@ def decode(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours
             raise RejectedImage(
                 "too_large", f"{exc} (over {limit_names[0]}={max_pixels})"

@@ -281,7 +281,9 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
     by_stem = {(str(Path(s).parent), Path(s).stem): s for s in images}
     skipped: list[tuple[str, str]] = []
     for mask in mask_rows:
-        stem = MASK_STEM.match(Path(mask).stem)["image"]
+        named = MASK_STEM.match(Path(mask).stem)
+        assert named is not None  # mask_rows holds what is_mask accepted
+        stem = named["image"]
         owner = by_stem.get((str(Path(mask).parent), stem))
         if owner is None:
             skipped.append((mask, f"mask_without_image: no image {stem!r} listed next to it"))

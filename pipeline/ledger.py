@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Iterable
 
 import mlflow
+from mlflow.entities import Run
 
 LEDGER_SUFFIX = "-test-ledger"
 SPLIT_TAG = "test_split_sha256"
@@ -77,7 +78,7 @@ def split_use(experiment: str, split_sha256: str) -> dict[str, int | str]:
     client = mlflow.MlflowClient()
     name = ledger_experiment(experiment)
     found = client.get_experiment_by_name(name)
-    runs = []
+    runs: list[Run] = []
     if found is not None:
         runs = client.search_runs(
             [found.experiment_id],

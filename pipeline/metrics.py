@@ -289,7 +289,8 @@ def fit_temperature(
     def loss(log_t: float) -> float:
         return negative_log_likelihood(y, apply_temperature(proba, math.exp(log_t)))
 
-    found = minimize_scalar(loss, bounds=tuple(math.log(b) for b in bounds), method="bounded")
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    found = minimize_scalar(loss, bounds=(low, high), method="bounded")
     best = math.exp(found.x)
     return best if loss(found.x) <= loss(0.0) else 1.0
 

@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from pipeline.errors import UserError
 from pipeline.files import write_json, write_text
 from pipeline.serving.predlog import REFERENCE_FILE, read_reference, read_rows
 from pipeline.serving.release import find_release
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CONTINUOUS = ("p_positive", "ood_score", "megapixels", "aspect", "mean", "std", "p50", "colour")
 PSI_FLOOR = 1e-4  # share given to a category absent on one side, so PSI stays finite
@@ -135,12 +138,12 @@ def report(summary: dict, reference: pd.DataFrame, window: pd.DataFrame, out: Pa
     return "\n".join(lines) + "\n"
 
 
-def _histogram(reference: pd.Series, window: pd.Series, name: str):
+def _histogram(reference: pd.Series, window: pd.Series, name: str) -> Figure:
     from matplotlib.figure import Figure  # not pyplot: no global figure registry to leak into
 
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
-    edges = np.histogram_bin_edges(np.r_[reference, window], bins=20)
+    edges = np.histogram_bin_edges(np.r_[reference, window], bins=20).tolist()
     ax.hist(reference, bins=edges, density=True, alpha=0.5, label="reference (validation)")
     ax.hist(window, bins=edges, density=True, alpha=0.5, label="served (window)")
     ax.set_xlabel(name)

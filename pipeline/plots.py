@@ -119,7 +119,7 @@ def roc_figure(rows: list[dict], auc: dict[str, float | None], title: str) -> Fi
     ax = fig.add_subplot()
     frame = pd.DataFrame(rows, columns=["class", "fpr", "tpr"])
     for name, part in frame.groupby("class", sort=False):
-        value = auc.get(name)
+        value = auc.get(str(name))
         label = f"{name} (AUC {value:.3f})" if value is not None else str(name)
         ax.plot(part["fpr"], part["tpr"], drawstyle="steps-post", label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)

@@ -197,7 +197,7 @@ def _inspect(
 ) -> Item | images.RejectedImage:
     """Validate one file and write its prepared PNG to `fitted`; the rejection if it is unusable.
     A DICOM file (by content) is cut to its ultrasound region and brings its patient and study."""
-    ids = list(record.ids)
+    ids: list[tuple[str, str | None]] = list(record.ids)
     try:
         data = images.read_file(record.path)
         if dicom.is_dicom(data):

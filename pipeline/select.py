@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 
 from pipeline import registry, tracking
 from pipeline.cli import stage_main
@@ -107,7 +108,7 @@ def run(params: Params) -> dict:
     manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
     rule = decision_rule(metrics[winner]["val"], params.classes, manifest)
     experiment = tracking.experiment_name()
-    selection = {
+    selection: dict[str, Any] = {
         "winner": winner,
         "metric": params.select.metric,
         "reason": reason,
@@ -257,7 +258,7 @@ def _description(params: Params) -> str:
     )
 
 
-def _example_scan(params: Params):
+def _example_scan(params: Params) -> np.ndarray:
     """The pyfunc's input example: a synthetic scan of the training size, never a patient's."""
     size = params.prepare.image_size
     return render_case("benign", case_rng(params.seed, "benign", 0), size)[0]

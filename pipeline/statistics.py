@@ -451,7 +451,7 @@ def paired_difference(
         "b": summarise(vb, level),
         "difference": diff,
         "level": level,
-        "distinguishable": low is not None and (low > 0 or high < 0),
+        "distinguishable": low is not None and high is not None and (low > 0 or high < 0),
         "images": int(len(y)),
         "groups": n_groups,
     }

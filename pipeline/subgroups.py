@@ -64,7 +64,8 @@ def _has_areas(manifest: pd.DataFrame) -> bool:
 
 
 def _longest_side(frame: pd.DataFrame) -> np.ndarray:
-    return np.maximum(pd.to_numeric(frame["width"]), pd.to_numeric(frame["height"])).to_numpy()
+    width, height = pd.to_numeric(frame["width"]), pd.to_numeric(frame["height"])
+    return np.maximum(width.to_numpy(), height.to_numpy())
 
 
 def _bands(

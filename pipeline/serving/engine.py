@@ -31,7 +31,29 @@ if TYPE_CHECKING:
 RESIZE_LAYER = "resize"  # pipeline.backbones names the model's resizing layer so
 
 
-class KerasEngine:
+class _Fitting:
+    """The image fitting both engines share, so that both see the same pixels."""
+
+    input_size: tuple[int, int] | None  # (height, width) the model was trained at; None: any
+    keep_aspect: bool  # letterboxed to a square as in prepare, or stretched
+
+    def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """An 8-bit RGB or grey image -> (H, W, 3) float32 of 0-255 values, fitted as in prepare."""
+        pil = (
+            image
+            if isinstance(image, Image.Image)
+            else Image.fromarray(np.asarray(image, np.uint8))
+        )
+        if self.input_size is not None:
+            height, width = self.input_size
+            if height == width:
+                pil = images.fit(pil, height, keep_aspect=self.keep_aspect)
+            elif pil.size != (width, height):
+                pil = pil.resize((width, height), Image.Resampling.LANCZOS)
+        return np.asarray(images.to_rgb(pil), dtype=np.float32)
+
+
+class KerasEngine(_Fitting):
     """A loaded Keras classifier and the input geometry it was trained with."""
 
     def __init__(self, model: keras.Model) -> None:
@@ -57,21 +79,6 @@ class KerasEngine:
     @property
     def n_outputs(self) -> int:
         return int(self.model.outputs[0].shape[-1])
-
-    def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """An 8-bit RGB or grey image -> (H, W, 3) float32 of 0-255 values, fitted as in prepare."""
-        pil = (
-            image
-            if isinstance(image, Image.Image)
-            else Image.fromarray(np.asarray(image, np.uint8))
-        )
-        if self.input_size is not None:
-            height, width = self.input_size
-            if height == width:
-                pil = images.fit(pil, height, keep_aspect=self.keep_aspect)
-            elif pil.size != (width, height):
-                pil = pil.resize((width, height), Image.Resampling.LANCZOS)
-        return np.asarray(images.to_rgb(pil), dtype=np.float32)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) of a prepared batch (N, H, W, 3).
@@ -106,7 +113,7 @@ class KerasEngine:
 ONNX_OUTPUTS = ("pooled", "probabilities")  # pipeline.export names the graph's outputs so
 
 
-class OnnxEngine:
+class OnnxEngine(_Fitting):
     """model.onnx in an ONNX Runtime session, with the input geometry from the file's metadata."""
 
     draws_heatmaps = False  # class activation maps need the Keras layers
@@ -142,8 +149,6 @@ class OnnxEngine:
     @property
     def n_outputs(self) -> int:
         return int(self.session.get_outputs()[1].shape[-1])
-
-    prepare = KerasEngine.prepare  # the same fitting: both engines see the same pixels
 
     def pooled_and_probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pooled backbone features (N, C), probabilities (N, K)): the graph's two outputs."""

@@ -17,16 +17,23 @@ from PIL import Image
 
 from pipeline import cam
 from pipeline.serving.classifier import Classifier
+from pipeline.serving.engine import KerasEngine
 
 MAX_SIDE = 512  # the overlay is sent at most this many pixels on its longer side
 MAX_ALPHA = 200  # the strongest evidence is drawn at this opacity (of 255)
 
 
 class HeatMapper:
+    """The service's answer and its heat map from one forward pass; one per loaded model, built
+    at start so the feature model is traced before the first request."""
+
     def __init__(self, classifier: Classifier, max_side: int = MAX_SIDE) -> None:
+        if not isinstance(classifier.engine, KerasEngine):
+            raise TypeError("heat maps need the Keras layers: serve model.keras, not model.onnx")
         self.classifier = classifier
+        self.model = classifier.engine.model
         self.max_side = max_side
-        self.features = cam.feature_model(classifier.engine.model)
+        self.features = cam.feature_model(self.model)
         height, width = classifier.engine.input_size or (64, 64)
         self(np.zeros((1, height, width, 3), np.float32), 8, 8)  # trace once, at start
 
@@ -43,7 +50,7 @@ class HeatMapper:
         if result["class"] not in self.classifier.classes:
             return result, None  # out of scope: no class to explain
         chosen = self.classifier.classes.index(result["class"])
-        cam_map = cam.maps_from_features(self.classifier.engine.model, features, chosen)[0]
+        cam_map = cam.maps_from_features(self.model, features, chosen)[0]
         return result, self.overlay(cam_map, height, width)
 
     def overlay(self, cam_map: np.ndarray, height: int, width: int) -> Image.Image:
@@ -62,7 +69,7 @@ class HeatMapper:
         else:
             heat = cv2.resize(square, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
         colour = cv2.cvtColor(
-            cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+            cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
         )
         alpha = np.uint8(np.clip(heat, 0, 1) * MAX_ALPHA)
         return Image.fromarray(np.dstack([colour, alpha]), "RGBA")

@@ -30,6 +30,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
@@ -44,7 +45,7 @@ MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # models from code: 
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]))
 
 
-class ServingModel(mlflow.pyfunc.PythonModel):
+class ServingModel(PythonModel):
     """What `mlflow.pyfunc.load_model` wraps: decode, answer with the release's own rule."""
 
     def load_context(self, context: Any) -> None:

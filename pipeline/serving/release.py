@@ -104,7 +104,7 @@ def write_release(
     if ood_file is not None:
         shutil.copyfile(ood_file, folder / OOD_FILE)
         ood = OodStatistics.load(folder / OOD_FILE)
-    record = {
+    record: dict[str, Any] = {
         "format": FORMAT,
         "model_file": MODEL_FILE,
         "rule": rule.to_dict(),

@@ -140,8 +140,9 @@ def answer(
     p = calibrate(np.asarray(probabilities, dtype=np.float64).reshape(1, -1), rule.temperature)
     labels, positive = _classify(rule, p)
     k = rule.classes.index(rule.positive_class)
-    refused = bool(out_of_scope(rule, None if ood_score is None else [ood_score]).any())
-    result = {
+    scores = None if ood_score is None else np.array([ood_score])
+    refused = bool(out_of_scope(rule, scores).any())
+    result: dict[str, Any] = {
         "class": OUT_OF_SCOPE if refused else rule.classes[int(labels[0])],
         "probabilities": {c: float(v) for c, v in zip(rule.classes, p[0], strict=True)},
         "decision": {
@@ -154,6 +155,7 @@ def answer(
         },
     }
     if rule.ood_threshold is not None:
+        assert ood_score is not None  # out_of_scope refuses a rule with a threshold and no score
         result["decision"].update(
             out_of_scope=refused,
             ood_score=float(ood_score),
