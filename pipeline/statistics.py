@@ -341,26 +341,11 @@ def temperature_decision(
         "bounds": [float(b) for b in bounds],
     }
     if _runs_to_lower_bound(y, proba, temperature, bounds[0]):
-        right = int((proba.argmax(1) == y).sum())
-        return {
-            **record,
-            "temperature": float(bounds[0]),
-            "applied": False,
-            "reason": f"not applied: the fit runs to the lower bound T={bounds[0]:g} "
-            f"(evaluate.temperature_range) and would sharpen further ({right} of {len(y)} "
-            "validation images have their true class on top): validation cannot say how sharp "
-            "the probabilities should be, so the raw ones are served",
-        }
+        return {**record, **_lower_bound_refusal(y, proba, bounds[0])}
     if n_groups < 2:
         return {**record, "applied": False, "reason": "fewer than two groups to cross-validate"}
-    fold_of = np.random.default_rng(seed).permutation(n_groups)[codes] % min(folds, n_groups)
-    after = 0.0
-    for f in np.unique(fold_of):
-        held = fold_of == f
-        t = metrics.fit_temperature(y[~held], proba[~held], bounds)
-        scored = metrics.apply_temperature(proba[held], t)
-        after += metrics.negative_log_likelihood(y[held], scored) * held.sum()
-    before, after = metrics.negative_log_likelihood(y, proba), float(after / len(y))
+    before = metrics.negative_log_likelihood(y, proba)
+    after = _out_of_fold_nll(y, proba, codes, bounds, folds, seed)
     applied = before - after >= min_improvement
     verdict = "applied" if applied else "not applied"
     return {
@@ -372,6 +357,40 @@ def temperature_decision(
         "reason": f"{verdict}: cross-validated NLL {before:.4f} -> {after:.4f} "
         f"(gain {before - after:+.4f}, required {min_improvement:.4f})",
     }
+
+
+def _lower_bound_refusal(y: np.ndarray, proba: np.ndarray, low: float) -> dict[str, Any]:
+    """The record of a fit that ran to the lower bound: not served, and why."""
+    right = int((proba.argmax(1) == y).sum())
+    return {
+        "temperature": float(low),
+        "applied": False,
+        "reason": f"not applied: the fit runs to the lower bound T={low:g} "
+        f"(evaluate.temperature_range) and would sharpen further ({right} of {len(y)} "
+        "validation images have their true class on top): validation cannot say how sharp "
+        "the probabilities should be, so the raw ones are served",
+    }
+
+
+def _out_of_fold_nll(
+    y: np.ndarray,
+    proba: np.ndarray,
+    codes: np.ndarray,
+    bounds: tuple[float, float],
+    folds: int,
+    seed: int,
+) -> float:
+    """Mean NLL per image, each fold of groups (`codes`) scored with the temperature fitted on
+    the other folds."""
+    n_groups = int(codes.max()) + 1
+    fold_of = np.random.default_rng(seed).permutation(n_groups)[codes] % min(folds, n_groups)
+    total = 0.0
+    for f in np.unique(fold_of):
+        held = fold_of == f
+        t = metrics.fit_temperature(y[~held], proba[~held], bounds)
+        scored = metrics.apply_temperature(proba[held], t)
+        total += metrics.negative_log_likelihood(y[held], scored) * held.sum()
+    return float(total / len(y))
 
 
 def _runs_to_lower_bound(y: np.ndarray, proba: np.ndarray, fitted: float, low: float) -> bool:
