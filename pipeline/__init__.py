@@ -1,1 +1,72 @@
-"""Breast-ultrasound tumour classification pipeline: one module per DVC stage plus shared parts."""
+"""Breast-ultrasound tumour classification pipeline: one module per DVC stage plus shared parts.
+
+A map of the package: the stages in the order `dvc repro` runs them, the commands that act on
+what they made, then the shared parts grouped by concern. Each stage is `python -m
+pipeline.<module>` with a `run(params)` that tests call and a thin `main(argv)`.
+
+Stages (dvc.yaml)
+    demo_data     the synthetic demo set, data/raw/synthetic-demo/ (images drawn by `synthetic`)
+    prepare       data.raw_dir -> data/prepared/ (checked images, manifest, splits), reports/data/
+    augment       the train split -> data/augmented/ (class-balanced, seeded copies)
+    train         stages train_densenet, train_resnet: models/<arch>/, reports/train/<arch>/, a run
+    evaluate      both models on val and test: reports/evaluate/ (test looks go to the ledger)
+    select        the winner on validation -> models/selected/ (the release), card, @challenger
+
+Commands after the pipeline (Makefile targets)
+    promote       @challenger -> @champion through the gate on unseen test images; rollback
+    serve         the local service and page for one release (serving/app)
+    predict       batch scorer: a folder or CSV of images -> predictions.csv
+    monitor       the prediction log against the release's reference: drift report
+    export        a release as ONNX
+    package       the champion's release and score.py, for an Azure ML deployment
+
+Running a stage
+    config        params.yaml -> frozen dataclasses, validated once (the one source of truth)
+    cli           the `main(argv)` every stage shares: a user error is one line and exit code 2
+    errors        UserError, the one exception type for user mistakes
+    terminal      what a stage prints (library start-up chatter off unless VERBOSE=1)
+    files         atomic writes: staged folders, JSON, a temp file then a rename
+Data in (prepare)
+    layouts       where images, labels and masks are in whatever data.raw_dir holds
+    images        one image file: decode, validate, convert to 8-bit RGB, fit to a square, PNG
+    dicom         one DICOM file -> the same 8-bit image, plus patient and study ids (prepare
+                  salts and hashes them before any use)
+    curation      the exclusion list (data.exclude)
+    duplicates    exact and near-duplicate groups, and label conflicts inside them
+    splits        stratified, grouped train / val / test from a seed
+    synthetic     draws one ultrasound-like case from a seed (for demo_data and ood_sets)
+    copies        edited copies of an image, for bench/duplicates.py's recall figures
+Data to the model (train)
+    datasets      the prepared and augmented sets as arrays (load_set), paths of data/
+    augmentation  the random transforms: flip, rotation, zoom, contrast, brightness, speckle
+    batches       TrainBatches: shuffled, on-the-fly augmented uint8 batches for model.fit
+    backbones     DenseNet121 / ResNet50 classifiers, resizing and preprocessing inside the model
+    environment   the exact pip requirements a logged model asks for
+Measuring (evaluate, select, promote)
+    metrics       classification metrics from probabilities, with group bootstrap intervals
+    statistics    operating point, calibration, temperature, paired tests, the promotion gate
+    subgroups     evaluation subgroups from what the manifest records
+    ood_sets      out-of-distribution images a model must refuse, from a seed
+    cam           class activation maps (evaluate's figures, the page's heat maps)
+    plots         figures (PNG) and the tables behind `dvc plots` (CSV)
+    ledger        every computation of test metrics, recorded in MLflow and counted
+    model_card    reports/model_card.md, also the registry version's description
+Tracking and registry
+    tracking      where the MLflow store is; run names and tags (DVC stage, experiment, data)
+    registry      register a run's model, move aliases, tag versions
+Serving
+    serving/      everything a release needs at answer time (its own map is in
+                  serving/__init__.py); it imports only images, dicom, cam, environment and
+                  files from above, so that folder is what ships with a model
+
+Names easy to confuse
+    augment / augmentation    the stage that writes data/augmented/ / the transforms it and
+                              batches apply
+    demo_data / synthetic     the stage that writes the demo folder / the drawing of one case
+    serve / serving/          the command that starts the local service / the package every
+                              surface (service, MLflow pyfunc, Azure score.py, predict) answers with
+    layouts / images / datasets / batches
+                              raw folder -> file list / one file -> array / prepared manifest ->
+                              arrays / arrays -> training batches
+    metrics / statistics      what a model scores / whether the difference or bound can be trusted
+"""
