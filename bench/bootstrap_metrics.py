@@ -53,6 +53,8 @@ def sklearn_loop(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.nd
 
 
 def main() -> int:
+    """Time the bootstrap intervals on a test split's worth of random predictions and print the
+    figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=120, help="predictions (a BUSI test split: ~120)")
     parser.add_argument("--resamples", type=int, default=500)

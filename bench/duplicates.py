@@ -24,11 +24,13 @@ SETTINGS = {"phash_threshold": 6, "min_inliers": 25, "min_correlation": 0.8, "pe
 
 
 def busi_originals() -> list[Image.Image]:
+    """The BUSI sample's scans (masks left out), when the sample folder is there."""
     files = sorted(p for p in BUSI_SAMPLE.glob("*/*.png") if "_mask" not in p.name)
     return [Image.open(p).convert("RGB") for p in files]
 
 
 def synthetic_originals(n: int, size: int) -> list[Image.Image]:
+    """`n` synthetic scans of side `size`, classes in turn, from fixed seeds (reproducible)."""
     labels = synthetic.CLASSES
     return [
         Image.fromarray(
@@ -41,6 +43,8 @@ def synthetic_originals(n: int, size: int) -> list[Image.Image]:
 
 
 def run(name: str, originals: list[Image.Image]) -> None:
+    """Print recall per edit, false merges and time: keypoints against the hash alone, on
+    `originals`."""
     case = copies.make_case(originals, list(copies.EDITS), seed=0)
     n = len(case.images)
     start = time.perf_counter()
@@ -75,6 +79,7 @@ def run(name: str, originals: list[Image.Image]) -> None:
 
 
 def main() -> None:
+    """Run the benchmark on the synthetic scans, and on the BUSI sample when it is present."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic", type=int, default=500, help="synthetic originals")
     parser.add_argument("--size", type=int, default=500, help="synthetic scan side in pixels")

@@ -95,6 +95,8 @@ def deficit_for(target: float, discordance: float) -> float:
 
 
 def main() -> None:
+    """Simulate promotions per case and print how often each gate promotes a worse or better
+    model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=300, help="simulated promotions per case")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples per gate")

@@ -65,6 +65,7 @@ def timed(call: Callable[[], object], repeats: int) -> np.ndarray:
 
 
 def figures(one: np.ndarray, batch: np.ndarray | None) -> dict[str, float]:
+    """Median and 99th percentile of one-image times (ms), and batch-of-32 throughput (images/s)."""
     result = {"p50": float(np.percentile(one, 50)), "p99": float(np.percentile(one, 99))}
     result["images_s"] = BATCH / (float(np.median(batch)) / 1000) if batch is not None else np.nan
     return result
@@ -114,6 +115,7 @@ def in_process(folder: Path, png: bytes, repeats: int, batches: int) -> dict[str
 
 
 def post(connection: http.client.HTTPConnection, png: bytes) -> None:
+    """POST one PNG to /predict and fail on anything but 200, so a broken server is not timed."""
     connection.request(
         "POST", "/predict", body=png, headers={"Content-Type": "application/octet-stream"}
     )
@@ -166,6 +168,7 @@ def environment_sizes() -> dict[str, float | None]:
 
 
 def report(size: int, rows: dict[str, dict]) -> None:
+    """Print one image size's table, and each engine's own cost against the service's."""
     print(f"\n{size} px: {'':16} {'p50 ms':>9} {'p99 ms':>9} {'batch-32 img/s':>15}")
     for label, row in rows.items():
         print(f"  {label:22} {row['p50']:9.2f} {row['p99']:9.2f} {row['images_s']:15.1f}")
@@ -184,6 +187,7 @@ def report(size: int, rows: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the Keras and ONNX engines, alone and behind the service, at each size."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="densenet121", choices=["densenet121", "resnet50"])
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 64])

@@ -36,6 +36,7 @@ CLASSES = ["benign", "malignant", "normal"]
 
 
 def demo_png() -> bytes:
+    """A synthetic 256-pixel scan as PNG bytes: a realistic upload that needs no data."""
     from pipeline import synthetic
 
     image, _ = synthetic.render_case("malignant", synthetic.case_rng(0, "malignant", 0), 256)
@@ -45,6 +46,7 @@ def demo_png() -> bytes:
 
 
 def free_port() -> int:
+    """A port the OS says is free on loopback, for the server under test."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -80,6 +82,7 @@ def start_server(model: str, port: int, extra: tuple[str, ...] = ()) -> subproce
 
 
 def post_loop(port: int, body: bytes, until: float, latencies: list, errors: list) -> None:
+    """One client: POST `body` until `until`, recording each latency (s) or error."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": "application/octet-stream"}
     while time.monotonic() < until:
@@ -100,6 +103,7 @@ def post_loop(port: int, body: bytes, until: float, latencies: list, errors: lis
 
 
 def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
+    """Latency percentiles and throughput of `clients` concurrent clients for `seconds`."""
     latencies: list[float] = []
     errors: list = []
     until = time.monotonic() + seconds
@@ -150,6 +154,7 @@ def raw_predict_ms(model_source: str, body: bytes, runs: int) -> tuple[float, fl
 
 
 def main() -> int:
+    """Start the service on loopback, load it, and compare with the raw model.predict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model", help="a serve --model source (default: a fresh untrained ResNet50)"

@@ -23,6 +23,9 @@ from pipeline.files import staged_dir
 
 
 def run(params: Params) -> dict[str, int]:
+    """Write the class-balanced, seeded augmented copies of the train split to data/augmented/.
+
+    Only the train split: validation and test stay as prepared, so they measure real images."""
     frame = read_manifest(PREPARED_DIR / "manifest.csv")
     train = frame[frame["split"] == "train"].sort_values("path")
     counts = {label: int((train["label"] == label).sum()) for label in params.classes}
@@ -54,6 +57,7 @@ def run(params: Params) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `augment` stage's command line (dvc.yaml); a user error is one line and exit code 2."""
     return stage_main(__doc__, run, argv)
 
 

@@ -195,4 +195,5 @@ def set_backbone_trainable(
 
 
 def freeze_backbone(model: keras.Model) -> None:
+    """Freeze the whole backbone for the warm-up phase, so only the new head learns at first."""
     model.get_layer("backbone").trainable = False

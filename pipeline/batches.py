@@ -77,5 +77,7 @@ class TrainBatches(keras.utils.PyDataset):
         return batch, self.onehot[rows]
 
     def on_epoch_end(self) -> None:
+        """Reshuffle between epochs (Keras calls this), so each epoch sees a new order and new
+        draws."""
         self.epoch += 1
         self._shuffle()

@@ -24,7 +24,7 @@ PREDICTIONS = "predictions"
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """image -> (backbone feature map, class probabilities), sharing the model's layers.
+    """Image -> (backbone feature map, class probabilities), sharing the model's layers.
 
     Assumes pipeline.backbones' shape: a chain of single-input top-level layers (resize,
     preprocess, backbone, pool, dropout, predictions). Dropout is inactive at inference.

@@ -23,6 +23,8 @@ ARCHS = ("densenet121", "resnet50")
 
 @dataclass(frozen=True)
 class DemoParams:
+    """`demo:` in params.yaml: the synthetic demo set `demo_data` draws."""
+
     out_dir: str = "data/raw/synthetic-demo"
     images: int = 420
     size: int = 128
@@ -30,6 +32,8 @@ class DemoParams:
 
 @dataclass(frozen=True)
 class DataParams:
+    """`data:` in params.yaml: where the raw images are and how patients are grouped."""
+
     raw_dir: str = "data/raw/synthetic-demo"
     exclude: str = "data/exclude.csv"  # path,reason (path may be a glob): left out before splitting
     group_column: str | None = None  # CSV patient/study column (None: patient_id / study_id)
@@ -38,6 +42,9 @@ class DataParams:
 
 @dataclass(frozen=True)
 class PrepareParams:
+    """`prepare:` in params.yaml: image size, split fractions and the duplicate detector's
+    limits."""
+
     image_size: int = 64
     keep_aspect: bool = True
     val_fraction: float = 0.15
@@ -56,6 +63,8 @@ class PrepareParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
+    """`augment:` in params.yaml: how many train images per class and the random transforms."""
+
     target_per_class: int | Literal["max"] = "max"
     flip: bool = True
     rotation_deg: float = 10.0
@@ -67,12 +76,16 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class ModelParams:
+    """`model:` in params.yaml: the backbone's starting weights and the head's dropout."""
+
     weights: str | None = None
     dropout: float = 0.2
 
 
 @dataclass(frozen=True)
 class ArchParams:
+    """`train.<arch>:` in params.yaml: one backbone's warm-up and fine-tuning schedule."""
+
     warmup_epochs: int = 0
     epochs: int = 5
     learning_rate: float = 1e-3
@@ -82,6 +95,9 @@ class ArchParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    """`train:` in params.yaml: what both backbones share (batch, optimizer, schedule, early
+    stop)."""
+
     batch_size: int = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["constant", "cosine"] = "constant"
@@ -98,6 +114,8 @@ class TrainParams:
     resnet50: ArchParams = field(default_factory=ArchParams)
 
     def arch(self, name: str) -> ArchParams:
+        """The schedule of backbone `name`; UserError naming --arch and the choices for an unknown
+        one."""
         if name not in ARCHS:
             raise UserError(f"--arch: unknown architecture {name!r}; choose one of {list(ARCHS)}")
         return getattr(self, name)
@@ -105,6 +123,8 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    """`evaluate:` in params.yaml: bootstrap, operating point, calibration and figure counts."""
+
     bootstrap: int = 500
     target_sensitivity: float = 0.9
     samples_per_class: int = 4
@@ -122,6 +142,9 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class SelectParams:
+    """`select:` in params.yaml: the metric that picks the winner, and the registry name and
+    alias."""
+
     metric: str = "macro_f1"
     model_name: str = "tumor-classifier"
     alias: str = "challenger"
@@ -159,6 +182,9 @@ class MonitorParams:
 
 @dataclass(frozen=True)
 class MlflowParams:
+    """`mlflow:` in params.yaml: the experiment the runs go to, and whether system metrics are
+    sampled."""
+
     experiment: str = "busi-tumor-classification"
     # CPU, memory (and GPU where present) sampled during training into the run's system/*
     # metrics: off by default, since the sampler thread costs a little on small CPU machines.
@@ -167,6 +193,8 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class Params:
+    """The whole of params.yaml, validated once by `load_params`: the one source of truth."""
+
     seed: int = 42
     classes: tuple[str, ...] = ("benign", "malignant", "normal")
     demo: DemoParams = field(default_factory=DemoParams)

@@ -83,6 +83,7 @@ def brightness_contrast(image: Image.Image, rng: np.random.Generator) -> Image.I
 
 
 def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A low-quality JPEG re-encoding (quality 40 to 69), as a copy saved by another viewer."""
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(40, 70)))
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
@@ -142,12 +143,15 @@ def make_case(originals: Sequence[Image.Image], edits: Sequence[str], seed: int)
 
 @dataclass(frozen=True)
 class Score:
+    """The duplicate detector's recall per edit and its false merges, on one `Case`."""
+
     recall: dict[str, float]  # per edit: copies grouped with their original
     false_pairs: int  # pairs of different originals that ended in one group
     distinct_pairs: int  # pairs of different originals
 
     @property
     def false_pair_rate(self) -> float:
+        """Share of pairs of different originals wrongly joined (0 when there are none)."""
         return self.false_pairs / self.distinct_pairs if self.distinct_pairs else 0.0
 
 

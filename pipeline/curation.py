@@ -24,6 +24,8 @@ FIX = "a CSV whose first line is `path,reason` (commit it with only that line to
 
 @dataclass(frozen=True)
 class Rule:
+    """One row of the exclusion list: what to leave out, why, and where the rule is."""
+
     pattern: str  # a source name or a glob over source names
     reason: str
     line: int  # in the CSV, for the report of rules that matched nothing

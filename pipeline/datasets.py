@@ -32,6 +32,8 @@ class ImageSet:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest CSV as strings (no NaN guessing); UserError naming the file and `dvc repro` when
+    missing."""
     if not path.is_file():
         raise UserError(
             f"{path}: manifest not found; run the stage that makes it first (dvc repro)"
@@ -55,6 +57,7 @@ def load_set(folder: Path, classes: tuple[str, ...], split: str | None = None) -
 
 
 def read_rgb(path: Path) -> np.ndarray:
+    """A prepared PNG as an RGB array; UserError naming the file when it cannot be read."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path}: cannot read image; rerun `dvc repro` to rebuild the data")

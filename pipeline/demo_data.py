@@ -32,6 +32,7 @@ def run(params: Params) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `demo_data` stage's command line (dvc.yaml); a user error is one line and exit code 2."""
     return stage_main(__doc__, run, argv)
 
 

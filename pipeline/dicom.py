@@ -121,6 +121,10 @@ def read_identity(path: str | Path) -> Identity | None:
 
 
 def identity(ds: Any) -> Identity:
+    """The patient, study and instance ids of a DICOM dataset, None where absent or blank.
+
+    Raw ids: prepare salts and hashes them before any use and never writes them as they are."""
+
     def text(keyword: str) -> str | None:
         value = str(ds.get(keyword, "") or "").strip()
         return value or None

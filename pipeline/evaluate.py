@@ -64,6 +64,10 @@ class SplitFacts:
 
 
 def run(params: Params) -> dict:
+    """Evaluate both models on validation and test, write reports/evaluate/, and record the test
+    look.
+
+    Validation figures drive the choice in `select`; test figures are written once, beside them."""
     inputs = {arch: _require_inputs(arch) for arch in ARCHS}
     data = {split: _load_split(split, params.classes) for split in SPLITS}
     manifest = read_manifest(PREPARED_DIR / "manifest.csv")
@@ -704,6 +708,7 @@ def _safe_name(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `evaluate` stage's command line (dvc.yaml); a user error is one line and exit code 2."""
     return stage_main(__doc__, run, argv)
 
 

@@ -62,7 +62,7 @@ def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
 
 
 def _serving_graph(model: keras.Model) -> keras.Model:
-    """image -> (pooled features, probabilities), the model's own layers, frozen for inference."""
+    """Image -> (pooled features, probabilities), the model's own layers, frozen for inference."""
     import keras
 
     names = [layer.name for layer in model.layers]
@@ -129,6 +129,7 @@ def export_release(folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make export-onnx`: model.onnx beside model.keras in a release folder (or --keras/--out)."""
     p = argparse.ArgumentParser(
         prog="python -m pipeline.export", description=__doc__.split("\n")[0]
     )

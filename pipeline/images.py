@@ -45,6 +45,8 @@ class RejectedImage(Exception):
 
 @dataclass(frozen=True)
 class Decoded:
+    """A validated, decoded image and what the file was before conversion (for the manifest)."""
+
     image: Image.Image  # 8-bit RGB (or 8-bit grey `L` when asked), EXIF orientation applied
     mode: str  # the file's original Pillow mode (`RGB`, `L`, `I;16`, `CMYK`, ...)
     width: int  # original size in pixels

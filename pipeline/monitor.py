@@ -153,6 +153,8 @@ def _histogram(reference: pd.Series, window: pd.Series, name: str) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`make monitor`: the drift report; exit code 1 when drift is found, so a scheduler can
+    alert."""
     p = argparse.ArgumentParser(
         prog="python -m pipeline.monitor", description=__doc__.split("\n")[0]
     )

@@ -100,6 +100,9 @@ def _for_onnx_runtime(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make package-azure`: build/azure/ for the champion; a user error is one line, exit code
+    2."""
+
     def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--engine",

@@ -28,6 +28,7 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> None:
 
 
 def save_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a table for `dvc plots` atomically, with LF line ends on every platform."""
     write_text(path, frame.to_csv(index=False, lineterminator="\n"))
 
 

@@ -69,6 +69,7 @@ def read_image(path: Path, limits: Limits) -> Any:
 
 
 def columns(classifier: Classifier) -> list[str]:
+    """The output CSV's columns for `classifier`: one probability column per class, in its order."""
     probs = [f"p_{name}" for name in classifier.classes]
     return [
         "path", "status", "class", "positive", *probs, "ood_score", "reason", "model_name",
@@ -77,6 +78,8 @@ def columns(classifier: Classifier) -> list[str]:
 
 
 def answer_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One answered image as a CSV row (probabilities to 8 decimals), in the shape `columns`
+    names."""
     row = {"path": name, "status": 200, "class": result["class"]}
     decision = result["decision"]
     row["positive"] = decision["positive"]  # empty when out of scope: no class, no flag
@@ -147,6 +150,8 @@ def _answer(pending: list[tuple[str, Any]], classifier: Classifier) -> list[dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`make predict`: score a folder or CSV of images into a CSV; a user error is one line and exit
+    code 2."""
     p = argparse.ArgumentParser(
         prog="python -m pipeline.predict", description=__doc__.splitlines()[0]
     )

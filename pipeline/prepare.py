@@ -177,6 +177,7 @@ def _move_into_place(out: Path, rows: list[dict[str, Any]], kept: list[Item]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `prepare` stage's command line (dvc.yaml); a user error is one line and exit code 2."""
     return stage_main(__doc__, run, argv)
 
 

@@ -73,6 +73,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Decision:
+    """The gate's verdict on the challenger, with the evidence written to reports/promotion.json."""
+
     promoted: bool
     reason: str
     challenger: str
@@ -178,6 +180,10 @@ def served_metrics(y: np.ndarray, decided: np.ndarray, positive: int, k: int) ->
 
 
 def promote(params: Params) -> Decision:
+    """Move @champion to the @challenger version if it passes the gates on unseen test images.
+
+    The verdict and its evidence are recorded either way; a refusal leaves @champion where it
+    was."""
     name, p = params.select.model_name, params.promote
     challenger = registry.version_by_alias(name, params.select.alias)
     if challenger is None:
@@ -320,6 +326,7 @@ def rollback(params: Params) -> str:
 
 
 def run(params: Params, action: str = "promote") -> Decision | str:
+    """Promote (the default) or roll back, after pointing MLflow at the project's store."""
     if action not in ACTIONS:
         raise UserError(f"action: expected one of {list(ACTIONS)}, got {action!r}")
     tracking.setup(params.mlflow.experiment)
@@ -391,6 +398,8 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make promote` / `make rollback`; a user error is one line and exit code 2."""
+
     def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("action", nargs="?", default="promote", choices=ACTIONS)
 

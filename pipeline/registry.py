@@ -31,10 +31,13 @@ def next_version(name: str) -> str:
 
 
 def delete_version(name: str, version: str) -> None:
+    """Remove a registered version: select drops one that got another number than its release
+    records."""
     MlflowClient().delete_model_version(name, str(version))
 
 
 def version_description(name: str, version: str) -> str:
+    """A version's description (its model card), empty when it has none."""
     return MlflowClient().get_model_version(name, str(version)).description or ""
 
 

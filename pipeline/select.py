@@ -102,6 +102,10 @@ def decision_rule(val: dict[str, Any], classes: tuple[str, ...], manifest: str) 
 
 
 def run(params: Params) -> dict:
+    """Choose the winner on validation metrics, write the release and the model card, and register
+    it.
+
+    Test figures play no part in the choice: they are reported once, after it."""
     metrics = {arch: _read_json(EVALUATE_DIR / arch / "metrics.json") for arch in ARCHS}
     winner, reason = choose(metrics, params.select.metric)
     run_id = _read_json(Path("models") / winner / "run.json")["run_id"]
@@ -303,6 +307,7 @@ def _read_json(path: Path, required: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `select` stage's command line (dvc.yaml); a user error is one line and exit code 2."""
     return stage_main(__doc__, run, argv)
 
 

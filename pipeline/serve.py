@@ -21,6 +21,8 @@ from pipeline.serving.uploads import Limits
 
 
 def parser() -> argparse.ArgumentParser:
+    """The service's options; the model defaults to $MODEL, then params' registry name and champion
+    alias."""
     default = os.environ.get("MODEL") or default_model_uri()
     p = argparse.ArgumentParser(
         prog="python -m pipeline.serve", description=__doc__.splitlines()[0]
@@ -57,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`make serve`: load the release and serve the page and the API; a bad model source is one line
+    and exit code 2."""
     args = parser().parse_args(argv)
     try:
         classifier = load_classifier(

@@ -509,6 +509,7 @@ class NonInferiority:
     n_bootstrap: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data, for reports/promotion.json and the version's tags."""
         return asdict(self)
 
 

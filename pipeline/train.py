@@ -56,9 +56,12 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.val, self.n_train, self.batch_size = val, n_train, batch_size
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the epoch's clock (the epoch time is logged with the metrics)."""
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Validation loss, accuracy and macro-F1, the learning rate and the epoch's time into the
+        logs, where early stopping and MLflow read them."""
         logs = logs if logs is not None else {}
         seconds = time.perf_counter() - self.started
         proba = _predict(self.model, self.val.images, self.batch_size)
@@ -91,6 +94,7 @@ class BestWeights(keras.callbacks.Callback):
         self.weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Keep the weights of the best epoch so far by the monitored metric."""
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return
@@ -100,6 +104,7 @@ class BestWeights(keras.callbacks.Callback):
             self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
 
     def restore(self) -> None:
+        """Put the best epoch's weights back (no-op when no epoch was finite)."""
         if self.weights is not None:
             self.model.set_weights(self.weights)
 
@@ -109,6 +114,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     numbered across phases."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Log the epoch's metrics to the active MLflow run, with the epoch as the step."""
         mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
 
 
@@ -495,6 +501,9 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line of the `train_densenet` and `train_resnet` stages (--arch); a user error is
+    one line and exit code 2."""
+
     def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arch", required=True, choices=ARCHS)
 

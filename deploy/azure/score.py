@@ -43,6 +43,7 @@ CHUNK = 64 * 1024
 
 
 def init() -> None:
+    """Azure ML's start hook: load the release once and open the data collector."""
     global classifier, collection
     root = Path(os.environ.get("AZUREML_MODEL_DIR", "model"))
     classifier = load_classifier(root, engine=os.environ.get("SERVING_ENGINE", "keras"))
@@ -54,6 +55,7 @@ def init() -> None:
 
 
 def error(status: int, reason: str, headers: dict[str, str] | None = None) -> AMLResponse:
+    """A JSON error answer `{error, status}` with extra headers, as the local service gives."""
     response = AMLResponse({"error": reason, "status": status}, status, json_str=True)
     for key, value in (headers or {}).items():
         response.headers[key] = value
@@ -62,6 +64,10 @@ def error(status: int, reason: str, headers: dict[str, str] | None = None) -> AM
 
 @rawhttp
 def run(request):
+    """Azure ML's request hook: answer a POSTed image as the local service would.
+
+    The same limits, decoding and answer as `pipeline.serving`; inputs and outputs go to the data
+    collector without the image."""
     if request.method != "POST":
         return error(405, "POST an image to /score", {"Allow": "POST"})
     if request.content_length is not None and request.content_length > LIMITS.max_bytes:

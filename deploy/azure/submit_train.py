@@ -43,6 +43,8 @@ def summary(job) -> dict:
 
 
 def submit(job, stream: bool) -> int:
+    """Submit the job to the workspace the environment names; with `stream`, follow it to its
+    end."""
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
@@ -64,6 +66,7 @@ def submit(job, stream: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make train-azure`: the training job from train-job.yml with the overrides given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", default=str(JOB_FILE))
     parser.add_argument("--compute", help="azureml:<cluster> (default: the YAML's)")

@@ -12,6 +12,8 @@ from azure.ai.ml import load_online_deployment, load_online_endpoint
 
 
 def main(folder: str) -> int:
+    """Load endpoint.yml and deployment.yml with azure-ai-ml's own loaders, offline; 1 when
+    invalid."""
     root = Path(folder)
     try:
         endpoint = load_online_endpoint(source=root / "endpoint.yml")

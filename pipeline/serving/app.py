@@ -91,6 +91,8 @@ _ERROR = {
 
 @dataclass(frozen=True)
 class ServiceSettings:
+    """The service's limits and options, fixed at start (upload limits, heat maps, queue, log)."""
+
     limits: Limits = Limits()
     heatmaps: bool = True
     max_concurrent: int = 2  # inferences at once: about the cores a CPU host gives the model
@@ -116,6 +118,9 @@ class Admission:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
+        """Hold one inference slot while the body runs; Saturated (503) when the queue is full.
+
+        A bounded queue answers an overloaded service with a quick 503 instead of a growing wait."""
         if self.inside >= self.capacity:
             raise Saturated
         self.inside += 1

@@ -40,6 +40,8 @@ ONNX_FILE = "model.onnx"  # written beside model.keras by pipeline.export
 
 @dataclass
 class Classifier:
+    """An engine and the release it came from: every surface answers through this one object."""
+
     engine: KerasEngine | OnnxEngine
     release: Release
 
@@ -53,6 +55,7 @@ class Classifier:
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """The class names in the model's output order, from the release's rule."""
         return self.release.rule.classes
 
     def describe(self, probabilities: np.ndarray, ood_score: float | None = None) -> dict[str, Any]:
@@ -86,6 +89,7 @@ class Classifier:
         return self.answer_batch(np.stack([self.engine.prepare(image) for image in images]))
 
     def predict(self, image: Image.Image | np.ndarray) -> dict[str, Any]:
+        """The answer for one decoded image (a batch of one through `predict_many`)."""
         return self.predict_many([image])[0]
 
     def health(self) -> dict[str, Any]:

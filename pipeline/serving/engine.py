@@ -72,12 +72,14 @@ class KerasEngine(_Fitting):
 
     @classmethod
     def load(cls, path: Path) -> KerasEngine:
+        """Load model.keras for inference (not compiled: serving needs no optimizer)."""
         import keras  # here, not at import: the ONNX engine must not pull in Keras
 
         return cls(keras.saving.load_model(path, compile=False))
 
     @property
     def n_outputs(self) -> int:
+        """Number of classes the model outputs, to check the release's rule against."""
         return int(self.model.outputs[0].shape[-1])
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -148,6 +150,7 @@ class OnnxEngine(_Fitting):
 
     @property
     def n_outputs(self) -> int:
+        """Number of classes the graph outputs, to check the release's rule against."""
         return int(self.session.get_outputs()[1].shape[-1])
 
     def pooled_and_probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ class OodStatistics:
 
     @property
     def dimensions(self) -> int:
+        """Length of the pooled feature vector the statistics were fitted on."""
         return int(np.shape(self.means)[1])
 
     def scores(self, pooled: np.ndarray) -> np.ndarray:
@@ -70,6 +71,7 @@ class OodStatistics:
 
     @classmethod
     def load(cls, path: Path) -> OodStatistics:
+        """The statistics `save` wrote next to the model in a release folder."""
         with np.load(path) as data:
             return cls(data["means"], data["precision"])
 

@@ -108,6 +108,8 @@ class PredictionLog:
         self._day: str | None = None
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append one answer to the day's CSV (thread-safe); ValueError on a column the log does not
+        have."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"prediction log: unknown columns {sorted(unknown)}")
@@ -176,6 +178,7 @@ def _cell(value: Any) -> str:
 
 
 def read_reference(path: Path) -> list[dict[str, Any]]:
+    """The reference rows (validation answers) a release ships for the drift monitor."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 

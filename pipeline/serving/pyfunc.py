@@ -49,12 +49,16 @@ class ServingModel(PythonModel):
     """What `mlflow.pyfunc.load_model` wraps: decode, answer with the release's own rule."""
 
     def load_context(self, context: Any) -> None:
+        """Load the release from the model's artifacts once, when MLflow loads the model."""
         self.classifier: Classifier = load_classifier(context.artifacts[RELEASE_ARTIFACT])
         self.limits = Limits.from_env()
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
+        """Answer each row's image (base64 or bytes) with the release's rule, one row per image.
+
+        A bad image fails the whole call with MLflow's INVALID_PARAMETER_VALUE and the reason."""
         try:
             decoded = [decode_upload(_bytes(value), self.limits) for value in _column(model_input)]
         except InvalidInput as exc:

@@ -51,6 +51,8 @@ class NotARelease(ValueError):
 
 @dataclass(frozen=True)
 class Release:
+    """A released model folder: the model file, its decision rule, provenance and OOD statistics."""
+
     folder: Path
     rule: DecisionRule
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -59,10 +61,12 @@ class Release:
 
     @property
     def model_path(self) -> Path:
+        """Where the model file of this release is."""
         return self.folder / self.model_file
 
     @property
     def synthetic(self) -> bool:
+        """True when the model was trained on the synthetic demo data (every surface says so)."""
         return bool(self.provenance.get("synthetic_data", False))
 
     def trained_on(self) -> frozenset[str]:

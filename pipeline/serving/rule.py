@@ -58,10 +58,12 @@ class DecisionRule:
             raise ValueError(f"{OUT_OF_SCOPE!r} is the refusal, not a class name")
 
     def to_dict(self) -> dict[str, Any]:
+        """The rule as JSON-ready data, as release.json stores it."""
         return {**asdict(self), "classes": list(self.classes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecisionRule:
+        """The rule from release.json; keys this version does not know are ignored."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
