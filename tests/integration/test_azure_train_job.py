@@ -39,7 +39,8 @@ def test_the_training_job_loads_offline_with_its_gpu_compute_data_and_jax():
     result = check(AZURE / "train-job.yml")
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
-    assert job["type"] == "command" and job["compute"].startswith("azureml:")
+    assert job["type"] == "command"
+    assert job["compute"].startswith("azureml:")
     assert job["environment_variables"]["KERAS_BACKEND"] == "jax"
     assert job["inputs"]["raw"]["type"] == "uri_folder"
     assert job["inputs"]["raw"]["path"].startswith("azureml:")
@@ -56,7 +57,8 @@ def test_a_broken_training_job_is_refused(tmp_path):
     job["code"] = str(ROOT)
     (tmp_path / "train-job.yml").write_text(yaml.safe_dump(job))
     result = check(tmp_path / "train-job.yml")
-    assert result.returncode == 1 and "invalid:" in result.stderr
+    assert result.returncode == 1
+    assert "invalid:" in result.stderr
 
 
 def test_the_job_environment_pins_the_local_requirements_plus_cuda_only():
@@ -65,7 +67,8 @@ def test_the_job_environment_pins_the_local_requirements_plus_cuda_only():
     lines = (AZURE / "requirements-train.txt").read_text().splitlines()
     local = [line for line in lines if line.strip() and not line.startswith("#")]
     assert sorted(p.replace("jax[cuda12]==", "jax==") for p in pip) == sorted(local)
-    assert "jax[cuda12]==" in " ".join(pip) and all("==" in pin for pin in pip)
+    assert "jax[cuda12]==" in " ".join(pip)
+    assert all("==" in pin for pin in pip)
     assert not any(p.startswith(("tensorflow", "torch")) for p in pip)  # JAX only: small env
 
 

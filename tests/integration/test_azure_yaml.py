@@ -38,9 +38,11 @@ def loaded() -> dict:
 def test_endpoint_and_deployment_load_with_probes_limits_and_settings(loaded):
     deployment = loaded["deployment"]
     assert deployment["endpoint_name"] == loaded["endpoint"]["name"]
-    assert deployment["instance_count"] >= 1 and deployment["instance_type"]
+    assert deployment["instance_count"] >= 1
+    assert deployment["instance_type"]
     assert deployment["request_timeout_ms"] > 0
-    assert deployment["liveness_period"] and deployment["readiness_period"]
+    assert deployment["liveness_period"]
+    assert deployment["readiness_period"]
     assert deployment["scoring_script"] == "score.py"
     settings = deployment["environment_variables"]
     assert int(settings["WORKER_COUNT"]) == deployment["max_concurrent_requests_per_instance"]
@@ -66,7 +68,8 @@ def test_a_broken_deployment_yaml_is_refused(tmp_path):
     broken["instance_count"] = "two"
     (tmp_path / "deployment.yml").write_text(yaml.safe_dump(broken))
     result = validate(tmp_path)
-    assert result.returncode == 1 and "invalid:" in result.stderr
+    assert result.returncode == 1
+    assert "invalid:" in result.stderr
 
 
 def conda_and_requirements(conda_file: str, requirements_file: str) -> tuple[list, list]:
@@ -88,4 +91,5 @@ def test_the_onnx_conda_environment_pins_exactly_its_requirements_and_no_tensorf
     assert sorted(pip) == sorted(required)
     assert all("==" in pin for pin in pip)
     names = {pin.split("==")[0] for pin in pip}
-    assert "onnxruntime" in names and not names & {"tensorflow", "tensorflow-cpu", "keras"}
+    assert "onnxruntime" in names
+    assert not names & {"tensorflow", "tensorflow-cpu", "keras"}

@@ -117,16 +117,19 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
         assert run.data.tags["data_kind"] == "synthetic-demo"
         assert run.data.tags["git_commit"] != "unknown"
         # training runs carry validation; test lives in the ledger, one run per look
-        assert "val_macro_f1" in run.data.metrics and "test_macro_f1" not in run.data.metrics
+        assert "val_macro_f1" in run.data.metrics
+        assert "test_macro_f1" not in run.data.metrics
     ledger = client.get_experiment_by_name("busi-tumor-classification-test-ledger")
     looks = client.search_runs([ledger.experiment_id])
-    assert len(looks) == 2 and all("test_macro_f1" in r.data.metrics for r in looks)
+    assert len(looks) == 2
+    assert all("test_macro_f1" in r.data.metrics for r in looks)
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
     selection = json.loads((path / "reports/selection.json").read_text())
     release = json.loads((path / "models/selected/release.json").read_text())
     assert str(version.version) == release["provenance"]["version"]
     assert version.tags["arch"] == selection["winner"] == release["provenance"]["arch"]
-    assert "manifest_sha256" in version.tags and "val_macro_f1" in version.tags
+    assert "manifest_sha256" in version.tags
+    assert "val_macro_f1" in version.tags
     served = load_classifier("models:/tumor-classifier@challenger", tracking_uri=uri)
     assert served.release.rule.to_dict() == release["rule"]  # the rule travels in the model
 
@@ -266,5 +269,6 @@ def test_dvc_exp_show_of_the_sweep_fits_in_200_columns(sweep):
     command = ("dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", EXP_SHOW_DROP)
     shown = sh(*command, cwd=path, env=wide)
     assert all(name in shown for name in SWEEP), shown
-    assert "resnet50.f1" in shown and "train.resnet50.learning_rate" in shown
+    assert "resnet50.f1" in shown
+    assert "train.resnet50.learning_rate" in shown
     assert max(len(line) for line in shown.splitlines()) <= 200, shown

@@ -154,7 +154,7 @@ def azure_server(project, collector_sink):
 
 @pytest.fixture(scope="module")
 def azure_onnx_server(project):
-    """azmlinfsrv from the ONNX Runtime environment (no TensorFlow) on the --engine onnx package,
+    """Azmlinfsrv from the ONNX Runtime environment (no TensorFlow) on the --engine onnx package,
     with the settings its deployment.yml gives (SERVING_ENGINE=onnx)."""
     if not AZURE_ONNX_SERVER.is_file():
         pytest.skip("azmlinfsrv (ONNX) not installed: run `make azure-onnx-env`")
@@ -253,7 +253,8 @@ def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
 ):
     root, scans, _ = project
     packaged = root / "build" / "azure-onnx"
-    assert (packaged / "model" / "model.onnx").is_file() and (packaged / "conda-onnx.yml").is_file()
+    assert (packaged / "model" / "model.onnx").is_file()
+    assert (packaged / "conda-onnx.yml").is_file()
     assert not (packaged / "conda.yml").exists()
     reference = answers_over_http(service[0] + "/predict", scans)
     answers = answers_over_http(azure_onnx_server, scans)
@@ -264,7 +265,8 @@ def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
         for cls, p in theirs["probabilities"].items():
             assert abs(ours["probabilities"][cls] - p) <= 1e-4, (path.name, cls)
     status, answer, _ = post(azure_onnx_server, b"%PDF-1.7\n", "application/pdf")
-    assert status == 415 and answer["status"] == 415
+    assert status == 415
+    assert answer["status"] == 415
     heavy = AZURE_ONNX_SERVER.parent.parent / "lib"
     assert not list(heavy.glob("python*/site-packages/tensorflow*"))
     if AZURE_ML_PYTHON.is_file():  # the rewritten deployment.yml still loads with azure-ai-ml
@@ -274,14 +276,15 @@ def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
         )
         assert result.returncode == 0, result.stderr
         settings = json.loads(result.stdout)["deployment"]["environment_variables"]
-        assert settings["SERVING_ENGINE"] == "onnx" and "KERAS_BACKEND" not in settings
+        assert settings["SERVING_ENGINE"] == "onnx"
+        assert "KERAS_BACKEND" not in settings
 
 
 # --- refusals, surface by surface ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "body, content_type, status, words",
+    ("body", "content_type", "status", "words"),
     [
         (encode(np.zeros((200, 200, 3), np.uint8))[:60], "image/png", 400, "truncated"),
         (b"%PDF-1.7\n1 0 obj << >> endobj\n", "application/pdf", 415, "not a supported image"),
@@ -297,18 +300,21 @@ def test_azure_refuses_bad_input_with_a_4xx_and_a_reason(
 ):
     got, answer, _ = post(azure_server, body, content_type)
     assert got == status, answer
-    assert answer["status"] == status and words in answer["error"]
+    assert answer["status"] == status
+    assert words in answer["error"]
 
 
 def test_azure_takes_file_or_image_multipart_fields_and_says_allow_on_405(azure_server, project):
     image = project[1][0].read_bytes()
     for field in ("file", "image"):
         status, answer, _ = post(azure_server, *multipart(field, image))
-        assert status == 200 and answer["class"], answer
+        assert status == 200, answer
+        assert answer["class"], answer
     request = urllib.request.Request(azure_server, method="GET")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
+    assert refused.value.code == 405
+    assert refused.value.headers["Allow"] == "POST"
 
 
 def test_azure_stops_reading_a_chunked_json_body_at_the_limit(azure_server):
@@ -392,5 +398,6 @@ def test_the_azure_package_validates_and_ships_the_release_and_only_serving_code
     shipped = {
         p.relative_to(packaged / "code").as_posix() for p in (packaged / "code").rglob("*.py")
     }
-    assert "score.py" in shipped and "pipeline/serving/classifier.py" in shipped
+    assert "score.py" in shipped
+    assert "pipeline/serving/classifier.py" in shipped
     assert not {"pipeline/config.py", "pipeline/train.py", "pipeline/tracking.py"} & shipped

@@ -97,9 +97,8 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     page.wait_for_function(
         "document.getElementById('model-info').textContent.includes('version 5')", timeout=30_000
     )
-    assert page.locator("#notice").is_visible() and "Research use only" in page.inner_text(
-        "#notice"
-    )
+    assert page.locator("#notice").is_visible()
+    assert "Research use only" in page.inner_text("#notice")
     assert page.locator("#synthetic-note").is_visible()
 
     page.set_input_files("#file", str(demo_image))
@@ -121,7 +120,8 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     assert not heat.is_visible()  # off by default: the scan comes first
     assert page.locator("#heat-controls .ramp").is_visible()  # with its colour scale
     page.check("#show-heatmap")
-    assert heat.is_visible() and heat.get_attribute("src").startswith("data:image/png;base64,")
+    assert heat.is_visible()
+    assert heat.get_attribute("src").startswith("data:image/png;base64,")
     page.fill("#heat-opacity", "40")
     page.dispatch_event("#heat-opacity", "input")
     assert heat.evaluate("img => getComputedStyle(img).opacity") == "0.4"
@@ -140,7 +140,8 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
 
     shot = np.asarray(Image.open(io.BytesIO(with_heat)).convert("RGB"), dtype=np.int16)
     plain = np.asarray(Image.open(io.BytesIO(without_heat)).convert("RGB"), dtype=np.int16)
-    assert shot.shape == plain.shape and shot.shape[0] > 100
+    assert shot.shape == plain.shape
+    assert shot.shape[0] > 100
     assert shot.std() > 5  # an image was drawn, not a blank box
     # the overlay is visible when on: coloured (R != B somewhere), while the grey scan alone is not
     assert (
@@ -163,7 +164,8 @@ def test_a_bad_upload_shows_the_reason_and_resets_the_page(server, browser, demo
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("#result[data-state='error']", timeout=30_000)
     message = page.inner_text("#error")
-    assert "415" in message and "not a supported image" in message
+    assert "415" in message
+    assert "not a supported image" in message
     for leftover in ("#preview", "#heatmap", "#heat-controls", "#answer"):
         assert not page.locator(leftover).is_visible(), leftover
     page.close()

@@ -33,7 +33,8 @@ def test_val_and_test_images_never_enter_the_augmented_set(project):
     prepared = pd.read_csv("data/prepared/manifest.csv")
     held_out = set(prepared[prepared.split != "train"].path)
     sources = set(pd.read_csv("data/augmented/manifest.csv").source)
-    assert sources and not sources & held_out
+    assert sources
+    assert not sources & held_out
 
 
 def test_reruns_are_byte_identical(project):

@@ -12,7 +12,8 @@ from tests.factories import label_image
 def test_augmented_image_keeps_shape_and_dtype_and_changes_pixels(seed):
     image = label_image(0, 32, np.random.default_rng(seed))
     out = augment_image(image, np.random.default_rng(seed), AugmentParams())
-    assert out.shape == image.shape and out.dtype == np.uint8
+    assert out.shape == image.shape
+    assert out.dtype == np.uint8
     assert not np.array_equal(out, image)
 
 
@@ -35,7 +36,8 @@ def test_flips_are_left_right_only_because_depth_has_meaning():
     image[0, :] = 255  # the skin line at the top must stay at the top
     for seed in range(10):
         out = augment_image(image, np.random.default_rng(seed), params)
-        assert out[0].min() == 255 and out[1:].max() == 0
+        assert out[0].min() == 255
+        assert out[1:].max() == 0
 
 
 def test_balance_counts_fills_to_the_largest_class_or_a_number():
@@ -63,14 +65,16 @@ def test_augmentation_writes_into_the_slot_it_is_given():
     batch = np.zeros((2, 32, 32, 3), np.uint8)
     out = augment_image(image, np.random.default_rng(1), AugmentParams(), out=batch[1])
     assert np.shares_memory(out, batch)
-    assert batch[1].any() and not batch[0].any()
+    assert batch[1].any()
+    assert not batch[0].any()
 
 
 def test_speckle_is_multiplicative_grey_noise_with_the_asked_spread():
     field = speckle_field(np.random.default_rng(0), (256, 256, 3), 0.1)
     assert field.dtype == np.float32
     assert np.array_equal(field[..., 0], field[..., 2])  # the same factor on every channel
-    assert abs(field.mean() - 1) < 0.01 and abs(field.std() - 0.1) < 0.005
+    assert abs(field.mean() - 1) < 0.01
+    assert abs(field.std() - 0.1) < 0.005
 
 
 def test_a_window_of_a_shared_field_varies_per_image():
@@ -79,4 +83,5 @@ def test_a_window_of_a_shared_field_varies_per_image():
     image = np.full((32, 32, 3), 128, np.uint8)
     a = augment_image(image, np.random.default_rng(1), params, field=field)
     b = augment_image(image, np.random.default_rng(2), params, field=field)
-    assert not np.array_equal(a, b) and abs(float(a.mean()) - 128) < 3
+    assert not np.array_equal(a, b)
+    assert abs(float(a.mean()) - 128) < 3

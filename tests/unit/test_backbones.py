@@ -71,7 +71,8 @@ def test_unreachable_imagenet_download_fails_early_with_the_alternatives(monkeyp
         backbones.build_classifier("resnet50", 32, CLASSES, weights="imagenet")
     message = str(info.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert str(tmp_path / "models") in message and "null" in message
+    assert str(tmp_path / "models") in message
+    assert "null" in message
 
 
 def test_backbone_blocks_are_keras_blocks_in_order_with_every_layer_once(resnet):
@@ -79,7 +80,8 @@ def test_backbone_blocks_are_keras_blocks_in_order_with_every_layer_once(resnet)
     blocks = backbones.backbone_blocks(base)
     names = [name for name, _ in blocks]
     assert names[:3] == ["stem", "conv2_block1", "conv2_block2"]
-    assert names[-1] == "conv5_block3" and len(names) == 1 + 16  # 16 residual blocks
+    assert names[-1] == "conv5_block3"
+    assert len(names) == 1 + 16
     assert [layer for _, layers in blocks for layer in layers] == base.layers
     for name, layers in blocks[1:]:
         assert all(layer.name.startswith(name + "_") for layer in layers)
@@ -144,7 +146,8 @@ def test_from_scratch_batchnorm_statistics_follow_training_quickly():
         for layer in scratch.get_layer("backbone").layers
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert norms and all(layer.momentum == 0.9 for layer in norms)
+    assert norms
+    assert all(layer.momentum == 0.9 for layer in norms)
 
 
 def test_unknown_backbone_is_a_user_error():

@@ -23,7 +23,8 @@ def test_each_epoch_sees_every_image_once_with_matching_one_hot_labels():
     assert sorted(x[:, 0, 0, 0].astype(int)) == list(range(10))
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     assert (y.argmax(axis=1) == labels[x[:, 0, 0, 0].astype(int)]).all()
-    assert x.dtype == np.uint8 and [len(b) for b in xs] == [4, 4, 2]
+    assert x.dtype == np.uint8
+    assert [len(b) for b in xs] == [4, 4, 2]
 
 
 def test_order_changes_between_epochs_and_repeats_for_the_same_seed():
@@ -49,14 +50,16 @@ def test_augmented_batches_are_uint8_and_differ_between_epochs_with_the_same_ord
     first = np.concatenate([x for x, _ in epoch(data)])
     data.on_epoch_end()
     second = np.concatenate([x for x, _ in epoch(data)])
-    assert first.dtype == second.dtype == np.uint8 and first.shape == second.shape == (10, 8, 8, 3)
+    assert first.dtype == second.dtype == np.uint8
+    assert first.shape == second.shape == (10, 8, 8, 3)
     assert not np.array_equal(first, second)
 
 
 def test_each_epoch_draws_its_own_speckle_field_twice_the_image_size():
     data = batches(augment=light(AugmentParams()))
     field = data.field
-    assert field.shape == (16, 16, 3) and field.dtype == np.float32
+    assert field.shape == (16, 16, 3)
+    assert field.dtype == np.float32
     assert np.array_equal(field, batches(augment=light(AugmentParams())).field)  # seeded
     data.on_epoch_end()
     assert not np.array_equal(field, data.field)
@@ -64,4 +67,6 @@ def test_each_epoch_draws_its_own_speckle_field_twice_the_image_size():
 
 def test_light_augmentation_halves_the_offline_ranges():
     p = light(AugmentParams(rotation_deg=10, zoom=0.2))
-    assert p.rotation_deg == 5 and p.zoom == 0.1 and p.flip
+    assert p.rotation_deg == 5
+    assert p.zoom == 0.1
+    assert p.flip

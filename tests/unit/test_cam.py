@@ -67,11 +67,15 @@ def test_the_map_peaks_where_the_evidence_is():
     maps, proba = cam.class_activation_maps(model, image[None], class_index=0)
     assert maps.shape == (1, 8, 8)
     row, col = np.unravel_index(maps[0].argmax(), maps[0].shape)
-    assert (5 <= row <= 6) and (1 <= col <= 2)
+    assert 5 <= row <= 6
+    assert 1 <= col <= 2
 
     heat = cam.heatmap(maps[0], 32, 32)
-    assert heat.shape == (32, 32) and heat.max() == 1.0 and heat.min() >= 0.0
-    assert heat[24, 8] > 0.9 and heat[4, 28] == 0.0
+    assert heat.shape == (32, 32)
+    assert heat.max() == 1.0
+    assert heat.min() >= 0.0
+    assert heat[24, 8] > 0.9
+    assert heat[4, 28] == 0.0
 
 
 def test_overlay_keeps_the_image_shape_and_colours_the_hot_region():
@@ -80,7 +84,8 @@ def test_overlay_keeps_the_image_shape_and_colours_the_hot_region():
     image[0:8, 24:32, 0] = 255  # top right
     maps, _ = cam.class_activation_maps(model, image[None], class_index=0)
     blended = cam.overlay(image, maps[0])
-    assert blended.shape == image.shape and blended.dtype == np.uint8
+    assert blended.shape == image.shape
+    assert blended.dtype == np.uint8
     hot, cold = blended[4, 28].astype(int), blended[28, 4].astype(int)
     assert hot[0] > hot[2]  # JET: red where the map is strongest
     assert cold[2] > cold[0]  # blue where it is zero

@@ -28,7 +28,9 @@ def test_run_writes_the_demo_set_and_reports_counts_in_one_line(tmp_path, capsys
         assert len(list((out / label).glob("*_mask.png"))) == n
     assert "SYNTHETIC" in (out / "README.md").read_text()
     printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "30" in printed[0] and "synthetic" in printed[0]
+    assert len(printed) == 1
+    assert "30" in printed[0]
+    assert "synthetic" in printed[0]
 
 
 def test_run_replaces_a_previous_demo_set_entirely(tmp_path):
@@ -50,7 +52,7 @@ def test_a_failed_run_leaves_no_half_written_folder(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(synthetic, "generate", generate_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         demo_data.run(demo_params(tmp_path))
 
     assert list((tmp_path / "raw").iterdir()) == []
@@ -97,7 +99,8 @@ def test_main_exits_2_with_one_line_on_stderr_for_unknown_classes(tmp_path, caps
     assert demo_data.main(["--params", str(params_file)]) == 2
 
     err = capsys.readouterr().err
-    assert err.startswith("error: classes:") and err.count("\n") == 1
+    assert err.startswith("error: classes:")
+    assert err.count("\n") == 1
     assert not (tmp_path / "demo").exists()
 
 

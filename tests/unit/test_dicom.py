@@ -35,7 +35,7 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "photometric, syntax, tolerance",
+    ("photometric", "syntax", "tolerance"),
     [
         ("MONOCHROME2", "explicit", 0),
         ("MONOCHROME1", "explicit", 0),
@@ -54,19 +54,23 @@ def test_every_photometric_and_syntax_gives_the_region_pixels(
     scan = dicom.decode(make_dicom(region, photometric=photometric, syntax=syntax), **LIMITS)
     got = np.asarray(scan.decoded.image).astype(int)
     want = region if not photometric.startswith("MONO") else _grey(region)[..., None]
-    assert got.shape == (72, 96, 3) and scan.region is not None
+    assert got.shape == (72, 96, 3)
+    assert scan.region is not None
     assert np.abs(got - want).max() <= tolerance
     assert np.abs(got - want).mean() <= max(1.5, tolerance / 8)  # right colours, not just close
     if photometric.startswith("YBR"):  # red stays red: the YCbCr -> RGB conversion happened
-        assert got[20, 30, 0] > 150 and got[20, 30, 2] < 90
+        assert got[20, 30, 0] > 150
+        assert got[20, 30, 2] < 90
 
 
 def test_without_regions_or_with_the_crop_off_the_whole_frame_is_kept(region):
     whole = dicom.decode(make_dicom(region, region=False), **LIMITS)
-    assert whole.region is None and whole.decoded.image.size == (96, 72)
+    assert whole.region is None
+    assert whole.decoded.image.size == (96, 72)
     framed = make_dicom(region)
     uncropped = dicom.decode(framed, crop=False, **LIMITS)
-    assert uncropped.decoded.image.size == (96 + 32, 72 + 32) and uncropped.region is None
+    assert uncropped.decoded.image.size == (96 + 32, 72 + 32)
+    assert uncropped.region is None
 
 
 def test_multi_frame_is_refused_unless_a_frame_policy_picks_one(region):
@@ -75,11 +79,12 @@ def test_multi_frame_is_refused_unless_a_frame_policy_picks_one(region):
         dicom.decode(data, **LIMITS)
     for policy in ("first", "middle"):
         scan = dicom.decode(data, frames=policy, **LIMITS)
-        assert scan.frames == 3 and scan.decoded.image.size == (96, 72)
+        assert scan.frames == 3
+        assert scan.decoded.image.size == (96, 72)
 
 
 @pytest.mark.parametrize(
-    "data, kind",
+    ("data", "kind"),
     [
         (lambda r: make_dicom(r, modality="CT"), "not_ultrasound"),
         (lambda r: make_dicom(r)[:2000], "corrupt|truncated"),
@@ -130,7 +135,8 @@ def test_identity_is_read_from_the_header(tmp_path, region):
     path = write_dicom(tmp_path / "a.dcm", region, patient="7", study="3")
     identity = dicom.read_identity(path)
     assert identity.patient == MARKERS["PatientID"] + "7"
-    assert identity.study == f"{UID_ROOT}7.3" and identity.instance.startswith(UID_ROOT)
+    assert identity.study == f"{UID_ROOT}7.3"
+    assert identity.instance.startswith(UID_ROOT)
     (tmp_path / "b.png").write_bytes(b"\x89PNG")
     assert dicom.read_identity(tmp_path / "b.png") is None
 
@@ -172,7 +178,8 @@ def test_a_dicom_folder_prepares_with_patient_level_splits(tmp_path, monkeypatch
     summary = prepare.run(params)
     with open("data/prepared/manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert summary["total"] == 12 and summary["grouping"]["split_level"] == "patient"
+    assert summary["total"] == 12
+    assert summary["grouping"]["split_level"] == "patient"
     patient_of = {r["source"]: r["source"].split("/")[1][2:4] for r in rows}
     for p in set(patient_of.values()):
         mine = [r for r in rows if patient_of[r["source"]] == p]

@@ -86,8 +86,10 @@ def test_a_cross_class_pair_is_a_conflict_and_drop_removes_both():
     keep, conflicts = resolve_conflicts(labels, groups, "drop")
     assert keep == [True, False, False, True]
     [conflict] = conflicts
-    assert conflict.group == "g-2" and conflict.members == (1, 2)
-    assert conflict.labels == ("benign", "malignant") and conflict.kept_label is None
+    assert conflict.group == "g-2"
+    assert conflict.members == (1, 2)
+    assert conflict.labels == ("benign", "malignant")
+    assert conflict.kept_label is None
     assert conflict.action.startswith("dropped all 2")
 
 
@@ -102,16 +104,18 @@ def test_majority_keeps_the_majority_label_and_drops_the_rest():
 def test_majority_without_a_majority_drops_the_group():
     keep, [conflict] = resolve_conflicts(["benign", "malignant"], ["g", "g"], "majority")
     assert keep == [False, False]
-    assert conflict.kept_label is None and "no majority" in conflict.action
+    assert conflict.kept_label is None
+    assert "no majority" in conflict.action
 
 
 def test_groups_with_one_label_are_not_conflicts():
     keep, conflicts = resolve_conflicts(["benign", "benign"], ["g", "g"], "drop")
-    assert keep == [True, True] and conflicts == []
+    assert keep == [True, True]
+    assert conflicts == []
 
 
 def test_unknown_policy_is_a_bug():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown conflict policy 'coin-flip'"):
         resolve_conflicts(["a"], ["g"], "coin-flip")
 
 
@@ -164,9 +168,8 @@ def test_a_cropped_copy_is_found_with_its_transform(busi_sample):
     [original] = _busi_images(busi_sample)[:1]
     copy = original.crop((40, 30, original.width - 60, original.height - 50))
     found = match(keypoints(original), keypoints(copy))
-    assert found is not None and found.accepted(
-        DEFAULTS["min_inliers"], DEFAULTS["min_correlation"]
-    )
+    assert found is not None
+    assert found.accepted(DEFAULTS["min_inliers"], DEFAULTS["min_correlation"])
     assert found.scale == pytest.approx(1, abs=0.03)
     assert (found.shift_x, found.shift_y) == (pytest.approx(40, abs=3), pytest.approx(30, abs=3))
 
@@ -186,8 +189,10 @@ def test_every_pair_says_how_it_was_found():
         shas, [phash(im) for im in images], [keypoints(im) for im in images], **DEFAULTS
     )
     how = {(p.a, p.b): p for p in pairs}
-    assert how[(0, 3)].method == "sha256" and how[(0, 3)].match is None
-    assert how[(1, 4)].method == "keypoints" and how[(1, 4)].match.inliers >= 25
+    assert how[(0, 3)].method == "sha256"
+    assert how[(0, 3)].match is None
+    assert how[(1, 4)].method == "keypoints"
+    assert how[(1, 4)].match.inliers >= 25
     assert set(how) == {(0, 3), (1, 4)}
 
 

@@ -114,7 +114,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             assert list(predictions.columns[:3]) == ["path", "label", "predicted"]
             folder = out if split == "val" else out / "test"  # test stays out of `dvc plots`
             confusion = pd.read_csv(folder / f"confusion_{split}.csv")
-            assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == n
+            assert list(confusion.columns) == ["actual", "predicted"]
+            assert len(confusion) == n
             roc = pd.read_csv(folder / f"roc_{split}.csv")
             assert list(roc.columns) == ["class", "fpr", "tpr"]
             assert set(roc["class"]) == set(CLASSES)  # one series per class for DVC's template
@@ -124,7 +125,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             assert len(series) == (2 if t else 1)
             assert sum(name.endswith("(served)") for name in series) == 1
             assert reliability.groupby("probabilities")["count"].sum().eq(n).all()
-        assert saved["test"]["test_use"]["looks"] == 2 and saved["test"]["test_use"]["models"] == 2
+        assert saved["test"]["test_use"]["looks"] == 2
+        assert saved["test"]["test_use"]["models"] == 2
         assert saved["val"]["operating_point"]["threshold_ci_low"] is not None
         # threshold chosen on val, the same one applied to test
         threshold = saved["val"]["operating_point"]["threshold"]
@@ -149,13 +151,16 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         assert not list((out / "plots").glob("*test*"))
 
     comparison = (root / "reports/evaluate/comparison.md").read_text()
-    assert all(arch in comparison for arch in ARCHS) and "| Macro F1 |" in comparison
-    assert "Paired difference" in comparison and "distinguishable" in comparison
+    assert all(arch in comparison for arch in ARCHS)
+    assert "| Macro F1 |" in comparison
+    assert "Paired difference" in comparison
+    assert "distinguishable" in comparison
     assert "Test" not in comparison.split("\n")[0]  # the development view is validation
     test_report = (root / "reports/evaluate/test.md").read_text()
     assert "looked at 2 times by 2 models" in test_report
     paired = json.loads((root / "reports/evaluate/comparison.json").read_text())
-    assert paired["val"]["macro_f1"]["images"] == 9 and "p_value" in paired["test"]["mcnemar"]
+    assert paired["val"]["macro_f1"]["images"] == 9
+    assert "p_value" in paired["test"]["mcnemar"]
     headline = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert set(headline) == set(ARCHS)
     for arch in ARCHS:  # four validation numbers per model, nothing of test
@@ -188,7 +193,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
     looks = mlflow.search_runs(
         experiment_names=[ledger.ledger_experiment("busi-tumor-classification")]
     )
-    assert len(looks) == 2 and set(looks["tags.purpose"]) == {"evaluate: test report"}
+    assert len(looks) == 2
+    assert set(looks["tags.purpose"]) == {"evaluate: test report"}
     assert sorted(looks["metrics.test_macro_f1"]) == sorted(
         results[a]["test"]["macro_f1"]["value"] for a in ARCHS
     )
@@ -250,7 +256,8 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
 
     off = parse_params({"evaluate": {"bootstrap": 0, "temperature_scaling": False}})
     calibration = evaluate.evaluate_probabilities(data, proba, off)["test"]["calibration"]
-    assert calibration["temperature"] is None and calibration["ece_after"] is None
+    assert calibration["temperature"] is None
+    assert calibration["ece_after"] is None
     assert calibration["applied"] is False
 
 

@@ -24,9 +24,14 @@ def test_a_failed_stage_keeps_the_previous_folder_whole(tmp_path):
     out = tmp_path / "prepared"
     with staged_dir(out) as tmp:
         (tmp / "old.txt").write_text("complete")
-    with pytest.raises(RuntimeError), staged_dir(out) as tmp:
-        (tmp / "half.txt").write_text("partial")
-        raise RuntimeError("stage failed")
+
+    def fail_halfway() -> None:
+        with staged_dir(out) as tmp:
+            (tmp / "half.txt").write_text("partial")
+            raise RuntimeError("stage failed")
+
+    with pytest.raises(RuntimeError, match="stage failed"):
+        fail_halfway()
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 

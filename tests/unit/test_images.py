@@ -85,7 +85,8 @@ def test_16_bit_grey_is_scaled_to_8_bit_rgb():
     decoded = decode(_encoded(Image.fromarray(values)), **LIMITS)
     assert decoded.mode.startswith("I")
     out = np.asarray(decoded.image)
-    assert out.dtype == np.uint8 and out.shape == (20, 20, 3)
+    assert out.dtype == np.uint8
+    assert out.shape == (20, 20, 3)
     np.testing.assert_array_equal(out[0, :4, 0], [0, 128, 255, 4])
     assert (out[..., 0] == out[..., 2]).all()
 
@@ -93,7 +94,8 @@ def test_16_bit_grey_is_scaled_to_8_bit_rgb():
 def test_grey_is_converted_to_rgb(synthetic_image):
     grey = synthetic_image(1)[:, :, 0]
     decoded = decode(_encoded(Image.fromarray(grey, "L")), **LIMITS)
-    assert decoded.mode == "L" and decoded.image.mode == "RGB"
+    assert decoded.mode == "L"
+    assert decoded.image.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(decoded.image)[:, :, 1], grey)
 
 
@@ -102,7 +104,8 @@ def test_rgba_is_composited_over_black(synthetic_image):
     rgba[:10, :, 3] = 0  # a transparent band
     decoded = decode(_encoded(Image.fromarray(rgba, "RGBA")), **LIMITS)
     out = np.asarray(decoded.image)
-    assert decoded.mode == "RGBA" and decoded.image.mode == "RGB"
+    assert decoded.mode == "RGBA"
+    assert decoded.image.mode == "RGB"
     assert (out[:10] == 0).all()
     np.testing.assert_array_equal(out[10:], rgba[10:, :, :3])
 
@@ -110,14 +113,16 @@ def test_rgba_is_composited_over_black(synthetic_image):
 def test_palette_is_converted_to_rgb(synthetic_image):
     palette = Image.fromarray(synthetic_image(1, "benign")).convert("P")
     decoded = decode(_encoded(palette), **LIMITS)
-    assert decoded.mode == "P" and decoded.image.mode == "RGB"
+    assert decoded.mode == "P"
+    assert decoded.image.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(decoded.image), np.asarray(palette.convert("RGB")))
 
 
 def test_cmyk_jpeg_is_converted_to_rgb(synthetic_image):
     cmyk = Image.fromarray(synthetic_image(1, "malignant")).convert("CMYK")
     decoded = decode(_encoded(cmyk, "JPEG", quality=95), **LIMITS)
-    assert decoded.mode == "CMYK" and decoded.image.mode == "RGB"
+    assert decoded.mode == "CMYK"
+    assert decoded.image.mode == "RGB"
     assert np.abs(np.asarray(decoded.image, int) - synthetic_image(1, "malignant")).mean() < 10
 
 
@@ -130,13 +135,15 @@ def test_letterbox_keeps_aspect_and_pads_with_black():
     wide = Image.new("RGB", (80, 40), (200, 200, 200))
     out = np.asarray(fit(wide, 32, keep_aspect=True))
     assert out.shape == (32, 32, 3)
-    assert (out[:8] == 0).all() and (out[-8:] == 0).all()  # 16 rows of content, centred
+    assert (out[:8] == 0).all()
+    assert (out[-8:] == 0).all()
     assert (out[9:23] == 200).all()
 
 
 def test_stretch_fills_the_square():
     out = np.asarray(fit(Image.new("RGB", (80, 40), (200, 200, 200)), 32, keep_aspect=False))
-    assert out.shape == (32, 32, 3) and (out == 200).all()
+    assert out.shape == (32, 32, 3)
+    assert (out == 200).all()
 
 
 def test_png_output_is_8_bit_rgb_and_byte_stable(synthetic_image):

@@ -73,7 +73,8 @@ def test_an_unknown_folder_is_reported_not_guessed(tmp_path, write_png, syntheti
     assert {r.label for r in found.records} == set(CLASSES)
     [(source, reason)] = found.skipped
     assert source == "Dataset_BUSI_with_GT/suspicious/"
-    assert reason.startswith("unknown_folder") and "suspicious" in reason
+    assert reason.startswith("unknown_folder")
+    assert "suspicious" in reason
 
 
 def test_any_folder_of_class_subfolders_works_without_masks(tmp_path, write_png, synthetic_image):
@@ -91,7 +92,8 @@ def test_any_folder_of_class_subfolders_works_without_masks(tmp_path, write_png,
         ("normal", "Normal/a.png"),
         ("normal", "Normal/deeper/b.jpg.png"),
     ]
-    assert not found.uses_masks and found.skipped == ()
+    assert not found.uses_masks
+    assert found.skipped == ()
 
 
 def test_records_follow_class_order_from_params(tmp_path, write_png, synthetic_image):

@@ -103,7 +103,8 @@ def test_expected_calibration_error_matches_a_hand_computation():
     assert metrics.expected_calibration_error(y, p, n_bins=10) == pytest.approx(expected)
     rows = metrics.reliability_bins(y, p, n_bins=10)
     assert [r["count"] for r in rows] == [0, 0, 0, 0, 1, 0, 1, 0, 0, 2]
-    assert rows[9]["accuracy"] == 0.5 and rows[9]["confidence"] == pytest.approx(0.95)
+    assert rows[9]["accuracy"] == 0.5
+    assert rows[9]["confidence"] == pytest.approx(0.95)
 
 
 def test_a_perfectly_confident_correct_model_has_zero_brier_and_ece():

@@ -24,7 +24,8 @@ def fixture_predictions():
 def assert_png(path, min_side=50):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = cv2.imread(str(path))
-    assert image is not None and min(image.shape[:2]) >= min_side
+    assert image is not None
+    assert min(image.shape[:2]) >= min_side
 
 
 def test_confusion_data_has_one_row_per_image_with_class_names(tmp_path):
@@ -82,9 +83,11 @@ def test_sample_rows_hold_what_their_titles_say(fixture_predictions):
     rows = plots.choose_samples(y, proba, CLASSES, per_class=2, seed=0)
     for k, name in enumerate(CLASSES):
         for i in rows[f"correct: true {name}"]:
-            assert y[i] == k and pred[i] == k
+            assert y[i] == k
+            assert pred[i] == k
         for i in rows[f"wrong: true {name}"]:
-            assert y[i] == k and pred[i] != k
+            assert y[i] == k
+            assert pred[i] != k
         assert len(rows[f"correct: true {name}"]) == min(2, np.sum((y == k) & (pred == k)))
     errors = rows["most confident errors"]
     assert all(pred[i] != y[i] for i in errors)

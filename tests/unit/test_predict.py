@@ -39,14 +39,19 @@ def test_a_folder_gets_one_row_per_file_with_the_services_answer_or_its_reason(
     assert set(rows) == {"a.png", "sub/b.jpg", "notes.txt", "broken.png", "link.png"}
     expected = classifier.predict(decode_upload(encode(scan(1))))
     a = rows["a.png"]
-    assert a["status"] == "200" and a["class"] == expected["class"]
+    assert a["status"] == "200"
+    assert a["class"] == expected["class"]
     assert float(a["p_malignant"]) == pytest.approx(
         expected["probabilities"]["malignant"], abs=1e-6
     )
-    assert a["positive"] == str(expected["decision"]["positive"]) and a["model_version"] == "3"
-    assert rows["notes.txt"]["status"] == "415" and rows["notes.txt"]["reason"]
-    assert rows["broken.png"]["status"] == "400" and "class" in rows["broken.png"]
-    assert rows["link.png"]["status"] == "400" and "link" in rows["link.png"]["reason"]
+    assert a["positive"] == str(expected["decision"]["positive"])
+    assert a["model_version"] == "3"
+    assert rows["notes.txt"]["status"] == "415"
+    assert rows["notes.txt"]["reason"]
+    assert rows["broken.png"]["status"] == "400"
+    assert "class" in rows["broken.png"]
+    assert rows["link.png"]["status"] == "400"
+    assert "link" in rows["link.png"]["reason"]
 
 
 def test_a_csv_of_paths_is_read_relative_to_itself(tmp_path, mini_release):
@@ -74,8 +79,10 @@ def test_user_mistakes_are_one_line_and_leave_no_output(tmp_path, mini_release, 
     bad.write_text("file\nx.png\n")
     assert predict.main([str(bad), "--model", str(mini_release[0]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
-    assert not out.exists() and not list(tmp_path.glob(".p.csv.*"))
+    assert len(err) == 3
+    assert all(line.startswith("error: ") for line in err)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".p.csv.*"))
 
 
 def test_memory_does_not_grow_with_the_number_of_files(tmp_path, classifier):
@@ -112,4 +119,5 @@ def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
     assert float(rows["IM0001"]["p_malignant"]) == pytest.approx(
         expected["probabilities"]["malignant"], abs=1e-6
     )
-    assert rows["loop.dcm"]["status"] == "422" and "multi_frame" in rows["loop.dcm"]["reason"]
+    assert rows["loop.dcm"]["status"] == "422"
+    assert "multi_frame" in rows["loop.dcm"]["reason"]

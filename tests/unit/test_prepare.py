@@ -129,7 +129,8 @@ def test_manifest_has_the_contract_columns_and_a_stable_order(workdir, raw):
     first = rows[0]
     assert first["source"] == f"{BUSI}/benign/benign (1).png"
     assert (first["width"], first["height"]) == ("48", "40")
-    assert len(first["sha256"]) == 64 and len(first["phash"]) == 16
+    assert len(first["sha256"]) == 64
+    assert len(first["phash"]) == 16
     assert {r["split"] for r in rows} == {"train", "val", "test"}
 
 
@@ -192,7 +193,8 @@ def test_majority_policy_keeps_the_majority_label(workdir, raw):
     rows = {r["source"]: r for r in _manifest()}
     assert f"{BUSI}/malignant/malignant (50).png" not in rows
     kept = [rows[f"{BUSI}/benign/benign ({n}).png"] for n in (2, 60)]
-    assert kept[0]["group"] == kept[1]["group"] and kept[0]["split"] == kept[1]["split"]
+    assert kept[0]["group"] == kept[1]["group"]
+    assert kept[0]["split"] == kept[1]["split"]
 
 
 def test_near_duplicates_share_a_group_and_a_split(workdir, raw):
@@ -217,7 +219,8 @@ def test_split_fractions_are_roughly_honoured(workdir, raw):
     summary = prepare.run(_params(raw, val_fraction=0.2, test_fraction=0.2))
     for label in CLASSES:
         counts = summary["classes"][label]
-        assert counts["train"] > counts["val"] >= 1 and counts["test"] >= 1
+        assert counts["train"] > counts["val"] >= 1
+        assert counts["test"] >= 1
         assert abs(counts["val"] - 0.2 * counts["total"]) <= 1.5
 
 
@@ -252,7 +255,8 @@ def test_output_names_are_unique_even_for_one_file_copied_under_one_name(workdir
 def test_a_contact_sheet_is_written_for_a_human(workdir, raw):
     prepare.run(_params(raw))
     sheet = Image.open("reports/data/contact_sheet.png")
-    assert sheet.mode == "RGB" and sheet.height >= 9 * 32  # a row per class and split
+    assert sheet.mode == "RGB"
+    assert sheet.height >= 9 * 32
 
 
 def test_a_rerun_gives_byte_identical_outputs(workdir, raw):
@@ -260,7 +264,8 @@ def test_a_rerun_gives_byte_identical_outputs(workdir, raw):
     first = _outputs(workdir)
     prepare.run(_params(raw))
     assert _outputs(workdir) == first
-    assert "data/prepared/manifest.csv" in first and "reports/data/summary.json" in first
+    assert "data/prepared/manifest.csv" in first
+    assert "reports/data/summary.json" in first
 
 
 def test_a_failed_run_leaves_previous_outputs_intact(workdir, raw):
@@ -278,7 +283,8 @@ def test_a_failed_run_leaves_previous_outputs_intact(workdir, raw):
 def test_too_many_rejects_stop_the_stage_and_say_why(workdir, raw):
     with pytest.raises(UserError, match=r"prepare\.max_reject_fraction: 1 of 39 .*truncated"):
         prepare.run(_params(raw, max_reject_fraction=0.01))
-    assert not Path("data/prepared").exists() and not Path("reports/data").exists()
+    assert not Path("data/prepared").exists()
+    assert not Path("reports/data").exists()
 
 
 def test_a_failed_run_writes_every_reject_where_dvc_does_not_delete_it(workdir, raw):
@@ -401,7 +407,8 @@ def test_a_class_too_small_to_reach_every_split_is_warned_about(
     empty = [s for s in ("train", "val", "test") if not summary["classes"]["normal"][s]]
     assert len(empty) == 1
     assert f"warning: class 'normal' has no image in {empty[0]}" in out
-    assert "class 'benign'" not in out and "class 'malignant'" not in out
+    assert "class 'benign'" not in out
+    assert "class 'malignant'" not in out
 
 
 def test_main_reports_a_missing_raw_dir_in_one_line(workdir, capsys):
@@ -420,7 +427,8 @@ def test_the_real_busi_sample(workdir, busi_sample):
     rows = _manifest()
     assert summary["total"] == len(rows) == 12
     assert not any(is_mask(r["source"]) for r in rows)
-    assert summary["rejects"]["total"] == 0 and summary["masks"]["images_without_mask"] == 0
+    assert summary["rejects"]["total"] == 0
+    assert summary["masks"]["images_without_mask"] == 0
     masks = {r["source"]: r["masks"].split(";") for r in rows}
     assert masks[f"{BUSI}/benign/benign (100).png"] == [
         f"{BUSI}/benign/benign (100)_mask.png",
@@ -482,7 +490,7 @@ def test_excluded_files_leave_before_the_split_and_are_counted_by_reason(workdir
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    ("content", "message"),
     [
         (None, "not found; create a CSV"),
         ("file,why\nx,y\n", "starts with"),
@@ -496,7 +504,8 @@ def test_a_missing_or_ill_formed_exclusion_list_is_one_line_naming_the_file(
     path.unlink() if content is None else path.write_text(content)
     with pytest.raises(UserError, match=f"data.exclude: data/exclude.csv.*{message}") as error:
         prepare.run(_params(raw))
-    assert "\n" not in str(error.value) and "path,reason" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert "path,reason" in str(error.value)
 
 
 def _patient_csv(tmp_path, write_png, synthetic_image, column="patient_id") -> Path:
@@ -567,4 +576,5 @@ def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png,
         }
     )
     second = {r["group"] for r in (prepare.run(salted), _manifest())[1]}
-    assert len(first) == len(second) == 6 and not first & second
+    assert len(first) == len(second) == 6
+    assert not first & second

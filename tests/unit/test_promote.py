@@ -47,9 +47,11 @@ def tags(version: str) -> dict[str, str]:
 
 def test_a_challenger_under_an_absolute_floor_is_refused():
     ok, reason = promote.floors({"macro_f1": 0.40, "malignant_sensitivity": 0.99}, PARAMS)
-    assert not ok and "macro_f1 0.4000 < promote.min_macro_f1 0.5000" in reason
+    assert not ok
+    assert "macro_f1 0.4000 < promote.min_macro_f1 0.5000" in reason
     ok, reason = promote.floors({"macro_f1": 0.90, "malignant_sensitivity": 0.30}, PARAMS)
-    assert not ok and "malignant_sensitivity" in reason
+    assert not ok
+    assert "malignant_sensitivity" in reason
 
 
 def test_an_undefined_metric_never_passes_a_gate():
@@ -72,7 +74,8 @@ def test_gates_are_validated_params():
 def test_a_passing_challenger_becomes_the_first_champion_and_the_decision_is_recorded(project):
     version = register_model("good")
     decision = promote.run(PARAMS)
-    assert decision.promoted and champion() == version
+    assert decision.promoted
+    assert champion() == version
     recorded = tags(version)
     assert recorded["promotion_status"] == "promoted"
     assert recorded["promotion_test_split_looks"] == "1 looks by 1 models"
@@ -82,9 +85,11 @@ def test_a_passing_challenger_becomes_the_first_champion_and_the_decision_is_rec
     assert recorded["promotion_test_n_test"] == "12"
     assert recorded["promotion_time"].endswith("+00:00")
     report = json.loads((project / "reports" / "promotion.json").read_text())
-    assert report["promoted"] is True and report["challenger_version"] == version
+    assert report["promoted"] is True
+    assert report["challenger_version"] == version
     card = MlflowClient().get_model_version(NAME, version).description
-    assert "## Promotion" in card and "looked at 1 times by 1 models" in card
+    assert "## Promotion" in card
+    assert "looked at 1 times by 1 models" in card
 
 
 def test_a_worse_challenger_is_refused_with_a_one_line_reason_and_the_alias_stays(project, capsys):
@@ -122,7 +127,8 @@ def test_an_equally_good_challenger_is_non_inferior_and_every_look_is_counted(pr
     promote.run(PARAMS)
     second = register_model("good")
     decision = promote.run(PARAMS)
-    assert decision.promoted and champion() == second
+    assert decision.promoted
+    assert champion() == second
     assert "non-inferiority accepted" in decision.reason
     assert decision.evidence["test_split_use"]["looks"] == 3  # first alone, then both
 
@@ -146,7 +152,8 @@ def test_promoting_the_champion_again_changes_nothing(project):
     version = register_model("good")
     promote.run(PARAMS)
     decision = promote.run(PARAMS)
-    assert not decision.promoted and champion() == version
+    assert not decision.promoted
+    assert champion() == version
     report = json.loads((project / "reports" / "promotion.json").read_text())
     assert report["promotion_status"] == "unchanged"
 
@@ -255,7 +262,8 @@ def test_the_gate_judges_the_decision_the_release_would_serve_not_the_argmax(pro
     version = register_model("good", threshold=0.0)
     with pytest.raises(promote.PromotionRefused, match="test macro_f1"):
         promote.run(PARAMS)
-    assert champion() is None and tags(version)["promotion_status"] == "refused"
+    assert champion() is None
+    assert tags(version)["promotion_status"] == "refused"
 
 
 def test_a_truncated_version_is_refused_in_one_line_naming_it_and_the_refusal_is_recorded(
@@ -267,10 +275,13 @@ def test_a_truncated_version_is_refused_in_one_line_naming_it_and_the_refusal_is
     capsys.readouterr()
     assert promote.main([]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"version {version}: cannot be loaded" in err
-    assert tags(version)["promotion_status"] == "refused" and champion() is None
+    assert len(err.splitlines()) == 1
+    assert f"version {version}: cannot be loaded" in err
+    assert tags(version)["promotion_status"] == "refused"
+    assert champion() is None
     report = json.loads((project / "reports" / "promotion.json").read_text())
-    assert report["promoted"] is False and "cannot be loaded" in report["promotion_reason"]
+    assert report["promoted"] is False
+    assert "cannot be loaded" in report["promotion_reason"]
 
 
 def test_rollback_onto_a_deleted_version_is_refused_in_one_line(project, capsys):
@@ -282,7 +293,8 @@ def test_rollback_onto_a_deleted_version_is_refused_in_one_line(project, capsys)
     capsys.readouterr()
     assert promote.main(["rollback"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"version {first}: cannot be loaded" in err
+    assert len(err.splitlines()) == 1
+    assert f"version {first}: cannot be loaded" in err
     assert champion() != first
 
 
@@ -290,5 +302,6 @@ def test_an_out_of_scope_answer_counts_as_a_miss_never_as_a_crash():
     y = np.array([0, 1, 2, 1])
     decided = np.array([0, 3, 2, 1])  # 3 = out of scope for three classes
     metrics = promote.served_metrics(y, decided, positive=1, k=3)
-    assert metrics["out_of_scope"] == 1 and metrics["malignant_sensitivity"] == 0.5
+    assert metrics["out_of_scope"] == 1
+    assert metrics["malignant_sensitivity"] == 0.5
     assert metrics["macro_f1"] < 1.0

@@ -37,7 +37,8 @@ def test_the_winner_is_chosen_on_validation_even_when_test_disagrees():
 def test_a_tie_goes_to_the_higher_malignant_sensitivity():
     found = {"densenet121": metrics(0.7, 0.7, val_sens=0.6), "resnet50": metrics(0.7, 0.7, 0.9)}
     winner, reason = select.choose(found, "macro_f1")
-    assert winner == "resnet50" and "tied" in reason
+    assert winner == "resnet50"
+    assert "tied" in reason
 
 
 def test_an_unknown_selection_metric_names_the_parameter():
@@ -77,14 +78,18 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     assert str(version.version) == selection["version"] == "1"
     release = read_release(project / "models" / "selected")
     assert release.rule.threshold == pytest.approx(0.3)  # the rule lives in the artifact
-    assert release.provenance["version"] == "1" and release.provenance["arch"] == "resnet50"
+    assert release.provenance["version"] == "1"
+    assert release.provenance["arch"] == "resnet50"
     assert len(release.provenance["manifest_sha256"]) == 64
-    assert version.tags["arch"] == "resnet50" and version.tags["val_macro_f1"] == "0.8000"
-    assert "operating_point_threshold" not in version.tags and len(version.tags) <= 6
+    assert version.tags["arch"] == "resnet50"
+    assert version.tags["val_macro_f1"] == "0.8000"
+    assert "operating_point_threshold" not in version.tags
+    assert len(version.tags) <= 6
     assert "Research use only" in client.get_registered_model("tumor-classifier").description
     written = json.loads((project / "reports" / "selection.json").read_text())
     assert written["reason"].startswith("higher validation macro_f1")
-    assert "run_id" not in written and "version" not in written  # nothing that changes per run
+    assert "run_id" not in written
+    assert "version" not in written
     assert written["paired_comparison"]["note"].startswith("no paired comparison")
     assert (project / "reports" / "model_card.md").read_text() == version.description
 
@@ -106,7 +111,8 @@ def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch)
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("tumor-classifier", "challenger").version) == "1"
     assert len(client.search_model_versions("name='tumor-classifier'")) == 1
-    assert selection["version"] is None and selection["alias"] is None
+    assert selection["version"] is None
+    assert selection["alias"] is None
     release = read_release(project / "models" / "selected")
     assert release.provenance["dvc_experiment"] == "weaker-wren"
     assert release.identity()["version"] == "unregistered"

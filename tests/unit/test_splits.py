@@ -85,7 +85,8 @@ def test_patient_keys_and_duplicate_groups_merge_transitively_whatever_the_order
     groups = ["g-1", "g-2", "g-2", "g-3", "g-4"]
     keys = [[a], [], [b], [a, b], []]  # 0 and 3 by patient, 2 and 3 by study, 1 and 2 by copy
     merged = merge_groups(groups, keys)
-    assert merged[:4] == [a] * 4 and merged[4] == "g-4"
+    assert merged[:4] == [a] * 4
+    assert merged[4] == "g-4"
     order = [4, 2, 0, 3, 1]
     assert merge_groups([groups[i] for i in order], [keys[i] for i in order]) == [
         merged[i] for i in order

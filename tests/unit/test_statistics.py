@@ -66,9 +66,12 @@ def test_group_bootstrap_draws_whole_groups_within_their_class():
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     groups = np.array(["a", "a", "b", "c", "c", "d", "e", "e"])
     w = metrics.bootstrap_weights(y, 300, seed=1, groups=groups)
-    assert np.all(w[:, 0] == w[:, 1]) and np.all(w[:, 3] == w[:, 4]) and np.all(w[:, 6] == w[:, 7])
+    assert np.all(w[:, 0] == w[:, 1])
+    assert np.all(w[:, 3] == w[:, 4])
+    assert np.all(w[:, 6] == w[:, 7])
     # every class draws as many groups as it has: benign a, b; malignant c; normal d, e
-    assert np.all(w[:, 0] + w[:, 2] == 2) and np.all(w[:, 3] == 1)
+    assert np.all(w[:, 0] + w[:, 2] == 2)
+    assert np.all(w[:, 3] == 1)
     assert np.all(w[:, 5] + w[:, 6] == 2)
     assert w[:, 0].std() > 0  # and which ones varies
     assert metrics.count_groups(groups, len(y)) == 5
@@ -107,12 +110,17 @@ def test_the_gate_accepts_an_identical_challenger_and_records_why():
     y, groups, _ = duplicate_test_set(117, 0.3, rng)
     same = np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 3)
     record = statistics.non_inferiority(y, same, same, groups, margin=0.05)
-    assert record.accepted and record.difference == 0 and record.lower_bound == 0
-    assert record.images == 117 and record.groups == len(np.unique(groups))
-    assert "accepted" in record.reason and set(record.as_dict()) >= {"lower_bound", "margin"}
+    assert record.accepted
+    assert record.difference == 0
+    assert record.lower_bound == 0
+    assert record.images == 117
+    assert record.groups == len(np.unique(groups))
+    assert "accepted" in record.reason
+    assert set(record.as_dict()) >= {"lower_bound", "margin"}
     worse = np.where(rng.random(len(y)) < 0.5, (y + 1) % 3, same)
     refused = statistics.non_inferiority(y, worse, same, groups, margin=0.05)
-    assert not refused.accepted and "refused" in refused.reason
+    assert not refused.accepted
+    assert "refused" in refused.reason
     assert refused.difference == pytest.approx(
         skm.f1_score(y, worse, average="macro") - skm.f1_score(y, same, average="macro")
     )
@@ -197,10 +205,12 @@ def test_the_threshold_rule_states_and_keeps_its_guarantee():
     scores = np.r_[rng.beta(5, 2, 120), rng.beta(2, 5, 200)]
     argmax = scores > 0.9  # flags fewer positives than the rule: it does not bind
     rule = statistics.choose_threshold(y, scores, 1, argmax, target=0.85, confidence=0.95)
-    assert rule["guaranteed"] and not rule["raised_to_argmax"]
+    assert rule["guaranteed"]
+    assert not rule["raised_to_argmax"]
     hits = np.sum(scores[y == 1] >= rule["threshold"])
     lower = stats.beta.ppf(0.05, hits, 120 - hits + 1)  # Clopper-Pearson, one-sided 95%
-    assert lower >= 0.85 and rule["sensitivity_lower_bound"] == pytest.approx(lower)
+    assert lower >= 0.85
+    assert rule["sensitivity_lower_bound"] == pytest.approx(lower)
     # the next higher threshold would not keep the guarantee
     above = np.sort(scores[y == 1])[np.sort(scores[y == 1]) > rule["threshold"]][0]
     fewer = np.sum(scores[y == 1] >= above)
@@ -208,7 +218,8 @@ def test_the_threshold_rule_states_and_keeps_its_guarantee():
     low, high = statistics.threshold_interval(
         y, scores, 1, argmax, target=0.85, confidence=0.95, n_bootstrap=200
     )
-    assert low <= rule["threshold"] <= high and low < high
+    assert low <= rule["threshold"] <= high
+    assert low < high
 
 
 def test_too_few_positives_flag_them_all_and_say_the_guarantee_is_not_met():
@@ -216,7 +227,8 @@ def test_too_few_positives_flag_them_all_and_say_the_guarantee_is_not_met():
     scores = np.linspace(0, 1, 57)
     rule = statistics.choose_threshold(y, scores, 1, scores > 0.9, target=0.9, confidence=0.95)
     assert not rule["guaranteed"]  # 17/17 has a 95% lower bound of 0.838 < 0.9
-    assert rule["threshold"] == scores[y == 1].min() and rule["sensitivity"] == 1.0
+    assert rule["threshold"] == scores[y == 1].min()
+    assert rule["sensitivity"] == 1.0
 
 
 def test_the_threshold_is_never_less_sensitive_than_argmax_without_saying_so():
@@ -316,6 +328,9 @@ def test_subgroups_below_ten_images_show_n_but_no_estimate():
         y, y, (y == 1).astype(float), 0.5, 1, labels, ["small", "large"], n_bootstrap=100
     )
     small, large = rows
-    assert small["images"] == 8 and "accuracy" not in small and "fewer than 10" in small["note"]
-    assert large["images"] == 32 and large["accuracy"]["value"] == 1.0
+    assert small["images"] == 8
+    assert "accuracy" not in small
+    assert "fewer than 10" in small["note"]
+    assert large["images"] == 32
+    assert large["accuracy"]["value"] == 1.0
     assert large["malignant_sensitivity"]["value"] == 1.0

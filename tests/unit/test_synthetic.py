@@ -74,12 +74,13 @@ def test_images_are_rgb_with_equal_channels_and_masks_are_binary_of_the_same_siz
     for image_path in tmp_path.glob("*/* ([0-9]*).png"):
         image = Image.open(image_path)
         mask = Image.open(image_path.with_name(image_path.stem + "_mask.png"))
-        assert image.mode == "RGB" and image.size == (48, 48)
-        assert mask.mode == "L" and mask.size == (48, 48)
+        assert image.mode == "RGB"
+        assert image.size == (48, 48)
+        assert mask.mode == "L"
+        assert mask.size == (48, 48)
         pixels = np.asarray(image)
-        assert (pixels[:, :, 0] == pixels[:, :, 1]).all() and (
-            pixels[:, :, 1] == pixels[:, :, 2]
-        ).all()
+        assert (pixels[:, :, 0] == pixels[:, :, 1]).all()
+        assert (pixels[:, :, 1] == pixels[:, :, 2]).all()
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
@@ -113,8 +114,10 @@ def test_every_png_and_the_readme_say_the_data_is_synthetic(tmp_path):
     for path in tmp_path.rglob("*.png"):
         assert "not patient" in Image.open(path).text["Source"]
     readme = (tmp_path / "README.md").read_text()
-    assert "SYNTHETIC" in readme and "NOT PATIENT IMAGES" in readme
-    assert "seed 4" in readme and "pipeline/synthetic.py" in readme
+    assert "SYNTHETIC" in readme
+    assert "NOT PATIENT IMAGES" in readme
+    assert "seed 4" in readme
+    assert "pipeline/synthetic.py" in readme
 
 
 def test_render_case_rejects_an_unknown_class():

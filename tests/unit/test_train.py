@@ -96,7 +96,8 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     )
     assert not [k for k in run.data.metrics if k.startswith("best_best")]
     (dataset,) = run.inputs.dataset_inputs
-    assert dataset.dataset.name == "manifest" and len(dataset.dataset.digest) == 16
+    assert dataset.dataset.name == "manifest"
+    assert len(dataset.dataset.digest) == 16
     assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
     (logged,) = mlflow.search_logged_models(
         filter_string=f"source_run_id = '{run_id}'", output_format="list"

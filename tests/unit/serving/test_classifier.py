@@ -28,7 +28,8 @@ def test_an_answer_has_the_rules_class_the_probabilities_and_the_identity(classi
     assert list(probabilities) == list(CLASSES)
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     decision = result["decision"]
-    assert decision["threshold"] == 0.3 and decision["positive_class"] == "malignant"
+    assert decision["threshold"] == 0.3
+    assert decision["positive_class"] == "malignant"
     assert decision["positive"] == (probabilities["malignant"] >= 0.3)
     assert decision["positive"] == (result["class"] == "malignant")
     assert result["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
@@ -53,7 +54,8 @@ def test_a_grey_upload_gets_the_same_answer_as_its_rgb_copy(classifier):
 
 def test_images_are_fitted_like_prepare_does_so_any_size_gives_one_input_shape(classifier):
     engine = classifier.engine
-    assert engine.input_size == (32, 32) and engine.keep_aspect
+    assert engine.input_size == (32, 32)
+    assert engine.keep_aspect
     for shape in ((40, 56, 3), (300, 120, 3), (32, 32, 3)):
         assert engine.prepare(np.zeros(shape, np.uint8)).shape == (32, 32, 3)
 

@@ -44,7 +44,8 @@ def b64(image: np.ndarray) -> str:
 def test_the_model_ships_the_serving_package_and_the_release_not_the_pipeline(logged):
     _, local, _ = logged
     mlmodel = Model.load(str(local / "MLmodel"))
-    assert "python_function" in mlmodel.flavors and mlmodel.model_id
+    assert "python_function" in mlmodel.flavors
+    assert mlmodel.model_id
     code = local / "code" / "pipeline"
     shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
     assert {"serving/rule.py", "serving/classifier.py", "images.py"} <= shipped
@@ -52,7 +53,8 @@ def test_the_model_ships_the_serving_package_and_the_release_not_the_pipeline(lo
     assert find_release(local / "artifacts").name == "selected"  # the folder, as select wrote it
     assert not list(local.rglob("*.pkl"))  # models from code: nothing pickled
     requirements = (local / "requirements.txt").read_text()
-    assert "keras==" in requirements and "pillow==" in requirements
+    assert "keras==" in requirements
+    assert "pillow==" in requirements
 
 
 def test_the_signature_and_input_example_show_the_request_format(logged):
@@ -72,7 +74,8 @@ def test_it_answers_exactly_as_the_serving_core(logged, mini_release):
     for row, image in zip(out.to_dict("records"), images, strict=True):
         expected = core.predict(decode_upload(encode(image)))
         assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
-        assert row["class"] == expected["class"] and row["decision"] == expected["decision"]
+        assert row["class"] == expected["class"]
+        assert row["decision"] == expected["decision"]
         assert row["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
 
 

@@ -14,9 +14,11 @@ from tests.factories import CLASSES
 
 def test_the_release_carries_the_rule_and_the_provenance(mini_release):
     release = read_release(mini_release[0])
-    assert release.rule.threshold == 0.3 and release.rule.classes == CLASSES
+    assert release.rule.threshold == 0.3
+    assert release.rule.classes == CLASSES
     assert release.identity() == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
-    assert release.synthetic and release.model_path.is_file()
+    assert release.synthetic
+    assert release.model_path.is_file()
 
 
 def test_an_unregistered_experiment_release_says_so(mini_release, tmp_path):

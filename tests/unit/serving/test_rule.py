@@ -34,7 +34,8 @@ def test_malignant_at_the_threshold_else_the_most_probable_other_class():
 def test_without_a_threshold_the_most_probable_class_decides():
     p = random_probabilities(200, 7)
     labels, positive = decide(DecisionRule(CLASSES), p)
-    assert np.array_equal(labels, p.argmax(1)) and np.array_equal(positive, p.argmax(1) == M)
+    assert np.array_equal(labels, p.argmax(1))
+    assert np.array_equal(positive, p.argmax(1) == M)
 
 
 def test_a_lower_threshold_never_flags_fewer_images():
@@ -49,7 +50,8 @@ def test_temperature_keeps_rows_normalised_and_each_rows_ranking():
         q = calibrate(p, t)
         assert np.allclose(q.sum(1), 1.0)
         assert np.array_equal(np.argsort(q, 1), np.argsort(p, 1))
-    assert np.allclose(calibrate(p, 1.0), p) and calibrate(p, None) is not None
+    assert np.allclose(calibrate(p, 1.0), p)
+    assert calibrate(p, None) is not None
 
 
 def test_the_answer_shows_the_probabilities_the_rule_compared():
@@ -61,12 +63,17 @@ def test_the_answer_shows_the_probabilities_the_rule_compared():
     assert result["decision"]["positive_probability"] == shown["malignant"]
     assert result["decision"]["positive"] == (shown["malignant"] >= 0.4)
     assert result["class"] == ("malignant" if result["decision"]["positive"] else "benign")
-    assert "0.4000" in result["decision"]["rule"] and "T=2.000" in result["decision"]["rule"]
+    assert "0.4000" in result["decision"]["rule"]
+    assert "T=2.000" in result["decision"]["rule"]
 
 
 def test_the_rule_survives_its_json_record_and_refuses_nonsense():
     rule = DecisionRule(CLASSES, "malignant", 0.25, 1.3, "lowest threshold ...", "val, 63 images")
     assert DecisionRule.from_dict(rule.to_dict()) == rule
-    for bad in ({"threshold": 1.5}, {"temperature": 0.0}, {"positive_class": "cyst"}):
-        with pytest.raises(ValueError):
+    for bad, says in (
+        ({"threshold": 1.5}, "not a probability"),
+        ({"temperature": 0.0}, "must be positive"),
+        ({"positive_class": "cyst"}, "not in"),
+    ):
+        with pytest.raises(ValueError, match=says):
             DecisionRule(CLASSES, **bad)

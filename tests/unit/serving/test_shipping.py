@@ -37,5 +37,6 @@ def test_the_staged_package_serves_alone_without_the_projects_own_modules(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded and all(path.startswith(str(staged)) for path in loaded.values()), loaded
+    assert loaded
+    assert all(path.startswith(str(staged)) for path in loaded.values()), loaded
     assert (staged / "serving" / "static" / "index.html").is_file()

@@ -35,7 +35,8 @@ def test_supported_formats_decode_by_content(fmt):
     data = encode(scan(), fmt)
     assert sniff_format(data) == fmt
     image = decode_upload(data, LIMITS)
-    assert image.size == (56, 40) and image.mode in ("RGB", "L")
+    assert image.size == (56, 40)
+    assert image.mode in ("RGB", "L")
 
 
 def test_grey_rgba_palette_and_16bit_uploads_give_the_same_pixels():
@@ -65,18 +66,21 @@ def test_grey_rgba_palette_and_16bit_uploads_give_the_same_pixels():
 def test_bad_uploads_are_refused_with_a_status_and_a_reason(data, status, words):
     with pytest.raises(InvalidInput) as refused:
         decode_upload(data, LIMITS)
-    assert refused.value.status == status and words in refused.value.reason
+    assert refused.value.status == status
+    assert words in refused.value.reason
 
 
 def test_refusals_name_the_servers_own_limits_never_the_pipelines_params():
     data = encode(scan())
     with pytest.raises(InvalidInput) as refused:
         decode_upload(data, Limits(max_bytes=len(data) - 1))
-    assert refused.value.status == 413 and "--max-bytes" in refused.value.reason
+    assert refused.value.status == 413
+    assert "--max-bytes" in refused.value.reason
     azure = Limits.from_env()
     with pytest.raises(InvalidInput) as refused:
         decode_upload(png_header_only(9000, 9000), azure)
-    assert "MAX_IMAGE_PIXELS" in refused.value.reason and "prepare." not in refused.value.reason
+    assert "MAX_IMAGE_PIXELS" in refused.value.reason
+    assert "prepare." not in refused.value.reason
 
 
 def test_truncated_and_tiny_images_are_400():
@@ -98,7 +102,8 @@ def test_a_large_16_bit_upload_decodes_within_memory_proportional_to_its_output(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert image.mode == "L" and image.size == (side, side)
+    assert image.mode == "L"
+    assert image.size == (side, side)
     assert peak < 2 * side * side, f"{peak / side**2:.1f} bytes per pixel"
 
 
@@ -132,7 +137,7 @@ def test_a_dicom_upload_is_its_ultrasound_region(busi_sample):
 
 
 @pytest.mark.parametrize(
-    "kwargs, status, reason",
+    ("kwargs", "status", "reason"),
     [
         ({"frames": 3}, 422, "multi_frame: 3 frames (a cine loop, not one image): send one frame"),
         ({"modality": "MR"}, 422, "not_ultrasound: DICOM with Modality MR"),
@@ -141,7 +146,8 @@ def test_a_dicom_upload_is_its_ultrasound_region(busi_sample):
 def test_a_cine_loop_or_another_modality_is_a_clear_422(kwargs, status, reason):
     with pytest.raises(InvalidInput) as refused:
         decode_upload(make_dicom(scan(0, 40, 56), **kwargs), LIMITS)
-    assert refused.value.status == status and refused.value.reason.startswith(reason)
+    assert refused.value.status == status
+    assert refused.value.reason.startswith(reason)
     assert not any(marker in refused.value.reason for marker in MARKERS.values())
 
 
@@ -152,4 +158,5 @@ def test_a_broken_or_huge_dicom_is_refused_like_any_image():
     assert broken.value.status == 400
     with pytest.raises(InvalidInput) as huge:
         decode_upload(data, Limits(max_pixels=1000))
-    assert huge.value.status == 413 and "--max-pixels" in huge.value.reason
+    assert huge.value.status == 413
+    assert "--max-pixels" in huge.value.reason
