@@ -11,9 +11,20 @@ The saved model nests its backbone as a sub-model, whose `.output` belongs to th
 graph: `keras.Model(model.inputs, model.get_layer("backbone").output)` fails with "Output ... is
 not connected to inputs". So the chain of top-level layers is re-applied to a fresh input,
 returning the feature map next to the probabilities (same weights, no copy).
+
+Where a map's cells sit on the image: not where a plain resize of the map puts them. Cell i of the
+last feature map is centred on input pixel `offset + stride * i`, and the offset is the
+backbone's: ResNet50 samples with 1x1 stride-2 convolutions, so its cells are centred on pixels
+0, 32, 64 ... (offset 0), DenseNet121 averages 2x2 blocks (offset 14), while a resize assumes
+15.5. Drawn with a resize, ResNet50's evidence at the centre of a 64-pixel image (its cell 1,
+centred on pixel 32) lit the bottom-right quarter (pixel 47.5) of every image. `grid` computes
+the geometry from the backbone's layers (receptive-field arithmetic) and `heatmap` places the
+cells there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import keras
@@ -21,6 +32,75 @@ import numpy as np
 
 BACKBONE = "backbone"
 PREDICTIONS = "predictions"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a backbone's feature-map cells sit in its input: cell i is centred on input pixel
+    `offset + stride * i` (pixel centres at 0, 1, ...); `size` is the input side in pixels."""
+
+    stride: float
+    offset: float
+    size: int
+
+
+_KERNEL_LAYERS = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+)
+
+
+def grid(model: keras.Model) -> Grid | None:
+    """The feature grid of `model`'s `backbone`, from its layers' kernels, strides and padding.
+
+    Receptive-field arithmetic (Dumoulin and Visin 2016; Araujo et al. 2019) along the layer
+    graph: a kernel k with stride s and left padding p moves the first cell's centre by
+    ((k - 1) / 2 - p) input steps and multiplies the step by s. Branches that merge (ResNet's
+    shortcut, DenseNet's concatenation) must agree. None when a layer resamples in a way this
+    does not model (then `heatmap` falls back to an even spread over the image).
+    """
+    backbone = model.get_layer(BACKBONE)
+    size = backbone.inputs[0].shape[1]
+    if size is None or not isinstance(backbone, keras.Model):
+        return None
+    known: dict[int, tuple[float, float] | None] = {}  # None: not modelled
+    for layer in backbone.layers:
+        node = layer._inbound_nodes[0]  # built once, as in keras.applications
+        if not node.parent_nodes:
+            known[id(layer)] = (1.0, 0.0)
+            continue
+        parents = [known.get(id(parent.operation)) for parent in node.parent_nodes]
+        geometry = parents[0]
+        if geometry is None or any(other != geometry for other in parents):
+            return None  # merged branches disagree, or an unmodelled layer upstream
+        before = tuple(node.input_tensors[0].shape[1:3])
+        after = tuple(node.output_tensors[0].shape[1:3])
+        known[id(layer)] = _step(layer, geometry, before[0], before == after)
+    step = known.get(id(backbone.layers[-1]))
+    return None if step is None else Grid(stride=step[0], offset=step[1], size=int(size))
+
+
+def _step(
+    layer: keras.layers.Layer, geometry: tuple[float, float], size: int, same_shape: bool
+) -> tuple[float, float] | None:
+    """(stride, offset) after `layer`, given them before it and its input side `size`."""
+    stride, offset = geometry
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        return stride, offset - layer.padding[0][0] * stride
+    if isinstance(layer, _KERNEL_LAYERS):
+        k = layer.kernel_size[0] if hasattr(layer, "kernel_size") else layer.pool_size[0]
+        k = (k - 1) * (getattr(layer, "dilation_rate", (1,))[0]) + 1
+        s = layer.strides[0]
+        if layer.padding == "same":  # TensorFlow's rule: the odd pixel of padding goes last
+            total = max(k - (s if size % s == 0 else size % s), 0)
+            left = total // 2
+        else:
+            left = 0
+        return stride * s, offset + ((k - 1) / 2 - left) * stride
+    return geometry if same_shape else None
 
 
 def feature_model(model: keras.Model) -> keras.Model:
@@ -74,21 +154,41 @@ def maps_from_features(
     return maps[np.arange(len(maps)), :, :, chosen]
 
 
-def heatmap(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A CAM as float32 in [0, 1] at image size: ReLU, divided by its maximum, bilinear upsampling.
+def heatmap(cam: np.ndarray, height: int, width: int, cells: Grid | None = None) -> np.ndarray:
+    """A CAM as float32 in [0, 1] at image size: ReLU, divided by its maximum, bilinear upsampling
+    with each cell at its centre in the backbone's input (`cells`, from `grid`; None: spread
+    evenly, as a plain resize does). Beyond the outer cells' centres the edge values hold.
 
-    The prepared images are square, so the model's resize layer only scales them and the map
-    covers the whole image.
+    The height x width image is the backbone's square input scaled (the prepared images are
+    square; the page crops a letterboxed upload's box out of the square afterwards).
     """
     heat = np.maximum(np.asarray(cam, dtype=np.float32), 0)
     peak = float(heat.max())
     heat = heat / peak if peak > 0 else heat
-    return np.clip(cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+    rows, cols = heat.shape
+    if cells is None:  # the cells spread evenly: a plain resize's geometry
+        cells = Grid(stride=1.0, offset=0.0, size=1)
+        scale_y, scale_x = rows / height, cols / width
+        shift_y, shift_x = 0.5 * scale_y - 0.5, 0.5 * scale_x - 0.5
+    else:  # output pixel -> input pixel of the backbone -> cell coordinate
+        scale_y = cells.size / (height * cells.stride)
+        scale_x = cells.size / (width * cells.stride)
+        shift_y = (0.5 * cells.size / height - 0.5 - cells.offset) / cells.stride
+        shift_x = (0.5 * cells.size / width - 0.5 - cells.offset) / cells.stride
+    to_cell = np.array([[scale_x, 0, shift_x], [0, scale_y, shift_y]], dtype=np.float32)
+    placed = cv2.warpAffine(
+        heat, to_cell, (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    return np.clip(placed, 0, 1)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def overlay(
+    image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, cells: Grid | None = None
+) -> np.ndarray:
     """Blend a CAM's `heatmap` (JET colours, red = strongest) over an RGB uint8 image."""
-    heat = heatmap(cam, *image.shape[:2])
+    height, width = image.shape[:2]
+    heat = heatmap(cam, height, width, cells=cells)
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)

@@ -483,10 +483,11 @@ def _test_images(
     if not chosen:
         return
     maps = cam.maps_from_features(model, features[chosen], p[chosen].argmax(1))
+    cells = cam.grid(model)  # each cell drawn where the backbone centres it, not spread evenly
     tiles: dict[int, np.ndarray] = {}  # the image and its overlay side by side
     for i, heat in zip(chosen, maps, strict=True):
         gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
-        tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat)])
+        tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat, cells=cells)])
     title = f"{arch}, test: class activation maps (Grad-CAM) of the predicted class"
     plots.save_png(plots.image_grid(tiles, picks, captions, title), out / "gradcam_test.png")
 

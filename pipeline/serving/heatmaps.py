@@ -34,6 +34,7 @@ class HeatMapper:
         self.model = classifier.engine.model
         self.max_side = max_side
         self.features = cam.feature_model(self.model)
+        self.cells = cam.grid(self.model)  # where the map's cells sit on the model's input
         height, width = classifier.engine.input_size or (64, 64)
         self(np.zeros((1, height, width, 3), np.float32), 8, 8)  # trace once, at start
 
@@ -62,7 +63,7 @@ class HeatMapper:
         scale = min(1.0, self.max_side / max(height, width))
         out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
         side = max(out_h, out_w)
-        square = cam.heatmap(cam_map, side, side)
+        square = cam.heatmap(cam_map, side, side, cells=self.cells)
         if self.classifier.engine.keep_aspect:
             top, left = (side - out_h) // 2, (side - out_w) // 2
             heat = square[top : top + out_h, left : left + out_w]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import keras
 import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
 
 from pipeline import cam
 from pipeline.backbones import build_classifier
@@ -89,3 +92,68 @@ def test_overlay_keeps_the_image_shape_and_colours_the_hot_region():
     hot, cold = blended[4, 28].astype(int), blended[28, 4].astype(int)
     assert hot[0] > hot[2]  # JET: red where the map is strongest
     assert cold[2] > cold[0]  # blue where it is zero
+
+
+def test_the_heat_map_puts_each_cell_where_the_backbone_centres_it():
+    one_cell = np.zeros((4, 4))
+    one_cell[2, 1] = 1.0
+    resnet_like = cam.Grid(stride=32.0, offset=0.0, size=128)  # cells centred on 0, 32, 64, 96
+    heat = cam.heatmap(one_cell, 128, 128, cells=resnet_like)
+    assert np.unravel_index(heat.argmax(), heat.shape) == (64, 32)
+    assert heat[64, 32] == 1.0
+    even = cam.heatmap(one_cell, 128, 128)  # a plain resize's spread: centres 15.5, 47.5, ...
+    peak = np.unravel_index(even.argmax(), even.shape)
+    assert peak in {(79, 47), (79, 48), (80, 47), (80, 48)}
+    halved = cam.heatmap(one_cell, 64, 64, cells=resnet_like)  # drawn smaller: scaled with it
+    assert np.unravel_index(halved.argmax(), halved.shape) == (32, 16)
+
+
+def test_an_even_grid_gives_what_a_resize_gives():
+    model = red_spot_model(32)
+    cells = cam.grid(model)
+    assert cells == cam.Grid(stride=4.0, offset=1.5, size=32)  # 4x4 average pools
+    cam_map = np.random.default_rng(1).random((8, 8))
+    np.testing.assert_allclose(
+        cam.heatmap(cam_map, 32, 32, cells=cells), cam.heatmap(cam_map, 32, 32), atol=1e-6
+    )
+
+
+def _blob(size: int, centre: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    image = rng.normal(100, 15, (size, size)).clip(0, 255)
+    if centre:
+        cv2.circle(image, (centre[1], centre[0]), 8, 240, -1)
+    return np.repeat(image[..., None], 3, axis=2).astype(np.float32)
+
+
+# Cell centres worked out by hand from keras.applications: ResNet50 reaches 1/32 through a 7x7
+# stride-2 convolution (padding 3), a 3x3 stride-2 max pool (padding 1) and three 1x1 stride-2
+# convolutions, which keep every other pixel: centres 0, 32, 64, 96. DenseNet121 through the same
+# stem and three 2x2 average pools, each centred between its two pixels: 14, 46, 78, 110.
+CENTRES = {"resnet50": (0.0, (32, 96)), "densenet121": (14.0, (46, 78))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(CENTRES))
+def test_a_backbone_whose_evidence_is_a_blob_gets_a_map_peaking_on_the_blob(arch):
+    """A real backbone (weights=None) whose head is fitted to find a bright blob anywhere: its
+    class activation map must peak on the blob. Before the cells were placed by `grid`,
+    ResNet50's peak sat half a cell (16 px) below and right of it, on every image."""
+    size, rng = 128, np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    model = build_classifier(arch, size, CLASSES, weights=None)
+    offset, (near, far) = CENTRES[arch]
+    assert cam.grid(model) == cam.Grid(stride=32.0, offset=offset, size=size)
+    net = cam.feature_model(model)
+    spots = [tuple(int(v) for v in rng.integers(10, size - 10, 2)) for _ in range(24)]
+    images = np.stack([_blob(size, s, rng) for s in spots] + [_blob(size, (), rng)] * 24)
+    pooled = net.predict(images, verbose=0)[0].mean(axis=(1, 2))
+    fitted = LogisticRegression(C=10, max_iter=2000).fit(pooled, [0] * 24 + [1] * 24)
+    kernel = np.zeros((pooled.shape[1], 3), dtype="float32")
+    kernel[:, 0] = -fitted.coef_[0]  # class 0 ("benign" here): the blob is there
+    model.get_layer("predictions").set_weights([kernel, np.zeros(3, dtype="float32")])
+
+    for centre in [(near, near), (far, near), (near, far)]:
+        maps, _ = cam.class_activation_maps(model, _blob(size, centre, rng)[None], 0, cam=net)
+        heat = cam.heatmap(maps[0], size, size, cells=cam.grid(model))
+        peak = np.unravel_index(heat.argmax(), heat.shape)
+        assert np.abs(np.subtract(peak, centre)).max() <= 2, (centre, peak)
