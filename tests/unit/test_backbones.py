@@ -15,6 +15,12 @@ def resnet():
     return backbones.build_classifier("resnet50", 32, CLASSES)
 
 
+@pytest.fixture(scope="module")
+def densenet():
+    """Built once for the module (2 s of CPU each); no test here changes it."""
+    return backbones.build_classifier("densenet121", 32, CLASSES)
+
+
 def test_model_takes_raw_images_of_any_size_and_returns_probabilities(resnet):
     for shape in [(2, 32, 32, 3), (1, 50, 40, 3)]:
         proba = resnet.predict(np.random.uniform(0, 255, shape).astype("float32"), verbose=0)
@@ -36,8 +42,8 @@ def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
 
-def test_densenet_preprocessing_matches_keras_torch_mode():
-    model = backbones.build_classifier("densenet121", 32, CLASSES)
+def test_densenet_preprocessing_matches_keras_torch_mode(densenet):
+    model = densenet
     image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
     ours = keras.Model(model.input, model.get_layer("preprocess").output).predict(image, verbose=0)
     expected = keras.applications.densenet.preprocess_input(image.copy())
@@ -87,8 +93,8 @@ def test_backbone_blocks_are_keras_blocks_in_order_with_every_layer_once(resnet)
         assert all(layer.name.startswith(name + "_") for layer in layers)
 
 
-def test_densenet_transitions_and_final_norm_join_the_block_below_them():
-    base = backbones.build_classifier("densenet121", 32, CLASSES).get_layer("backbone")
+def test_densenet_transitions_and_final_norm_join_the_block_below_them(densenet):
+    base = densenet.get_layer("backbone")
     blocks = dict(backbones.backbone_blocks(base))
     assert len(blocks) == 1 + 58  # 6 + 12 + 24 + 16 dense layers
     assert [layer.name for layer in blocks["conv2_block6"][-4:]] == [
@@ -139,11 +145,10 @@ def test_the_copy_for_saving_predicts_the_same_without_optimizer_state(tmp_path)
     assert served < full / 2  # Adam keeps two moments per weight
 
 
-def test_from_scratch_batchnorm_statistics_follow_training_quickly():
-    scratch = backbones.build_classifier("densenet121", 32, CLASSES)
+def test_from_scratch_batchnorm_statistics_follow_training_quickly(densenet):
     norms = [
         layer
-        for layer in scratch.get_layer("backbone").layers
+        for layer in densenet.get_layer("backbone").layers
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert norms

@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
         yield root, params, summary
 
 
+@pytest.mark.slow  # trains
 def test_model_and_run_record_are_written(trained):
     root, _, _ = trained
     folder = root / "models" / "resnet50"
@@ -55,6 +56,7 @@ def test_model_and_run_record_are_written(trained):
     assert set(json.loads((folder / "run.json").read_text())) == {"run_id", "experiment_id"}
 
 
+@pytest.mark.slow  # trains
 def test_history_has_one_row_per_epoch_with_whole_val_set_macro_f1(trained):
     root, _, summary = trained
     history = pd.read_csv(root / "reports/train/resnet50/history.csv")
@@ -69,6 +71,7 @@ def test_history_has_one_row_per_epoch_with_whole_val_set_macro_f1(trained):
     assert (root / "reports/train/resnet50/curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains
 def test_committed_training_reports_hold_nothing_that_changes_between_reruns(trained):
     """Timings differ on every run of the same code: they belong to MLflow, not to git."""
     root, _, summary = trained
@@ -79,6 +82,7 @@ def test_committed_training_reports_hold_nothing_that_changes_between_reruns(tra
         assert not [n for n in names if "second" in n or "run_id" in n], names
 
 
+@pytest.mark.slow  # trains
 def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     root, _, _ = trained
     run_id = json.loads((root / "models/resnet50/run.json").read_text())["run_id"]
@@ -112,6 +116,7 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 32, 32, 3)
 
 
+@pytest.mark.slow  # trains
 def test_the_saved_model_is_the_best_epoch_it_reports(trained):
     root, params, summary = trained
     model = keras.saving.load_model(root / "models/resnet50/model.keras")
@@ -184,6 +189,7 @@ def backbone_weights(root, layer_filter):
     return [w for layer in layers if layer_filter(layer) for w in layer.get_weights()]
 
 
+@pytest.mark.slow  # trains
 def test_pretrained_fine_tuning_runs_the_top_blocks_at_the_lower_rate_with_batchnorm_frozen(
     weights_file, tmp_path, monkeypatch
 ):
@@ -280,6 +286,7 @@ def tiny_run(tmp_path, monkeypatch):
         yield run
 
 
+@pytest.mark.slow  # trains
 def test_warm_up_trains_the_head_on_a_frozen_backbone(tiny_run):
     model, before, history, _ = tiny_fit(
         {"batch_size": 4, "resnet50": {"warmup_epochs": 2, "epochs": 2, "learning_rate": 0.1}}
@@ -289,6 +296,7 @@ def test_warm_up_trains_the_head_on_a_frozen_backbone(tiny_run):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # trains
 def test_a_diverged_training_is_a_clear_error(tiny_run, monkeypatch):
     metrics_end = train.ValidationMetrics.on_epoch_end
 
@@ -301,6 +309,7 @@ def test_a_diverged_training_is_a_clear_error(tiny_run, monkeypatch):
         tiny_fit({"batch_size": 4, "monitor": "val_loss", "resnet50": {"epochs": 2}}, None)
 
 
+@pytest.mark.slow  # trains
 def test_same_seed_same_validation_score(trained, tmp_path, monkeypatch):
     root, params, summary = trained
     enter_project(monkeypatch, tmp_path)
