@@ -24,6 +24,7 @@ import mlflow
 import mlflow.data.pandas_dataset
 import numpy as np
 import pandas as pd
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.models import ModelSignature, infer_signature
 from sklearn.metrics import f1_score
 
@@ -223,11 +224,14 @@ def _run_metrics(summary: dict[str, float | int], history: pd.DataFrame) -> dict
 
 def _log_dataset(manifest: Path) -> None:
     """The manifest as the run's training dataset (MLflow's Datasets column), with a digest of
-    its content: two runs on the same prepared data show the same digest."""
+    its content: two runs on the same prepared data show the same digest. The source is given
+    as MLflow's `local` type, relative to the project: a bare path string matches two registered
+    source types and MLflow warns "can be interpreted in multiple ways"."""
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    source = get_dataset_source_from_json(json.dumps({"uri": manifest.as_posix()}), "local")
     dataset = mlflow.data.pandas_dataset.from_pandas(
-        frame, source=str(manifest), targets="label", name="manifest", digest=digest
+        frame, source=source, targets="label", name="manifest", digest=digest
     )
     mlflow.log_input(dataset, context="training")
 

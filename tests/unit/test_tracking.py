@@ -1,9 +1,11 @@
 """Where runs land and how they are named, in a plain `dvc repro` and inside a DVC experiment."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -150,3 +152,21 @@ def test_a_copied_project_writes_into_its_own_folder_and_leaves_the_original_alo
         mlflow.get_experiment_by_name("moving").artifact_location
         == (original.resolve() / "mlartifacts").as_uri()
     )
+
+
+def test_the_manifest_is_logged_as_a_local_dataset_without_a_warning(tmp_path, monkeypatch):
+    """A bare path matches two of MLflow's source types, which warned on every training run."""
+    from pipeline import train
+
+    enter_project(monkeypatch, tmp_path)
+    manifest = Path("data/prepared/manifest.csv")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("path,label,split,sha256\na.png,benign,train,0\n")
+    tracking.setup("datasets")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with mlflow.start_run() as run:
+            train._log_dataset(manifest)
+    (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.source_type == "local"
+    assert json.loads(logged.dataset.source) == {"uri": "data/prepared/manifest.csv"}
