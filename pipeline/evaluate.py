@@ -61,6 +61,7 @@ class SplitFacts:
     groups: np.ndarray | None = None
     subgroups: dict[str, tuple[np.ndarray, list[str]]] = dataclasses.field(default_factory=dict)
     image_hashes: tuple[str, ...] = ()
+    subgroup_gaps: tuple[str, ...] = ()  # analyses the manifest cannot support, with the reason
 
 
 def run(params: Params) -> dict:
@@ -166,7 +167,8 @@ def split_facts(manifest: pd.DataFrame, split: str) -> SplitFacts:
     rows = manifest[manifest["split"] == split]
     groups = rows["group"].to_numpy() if "group" in rows else None
     hashes = rows["sha256"] if "sha256" in rows else rows["path"]
-    return SplitFacts(groups, subgroups.define(manifest, rows), tuple(hashes))
+    found = subgroups.define(manifest, rows)
+    return SplitFacts(groups, found, tuple(hashes), tuple(subgroups.missing(manifest)))
 
 
 def predict(net: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +291,7 @@ def _split_report(
         )  # fmt: skip
         for name, (labels, order) in facts.subgroups.items()
     }
+    report["subgroups_not_evaluated"] = list(facts.subgroup_gaps)
     return report
 
 

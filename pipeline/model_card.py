@@ -166,6 +166,7 @@ def _details(
 
 def _factors(test: dict) -> list[str]:
     shown = list((test.get("subgroups") or {}).keys())
+    gaps = test.get("subgroups_not_evaluated") or []
     return [
         "- Relevant: site and scanner (image size and appearance), lesion size, several lesions "
         "in one image, and patient characteristics (age, breast density), which the data do not "
@@ -173,6 +174,7 @@ def _factors(test: dict) -> list[str]:
         "- Evaluated: "
         + (", ".join(shown) if shown else "none (the manifest records no subgroup information)")
         + "; subgroups with fewer than 10 images are listed with their n but not estimated.",
+        *([f"- Not evaluated: {'; '.join(gaps)}."] if gaps else []),
     ]
 
 

@@ -137,6 +137,15 @@ def test_subgroups_show_their_size_and_small_ones_no_estimate(metrics):
     card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
     assert "| <= 500 px | 8 | 7 | fewer than 10 images |" in card
     assert f"| > 500 px | 62 | 60 | {format_estimate(metrics['test']['accuracy'])} |" in card
+    assert "Not evaluated" not in card
+
+
+def test_subgroup_analyses_the_data_cannot_support_are_named_with_the_reason(metrics):
+    gap = "lesion size: no benign or malignant image has a mask marking its lesion"
+    seen = {**metrics, "test": {**metrics["test"], "subgroups_not_evaluated": [gap]}}
+    card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
+    factors = card.split("## Factors")[1].split("\n## ")[0]
+    assert f"- Not evaluated: {gap}." in factors
 
 
 def test_the_card_labels_every_headline_metric():

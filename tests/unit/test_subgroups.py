@@ -58,9 +58,9 @@ def test_bands_are_cut_on_the_whole_manifest_so_every_split_shares_the_edges():
 def test_without_any_lesion_area_there_is_no_size_table_and_the_gap_is_named():
     frame = manifest(["", "", ""], ["benign", "malignant", "normal"])  # e.g. DICOM or a plain CSV
     assert LESION_SIZE not in subgroups.define(frame, frame)
-    assert subgroups.missing(frame) == [
-        "lesion size: no benign or malignant image has a mask marking its lesion"
-    ]
+    gap = "lesion size: no benign or malignant image has a mask marking its lesion"
+    assert subgroups.missing(frame) == [gap]
+    assert split_facts(frame, "test").subgroup_gaps == (gap,)  # the report and card name it
     older = frame.drop(columns="mask_area")  # a manifest from before prepare recorded areas
     assert LESION_SIZE not in subgroups.define(older, older)
     assert "lesion size: prepare records no mask areas" in subgroups.missing(older)
