@@ -65,10 +65,7 @@ class SplitFacts:
 
 
 def run(params: Params) -> dict:
-    """Evaluate both models on validation and test, write reports/evaluate/, and record the test
-    look.
-
-    Validation figures drive the choice in `select`; test figures are written once, beside them."""
+    """Score both models on val (what `select` uses) and test (reported once): reports/evaluate/."""
     inputs = {arch: _require_inputs(arch) for arch in ARCHS}
     data = {split: _load_split(split, params.classes) for split in SPLITS}
     manifest = read_manifest(PREPARED_DIR / "manifest.csv")
