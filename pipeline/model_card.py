@@ -146,7 +146,12 @@ def _details(
         registered = f"`{name}`" + (f" version {version}" if version is not None else "")
         if selection.get("alias"):
             registered += f" (alias `@{selection['alias']}`)"
-        out.append(f"- Version: registered as {registered} in the MLflow model registry.")
+        # The committed copy has no number (a rerun registers the next one); the registry's has.
+        number = "; the copy of this card attached to the version names its number"
+        out.append(
+            f"- Version: registered as {registered} in the MLflow model registry"
+            f"{number if version is None else ''}."
+        )
     out.append(f"- Owner: {OWNER}.")
     out.append(
         "- Date: the registry version's creation time (kept out of the card so reruns "
@@ -186,13 +191,26 @@ def _evaluation_data(val: dict, test: dict) -> list[str]:
         "group from training and validation; used for nothing but this report.",
     ]
     use = test.get("test_use")
-    if use:
+    if use and "looks" in use:
         out.append(
             f"- **Test use: this test split has been looked at {use.get('looks')} times by "
             f"{use.get('models')} models** (MLflow experiment `{use.get('ledger')}`). Each look "
             "that informed a choice makes the test figures more optimistic."
         )
+    elif use:  # the committed copy: the count grows with every look, so the registry's copy has it
+        out.append(
+            f"- **Test use: every look at this test split is counted** (one run per look in "
+            f"MLflow experiment `{use.get('ledger')}`); the copy of this card attached to the "
+            "registered version says how many. Each look that informed a choice makes the test "
+            "figures more optimistic."
+        )
     return out
+
+
+def _reuse(use: dict) -> str:
+    if "looks" in use:
+        return f"{use['looks']} looks by {use.get('models', '?')} models"
+    return f"counted in MLflow experiment `{use.get('ledger', '?')}`"
 
 
 def _headline_table(val: dict, test: dict) -> list[str]:
@@ -373,7 +391,7 @@ def _tripod(val: dict, test: dict) -> list[str]:
         ("Performance with intervals", "Quantitative analyses"),
         ("Calibration", "Calibration of p(malignant)"),
         ("Fairness / subgroups", "Subgroups (test); patient characteristics not recorded"),
-        ("Test-set reuse", f"{use.get('looks', '?')} looks by {use.get('models', '?')} models"),
+        ("Test-set reuse", _reuse(use)),
         ("Model availability", "MLflow registry version above; code in this repository"),
         ("Limitations", "Caveats and recommendations"),
     ]

@@ -10,7 +10,8 @@ for a run of the committed pipeline with `select.register: true`, registered as
 alias moves: the experiment's release is logged and tagged with the experiment's name, so
 `mlflow ui` compares it, and `@challenger` stays where it was.
 Writes `reports/selection.json` and `reports/model_card.md` (nothing in them changes from run to
-run but the results) and `models/selected/`.
+run but the results: the version number and the test split's look count are in the copy of the
+card attached to the registered version) and `models/selected/`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from pipeline import registry, tracking
+from pipeline import ledger, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
@@ -127,16 +128,21 @@ def run(params: Params) -> dict:
     tracking.setup(params.mlflow.experiment)
     provenance = _release(params, winner, rule, run_id, selection, experiment)
     summary = _read_json(Path("reports/data/summary.json"), required=False)
-    card = render_model_card(
-        winner, metrics[winner], summary, selection, selection["synthetic_data"],
-        model_name=params.select.model_name, version=provenance["version"],
-    )  # fmt: skip
+
+    def card(result: dict, version: str | None) -> str:
+        return render_model_card(
+            winner, result, summary, selection, selection["synthetic_data"],
+            model_name=params.select.model_name, version=version,
+        )  # fmt: skip
+
+    registered = card(_test_use_counted(metrics[winner], params), provenance["version"])
+    committed = card(_test_use_uncounted(metrics[winner]), None)
     write_json(SELECTION_FILE, selection)
-    write_text(MODEL_CARD_FILE, card)
+    write_text(MODEL_CARD_FILE, committed)
     client = mlflow.MlflowClient()
-    client.log_text(run_id, card, "model_card.md")
+    client.log_text(run_id, registered, "model_card.md")
     if provenance["version"] is not None:
-        client.update_model_version(params.select.model_name, provenance["version"], card)
+        client.update_model_version(params.select.model_name, provenance["version"], registered)
     choice = f"{winner} ({reason}; {selection['paired_comparison']['note']})"
     _print_outcome(params, choice, provenance, experiment, rule)
     return selection | {"version": provenance["version"]}
@@ -182,6 +188,26 @@ def _release(
         registry.delete_version(name, got)
         expected = str(int(got) + 1)
     raise UserError(f"{name}: the registry kept assigning other version numbers; rerun select")
+
+
+def _test_use_counted(result: dict, params: Params) -> dict:
+    """The winner's results with the test ledger's count as of now, for the registry's card."""
+    use = (result.get("test") or {}).get("test_use") or {}
+    if not use.get("split_sha256"):
+        return result
+    counted = use | ledger.split_use(params.mlflow.experiment, use["split_sha256"])
+    return result | {"test": result["test"] | {"test_use": counted}}
+
+
+def _test_use_uncounted(result: dict) -> dict:
+    """The winner's results without the ledger's count, for the committed card: the count grows
+    with every look, so a rerun on the same data would change a committed file (it is in the
+    registry's copy of the card, in MLflow and on the terminal)."""
+    use = (result.get("test") or {}).get("test_use")
+    if not use:
+        return result
+    kept = {k: v for k, v in use.items() if k not in ("looks", "models")}
+    return result | {"test": result["test"] | {"test_use": kept}}
 
 
 def _seen() -> list[str]:

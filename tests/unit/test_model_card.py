@@ -123,6 +123,15 @@ def test_the_card_says_how_often_the_test_split_was_looked_at(metrics):
     assert "| Test-set reuse | 7 looks by 3 models |" in card
 
 
+def test_the_committed_card_points_at_the_count_without_a_number_that_grows(metrics):
+    use = {"ledger": "busi-test-ledger", "split_sha256": "ab" * 32}
+    seen = {**metrics, "test": {**metrics["test"], "test_use": use}}
+    card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
+    assert "every look at this test split is counted" in card
+    assert "| Test-set reuse | counted in MLflow experiment `busi-test-ledger` |" in card
+    assert "None times" not in card
+
+
 def test_subgroups_show_their_size_and_small_ones_no_estimate(metrics):
     rows = [
         {"subgroup": "<= 500 px", "images": 8, "groups": 7, "note": "fewer than 10 images"},

@@ -91,7 +91,10 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     assert "run_id" not in written
     assert "version" not in written
     assert written["paired_comparison"]["note"].startswith("no paired comparison")
-    assert (project / "reports" / "model_card.md").read_text() == version.description
+    committed = (project / "reports" / "model_card.md").read_text()
+    assert "`tumor-classifier` version 1 (alias `@challenger`)" in version.description
+    assert "`tumor-classifier` (alias `@challenger`)" in committed  # a rerun registers version 2
+    assert "version 1" not in committed
 
 
 def test_the_registered_model_serves_the_rule_that_select_fixed(project):
