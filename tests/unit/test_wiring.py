@@ -1,8 +1,10 @@
-"""The wiring DVC cannot see: stage deps cover every module a stage imports, params exist, and the
-README's commands are real Makefile targets."""
+"""The wiring DVC cannot see: stage deps cover every module a stage imports, params exist, the
+README's commands are real Makefile targets, and pyproject's warning filters catch our own
+deprecations."""
 
 import ast
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,15 @@ def test_phony_lists_exactly_the_verbs_make_help_prints():
     phony = " ".join(re.findall(r"^\.PHONY:((?:.*\\\n)*.*)$", text, re.M))
     verbs = set(re.findall(r"^([a-zA-Z][\w-]*):.*## ", text, re.M))
     assert set(phony.replace("\\\n", " ").split()) == verbs
+
+
+def test_a_deprecation_in_our_package_fails_the_tests_and_a_librarys_own_does_not():
+    with pytest.raises(DeprecationWarning):
+        warnings.warn_explicit("old", DeprecationWarning, "config.py", 1, module="pipeline.config")
+    with pytest.raises(FutureWarning):
+        warnings.warn_explicit("soon", FutureWarning, "cam.py", 1, module="pipeline.serving.cam")
+    warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="keras.src.x")
+    warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="pipelines_elsewhere")
 
 
 def test_ci_runs_the_readme_test_command():
