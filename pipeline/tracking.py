@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import subprocess
@@ -34,6 +35,19 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The runs table sorted by the headline metric, best first (URL keys of MLflow 3's experiment
 # page: orderByKey, orderByAsc, compareRunsMode; mlflow/server/js, experiment page search facets).
 HEADLINE_METRIC = "val_macro_f1"
+# The columns the runs view opens with: evaluate's headline numbers (reports/evaluate/metrics.json:
+# f1, sens, spec, auc) as the training runs carry them.
+HEADLINE_COLUMNS = (
+    HEADLINE_METRIC,
+    "val_operating_point_sensitivity",
+    "val_operating_point_specificity",
+    "val_operating_point_auc",
+)
+# MLflow 3's UI keeps chosen columns in the browser, not in the URL; a "shared view" is an
+# experiment tag `mlflow.sharedViewState.<key>` holding the view state (search facets and UI
+# state as JSON) that `?viewStateShareKey=<key>` opens (mlflow/server/js, experiment page).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "headline"
 ARTIFACTS_DIR = "mlartifacts"
 # Where MLflow 3 stores artifact locations (its SQL schema): (table, column, extra condition).
 _LOCATION_COLUMNS = (
@@ -149,14 +163,38 @@ def setup(experiment: str) -> str:
         else:
             experiment_id = mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.MlflowClient().set_experiment_tag(
+        experiment_id, SHARED_VIEW_TAG + RUNS_VIEW_KEY, json.dumps(runs_view_state())
+    )
     return experiment_id
 
 
+def runs_view_state() -> dict:
+    """The runs table's view that `make ui` links to: sorted by validation macro-F1, best first,
+    with the headline metrics as columns beside MLflow's defaults (source, models, dataset)."""
+
+    def column(kind: str, name: str) -> str:
+        return f"{kind}.`{name}`"  # the UI's canonical column key
+
+    return {
+        "orderByKey": column("metrics", HEADLINE_METRIC),
+        "orderByAsc": False,
+        "selectedColumns": [
+            column("attributes", "Source"),
+            column("attributes", "Models"),
+            column("attributes", "Dataset"),
+            *(column("metrics", name) for name in HEADLINE_COLUMNS),
+        ],
+    }
+
+
 def runs_view_url(base: str, experiment: str) -> str:
-    """The MLflow UI link that opens `experiment`'s runs table, sorted by validation macro-F1.
+    """The MLflow UI link that opens `experiment`'s runs table, sorted by validation macro-F1,
+    with the headline metric columns (the shared view `setup` writes), in any browser.
 
     A fresh browser on `mlflow ui` lands on the GenAI overview; this link goes to the classic
-    runs view. The experiments list when the store or the experiment does not exist yet.
+    runs view. The experiments list when the store or the experiment does not exist yet; the
+    sorted table without chosen columns for an experiment no stage has opened since.
     """
     uri = tracking_uri()
     store = Path(uri.removeprefix("sqlite:///"))
@@ -165,6 +203,8 @@ def runs_view_url(base: str, experiment: str) -> str:
         found = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         return f"{base}/#/experiments"
+    if SHARED_VIEW_TAG + RUNS_VIEW_KEY in found.tags:
+        return f"{base}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
     order = quote(f"metrics.`{HEADLINE_METRIC}`")
     return (
         f"{base}/#/experiments/{found.experiment_id}/runs"

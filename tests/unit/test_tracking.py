@@ -170,3 +170,22 @@ def test_the_manifest_is_logged_as_a_local_dataset_without_a_warning(tmp_path, m
     (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert logged.dataset.source_type == "local"
     assert json.loads(logged.dataset.source) == {"uri": "data/prepared/manifest.csv"}
+
+
+def test_make_uis_link_opens_the_runs_table_with_the_headline_columns(tmp_path, monkeypatch):
+    """MLflow 3 keeps chosen columns in the browser: the link opens the shared view that setup
+    writes as an experiment tag, so any browser sees the headline metrics as columns."""
+    enter_project(monkeypatch, tmp_path)
+    experiment_id = tracking.setup("linked")
+    url = tracking.runs_view_url("http://127.0.0.1:5000", "linked")
+    assert (
+        url
+        == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=headline"
+    )
+    tags = mlflow.get_experiment(experiment_id).tags
+    state = json.loads(tags["mlflow.sharedViewState.headline"])
+    assert state["orderByKey"] == "metrics.`val_macro_f1`"
+    assert state["orderByAsc"] is False
+    for name in ("val_macro_f1", "val_operating_point_sensitivity", "val_operating_point_auc"):
+        assert f"metrics.`{name}`" in state["selectedColumns"]
+    assert tracking.runs_view_url("http://h", "never-set-up") == "http://h/#/experiments"
