@@ -88,10 +88,7 @@ def run(params: Params) -> dict:
         proba[arch] = {split: probabilities for split, (_, probabilities) in outputs.items()}
         results[arch] = evaluate_probabilities(data, proba[arch], params, facts)
         kept[arch] = (model, outputs["test"][0])
-        pooled = {name: pool(predict(net, x)[0]) for name, x in shown.items()}
-        pooled |= {split: pool(f) for split, (f, _) in outputs.items()}
-        pooled["train"] = pool(predict(net, train.images)[0])
-        fitted[arch], found = ood_evaluation(pooled, train.labels, params.evaluate.ood_accept)
+        fitted[arch], found = _model_ood(net, outputs, shown, train, params.evaluate.ood_accept)
         for split in SPLITS:
             results[arch][split]["ood"] = found[split]
     for arch in ARCHS:  # every computation of test metrics is a look, counted before reporting
@@ -115,6 +112,21 @@ def run(params: Params) -> dict:
     _log_to_mlflow(params, inputs, results)
     _print_summary(results, use)
     return results
+
+
+def _model_ood(
+    net: keras.Model,
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    shown: dict[str, np.ndarray],
+    train: ImageSet,
+    accept: float,
+) -> tuple[OodStatistics, dict[str, dict[str, Any]]]:
+    """`ood_evaluation` of one model: the pooled features of train, of both splits (`outputs`,
+    already predicted) and of each OOD family (`shown`)."""
+    pooled = {name: pool(predict(net, x)[0]) for name, x in shown.items()}
+    pooled |= {split: pool(f) for split, (f, _) in outputs.items()}
+    pooled["train"] = pool(predict(net, train.images)[0])
+    return ood_evaluation(pooled, train.labels, accept)
 
 
 def ood_evaluation(
