@@ -30,5 +30,7 @@ def quiet_libraries() -> None:
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # select's model logging drew a "Downloading artifacts: 0%|..." bar for a local copy
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -32,6 +32,8 @@ def test_library_chatter_is_off_unless_verbose(monkeypatch):
     assert logger.level == logging.NOTSET
     monkeypatch.delenv("VERBOSE")
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     terminal.quiet_libraries()
     assert logger.level == logging.WARNING
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
