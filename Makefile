@@ -8,8 +8,15 @@ PYTHON ?= python3
 .DEFAULT_GOAL := help
 # TensorFlow's start-up lines (oneDNN, cpu_feature_guard) are printed before any of our code runs:
 # only the environment can stop them. VERBOSE=1 brings them and the other library logs back.
+# TF_CPP_MIN_LOG_LEVEL=2 stops cpu_feature_guard; TensorFlow 2.21 still prints "oneDNN custom
+# operations are on" (twice, with absl's "before absl::InitializeLog()" preamble) whatever the
+# level: only TF_ENABLE_ONEDNN_OPTS=0 stops it, which also turns off oneDNN's faster CPU kernels.
+# So the verbs that load TensorFlow drop exactly those lines from stderr; all else passes, and
+# the command's exit status is kept (the filter is waited for, so no line comes after make's).
+TF_NOISE := oneDNN custom operations are on|All log messages before absl::InitializeLog
 ifeq ($(filter-out 0 false,$(VERBOSE)),)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+QUIET_TF := 2> >(grep --line-buffered -vE '$(TF_NOISE)' >&2); status=$$?; wait $$!; exit $$status
 endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
@@ -37,7 +44,7 @@ $(STAMP): pyproject.toml | $(UV)
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
 demo: install ## run the whole pipeline on the built-in synthetic demo data
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro $(QUIET_TF)
 	@echo
 	@cat reports/evaluate/comparison.md
 	@echo
@@ -46,12 +53,17 @@ demo: install ## run the whole pipeline on the built-in synthetic demo data
 
 repro: demo ## the same as demo: `dvc repro` through the project's venv
 
+# Test files run on two workers: most of the suite's time is spent waiting on subprocesses and
+# servers (dvc repro, mlflow/azmlinfsrv servers, a browser), so two overlap well even on 2 cores.
+# Each file stays on one worker (its module fixtures are built once); tests/conftest.py sends the
+# longest files first. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
 
 test: install browser ## the whole test suite (unit + integration)
 	@# the four side environments are independent: built side by side (downloads overlap)
 	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## unit tests only
 	$(PY) -m pytest -m "not slow"
@@ -80,13 +92,13 @@ SOURCE ?= data/raw
 OUT ?= predictions.csv
 
 serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | models/selected)
-	$(TRACKING) $(PY) -m pipeline.serve --model "$(MODEL_URI)" --port $(PORT)
+	$(TRACKING) $(PY) -m pipeline.serve --model "$(MODEL_URI)" --port $(PORT) $(QUIET_TF)
 
 predict: install ## score a folder or CSV of images into a CSV (SOURCE=folder OUT=predictions.csv MODEL=...)
-	$(TRACKING) $(PY) -m pipeline.predict "$(SOURCE)" --model "$(MODEL_URI)" --out "$(OUT)"
+	$(TRACKING) $(PY) -m pipeline.predict "$(SOURCE)" --model "$(MODEL_URI)" --out "$(OUT)" $(QUIET_TF)
 
 monitor: install ## drift report of the prediction log vs the release's reference (exit 1 on drift)
-	$(PY) -m pipeline.monitor
+	$(PY) -m pipeline.monitor $(QUIET_TF)
 
 bench-serve: install ## service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
 	$(PY) bench/serve_latency.py $(BENCH_ARGS)
@@ -102,10 +114,10 @@ AZ_TRAIN_VENV := .venv-azureml-train
 AZ_ONNX_VENV := .venv-azureml-onnx
 
 promote: install ## move @champion to @challenger if it passes params.yaml's promote: gates
-	$(PY) -m pipeline.promote
+	$(PY) -m pipeline.promote $(QUIET_TF)
 
 rollback: install ## point @champion back at the version it replaced
-	$(PY) -m pipeline.promote rollback
+	$(PY) -m pipeline.promote rollback $(QUIET_TF)
 
 package-azure: install ## build/azure/: the champion + score.py + YAMLs (PACKAGE_ARGS="--engine onnx": no TensorFlow)
 	$(PY) -m pipeline.package $(PACKAGE_ARGS)

@@ -108,6 +108,7 @@ class TrainParams:
     patience: int = 3
     augment_on_the_fly: bool = True
     loader_workers: int = 1
+    run_eagerly: bool = False
     mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None = None
     distribution: Literal["data_parallel"] | None = None
     densenet121: ArchParams = field(default_factory=ArchParams)

@@ -445,6 +445,9 @@ def _compile(model: keras.Model, params: Params, learning_rate: float, steps: in
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
         metrics=["accuracy"],
+        # graph tracing costs minutes per model (DenseNet121: ~3 CPU-min) and pays back only
+        # over many steps; a tiny smoke run is faster op by op (params.yaml says when)
+        run_eagerly=t.run_eagerly,
     )
 
 
@@ -484,6 +487,7 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
         "class_weights": t.class_weights,
         "augment_on_the_fly": t.augment_on_the_fly,
         "loader_workers": t.loader_workers,
+        "run_eagerly": t.run_eagerly,
         "monitor": t.monitor,
         "patience": t.patience,
         "mixed_precision": t.mixed_precision or "none",

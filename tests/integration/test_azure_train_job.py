@@ -85,7 +85,8 @@ def test_the_jobs_command_trains_in_the_jobs_own_environment(tmp_path):
     if not (TRAIN_ENV / ".installed-stamp").is_file():
         pytest.skip("the job's environment is missing: run `make azure-train-env`")
     project = project_copy(tmp_path / "code")
-    write_params(project, {}, name="tiny.yaml")
+    # JAX compiles each step once (about a CPU-minute here); op by op it would take minutes a step
+    write_params(project, {"train": {"run_eagerly": False}}, name="tiny.yaml")
     store = f"sqlite:///{tmp_path / 'workspace.db'}"  # Azure ML sets its own URI in the job
     env = clean_env(project, TRAIN_ENV / "bin")
     env |= {"KERAS_BACKEND": "jax", "MLFLOW_TRACKING_URI": store}

@@ -23,6 +23,7 @@ TINY = {
     "prepare": {"image_size": 32},
     "train": {
         "batch_size": 8,
+        "run_eagerly": True,  # no graph tracing of ResNet50/DenseNet121: seconds, not minutes
         "schedule": "cosine",
         "resnet50": {"epochs": 2},
         "densenet121": {"epochs": 1},
@@ -143,6 +144,7 @@ def pretrained_params(weights_path, warmup_epochs: int, epochs: int) -> Params:
             "model": {"weights": str(weights_path)},
             "train": {
                 "batch_size": 8,
+                "run_eagerly": True,
                 "resnet50": {
                     "warmup_epochs": warmup_epochs,
                     "epochs": epochs,
