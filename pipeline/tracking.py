@@ -238,14 +238,22 @@ def experiment_name() -> str | None:
     return os.environ.get("DVC_EXP_NAME") or None
 
 
+# What the pipeline itself rewrites while it runs: a change there says nothing about the code.
+PIPELINE_WRITES = ("dvc.lock", "reports", "models")
+
+
 def git_commit() -> str:
-    """The current commit (with `-dirty` when the tree has changes), or `unknown` outside git."""
+    """The current commit (with `-dirty` when the code or params have changes), or `unknown`
+    outside git. What the pipeline writes while it runs (dvc.lock after each stage, the committed
+    reports) does not count: otherwise every run of `make demo` after its first stage was tagged
+    dirty on a clean checkout."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        outputs = [f":(exclude){path}" for path in PIPELINE_WRITES]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
             capture_output=True,
             text=True,
             check=True,

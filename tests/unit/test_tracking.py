@@ -189,3 +189,20 @@ def test_make_uis_link_opens_the_runs_table_with_the_headline_columns(tmp_path, 
     for name in ("val_macro_f1", "val_operating_point_sensitivity", "val_operating_point_auc"):
         assert f"metrics.`{name}`" in state["selectedColumns"]
     assert tracking.runs_view_url("http://h", "never-set-up") == "http://h/#/experiments"
+
+
+def test_what_the_pipeline_writes_does_not_make_the_commit_dirty(outside_dvc):
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    (outside_dvc / "reports").mkdir()
+    for name in ("dvc.lock", "reports/test.md", "params.yaml"):
+        (outside_dvc / name).write_text("first\n")
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = tracking.git_commit()
+    (outside_dvc / "dvc.lock").write_text("after a stage\n")
+    (outside_dvc / "reports/test.md").write_text("rewritten by evaluate\n")
+    assert tracking.git_commit() == head
+    assert not head.endswith("-dirty")
+    (outside_dvc / "params.yaml").write_text("changed by hand\n")
+    assert tracking.git_commit() == f"{head}-dirty"
