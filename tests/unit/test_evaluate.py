@@ -314,3 +314,17 @@ def test_a_run_missing_from_the_store_is_a_user_error(inputs):
     _, params, _ = inputs
     with pytest.raises(UserError, match=r"models/densenet121/run.json: MLflow run none not found"):
         evaluate.run(params)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_the_ood_statistics_see_the_mirrored_scans_exactly_when_training_flips(flip):
+    rng = np.random.default_rng(0)
+    train = ImageSet(
+        rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), np.array([0, 1, 2, 1]), list("abcd")
+    )
+    params = parse_params({"augment": {"flip": flip}, "evaluate": {"ood_accept": 0.9}})
+    images, labels, accept = evaluate._ood_reference(train, params)
+    expected = [train.images, train.images[:, :, ::-1]] if flip else [train.images]
+    np.testing.assert_array_equal(images, np.concatenate(expected))
+    np.testing.assert_array_equal(labels, np.tile(train.labels, len(expected)))
+    assert accept == 0.9
