@@ -66,7 +66,7 @@ test: install browser ## the whole test suite (unit + integration)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## unit tests only
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install ## ruff (lint + format check), mypy over pipeline/, then lint-workflows
 	$(BIN)/ruff check .
