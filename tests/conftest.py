@@ -9,13 +9,16 @@ CLASSES = ("benign", "malignant", "normal")
 # ones fill the gaps, instead of two long ones queueing on one worker at the end. Ordered by
 # `pytest --durations=0` (README, Testing); a file missing here only starts later.
 LONGEST_FIRST = (
-    "test_dvc_repro.py",
-    "test_surfaces.py",
+    "test_dvc_repro.py",  # ~7 min: a tiny repro, its checks, a queued experiment, a rerun
     "test_dicom_repro.py",
+    "test_backends.py",
     "test_azure_train_job.py",
-    "test_web_page.py",
+    "test_surfaces.py",
     "test_train.py",
     "test_onnx_parity.py",
+    "test_distribution.py",
+    "test_cam.py",
+    "test_web_page.py",
     "test_promote.py",
     "test_select.py",
 )

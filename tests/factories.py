@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import pytest
 
 CLASSES = ("benign", "malignant", "normal")
+# XLA set to compile quickly and run slower: right for a test that compiles a backbone to run it
+# a step or two (JAX's CPU compile of DenseNet121 + ResNet50, one train step each: 126 -> 82
+# CPU-seconds, same losses). Pass as XLA_FLAGS to a JAX subprocess.
+QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def enter_project(mp: pytest.MonkeyPatch, root: Path) -> str:

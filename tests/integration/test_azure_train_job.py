@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.factories import CLASSES, label_image
+from tests.factories import CLASSES, QUICK_XLA_FLAGS, label_image
 from tests.repos import clean_env, project_copy, write_params
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_the_jobs_command_trains_in_the_jobs_own_environment(tmp_path):
     write_params(project, {"train": {"run_eagerly": False}}, name="tiny.yaml")
     store = f"sqlite:///{tmp_path / 'workspace.db'}"  # Azure ML sets its own URI in the job
     env = clean_env(project, TRAIN_ENV / "bin")
-    env |= {"KERAS_BACKEND": "jax", "MLFLOW_TRACKING_URI": store}
+    env |= {"KERAS_BACKEND": "jax", "MLFLOW_TRACKING_URI": store, "XLA_FLAGS": QUICK_XLA_FLAGS}
     env["KERAS_HOME"] = str(tmp_path / ".keras")  # not inside the uploaded code
     job = yaml.safe_load((AZURE / "train-job.yml").read_text())
     command = job["command"].replace("${{inputs.raw}}", str(raw_images(tmp_path / "raw")))

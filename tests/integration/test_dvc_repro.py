@@ -174,11 +174,13 @@ def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
     assert "Traceback" not in result.stderr
 
 
-# --- a sweep: `dvc exp run --queue` x 2, `dvc queue start -j 2` ----------------------------------
+# --- a sweep: `dvc exp run --queue`, `dvc queue start` --------------------------------------------
 # Last in this module on purpose: it reuses the reproduced repo (its baseline and @challenger)
-# instead of a second full pipeline, and restores the params the tests above changed.
+# instead of a second full pipeline, and restores the params the tests above changed. One queued
+# experiment: a second one (train_resnet, evaluate, select again, ~2 CPU-minutes) would prove
+# nothing more about the queue, and `make test` must stay under 15 minutes on 2 cores.
 
-SWEEP = {"sweep-lr-low": 0.0003, "sweep-lr-high": 0.003}
+SWEEP = {"sweep-lr-high": 0.003}
 EXP_SHOW_DROP = "models/|reports/"  # the hash columns of changed outputs (README, Scaling)
 
 
@@ -213,7 +215,7 @@ def sweep(repo):
             cwd=path, env=env,
         )  # fmt: skip
     # not captured: the workers it starts keep its output pipes open after it returns
-    start = ["dvc", "queue", "start", "-j", "2"]
+    start = ["dvc", "queue", "start"]
     subprocess.run(start, cwd=path, env=env, stdout=subprocess.DEVNULL, check=True)
     status = wait_for_queue(path, env)
     sh("dvc", "queue", "stop", cwd=path, env=env)  # the idle workers, once the queue is done
@@ -221,7 +223,7 @@ def sweep(repo):
     return path, env, before, status, logs
 
 
-def test_a_queued_sweep_runs_both_experiments_to_success(sweep):
+def test_a_queued_sweep_runs_its_experiment_to_success(sweep):
     path, env, _, status, logs = sweep
     for name in SWEEP:
         line = next((s for s in status.splitlines() if name in s), "")

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.factories import QUICK_XLA_FLAGS
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
@@ -48,6 +50,7 @@ def test_both_backbones_build_and_train_one_step(backend, tmp_path):
     env = {
         **os.environ,
         "KERAS_BACKEND": backend,
+        "XLA_FLAGS": QUICK_XLA_FLAGS,
         **({"OUT": str(tmp_path)} if served_here else {}),
     }
     result = subprocess.run(

@@ -16,6 +16,7 @@ import pytest
 from pipeline import train
 from pipeline.config import parse_params
 from pipeline.errors import UserError
+from tests.factories import QUICK_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Measured: 3e-8 on weights, 1.2e-7 on losses (float32 reductions in another order); a sharding
@@ -26,7 +27,8 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def two_device_run():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    devices = "--xla_force_host_platform_device_count=2"
+    env |= {"KERAS_BACKEND": "jax", "XLA_FLAGS": f"{devices} {QUICK_XLA_FLAGS}"}
     result = subprocess.run(
         [sys.executable, "-m", "tests.data_parallel_fit"],
         cwd=ROOT,
