@@ -15,7 +15,8 @@ of each `<arch>/metrics.json`, `<arch>/test/`), and every computation of them is
 test ledger (pipeline.ledger), counted in the report and the model card.
 
 Out-of-distribution check (pipeline.serving.ood, the function that serves): the statistics of the
-pooled backbone features are fitted on the train split of data/prepared, the threshold is chosen
+pooled backbone features are fitted on the train split of data/prepared (with its left-right
+mirrors when augment.flip is on), the threshold is chosen
 on validation (`evaluate.ood_accept` of the val images accepted) and written with them to
 `<arch>/ood.npz` for select; the share of test images refused and the OOD AUROC against each
 family of pipeline.ood_sets (test images vs `evaluate.ood_images` synthetic images per family)

@@ -25,7 +25,8 @@ import numpy as np
 OOD_FILE = "ood.npz"
 METHOD = (
     "squared Mahalanobis distance of the pooled backbone features to the nearest training class "
-    "mean (covariance shared by the classes, Ledoit-Wolf shrinkage, fitted on the train split)"
+    "mean (covariance shared by the classes, Ledoit-Wolf shrinkage, fitted on the train split and, "
+    "when training flips images, its left-right mirrors)"
 )
 
 
