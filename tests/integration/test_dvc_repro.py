@@ -119,6 +119,7 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
         # training runs carry validation; test lives in the ledger, one run per look
         assert "val_macro_f1" in run.data.metrics
         assert "test_macro_f1" not in run.data.metrics
+    assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment.experiment_id, runs)
     ledger = client.get_experiment_by_name("busi-tumor-classification-test-ledger")
     looks = client.search_runs([ledger.experiment_id])
     assert len(looks) == 2
@@ -132,6 +133,22 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
     assert "val_macro_f1" in version.tags
     served = load_classifier("models:/tumor-classifier@challenger", tracking_uri=uri)
     assert served.release.rule.to_dict() == release["rule"]  # the rule travels in the model
+
+
+def assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment_id: str, runs) -> None:
+    """Distinct run names; each training run has the data manifest as a dataset input with its
+    digest and its Keras model as a LoggedModel (the Models tab), besides select's release."""
+    assert len({run.info.run_name for run in runs}) == len(runs)
+    for run in runs:
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "manifest"
+        assert dataset.dataset.digest
+        logged = mlflow.search_logged_models(
+            experiment_ids=[experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+            output_format="list",
+        )
+        assert "model" in {model.name for model in logged}, logged
 
 
 def test_a_change_to_the_serving_code_reruns_select_but_never_training(repo):
