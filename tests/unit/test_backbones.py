@@ -21,6 +21,7 @@ def densenet():
     return backbones.build_classifier("densenet121", 32, CLASSES)
 
 
+@pytest.mark.slow  # runs ResNet50 at five input sizes (~5 s): out of the quick loop
 def test_model_takes_raw_images_of_any_size_and_returns_probabilities(resnet):
     for shape in [(2, 32, 32, 3), (1, 50, 40, 3)]:
         proba = resnet.predict(np.random.uniform(0, 255, shape).astype("float32"), verbose=0)
@@ -50,6 +51,7 @@ def test_densenet_preprocessing_matches_keras_torch_mode(densenet):
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
 
+@pytest.mark.slow  # builds ResNet50 twice (~5 s): out of the quick loop
 def test_a_local_weights_file_loads_the_same_numbers(tmp_path):
     source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "resnet50_notop.weights.h5"
@@ -160,6 +162,7 @@ def test_unknown_backbone_is_a_user_error():
         backbones.build_classifier("vgg16", 32, CLASSES)
 
 
+@pytest.mark.slow  # builds a full backbone in bfloat16 (~7 s): out of the quick loop
 def test_mixed_precision_keeps_probabilities_in_float32():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

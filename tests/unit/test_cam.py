@@ -37,6 +37,7 @@ def red_spot_model(size: int = 32) -> keras.Model:
     return model
 
 
+@pytest.mark.slow  # saves and reloads a full ResNet50 (~10 s): out of the quick loop
 def test_maps_of_a_saved_classifier_are_exact_despite_the_nested_backbone(tmp_path):
     model = build_classifier("resnet50", 64, CLASSES, weights=None)
     model.save(tmp_path / "model.keras")
