@@ -15,26 +15,10 @@ from pipeline import evaluate, ledger, metrics, tracking
 from pipeline.config import ARCHS, parse_params
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
-from tests.factories import enter_project
+from tests.factories import enter_project, mini_classifier
 
 CLASSES = ("benign", "malignant", "normal")
 SIZE = 32
-
-
-def tiny_classifier(seed: int) -> keras.Model:
-    """pipeline.backbones' layer contract (nested `backbone`, pool, dropout, predictions), tiny."""
-    keras.utils.set_random_seed(seed)
-    inner = keras.Input(shape=(SIZE, SIZE, 3))
-    x = keras.layers.Rescaling(1 / 255)(inner)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    backbone = keras.Model(inner, x, name="backbone")
-    inputs = keras.Input(shape=(None, None, 3), name="image")
-    x = keras.layers.Resizing(SIZE, SIZE, name="resize")(inputs)
-    x = backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(0.2, name="dropout")(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs)
 
 
 def write_prepared_set(root, per_split=(("train", 2), ("val", 3), ("test", 4))):
@@ -67,7 +51,7 @@ def inputs(tmp_path, monkeypatch):
     )
     for seed, arch in enumerate(ARCHS):
         (tmp_path / "models" / arch).mkdir(parents=True)
-        tiny_classifier(seed).save(tmp_path / "models" / arch / "model.keras")
+        mini_classifier(seed).save(tmp_path / "models" / arch / "model.keras")
         (tmp_path / "models" / arch / "run.json").write_text('{"run_id": "none"}')
     return tmp_path, params, manifest
 
