@@ -177,10 +177,13 @@ def test_keyboard_users_open_the_file_chooser_and_axe_finds_no_serious_violation
     from axe_playwright_python.sync_playwright import Axe
 
     page = browser.new_page()
+    # file choosers are intercepted from the start, not only once expect_file_chooser asks: a
+    # chooser that opened before the interception reached the browser was missed under load
+    page.on("filechooser", lambda _: None)
     page.goto(server + "/", wait_until="load", timeout=30_000)
     page.keyboard.press("Tab")  # the first stop is the file input (shown as its button)
     assert page.evaluate("document.activeElement.id") == "file"
-    with page.expect_file_chooser(timeout=10_000) as chooser:
+    with page.expect_file_chooser(timeout=30_000) as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files(str(demo_image))
     page.wait_for_selector("#result[data-state='done']", timeout=60_000)
