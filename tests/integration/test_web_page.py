@@ -90,13 +90,15 @@ def demo_image(tmp_path) -> Path:
 def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     server, browser, demo_image, classifier, tmp_path
 ):
+    from playwright.sync_api import expect
+
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     requested = []
     page.on("request", lambda request: requested.append(request.url))
     page.goto(server + "/", wait_until="load", timeout=30_000)
-    page.wait_for_function(
-        "document.getElementById('model-info').textContent.includes('version 5')", timeout=30_000
-    )
+    # a locator assertion, not wait_for_function: its string predicate is polled with eval, which
+    # the page's Content-Security-Policy (script-src 'self') refuses whenever it must poll
+    expect(page.locator("#model-info")).to_contain_text("version 5", timeout=30_000)
     assert page.locator("#notice").is_visible()
     assert "Research use only" in page.inner_text("#notice")
     assert page.locator("#synthetic-note").is_visible()
