@@ -7,7 +7,7 @@ CLASSES = ("benign", "malignant", "normal")
 # The longest files, longest first. `make test` runs files on two workers (pytest-xdist,
 # --dist loadfile, --no-loadscope-reorder): started first, the long ones overlap and the short
 # ones fill the gaps, instead of two long ones queueing on one worker at the end. Ordered by
-# `pytest --durations=0` (README, Testing); a file missing here only starts later.
+# `PYTEST_ADDOPTS=--durations=40 make test` in a fresh clone; a file missing here starts later.
 LONGEST_FIRST = (
     "test_dvc_repro.py",  # ~7 min: a tiny repro, its checks, a queued experiment, a rerun
     "test_dicom_repro.py",
