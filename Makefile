@@ -20,7 +20,7 @@ QUIET_TF := 2> >(grep --line-buffered -vE '$(TF_NOISE)' >&2); status=$$?; wait $
 endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
-	monitor promote rollback package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
+	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure azure-train-env azure-onnx-env export-onnx bench-engines
 
 help: ## this list (the default target)
@@ -60,7 +60,7 @@ repro: demo ## the same as demo: `dvc repro` through the project's venv
 TEST_WORKERS ?= 2
 SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
 
-test: install browser ## the whole test suite (unit + integration)
+test: install browser azurite ## the whole test suite (unit + integration)
 	@# the four side environments are independent: built side by side (downloads overlap)
 	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
@@ -102,6 +102,15 @@ monitor: install ## drift report of the prediction log vs the release's referenc
 
 bench-serve: install ## service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
 	$(PY) bench/serve_latency.py $(BENCH_ARGS)
+
+# Azurite, Microsoft's Azure Storage emulator, for the Azure Blob DVC remote's test
+# (tests/integration/test_dvc_remote.py): from npm into .azurite/, pinned, no global install.
+AZURITE_VERSION := 3.35.0
+
+azurite: .azurite/node_modules/.bin/azurite-blob ## Azurite (npm) for the DVC remote's test
+
+.azurite/node_modules/.bin/azurite-blob:
+	npm install --silent --no-audit --no-fund --prefix .azurite azurite@$(AZURITE_VERSION)
 
 browser: ## Debian's chromium for the page's end-to-end test (root; no Playwright download)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version)"; \
