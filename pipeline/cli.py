@@ -25,6 +25,7 @@ def stage_main(
     chatter is off unless VERBOSE=1 (pipeline.terminal).
     """
     terminal.quiet_libraries()
+    terminal.any_file_name()
     parser = argparse.ArgumentParser(
         prog=command_name(run),
         description=(doc or "").strip().splitlines()[0],

@@ -12,6 +12,14 @@ bits, the same for every image), uncompressed or in a transfer syntax pydicom ca
 installed plugins (JPEG baseline and extended, JPEG-LS, RLE: pylibjpeg-libjpeg, Pillow, pydicom).
 Anything else is a `RejectedImage` with a reason, like any bad file.
 
+Memory stays bounded whatever a file says: a deflated dataset (Deflated Explicit VR Little
+Endian) is inflated in chunks, only counting, and refused as `too_large` once it would pass
+`max_bytes` (the byte limit a plain file of that size would meet) before pydicom inflates it;
+the declared Rows x Columns x frames x samples is checked against the pixel and byte limits before
+any pixel is read; and every malformed header value (an empty Columns, NumberOfFrames "abc", an
+empty VOI LUT Sequence, a window width of 0) is a `bad_header` refusal naming the element, never
+its value, and never an exception of another type.
+
 The Sequence of Ultrasound Regions (0018,6011) says where the scanner drew the B-mode image; the
 rest of the frame is burnt-in text, rulers and menus (often the patient's name and the date). With
 `crop`, the largest 2-D tissue region is what the model sees.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +51,12 @@ SUFFIXES = {".dcm", ".dicom"}
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")  # pydicom returns all three as RGB
 GREY = ("MONOCHROME1", "MONOCHROME2")
 TISSUE_2D = 1  # RegionSpatialFormat 1 = 2D (B-mode); RegionDataType 1 = tissue
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset zipped
+# Other syntaxes that deflate the dataset (JPIP referenced): no pixel data of their own.
+DEFLATED_REFERENCED = ("1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205")
+INFLATE_CHUNK = 1 << 20  # bytes inflated at a time while counting a deflated dataset's size
+BYTES_PER_PIXEL = 6  # the most one pixel of an accepted frame takes (3 samples of 16 bits)
+HEADER_ERRORS = (TypeError, ValueError, IndexError, AttributeError, KeyError, OverflowError)
 FramePolicy = Literal["refuse", "first", "middle"]
 
 
@@ -77,6 +92,7 @@ def decode(
     frames: FramePolicy = "refuse",
     crop: bool = True,
     grey_ok: bool = False,
+    max_bytes: int | None = None,
     limit_names: tuple[str, str, str] = (
         "prepare.max_pixels",
         "prepare.min_side",
@@ -86,13 +102,35 @@ def decode(
     """Validate and decode a DICOM file into 8-bit RGB (or grey `L` with `grey_ok`), or raise
     RejectedImage. The pixel count is checked from the header before anything is decoded, the
     smallest side after the crop (what the model would see); a multi-frame file is refused unless
-    `frames` picks one (`first`, `middle`), naming the setting as `limit_names[2]`."""
-    ds = _dataset(data)
-    photometric = _check_header(ds, max_pixels, limit_names[0])
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    `frames` picks one (`first`, `middle`), naming the setting as `limit_names[2]`. `max_bytes`
+    bounds what a deflated dataset may inflate to and what the declared pixel data may take
+    (default: `max_pixels` pixels of the largest accepted kind, `BYTES_PER_PIXEL`)."""
+    budget = max_bytes if max_bytes is not None else max_pixels * BYTES_PER_PIXEL
+    ds = _dataset(data, budget)
+    try:
+        return _decode_dataset(ds, max_pixels, min_side, frames, crop, grey_ok, budget, limit_names)
+    except HEADER_ERRORS as exc:  # a header value of the wrong type or range: the type only
+        raise images.RejectedImage(
+            "bad_header", f"malformed DICOM header ({type(exc).__name__})"
+        ) from None
+
+
+def _decode_dataset(
+    ds: Any,
+    max_pixels: int,
+    min_side: int,
+    frames: FramePolicy,
+    crop: bool,
+    grey_ok: bool,
+    budget: int,
+    limit_names: tuple[str, str, str],
+) -> Scan:
+    photometric, width, height = _check_header(ds, max_pixels, limit_names[0])
+    count = _number(ds, "NumberOfFrames", 1)
+    _check_declared_size(ds, width, height, count, budget)
     index = _frame(count, frames, limit_names[2])
-    region = _region(ds) if crop else None
-    box = region or (0, 0, int(ds.Columns), int(ds.Rows))
+    region = _region(ds, width, height) if crop else None
+    box = region or (0, 0, width, height)
     if min(box[2] - box[0], box[3] - box[1]) < min_side:
         width, height = box[2] - box[0], box[3] - box[1]
         raise images.RejectedImage(
@@ -143,11 +181,12 @@ def _quiet() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def _dataset(data: bytes) -> Any:
+def _dataset(data: bytes, budget: int) -> Any:
     import pydicom
 
     if not is_dicom(data):
         raise images.RejectedImage("not_an_image", "no DICOM signature (DICM at byte 128)")
+    _check_deflated(data, budget)
     try:
         with _quiet():
             ds = pydicom.dcmread(io.BytesIO(data))
@@ -157,8 +196,80 @@ def _dataset(data: bytes) -> Any:
     return ds
 
 
-def _check_header(ds: Any, max_pixels: int, max_pixels_name: str) -> str:
-    """The photometric interpretation, after the checks that need no pixel decoded."""
+def _check_deflated(data: bytes, budget: int) -> None:
+    """Refuse a deflated dataset that would inflate past `budget` bytes, counted in chunks of
+    `INFLATE_CHUNK` (pydicom inflates the whole dataset at once: a 1 MB file of zeros asked it
+    for 1 GB). Other syntaxes pass untouched."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:
+        with _quiet():
+            read_preamble(stream, False)
+            syntax = str(_read_file_meta_info(stream).get("TransferSyntaxUID", "") or "")
+    except Exception:  # a broken file meta group: pydicom's own read says so next
+        return
+    if syntax in DEFLATED_REFERENCED:
+        raise images.RejectedImage(
+            "unsupported_mode", "a JPIP referenced transfer syntax (no pixel data in the file)"
+        )
+    if syntax != DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, inflated = data[stream.tell() :], 0
+    try:
+        while pending and not inflater.eof:
+            inflated += len(inflater.decompress(pending, INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if inflated > budget:
+                raise images.RejectedImage(
+                    "too_large",
+                    f"deflated DICOM inflates to over {budget} bytes, this reader's limit",
+                )
+    except zlib.error:
+        raise images.RejectedImage(
+            "corrupt", "deflated DICOM whose data does not inflate"
+        ) from None
+
+
+def _number(ds: Any, keyword: str, default: int | None = None) -> int:
+    """A header element as a whole number; `bad_header` naming the element (never its value)
+    when it is empty, not a number or not positive."""
+    value = ds.get(keyword, None)
+    if value is None and default is not None:
+        return default
+    try:
+        number = int(value)
+    except HEADER_ERRORS:
+        raise images.RejectedImage(
+            "bad_header", f"DICOM {keyword} is empty or not a whole number"
+        ) from None
+    if number < 1:
+        raise images.RejectedImage("bad_header", f"DICOM {keyword} is not a positive number")
+    return number
+
+
+def _check_declared_size(ds: Any, width: int, height: int, frames: int, budget: int) -> None:
+    """Rows x Columns x frames x samples x bytes against the pixel data the file can hold,
+    before a pixel is read: an uncompressed file must carry them all, within the byte budget;
+    a compressed one at least a byte per frame."""
+    samples = _number(ds, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise images.RejectedImage("bad_header", "DICOM SamplesPerPixel is neither 1 nor 3")
+    declared = width * height * frames * samples * (_number(ds, "BitsAllocated") // 8)
+    stored = len(ds.PixelData or b"")
+    native = not ds.file_meta.TransferSyntaxUID.is_compressed
+    if (native and declared > budget) or frames > max(stored, 1):
+        raise images.RejectedImage(
+            "too_large",
+            f"DICOM declares {frames} frame(s) of {width}x{height} ({declared} bytes), "
+            f"over this reader's limit of {budget} bytes or the pixel data in the file",
+        )
+
+
+def _check_header(ds: Any, max_pixels: int, max_pixels_name: str) -> tuple[str, int, int]:
+    """(photometric interpretation, width, height), after the checks that need no pixel
+    decoded."""
     modality = str(ds.get("Modality", "") or "").strip()
     if modality != "US":
         shown = (
@@ -176,17 +287,17 @@ def _check_header(ds: Any, max_pixels: int, max_pixels_name: str) -> str:
             f"photometric interpretation {photometric[:20]!r}; "
             f"accepted: {', '.join(GREY + COLOUR)}",
         )
-    bits = int(ds.get("BitsAllocated", 0) or 0)
+    bits = _number(ds, "BitsAllocated")
     if (photometric in COLOUR and bits != 8) or bits not in (8, 16):
         raise images.RejectedImage(
             "unsupported_mode", f"{bits} bits allocated for {photometric} (8, or 16 for grey)"
         )
-    width, height = int(ds.Columns), int(ds.Rows)
+    width, height = _number(ds, "Columns"), _number(ds, "Rows")
     if width * height > max_pixels:
         raise images.RejectedImage(
             "too_large", f"{width}x{height} pixels is over {max_pixels_name}={max_pixels}"
         )
-    return photometric
+    return photometric, width, height
 
 
 def _frame(count: int, policy: FramePolicy, name: str) -> int | None:
@@ -201,7 +312,7 @@ def _frame(count: int, policy: FramePolicy, name: str) -> int | None:
     return 0 if policy == "first" else count // 2
 
 
-def _region(ds: Any) -> tuple[int, int, int, int] | None:
+def _region(ds: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
     """The crop box (left, top, right, bottom; exclusive) of the largest 2-D region, tissue
     regions first; None when the file has no region. A region outside the frame is a broken file."""
     regions = list(ds.get("SequenceOfUltrasoundRegions", []) or [])
@@ -216,7 +327,7 @@ def _region(ds: Any) -> tuple[int, int, int, int] | None:
             raise images.RejectedImage(
                 "bad_region", "an ultrasound region without its corners"
             ) from None
-        if not (0 <= x0 < x1 < int(ds.Columns) and 0 <= y0 < y1 < int(ds.Rows)):
+        if not (0 <= x0 < x1 < width and 0 <= y0 < y1 < height):
             raise images.RejectedImage(
                 "bad_region", f"ultrasound region ({x0},{y0})-({x1},{y1}) is outside the frame"
             )
@@ -254,18 +365,41 @@ def _to_image(array: np.ndarray, ds: Any, photometric: str, grey_ok: bool) -> Im
 def _grey_to_8_bits(array: np.ndarray, ds: Any) -> np.ndarray:
     """Grey samples -> uint8: 8-bit as stored; more bits through the file's VOI LUT or window if
     it has one, then the output range scaled linearly to 0-255 (the same for every image)."""
-    bits = int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated)
+    bits = _number(ds, "BitsStored", _number(ds, "BitsAllocated"))
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     if bits <= 8 and not signed:
         return array.astype(np.uint8)
     values = array.astype(np.float32)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        from pydicom.pixels import apply_voi_lut
-
-        values = apply_voi_lut(array, ds).astype(np.float32)
-        if "VOILUTSequence" in ds:
-            lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        values, lut_bits = _voi(array, ds)
+        if lut_bits is not None:
             low, high = 0, 2**lut_bits - 1
     scaled = (values - low) * (255.0 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _voi(array: np.ndarray, ds: Any) -> tuple[np.ndarray, int | None]:
+    """The file's VOI LUT (its first) or window applied, and the LUT's output bits (None for a
+    window); a `bad_header` refusal for an empty LUT sequence or a window no wider than 0."""
+    from pydicom.pixels import apply_voi_lut
+
+    lut_bits = None
+    if "VOILUTSequence" in ds:
+        luts = ds.VOILUTSequence or []
+        if not luts or "LUTDescriptor" not in luts[0] or "LUTData" not in luts[0]:
+            raise images.RejectedImage("bad_header", "DICOM VOI LUT Sequence without a LUT")
+        lut_bits = int(luts[0].LUTDescriptor[2])
+    else:
+        from pydicom.multival import MultiValue
+
+        width = ds.get("WindowWidth")
+        first = width[0] if isinstance(width, MultiValue) and len(width) else width
+        if first is None or float(first) <= 0:
+            raise images.RejectedImage("bad_header", "DICOM WindowWidth is missing or not above 0")
+    try:
+        return apply_voi_lut(array, ds).astype(np.float32), lut_bits
+    except HEADER_ERRORS:
+        raise images.RejectedImage(
+            "bad_header", "DICOM VOI LUT or window cannot be applied"
+        ) from None

@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def printable(name: str) -> str:
+    r"""A file name as UTF-8 text: the bytes of a name that is not UTF-8 (which Python carries as
+    surrogate escapes, `x-\udcff.png`) written as `\xff`, so a CSV or a terminal line can hold
+    any name a file system gives, and the same name always reads the same."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write text via a temporary file in the same folder, then rename over the target."""
     write_bytes(path, text.encode("utf-8"))

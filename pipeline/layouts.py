@@ -47,6 +47,7 @@ IMAGE_SUFFIXES = {
 GROUP_COLUMNS = ("patient_id", "study_id")  # recognised id columns, when data.group_column is null
 # Files that operating systems and archivers leave behind; never data, never worth a report line.
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
+NOT_A_FILE = "not_a_file: a named pipe, socket or device, not a regular file (not read)"
 MAX_WRAPPER_DEPTH = 3  # how many single-folder levels (download/archive wrappers) to look through
 
 
@@ -154,6 +155,8 @@ def _walk(
             files.extend(_walk(child, root, problems, walking | {child.resolve()}))
         elif child.is_file():
             files.append(child)
+        else:  # never opened: reading a named pipe would wait for a writer forever
+            problems.append((child, NOT_A_FILE))
     return files
 
 

@@ -48,7 +48,14 @@ from pipeline import curation, dicom, duplicates, images, layouts, splits
 from pipeline.cli import stage_main
 from pipeline.config import Params, PrepareParams
 from pipeline.errors import UserError
-from pipeline.files import remove_stale_staging, staged_dir, write_bytes, write_json, write_text
+from pipeline.files import (
+    printable,
+    remove_stale_staging,
+    staged_dir,
+    write_bytes,
+    write_json,
+    write_text,
+)
 
 PREPARED = Path("data/prepared")
 REPORTS = Path("reports/data")
@@ -541,10 +548,13 @@ def _conflict_csv(conflicts: list[duplicates.Conflict], items: list[Item]) -> st
 
 
 def _csv(columns: Iterable[str], rows: Iterable[dict]) -> str:
+    r"""CSV text; a file name that is not UTF-8 is written with its odd bytes as `\xNN`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows
+    )
     return buffer.getvalue()
 
 

@@ -8,8 +8,10 @@ that changed logging when imported would silence the caller's own logs too.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 
 VERBOSE_ENV = "VERBOSE"
 # Library loggers that speak at INFO about their own machinery (store creation, migrations).
@@ -34,3 +36,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def any_file_name() -> None:
+    """Let stdout and stderr print any file name: one that is not UTF-8 (surrogate escapes in
+    Python) is written with backslashes instead of raising UnicodeEncodeError mid-run."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")

@@ -196,3 +196,86 @@ def _subsample_422(frames: np.ndarray) -> bytes:
     out[..., 2] = (pairs[..., 0, 1] + pairs[..., 1, 1] + 1) // 2
     out[..., 3] = (pairs[..., 0, 2] + pairs[..., 1, 2] + 1) // 2
     return out.tobytes()
+
+
+def _rewritten(data: bytes, change) -> bytes:
+    """`data` read by pydicom, changed by `change(ds)`, written again as it is."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    change(ds)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _sixteen_bit(ds: Dataset) -> None:
+    """16-bit grey pixels (the VOI LUT and window apply to more than 8 bits only)."""
+    grey = np.frombuffer(ds.PixelData, np.uint8).astype(np.uint16) * 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = grey.tobytes()
+
+
+def _empty_columns(ds: Dataset) -> None:
+    ds.Columns = None
+
+
+def _frames_abc(ds: Dataset) -> None:
+    ds.add_new("NumberOfFrames", "IS", None)
+    ds["NumberOfFrames"]._value = "abc"  # as a broken exporter writes it: no validation on write
+
+
+def _empty_voi_lut(ds: Dataset) -> None:
+    _sixteen_bit(ds)
+    ds.VOILUTSequence = Sequence([])
+
+
+def _window_width_zero(ds: Dataset) -> None:
+    _sixteen_bit(ds)
+    ds.WindowCenter, ds.WindowWidth = 2048, 0
+
+
+MALFORMED = {
+    "empty Columns": _empty_columns,
+    "NumberOfFrames abc": _frames_abc,
+    "empty VOI LUT Sequence": _empty_voi_lut,
+    "WindowWidth 0 on 16-bit grey": _window_width_zero,
+}
+
+
+def malformed_dicoms(rgb: np.ndarray) -> dict[str, bytes]:
+    """The four malformed headers probing found (issue 30), each in a grey scan of `rgb` that is
+    otherwise valid; every identifying marker is in each file."""
+    base = make_dicom(rgb, region=False)
+    return {name: _rewritten(base, change) for name, change in MALFORMED.items()}
+
+
+def deflate_bomb(rgb: np.ndarray, inflated: int = 1 << 30) -> bytes:
+    """A valid grey scan of `rgb` in Deflated Explicit VR Little Endian with a private element of
+    `inflated` zero bytes after its pixels: about 1 MB on disk for the default 1 GB (issue 30)."""
+    import zlib
+
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    plain = make_dicom(rgb, region=False)
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    deflated = buffer.getvalue()
+    meta_end = 132 + 12 + int.from_bytes(deflated[140:144], "little")  # (0002,0000) group length
+    plain_start = 132 + 12 + int.from_bytes(plain[140:144], "little")
+    # Deflate blocks after a full flush refer to nothing before them, so one compressed chunk of
+    # zeros repeated is a valid stream: the 1 GB bomb is built in a fraction of a second.
+    private = b"\x09\x00\x10\x10OB\x00\x00" + inflated.to_bytes(4, "little")  # (0009,1010) OB
+    chunk = 1 << 24
+
+    def blocks(raw: bytes) -> bytes:
+        zipper = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return zipper.compress(raw) + zipper.flush(zlib.Z_FULL_FLUSH)
+
+    whole, rest = divmod(inflated, chunk)
+    zeros = blocks(bytes(chunk)) * whole + blocks(bytes(rest))
+    final = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush()  # an empty last block
+    return deflated[:meta_end] + blocks(plain[plain_start:] + private) + zeros + final

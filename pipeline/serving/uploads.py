@@ -3,7 +3,9 @@
 Every surface (service, page, MLflow pyfunc, Azure scoring script, batch scorer) decodes through
 `decode_upload`, so one file gets one verdict everywhere: 413 too big (bytes, or pixels read from
 the header before decoding), 415 not a supported image by its content, 422 a DICOM file that is not
-one ultrasound image (another modality, a cine loop, no pixels), 400 broken or tiny. DICOM is read
+one ultrasound image (another modality, a cine loop, no pixels), 400 broken or tiny (a malformed
+DICOM header included: the reason names the element, never its value). A deflated DICOM counts at
+its inflated size (413 past the byte limit, found without inflating it whole). DICOM is read
 by `pipeline.dicom`, as prepare reads it: the same checks and the same crop to the ultrasound
 region, so a scan is answered on what the model was trained on. Limits
 are the server's own (`Limits`), and refusals name them as the server's options, never as the
@@ -124,6 +126,7 @@ def _decode_dicom(data: bytes, limits: Limits) -> Image.Image:
             frames="refuse",
             crop=True,
             grey_ok=True,
+            max_bytes=limits.max_bytes,  # a deflated file counts at its inflated size
             limit_names=(*limits.names[1:], ""),
         )
     except images.RejectedImage as exc:

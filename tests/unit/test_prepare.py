@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipeline import prepare
 from pipeline.config import parse_params
 from pipeline.errors import UserError
 from pipeline.layouts import is_mask
+from tests.dicoms import MARKERS, deflate_bomb, malformed_dicoms
 
 CLASSES = ("benign", "malignant", "normal")
 COLUMNS = [
@@ -168,6 +170,33 @@ def test_bad_files_are_rejected_with_a_reason_and_convertible_ones_converted(
     assert summary["converted"] == {"CMYK": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1}
     assert summary["rejects"]["total"] == 5
     assert sum(summary["rejects"]["by_reason"].values()) == 5
+
+
+def test_hostile_files_are_each_a_reject_row_and_any_file_name_is_taken(
+    workdir, raw, synthetic_image
+):
+    """The files probing found (issue 30): the four malformed DICOM headers and a deflate bomb
+    are reject rows with a reason that quotes no header value, a named pipe a skipped row (never
+    opened: reading it would wait forever), and a file name that is not UTF-8 is prepared with
+    its odd byte written as a backslash escape."""
+    folder = raw / BUSI / "benign"
+    rgb = synthetic_image(600, "benign", (48, 40))
+    for n, data in enumerate(malformed_dicoms(rgb).values()):
+        (folder / f"malformed{n}.dcm").write_bytes(data)
+    (folder / "bomb.dcm").write_bytes(deflate_bomb(rgb, inflated=64 << 20))
+    os.mkfifo(folder / "pipe.png")
+    Image.fromarray(synthetic_image(601, "benign")).save(os.fsencode(folder) + b"/x-\xff.png")
+
+    prepare.run(_params(raw, max_pixels=10**6))  # a deflated file may inflate to 6 MB
+
+    reasons = {
+        r["source"].rsplit("/", 1)[1]: r["reason"] for r in _csv_rows("reports/data/rejects.csv")
+    }
+    assert all(reasons[f"malformed{n}.dcm"].startswith("bad_header: ") for n in range(4))
+    assert reasons["bomb.dcm"].startswith("too_large: deflated DICOM inflates to over")
+    assert reasons["pipe.png"].startswith("not_a_file")
+    assert not any(m in text for m in MARKERS.values() for text in reasons.values())
+    assert "x-\\xff.png" in {r["source"].rsplit("/", 1)[1] for r in _manifest()}
 
 
 def test_a_byte_identical_cross_class_pair_is_a_conflict_and_dropped_by_default(workdir, raw):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64, sniff_format
-from tests.dicoms import MARKERS, make_dicom
+from tests.dicoms import MALFORMED, MARKERS, deflate_bomb, make_dicom, malformed_dicoms
 from tests.factories import encode, scan
 
 LIMITS = Limits(max_bytes=10**6, max_pixels=10**6)
@@ -160,3 +160,30 @@ def test_a_broken_or_huge_dicom_is_refused_like_any_image():
         decode_upload(data, Limits(max_pixels=1000))
     assert huge.value.status == 413
     assert "--max-pixels" in huge.value.reason
+
+
+def test_a_deflate_bomb_is_413_without_inflating_it_whole():
+    """A 1 MB deflated DICOM whose dataset inflates to 256 MB: refused once the inflated bytes
+    pass the byte limit, with memory of a few inflated chunks (pydicom alone held all 256 MB)."""
+    bomb = deflate_bomb(scan(0, 40, 56), inflated=256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput) as refused:
+            decode_upload(bomb, LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == 413
+    assert "inflates to over" in refused.value.reason
+    assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_a_malformed_dicom_header_is_400_naming_no_header_value(name):
+    data = malformed_dicoms(scan(0, 40, 56))[name]
+    with pytest.raises(InvalidInput) as refused:
+        decode_upload(data, LIMITS)
+    assert refused.value.status == 400
+    assert refused.value.reason.startswith("bad_header: ")
+    assert not any(marker in refused.value.reason for marker in MARKERS.values())
+    assert "abc" not in refused.value.reason
