@@ -1,4 +1,4 @@
-"""DICOM files built by the tests with pydicom, from any RGB array (the BUSI sample, synthetic).
+"""DICOM files built by the tests with pydicom, from any RGB array (`ultrasound` draws one).
 
 `make_dicom` writes an ultrasound file the way scanners export them: a frame with a burnt-in
 banner around the B-mode image, the Sequence of Ultrasound Regions saying where that image is,
@@ -24,6 +24,8 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
+
+from pipeline import synthetic
 
 UID_ROOT = "1.2.826.0.1.3680043.10.999."  # test UIDs: searched for like the markers below
 BANNER = 24  # rows of burnt-in "text" above the B-mode region, columns of a ruler to its left
@@ -53,6 +55,14 @@ MARKERS = {
     "SeriesDescription": "PHIMARKER SERIES DESCRIPTION",
     "ImageComments": "PHIMARKER IMAGE COMMENT",
 }
+
+
+def ultrasound(label: str, width: int, height: int, n: int = 0) -> np.ndarray:
+    """An ultrasound-like RGB scan of `label` (pipeline.synthetic's speckle, lesion and
+    attenuation) at width x height: what the codec tests encode, so they need no real data."""
+    side = max(width, height)
+    grey = synthetic.render_case(label, synthetic.case_rng(11, label, n), side)[0]
+    return np.array(Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def framed(region: np.ndarray) -> np.ndarray:

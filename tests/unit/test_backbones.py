@@ -30,8 +30,10 @@ def test_model_takes_raw_images_of_any_size_and_returns_probabilities(resnet):
 
 
 def test_layer_names_are_the_contract_for_class_activation_maps(resnet):
-    for name in ("image", "resize", "preprocess", "backbone", "pool", "predictions"):
-        assert resnet.get_layer(name) is not None
+    contract = ["image", "resize", "preprocess", "backbone", "pool", "predictions"]
+    names = [layer.name for layer in resnet.layers]
+    assert [name for name in names if name in contract] == contract  # each once, in this order
+    assert resnet.get_layer("pool").input.shape[-1] == resnet.get_layer("backbone").output.shape[-1]
 
 
 def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):

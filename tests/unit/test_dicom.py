@@ -1,4 +1,4 @@
-"""DICOM ultrasound files, built by pydicom from real BUSI images, read by pipeline.dicom and by
+"""DICOM ultrasound files, built by pydicom from synthetic scans, read by pipeline.dicom and by
 the prepare stage: every photometric interpretation and syntax gives the region's pixels, only
 ultrasound is accepted, and a patient's images are split together."""
 
@@ -15,16 +15,15 @@ from PIL import Image
 from pipeline import dicom, prepare
 from pipeline.config import parse_params
 from pipeline.images import RejectedImage
-from tests.dicoms import MARKERS, UID_ROOT, make_dicom, write_dicom
+from tests.dicoms import MARKERS, UID_ROOT, make_dicom, ultrasound, write_dicom
 
 LIMITS = {"max_pixels": 10**8, "min_side": 16}
 
 
 @pytest.fixture
-def region(busi_sample) -> np.ndarray:
-    """A real ultrasound region with colour in it (a Doppler-like patch), even width for 4:2:2."""
-    image = Image.open(busi_sample / "malignant" / "malignant (1).png").convert("RGB")
-    array = np.array(image.resize((96, 72)))
+def region() -> np.ndarray:
+    """An ultrasound region with colour in it (a Doppler-like patch), even width for 4:2:2."""
+    array = ultrasound("malignant", 96, 72)
     array[10:30, 20:44] = (200, 40, 30)  # red
     array[40:60, 50:70] = (30, 60, 210)  # blue
     return array
@@ -144,18 +143,14 @@ def test_identity_is_read_from_the_header(tmp_path, region):
 # --- the prepare stage on DICOM folders -----------------------------------------------------------
 
 
-def dicom_folder(root: Path, busi_sample: Path, *, patients: int = 6, per_patient: int = 2) -> Path:
-    """Class folders of DICOM files (no suffix on some, as PACS exports), two images per patient:
-    each BUSI image once, mixed syntaxes and photometrics."""
-    sources = sorted(busi_sample.glob("*/* (*).png"))
-    sources = [s for s in sources if "_mask" not in s.name]
+def dicom_folder(root: Path, *, patients: int = 6, per_patient: int = 2) -> Path:
+    """Class folders of DICOM files (no suffix on some, as PACS exports), two images per patient,
+    each a different scan, mixed syntaxes and photometrics."""
     styles = [("MONOCHROME2", "explicit"), ("YBR_FULL_422", "jpeg"), ("RGB", "rle")]
     for p in range(patients):
         label = ("benign", "malignant", "normal")[p % 3]
-        pool = [s for s in sources if s.parent.name == label]
         for k in range(per_patient):
-            src = pool[(p // 3 * per_patient + k) % len(pool)]
-            rgb = np.asarray(Image.open(src).convert("RGB").resize((64 + 8 * k, 56)))
+            rgb = ultrasound(label, 64 + 8 * k, 56, n=p * per_patient + k)
             photometric, syntax = styles[(p + k) % 3]
             name = f"IM{p:02d}{k}" + (".dcm" if k == 0 else "")
             write_dicom(
@@ -164,8 +159,8 @@ def dicom_folder(root: Path, busi_sample: Path, *, patients: int = 6, per_patien
     return root
 
 
-def test_a_dicom_folder_prepares_with_patient_level_splits(tmp_path, monkeypatch, busi_sample):
-    raw = dicom_folder(tmp_path / "raw", busi_sample)
+def test_a_dicom_folder_prepares_with_patient_level_splits(tmp_path, monkeypatch):
+    raw = dicom_folder(tmp_path / "raw")
     write_dicom(
         tmp_path / "raw" / "benign" / "ct.dcm", np.zeros((40, 40, 3), np.uint8), modality="CT"
     )

@@ -147,15 +147,19 @@ def _detect(images: list[Image.Image]) -> list[str]:
     return group(shas, [(p.a, p.b) for p in pairs])
 
 
-def _busi_images(folder) -> list[Image.Image]:
+def _originals(source: str, request: pytest.FixtureRequest) -> list[Image.Image]:
+    """Twelve scans: synthetic ones (always), or the real BUSI sample (skips where it is absent)."""
+    if source == "synthetic":
+        return _scans(12)
+    folder = request.getfixturevalue("busi_sample")
     files = sorted(p for p in folder.glob("*/*.png") if "_mask" not in p.name)
     return [Image.open(p).convert("RGB") for p in files]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["busi-sample", "synthetic"])
-def test_crops_shifts_and_padding_are_grouped_and_distinct_images_are_not(source, busi_sample):
-    originals = _busi_images(busi_sample) if source == "busi-sample" else _scans(12)
+def test_crops_shifts_and_padding_are_grouped_and_distinct_images_are_not(source, request):
+    originals = _originals(source, request)
     case = copies.make_case(originals, SMALL_BENCHMARK, seed=3)
     result = copies.score(case, _detect(case.images))
     for edit in REQUIRED:
@@ -164,8 +168,9 @@ def test_crops_shifts_and_padding_are_grouped_and_distinct_images_are_not(source
     assert result.false_pair_rate <= 0.01, result
 
 
-def test_a_cropped_copy_is_found_with_its_transform(busi_sample):
-    [original] = _busi_images(busi_sample)[:1]
+@pytest.mark.parametrize("source", ["busi-sample", "synthetic"])
+def test_a_cropped_copy_is_found_with_its_transform(source, request):
+    original = _originals(source, request)[0]
     copy = original.crop((40, 30, original.width - 60, original.height - 50))
     found = match(keypoints(original), keypoints(copy))
     assert found is not None
@@ -174,7 +179,7 @@ def test_a_cropped_copy_is_found_with_its_transform(busi_sample):
     assert (found.shift_x, found.shift_y) == (pytest.approx(40, abs=3), pytest.approx(30, abs=3))
 
 
-def test_two_scans_that_share_only_burned_in_text_are_not_duplicates(busi_sample):
+def test_two_scans_that_share_only_burned_in_text_are_not_duplicates():
     scans = _scans(2, 400)
     labelled = [copies.annotate(scan, np.random.default_rng(0)) for scan in scans]
     found = match(keypoints(labelled[0]), keypoints(labelled[1]))

@@ -57,22 +57,42 @@ def test_predictions_table_lists_path_label_prediction_and_every_probability(fix
     np.testing.assert_allclose(frame[["p_benign", "p_malignant", "p_normal"]], proba, atol=1e-6)
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_confusion_figure_renders(tmp_path, normalize):
+@pytest.mark.parametrize(
+    ("normalize", "cells"),
+    [
+        (False, ["3", "1", "0", "0", "2", "1", "0", "0", "0"]),
+        # rows = true class: each row sums to 1, an empty row stays 0 (no division by zero)
+        (True, ["0.75", "0.25", "0.00", "0.00", "0.67", "0.33", "0.00", "0.00", "0.00"]),
+    ],
+)
+def test_confusion_figure_shows_each_cell_with_true_classes_as_rows(tmp_path, normalize, cells):
     fig = plots.confusion_figure([[3, 1, 0], [0, 2, 1], [0, 0, 0]], CLASSES, normalize, "val")
+    (ax, _colorbar) = fig.axes
+    assert [t.get_text() for t in ax.texts] == cells
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(CLASSES)
+    assert (ax.get_ylabel(), ax.get_xlabel(), ax.get_title()) == ("true", "predicted", "val")
     plots.save_png(fig, tmp_path / "plots" / "confusion.png")
     assert_png(tmp_path / "plots" / "confusion.png")
 
 
-def test_roc_and_reliability_figures_render(tmp_path, fixture_predictions):
+def test_roc_and_reliability_figures_draw_the_curves_given(tmp_path, fixture_predictions):
     y, proba = fixture_predictions
     rows = metrics.roc_points(y, proba, CLASSES)
     assert {r["class"] for r in rows} == set(CLASSES)
     assert all(0 <= r["fpr"] <= 1 and 0 <= r["tpr"] <= 1 for r in rows)
-    plots.save_png(plots.roc_figure(rows, {"benign": 0.8}, "test"), tmp_path / "roc.png")
+    roc = plots.roc_figure(rows, {"benign": 0.8}, "test")
+    legend = [t.get_text() for t in roc.axes[0].get_legend().get_texts()]
+    assert legend == ["benign (AUC 0.800)", "malignant", "normal"]  # an AUC only where known
+    benign = roc.axes[0].get_lines()[0].get_xydata()
+    want = pd.DataFrame([r for r in rows if r["class"] == "benign"])[["fpr", "tpr"]]
+    np.testing.assert_allclose(benign, want.to_numpy())  # the curve drawn is the rows given
+    plots.save_png(roc, tmp_path / "roc.png")
     curves = {"before": metrics.reliability_bins(y, proba, 10)}
     curves["after"] = metrics.reliability_bins(y, metrics.apply_temperature(proba, 2.0), 10)
-    plots.save_png(plots.reliability_figure(curves, "test"), tmp_path / "reliability.png")
+    reliability = plots.reliability_figure(curves, "test")
+    legend = [t.get_text() for t in reliability.axes[0].get_legend().get_texts()]
+    assert legend == ["perfect", "before", "after"]
+    plots.save_png(reliability, tmp_path / "reliability.png")
     assert_png(tmp_path / "roc.png")
     assert_png(tmp_path / "reliability.png")
 

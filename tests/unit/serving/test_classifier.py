@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.engine import KerasEngine
 from pipeline.serving.release import read_release
 from pipeline.serving.uploads import decode_upload
-from tests.dicoms import make_dicom
+from tests.dicoms import make_dicom, ultrasound
 from tests.factories import CLASSES, encode, enter_project, scan
 from tests.registry_models import register_model
 
@@ -84,9 +83,9 @@ def test_registry_alias_version_and_run_sources_give_the_same_answer(tmp_path, m
     assert answers[0] == pytest.approx(answers[1], abs=1e-9)
 
 
-def test_a_dicom_upload_gets_the_same_answer_as_a_png_of_its_region(classifier, busi_sample):
+def test_a_dicom_upload_gets_the_same_answer_as_a_png_of_its_region(classifier):
     """The page, API, pyfunc and batch scorer decode through decode_upload: one answer."""
-    region = np.asarray(Image.open(busi_sample / "malignant" / "malignant (2).png").convert("RGB"))
+    region = ultrasound("malignant", 160, 120)
     png = decode_upload(encode(region, "PNG"))
     for photometric in ("RGB", "MONOCHROME2"):
         dicom_image = decode_upload(make_dicom(region, photometric=photometric, syntax="rle"))

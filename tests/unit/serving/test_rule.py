@@ -51,7 +51,7 @@ def test_temperature_keeps_rows_normalised_and_each_rows_ranking():
         assert np.allclose(q.sum(1), 1.0)
         assert np.array_equal(np.argsort(q, 1), np.argsort(p, 1))
     assert np.allclose(calibrate(p, 1.0), p)
-    assert calibrate(p, None) is not None
+    assert np.array_equal(calibrate(p, None), p)  # no temperature: the probabilities as given
 
 
 def test_the_answer_shows_the_probabilities_the_rule_compared():

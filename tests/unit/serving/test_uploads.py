@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64, sniff_format
-from tests.dicoms import MALFORMED, MARKERS, deflate_bomb, make_dicom, malformed_dicoms
+from tests.dicoms import MALFORMED, MARKERS, deflate_bomb, make_dicom, malformed_dicoms, ultrasound
 from tests.factories import encode, scan
 
 LIMITS = Limits(max_bytes=10**6, max_pixels=10**6)
@@ -125,9 +125,8 @@ def test_a_data_url_and_plain_base64_give_the_same_bytes():
 # --- DICOM (issue 16) -----------------------------------------------------------------------------
 
 
-def test_a_dicom_upload_is_its_ultrasound_region(busi_sample):
-    region = np.asarray(Image.open(busi_sample / "benign" / "benign (1).png").convert("RGB"))
-    region = region[:120, :160]
+def test_a_dicom_upload_is_its_ultrasound_region():
+    region = ultrasound("benign", 160, 120)
     for photometric, syntax in (("MONOCHROME2", "rle"), ("YBR_FULL_422", "jpeg")):
         image = decode_upload(make_dicom(region, photometric=photometric, syntax=syntax), LIMITS)
         assert image.size == (160, 120)
