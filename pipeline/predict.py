@@ -72,7 +72,7 @@ def columns(classifier: Classifier) -> list[str]:
     """The output CSV's columns for `classifier`: one probability column per class, in its order."""
     probs = [f"p_{name}" for name in classifier.classes]
     return [
-        "path", "status", "class", "positive", *probs, "ood_score", "reason", "model_name",
+        "path", "status", "class", "refer", *probs, "ood_score", "reason", "model_name",
         "model_version",
     ]  # fmt: skip
 
@@ -82,7 +82,7 @@ def answer_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     names."""
     row = {"path": name, "status": 200, "class": result["class"]}
     decision = result["decision"]
-    row["positive"] = decision["positive"]  # empty when out of scope: no class, no flag
+    row["refer"] = decision["refer"]  # empty when out of scope: no class, no flag
     row["ood_score"] = decision.get("ood_score")
     row["reason"] = decision.get("reason")
     row.update({f"p_{c}": f"{p:.8f}" for c, p in result["probabilities"].items()})

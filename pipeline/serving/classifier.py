@@ -4,7 +4,7 @@ Every surface builds one `Classifier` with `load_classifier(source)` and asks it
 one image gets the same probabilities and the same decision on the page, the API, the MLflow
 pyfunc, the Azure scoring script and the batch scorer. An answer is
 
-    {"class", "probabilities" {class: p}, "decision" {positive_class, positive,
+    {"class", "probabilities" {class: p}, "decision" {positive_class, refer,
      positive_probability, threshold, temperature, rule[, out_of_scope, ood_score, ood_threshold,
      reason]}, "model" {name, version, arch}, "synthetic_data"}
 

@@ -9,7 +9,7 @@ reads. What is handed over is built by `predlog.record` and holds the log's colu
 log's privacy holds there too:
 
     model_inputs   width, height, mean, std, p05, p50, p95, colour, ood_score
-    model_outputs  answer, positive, out_of_scope, probability_<class> for each class,
+    model_outputs  answer, refer, out_of_scope, probability_<class> for each class,
                    model_name, model_version, arch
 
 Never image bytes, pixels, file names, request headers or client addresses; the deployment
@@ -34,7 +34,7 @@ from pipeline.serving.predlog import record
 INPUTS = "model_inputs"  # the collection names deployment.yml enables
 OUTPUTS = "model_outputs"
 INPUT_COLUMNS = ("width", "height", "mean", "std", "p05", "p50", "p95", "colour", "ood_score")
-OUTPUT_COLUMNS = ("answer", "positive", "out_of_scope", "model_name", "model_version", "arch")
+OUTPUT_COLUMNS = ("answer", "refer", "out_of_scope", "model_name", "model_version", "arch")
 PROBABILITY_PREFIX = "probability_"  # one column per class: tabular monitors read columns
 
 logger = logging.getLogger(__name__)

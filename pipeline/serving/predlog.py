@@ -6,7 +6,7 @@ carries (`reference.csv`, the validation images through the same code). A row ho
 monitor needs and nothing that identifies a patient:
 
     ts, model_name, model_version, arch      when and which release answered
-    answer, positive, out_of_scope           the decision (positive empty when out of scope)
+    answer, refer, out_of_scope              the two outputs (refer empty when out of scope)
     ood_score, probabilities (JSON)          what the decision was made from
     width, height                            the upload's size in pixels
     mean, std, p05, p50, p95, colour         intensity statistics of the model's input (0-255)
@@ -44,7 +44,7 @@ COLUMNS = {
     "model_version": "TEXT",
     "arch": "TEXT",
     "answer": "TEXT",
-    "positive": "INTEGER",
+    "refer": "INTEGER",
     "out_of_scope": "INTEGER",
     "ood_score": "REAL",
     "probabilities": "TEXT",
@@ -80,14 +80,14 @@ def record(
 ) -> dict[str, Any]:
     """The log row of one answer (the serving core's) for an upload of width x height pixels."""
     decision, model = result["decision"], result["model"]
-    positive = decision.get("positive")
+    refer = decision.get("refer")
     return {
         "ts": now.astimezone(dt.UTC).isoformat(timespec="milliseconds"),
         "model_name": model["name"],
         "model_version": model["version"],
         "arch": model["arch"],
         "answer": result["class"],
-        "positive": None if positive is None else int(positive),
+        "refer": None if refer is None else int(refer),
         "out_of_scope": int(bool(decision.get("out_of_scope", False))),
         "ood_score": decision.get("ood_score"),
         "probabilities": json.dumps(result["probabilities"], sort_keys=True),
@@ -131,6 +131,7 @@ class PredictionLog:
             columns = ", ".join(f"{n} {t}" for n, t in COLUMNS.items())
             with sqlite3.connect(path, timeout=10) as db:
                 db.execute(f"CREATE TABLE IF NOT EXISTS log ({columns})")
+                _add_missing_columns(db)
             db.close()
             self._prune(dt.date.fromisoformat(day))
             self._day = day
@@ -144,6 +145,15 @@ class PredictionLog:
                 continue
             if (today - day).days > self.keep_days:
                 old.unlink(missing_ok=True)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Columns this version logs that the day's file (written by an older release the same day,
+    e.g. before `positive` became `refer`) lacks, added empty so the insert does not fail."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(log)")}
+    for name, kind in COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE log ADD COLUMN {name} {kind}")
 
 
 def read_rows(folder: Path, since: dt.datetime | None = None) -> list[dict[str, Any]]:

@@ -1,23 +1,28 @@
 """The decision rule: one function from a model's probabilities to the answer every surface gives.
 
 Why one function: the local page, the API, the MLflow pyfunc, the Azure scoring script, the batch
-scorer and the promotion gate used to decide in two ways (argmax here, a malignant threshold
-there), so one image could be "malignant" and "negative" at once. Here the class and the
-malignant flag come out of the same comparison and cannot contradict each other:
+scorer, the reports and the promotion gate all answer through it, so one image gets one answer
+everywhere and every reported figure describes what users are told.
+
+The answer has two outputs with two meanings:
 
 1. calibrate: when the rule carries a temperature T (fitted on validation and kept only when it
    helped there), the probabilities become softmax(log p / T);
-2. positive (malignant) when p(positive) >= threshold; the threshold was chosen on validation;
-3. otherwise the most probable of the other classes;
-4. without a threshold, the most probable class, and positive exactly when that is the positive
-   class.
+2. `class` = the most probable class of those probabilities. The threshold never changes it, so
+   the class stays the best class answer however sensitive the operating point is;
+3. `refer` (malignancy suspected: refer for biopsy/review) = p(positive) >= threshold, OR the
+   class is the positive class. A malignant class always refers; a benign answer may still
+   refer. Without a threshold, `refer` is exactly "the class is the positive class".
+   The threshold was chosen on validation for a target sensitivity of this flag.
 
 Before all of these, when the rule carries an OOD threshold (pipeline.serving.ood, chosen on
 validation): an image whose OOD score is above it is out of scope. Its answer is the class
-`out_of_scope` with `positive` null and the reason "refer to a radiologist", never one of the
+`out_of_scope` with `refer` null and the reason "refer to a radiologist", never one of the
 model's classes: a photo or a CT slice gets no tumour class, however confident the softmax.
+Reports count such a refusal as a third outcome: no class answer, and not flagged.
 
-The rule travels inside the released model (`release.json`), never in registry tags.
+The rule is fitted once, in evaluate, written per model as rule.json (`to_dict`), and travels
+inside the released model (`release.json`), never in registry tags or metric fields.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ class DecisionRule:
 
     classes: tuple[str, ...]
     positive_class: str = "malignant"
-    threshold: float | None = None  # p(positive) >= threshold -> positive; None: argmax
-    temperature: float | None = None  # calibration applied before the threshold; None: none
+    threshold: float | None = None  # p(positive) >= threshold -> refer; None: class decides
+    temperature: float | None = None  # calibration applied before deciding; None: none
     method: str = "argmax"  # how the threshold was chosen, in words
     chosen_on: str = ""  # the data it was chosen on (split, images, manifest hash)
     ood_threshold: float | None = None  # OOD score > threshold -> out of scope; None: no check
@@ -77,11 +82,12 @@ class DecisionRule:
             if self.ood_threshold is not None
             else ""
         )
+        most = f"{scope}class = most probable of the {calibrated}probabilities"
         if self.threshold is None:
-            return f"{scope}most probable class of the {calibrated}probabilities"
+            return f"{most}; refer when the class is {self.positive_class}"
         return (
-            f"{scope}{self.positive_class} when its {calibrated}probability >= "
-            f"{self.threshold:.4f}, otherwise the most probable other class"
+            f"{most}; refer when p({self.positive_class}) >= {self.threshold:.4f} "
+            f"or the class is {self.positive_class}"
         )
 
 
@@ -97,23 +103,63 @@ def calibrate(probabilities: np.ndarray, temperature: float | None) -> np.ndarra
 
 
 def decide(rule: DecisionRule, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(class index per row, positive flag per row) for probabilities (N, K) or (K,).
+    """(class index per row, refer flag per row) for raw probabilities (N, K) or (K,).
 
-    The flag is True exactly when the class is the positive class, by construction.
+    The class is the argmax of the calibrated probabilities; the flag is p(positive) >= threshold
+    or class == positive, so a positive class always refers.
     """
     return _classify(rule, calibrate(np.atleast_2d(probabilities), rule.temperature))
 
 
 def _classify(rule: DecisionRule, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2-4 of the module doc on calibrated probabilities (N, K)."""
+    """Steps 2-3 of the module doc on calibrated probabilities (N, K)."""
     k = rule.classes.index(rule.positive_class)
-    if rule.threshold is None:
-        labels = p.argmax(axis=1)
-    else:
-        others = p.copy()
-        others[:, k] = -np.inf
-        labels = np.where(p[:, k] >= rule.threshold, k, others.argmax(axis=1))
-    return labels, labels == k
+    labels = p.argmax(axis=1)
+    refer = labels == k
+    if rule.threshold is not None:
+        refer = refer | (p[:, k] >= rule.threshold)
+    return labels, refer
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the rule answers for N images, as reports and the promotion gate count it.
+
+    `refused` images have no class answer and are not flagged (`refer` False there); `labels`
+    holds the argmax for every row, so read it through `answered` or `labels_or` below.
+    """
+
+    probabilities: np.ndarray  # (N, K) the calibrated probabilities the rule compared
+    labels: np.ndarray  # (N,) class index (argmax), meaningful where not refused
+    refer: np.ndarray  # (N,) bool, False where refused
+    refused: np.ndarray  # (N,) bool
+
+    @property
+    def answered(self) -> np.ndarray:
+        """True per image that got a class answer."""
+        return ~self.refused
+
+    def labels_or(self, refusal: int) -> np.ndarray:
+        """Class index per image with `refusal` (e.g. -1, never a class index) where refused."""
+        return np.where(self.refused, refusal, self.labels)
+
+
+def serve(
+    rule: DecisionRule, probabilities: np.ndarray, ood_scores: np.ndarray | None = None
+) -> Served:
+    """The served answers for raw probabilities (N, K) and OOD scores (N,) (None: no scores).
+
+    The same steps as `answer`, for a whole split at once: evaluate, select and promote count
+    these, so a reported figure is a figure of the answers users get.
+    """
+    p = calibrate(np.atleast_2d(probabilities), rule.temperature)
+    labels, refer = _classify(rule, p)
+    refused = out_of_scope(rule, ood_scores)
+    if refused.size == 0:
+        refused = np.zeros(len(p), dtype=bool)
+    if refused.shape != labels.shape:
+        raise ValueError(f"{refused.size} OOD scores for {len(p)} probability rows")
+    return Served(p, labels, refer & ~refused, refused)
 
 
 def out_of_scope(rule: DecisionRule, ood_scores: np.ndarray | None) -> np.ndarray:
@@ -136,11 +182,11 @@ def answer(
 
     `probabilities` in the answer are the ones the rule compared (calibrated when the rule has a
     temperature), so a reader can check the decision against them. Out of scope, the class is
-    `out_of_scope`, `positive` is None and `reason` says what to do; the probabilities stay for
+    `out_of_scope`, `refer` is None and `reason` says what to do; the probabilities stay for
     the record (the prediction log, the monitor), not as an answer.
     """
     p = calibrate(np.asarray(probabilities, dtype=np.float64).reshape(1, -1), rule.temperature)
-    labels, positive = _classify(rule, p)
+    labels, refer = _classify(rule, p)
     k = rule.classes.index(rule.positive_class)
     scores = None if ood_score is None else np.array([ood_score])
     refused = bool(out_of_scope(rule, scores).any())
@@ -149,7 +195,7 @@ def answer(
         "probabilities": {c: float(v) for c, v in zip(rule.classes, p[0], strict=True)},
         "decision": {
             "positive_class": rule.positive_class,
-            "positive": None if refused else bool(positive[0]),
+            "refer": None if refused else bool(refer[0]),
             "positive_probability": float(p[0, k]),
             "threshold": rule.threshold,
             "temperature": rule.temperature,

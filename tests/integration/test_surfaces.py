@@ -214,7 +214,7 @@ def answers_from_batch_scorer(project: tuple) -> list[dict]:
         probabilities = {
             k.removeprefix("p_"): float(v) for k, v in row.items() if k.startswith("p_")
         }
-        decision = {"positive": row["positive"] == "True"}
+        decision = {"refer": row["refer"] == "True"}
         found.append({"class": row["class"], "probabilities": probabilities, "decision": decision})
     return found
 
@@ -231,13 +231,13 @@ def test_every_demo_image_gets_the_same_answer_on_all_four_surfaces(
         "batch scorer": answers_from_batch_scorer(project),
     }
     reference = surfaces["service"]
-    positives = sum(a["decision"]["positive"] for a in reference)
-    assert 0 < positives < len(scans)  # the threshold decides both ways on these images
+    referred = sum(a["decision"]["refer"] for a in reference)
+    assert 0 < referred < len(scans)  # the threshold decides both ways on these images
     for name, answers in surfaces.items():
         assert len(answers) == len(scans), name
         for path, ours, theirs in zip(scans, answers, reference, strict=True):
             assert ours["class"] == theirs["class"], (name, path.name)
-            assert ours["decision"]["positive"] == theirs["decision"]["positive"], (name, path.name)
+            assert ours["decision"]["refer"] == theirs["decision"]["refer"], (name, path.name)
             for cls, p in theirs["probabilities"].items():
                 assert abs(ours["probabilities"][cls] - p) <= 1e-5, (name, path.name, cls)
     for name in ("service", "mlflow models serve", "azmlinfsrv"):
@@ -258,10 +258,10 @@ def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
     assert not (packaged / "conda.yml").exists()
     reference = answers_over_http(service[0] + "/predict", scans)
     answers = answers_over_http(azure_onnx_server, scans)
-    assert 0 < sum(a["decision"]["positive"] for a in reference) < len(scans)
+    assert 0 < sum(a["decision"]["refer"] for a in reference) < len(scans)
     for path, ours, theirs in zip(scans, answers, reference, strict=True):
         assert ours["class"] == theirs["class"], path.name
-        assert ours["decision"]["positive"] == theirs["decision"]["positive"], path.name
+        assert ours["decision"]["refer"] == theirs["decision"]["refer"], path.name
         for cls, p in theirs["probabilities"].items():
             assert abs(ours["probabilities"][cls] - p) <= 1e-4, (path.name, cls)
     status, answer, _ = post(azure_onnx_server, b"%PDF-1.7\n", "application/pdf")

@@ -109,7 +109,8 @@ def test_a_dropped_demo_image_is_classified_with_a_heat_map(
     expected = classifier.predict(decode_upload(demo_image.read_bytes()))
     assert page.inner_text("#predicted-class") == expected["class"]  # one answer, the rule's
     decision = page.inner_text("#decision")
-    assert ("malignant: yes" if expected["decision"]["positive"] else "malignant: no") in decision
+    flag = "yes" if expected["decision"]["refer"] else "no"
+    assert f"Refer (malignant suspected): {flag}" in decision
     assert "0.4000" in decision
     assert page.locator("#bars li").count() == len(CLASSES)
     for name, p in expected["probabilities"].items():

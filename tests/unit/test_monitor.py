@@ -79,3 +79,25 @@ def test_too_few_answers_is_a_user_error_not_a_verdict(release, tmp_path, monkey
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"monitor": {
         "log_dir": str(tmp_path / "log"), "model": str(folder)}}))  # fmt: skip
     assert monitor.main(["--params", str(tmp_path / "params.yaml")]) == 2
+
+
+def test_a_days_log_written_before_refer_was_named_so_takes_new_rows(release, tmp_path):
+    """A release upgraded mid-day appends to the day's file an older one created with `positive`
+    in place of `refer`: the missing column is added, the old rows stay."""
+    import sqlite3
+
+    folder, classifier = release
+    log = tmp_path / "log"
+    log.mkdir()
+    old = log / f"predictions-{NOW.date().isoformat()}.sqlite"
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE log (ts TEXT, answer TEXT, positive INTEGER)")
+        db.execute("INSERT INTO log VALUES ('2026-12-01T00:00:00.000+00:00', 'benign', 0)")
+    db.close()
+    log_replay(log, classifier, scans(3, seed=5)[0], seed=5)
+    with sqlite3.connect(old) as db:
+        refer = [r[0] for r in db.execute("SELECT refer FROM log ORDER BY ts")]
+    db.close()
+    assert len(refer) == 4
+    assert refer[0] is None
+    assert all(r in (0, 1) for r in refer[1:])

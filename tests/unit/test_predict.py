@@ -44,7 +44,7 @@ def test_a_folder_gets_one_row_per_file_with_the_services_answer_or_its_reason(
     assert float(a["p_malignant"]) == pytest.approx(
         expected["probabilities"]["malignant"], abs=1e-6
     )
-    assert a["positive"] == str(expected["decision"]["positive"])
+    assert a["refer"] == str(expected["decision"]["refer"])
     assert a["model_version"] == "3"
     assert rows["notes.txt"]["status"] == "415"
     assert rows["notes.txt"]["reason"]

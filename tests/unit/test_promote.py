@@ -257,13 +257,13 @@ def test_overlap_is_refused_exactly_when_fewer_than_min_test_images_remain(
     assert info.value.counts["left_out_groups"] == 3
 
 
-def test_the_gate_judges_the_decision_the_release_would_serve_not_the_argmax(project):
-    """Threshold 0: every image is called malignant; the argmax would have scored perfectly."""
+def test_a_threshold_of_zero_refers_every_image_but_never_changes_the_class(project):
+    """Threshold 0: every image is referred; the class answer stays the argmax, which is perfect."""
     version = register_model("good", threshold=0.0)
-    with pytest.raises(promote.PromotionRefused, match="test macro_f1"):
-        promote.run(PARAMS)
-    assert champion() is None
-    assert tags(version)["promotion_status"] == "refused"
+    decision = promote.run(PARAMS)
+    assert decision.promoted
+    assert decision.challenger_metrics["macro_f1"] == 1.0
+    assert champion() == version
 
 
 def test_a_truncated_version_is_refused_in_one_line_naming_it_and_the_refusal_is_recorded(

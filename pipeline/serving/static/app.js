@@ -66,15 +66,16 @@ function renderBars(probabilities, answered, positiveClass) {
 async function renderResult(result, request) {
   $("error").hidden = true;
   $("answer").hidden = false;
-  // One answer: the decision rule's class. The flag below is the same decision, said for the
-  // positive class, and the bars are the probabilities the rule compared.
+  // Two outputs of one rule: the class (the most probable class of the probabilities the bars
+  // show; the threshold never changes it) and the referral flag (malignancy suspected:
+  // p(malignant) >= threshold, or the class is malignant).
   $("predicted-class").textContent = result.class;
   const d = result.decision;
-  const positive = d.positive ? "yes" : "no";
+  const refer = d.refer ? "yes" : "no";
   // Out of scope: no class and no flag, only the refusal and the score that caused it.
   $("decision").textContent = d.out_of_scope
     ? `${d.reason} (OOD score ${d.ood_score.toFixed(3)} > ${d.ood_threshold.toFixed(3)}). Rule: ${d.rule}.`
-    : `${d.positive_class}: ${positive}. Rule: ${d.rule}.`;
+    : `Refer (${d.positive_class} suspected): ${refer}. Rule: ${d.rule}.`;
   renderBars(result.probabilities, result.class, d.positive_class);
   const m = result.model;
   $("timing").textContent =

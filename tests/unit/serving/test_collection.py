@@ -64,7 +64,7 @@ def test_the_two_collections_split_the_log_row_and_leave_out_only_its_time(class
     assert (inputs["width"], inputs["height"]) == (640, 480)
     assert inputs["ood_score"] == result["decision"]["ood_score"]
     assert outputs["answer"] == result["class"]
-    assert outputs["positive"] == int(result["decision"]["positive"])
+    assert outputs["refer"] == int(result["decision"]["refer"])
     assert outputs["model_version"] == "7"
     for cls, probability in result["probabilities"].items():
         assert outputs[f"probability_{cls}"] == probability
@@ -105,7 +105,7 @@ def test_the_collector_gets_each_answers_summary_correlated_and_never_the_image(
         for cls, probability in result["probabilities"].items():
             assert pair[OUTPUTS][f"probability_{cls}"] == pytest.approx(probability, abs=1e-9)
     assert by_width[48][OUTPUTS]["out_of_scope"] == 1
-    assert by_width[48][OUTPUTS]["positive"] is None
+    assert by_width[48][OUTPUTS]["refer"] is None
     wire = b"".join(f.body + repr(f.headers).encode() for f in received)
     for data in (*uploads, photo.tobytes()):
         assert not any(data[i : i + 24] in wire for i in range(0, len(data) - 24, 7))

@@ -49,8 +49,9 @@ def test_out_of_scope_the_class_and_the_flag_still_cannot_contradict(seed):
         result = answer(rule, p, float(score))
         decision = result["decision"]
         assert (result["class"] == OUT_OF_SCOPE) == (score > 1.0) == decision["out_of_scope"]
-        assert (decision["positive"] is None) == (result["class"] == OUT_OF_SCOPE)
-        assert (decision["positive"] is True) == (result["class"] == "malignant")
+        assert (decision["refer"] is None) == (result["class"] == OUT_OF_SCOPE)
+        if result["class"] == "malignant":
+            assert decision["refer"] is True
         assert (decision["reason"] is not None) == decision["out_of_scope"]
 
 
@@ -94,7 +95,7 @@ def test_in_distribution_scans_are_mostly_answered(classifier):
 def test_every_surface_abstains_on_an_out_of_distribution_image(classifier, photo, tmp_path):
     def refused(result) -> None:
         assert result["class"] == OUT_OF_SCOPE
-        assert result["decision"]["positive"] is None
+        assert result["decision"]["refer"] is None
         assert "radiologist" in result["decision"]["reason"]
 
     refused(classifier.predict(photo))
@@ -113,7 +114,7 @@ def test_every_surface_abstains_on_an_out_of_distribution_image(classifier, phot
     predict.score(tmp_path / "in", classifier, tmp_path / "out.csv")
     row = pd.read_csv(tmp_path / "out.csv").iloc[0]
     assert row["class"] == OUT_OF_SCOPE
-    assert pd.isna(row["positive"])
+    assert pd.isna(row["refer"])
     assert row["ood_score"] > 0
 
 
