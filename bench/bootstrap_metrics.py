@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from pipeline import metrics  # noqa: E402
+from pipeline import intervals, metrics  # noqa: E402
 
 CLASSES = ("benign", "malignant", "normal")
 
@@ -65,12 +65,12 @@ def main() -> int:
     report = metrics.classification_report(y, proba, CLASSES, n_bootstrap=args.resamples, seed=0)
     ours = time.perf_counter() - started
 
-    weights = metrics.bootstrap_weights(y, args.resamples, seed=0)  # the same resamples
+    weights = intervals.bootstrap_weights(y, args.resamples, seed=0)  # the same resamples
     started = time.perf_counter()
     loop_f1 = sklearn_loop(y, proba, weights)
     loop = time.perf_counter() - started
 
-    low, high = metrics.percentile_interval(loop_f1)
+    low, high = intervals.percentile_interval(loop_f1)
     ci = report["macro_f1"]
     print(f"predictions={args.n} resamples={args.resamples}")
     print(f"project, 11 metrics:         {ours:8.3f} s")

@@ -44,6 +44,7 @@ from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import LABELS, format_estimate
 from pipeline.serving.ood import METHOD, OOD_FILE, OodStatistics, accept_threshold, fit, pool
+from pipeline.threshold import choose_threshold
 
 EVALUATE_DIR = Path("reports/evaluate")
 HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
@@ -230,8 +231,10 @@ def evaluate_probabilities(
     calibration = _calibration_choice(y, proba["val"], groups, params)
     served = {split: _served(proba[split], calibration) for split in SPLITS}
     flagged = served["val"].argmax(1) == m
-    rule = dict(target=e.target_sensitivity, confidence=e.threshold_confidence)
-    choice = statistics.choose_threshold(y, served["val"][:, m], m, flagged, **rule)
+    choice = choose_threshold(
+        y, served["val"][:, m], m, flagged, groups, target=e.target_sensitivity,
+        confidence=e.threshold_confidence, n_bootstrap=e.bootstrap, seed=params.seed,
+    )  # fmt: skip
     result = {
         split: _split_report(
             data[split].labels,
@@ -244,13 +247,10 @@ def evaluate_probabilities(
         )  # fmt: skip
         for split in SPLITS
     }
-    low, high = statistics.threshold_interval(
-        y, served["val"][:, m], m, flagged, groups, n_bootstrap=e.bootstrap, seed=params.seed,
-        **rule,
-    )  # fmt: skip
     result["val"]["operating_point"].update(
-        rule=choice["rule"], selection=choice, threshold_ci_low=low, threshold_ci_high=high
-    )
+        rule=choice["rule"], selection=choice, threshold_ci_low=choice["threshold_ci_low"],
+        threshold_ci_high=choice["threshold_ci_high"],
+    )  # fmt: skip
     return metrics.jsonable(result)
 
 
@@ -313,7 +313,6 @@ def _split_report(
             order,
             g,
             min_images=MIN_SUBGROUP,
-            **boot,
         )  # fmt: skip
         for name, (labels, order) in facts.subgroups.items()
     }

@@ -20,10 +20,13 @@ Conventions (scikit-learn's unless said otherwise):
   sum over bins of (n_bin / n) * |accuracy_bin - mean confidence_bin|.
 - Malignant sensitivity / specificity treat `positive` vs the rest, with the argmax decision.
 
-Resampling unit: the group (`groups`, prepare's duplicate group and later the patient group), not
-the image. Near-identical images in one split are one piece of evidence; resampling them one by
-one made nominal 95% intervals cover 88.5% when 40% of test images were duplicate pairs
-(tests/unit/test_statistics.py simulates it). Without `groups` every image is its own group.
+Intervals (pipeline.intervals): the proportions of the headline (accuracy, malignant sensitivity
+and specificity) get the exact interval on the effective number of images; the other metrics a
+cluster bootstrap. Either way the unit is the group (`groups`, prepare's duplicate group and later
+the patient group), not the image: near-identical images in one split are one piece of evidence;
+resampling them one by one made nominal 95% intervals cover 88.5% when 40% of test images were
+duplicate pairs (tests/unit/test_statistics.py simulates it). Without `groups` every image is its
+own group.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_curve
+
+from pipeline.intervals import bootstrap_weights, count_groups, percentile_interval, proportion
 
 HEADLINE = (
     "accuracy",
@@ -66,12 +71,15 @@ def classification_report(
     """Headline metrics with 95% CIs, per-class metrics and the confusion matrix of one split.
 
     Returns `{headline: {"value", "ci_low", "ci_high"}, "n", "groups", "per_class",
-    "confusion_matrix"}`. The CI is the 2.5-97.5 percentile interval of `n_bootstrap` cluster
-    resamples stratified by class (see `bootstrap_weights`) seeded by `seed`; with
-    `n_bootstrap=0` it collapses to the point estimate.
+    "confusion_matrix"}`. Accuracy and malignant sensitivity / specificity are proportions: their
+    CI is exact on the effective number of images (`intervals.proportion`). The others' CI is the
+    2.5-97.5 percentile interval of `n_bootstrap` cluster resamples stratified by class (see
+    `intervals.bootstrap_weights`) seeded by `seed`; with `n_bootstrap=0` it collapses to the
+    point estimate.
     """
     y, proba = _check(y, proba, classes)
     pos = list(classes).index(positive) if positive in classes else None
+    shares = _proportions(y, proba.argmax(1), pos, groups)
     point, per_class = _weighted_metrics(np.ones((1, len(y))), y, proba, pos, n_bins)
     if n_bootstrap > 0 and len(y) > 0:
         weights = bootstrap_weights(y, n_bootstrap, seed, groups)
@@ -81,6 +89,9 @@ def classification_report(
     report: dict[str, Any] = {}
     for name in HEADLINE:
         value = _float(point[name][0])
+        if name in shares:
+            report[name] = shares[name]
+            continue
         if resampled is None or value is None:
             low = high = value
         else:
@@ -104,61 +115,16 @@ def classification_report(
     return report
 
 
-def bootstrap_weights(
-    y: np.ndarray, n_resamples: int, seed: int, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """(n_resamples, n) multiplicities of a cluster bootstrap stratified by class.
-
-    Whole groups are drawn with replacement, within the class of each group (its most frequent
-    label; ties go to the lower label), each class drawing as many groups as it has; an image's
-    multiplicity is how often its group was drawn. Stratifying keeps every class in every
-    resample, so per-class recall and one-vs-rest AUC stay defined. `groups=None` makes every
-    image its own group: the ordinary stratified bootstrap.
-    """
-    y = np.asarray(y, dtype=np.int64)
-    n = len(y)
-    codes = group_codes(groups, n)
-    n_groups = int(codes.max()) + 1 if n else 0
-    votes = np.zeros((n_groups, int(y.max()) + 1 if n else 0))
-    np.add.at(votes, (codes, y), 1)
-    stratum = votes.argmax(1) if n else np.zeros(0, dtype=int)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for k in np.unique(stratum):
-        members = np.flatnonzero(stratum == k)
-        draws.append(members[rng.integers(0, len(members), size=(n_resamples, len(members)))])
-    idx = np.concatenate(draws, axis=1) if draws else np.zeros((n_resamples, 0), dtype=int)
-    offsets = np.arange(n_resamples)[:, None] * n_groups
-    counts = np.bincount((idx + offsets).ravel(), minlength=n_resamples * n_groups)
-    return counts.reshape(n_resamples, n_groups)[:, codes].astype(np.float64)
-
-
-def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Integer group ids 0..G-1 for `groups` (any values); every image alone when None."""
-    if groups is None:
-        return np.arange(n)
-    groups = np.asarray(groups)
-    if len(groups) != n:
-        raise ValueError(f"groups: expected {n} ids, got {len(groups)}")
-    return np.unique(groups, return_inverse=True)[1].reshape(-1)
-
-
-def count_groups(groups: np.ndarray | None, n: int) -> int:
-    """Distinct groups among n images (n when there are no group ids)."""
-    return int(len(np.unique(group_codes(groups, n))))
-
-
-def percentile_interval(
-    samples: np.ndarray, level: float = 0.95
-) -> tuple[float | None, float | None]:
-    """The central `level` percentile interval, ignoring undefined (NaN) resamples."""
-    samples = np.asarray(samples, dtype=np.float64)
-    samples = samples[~np.isnan(samples)]
-    if samples.size == 0:
-        return None, None
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return float(low), float(high)
+def _proportions(
+    y: np.ndarray, pred: np.ndarray, pos: int | None, groups: Any
+) -> dict[str, dict[str, float | None]]:
+    """The headline metrics that are shares of images, each with its exact interval."""
+    everyone = np.ones(len(y), bool)
+    out = {"accuracy": proportion(pred == y, everyone, groups)}
+    if pos is not None:
+        out["malignant_sensitivity"] = proportion(pred == pos, y == pos, groups)
+        out["malignant_specificity"] = proportion(pred != pos, y != pos, groups)
+    return out
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

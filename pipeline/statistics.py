@@ -1,22 +1,19 @@
-"""How sure we are: group-level intervals for the malignant decision, paired comparisons of two
-models on the same images, the non-inferiority gate, the operating point and the calibration of
+"""How sure we are: the malignant decision's rates, refusals by class, paired comparisons of two
+models on the same images, the non-inferiority gate, subgroups and the calibration of
 p(malignant).
 
 pipeline.metrics says what a classifier scores; this module says whether the number can be trusted
-and whether a difference is real. Both rest on one device: a bootstrap resample is a row of
-multiplicities W (B, n) from `metrics.bootstrap_weights`, which draws whole groups (duplicate
-group, patient group) stratified by class, so every statistic is computed for all resamples at
-once. Row 0 of the matrices below is all ones: the point estimate goes through the same code.
+and whether a difference is real. The intervals come from pipeline.intervals: exact intervals on
+the effective number of images for proportions (rates, shares), a cluster bootstrap (whole groups
+drawn within their class, all resamples at once as a multiplicity matrix) for the rest.
 
 Conventions: `y` holds integer labels and `positive` the index of the malignant class; `groups`
-holds any ids (None: each image alone); intervals are percentile intervals of the resamples;
-undefined values (no positives, a class missing) are None. Estimates are
-`{"value", "ci_low", "ci_high"}` like pipeline.metrics'.
+holds any ids (None: each image alone); undefined values (no positives, a class missing) are
+None. Estimates are `{"value", "ci_low", "ci_high"}` like pipeline.metrics'.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,37 +21,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pipeline import metrics
+from pipeline import intervals, metrics
+from pipeline.intervals import count_groups, finite, group_codes, resamples, summarise
 
 Estimate = dict[str, float | None]
 # A statistic of per-image outputs under multiplicities: (w (B, n), y, out, positive) -> (B,)
 PairedMetric = Callable[[np.ndarray, np.ndarray, np.ndarray, int | None], np.ndarray]
-
-
-# --- resampling --------------------------------------------------------------------------------
-
-
-def resamples(y: np.ndarray, groups: Any, n_bootstrap: int, seed: int) -> np.ndarray:
-    """(1 + n_bootstrap, n) multiplicities: a row of ones (the point estimate), then resamples."""
-    ones = np.ones((1, len(y)))
-    if n_bootstrap <= 0 or len(y) == 0:
-        return ones
-    return np.vstack([ones, metrics.bootstrap_weights(y, n_bootstrap, seed, groups)])
-
-
-def summarise(values: np.ndarray, level: float = 0.95) -> Estimate:
-    """Estimate from a statistic over `resamples` rows: row 0 the value, the rest the interval."""
-    values = np.asarray(values, dtype=np.float64)
-    value = _float(values[0])
-    if value is None or len(values) == 1:
-        return {"value": value, "ci_low": value, "ci_high": value}
-    low, high = metrics.percentile_interval(values[1:], level)
-    return {"value": value, "ci_low": low, "ci_high": high}
-
-
-def _float(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -65,27 +37,56 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 # --- the malignant decision at a threshold -----------------------------------------------------
 
 
-def binary_rates(
-    w: np.ndarray, is_positive: np.ndarray, flagged: np.ndarray, prevalence: float | None = None
-) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, PPV, NPV of `flagged` per row of w; PPV/NPV also at `prevalence`.
+def ppv_at(se: float, sp: float, prevalence: float) -> float | None:
+    """PPV where a share `prevalence` is malignant (Bayes): se p / (se p + (1 - sp)(1 - p))."""
+    num, rest = se * prevalence, (1 - sp) * (1 - prevalence)
+    return num / (num + rest) if num + rest > 0 else None
+
+
+def npv_at(se: float, sp: float, prevalence: float) -> float | None:
+    """NPV where a share `prevalence` is malignant: sp (1 - p) / (sp (1 - p) + (1 - se) p)."""
+    num, rest = sp * (1 - prevalence), (1 - se) * prevalence
+    return num / (num + rest) if num + rest > 0 else None
+
+
+def decision_rates(
+    is_positive: np.ndarray,
+    flagged: np.ndarray,
+    groups: Any = None,
+    prevalence: float | None = None,
+    level: float = intervals.LEVEL,
+) -> dict[str, Estimate]:
+    """Sensitivity, specificity, PPV, NPV of `flagged`, each a proportion with its exact interval
+    on the effective n (pipeline.intervals); PPV/NPV also at `prevalence`.
 
     PPV and NPV in the sample depend on its share of positives (BUSI's is not a clinic's); Bayes'
-    rule moves them to a named prevalence: PPV = se p / (se p + (1 - sp)(1 - p)).
+    rule moves them to a named prevalence. Both rise with sensitivity and with specificity, so
+    their interval runs between the values at the two ends of sensitivity's and specificity's
+    intervals, each taken at level 1 - (1 - level) / 2: both hold together with >= `level`.
     """
     pos, hit = np.asarray(is_positive, bool), np.asarray(flagged, bool)
-    tp, fn = w @ (pos & hit), w @ (pos & ~hit)
-    fp, tn = w @ (~pos & hit), w @ (~pos & ~hit)
     rates = {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
+        "sensitivity": intervals.proportion(hit, pos, groups, level),
+        "specificity": intervals.proportion(~hit, ~pos, groups, level),
+        "ppv": intervals.proportion(pos, hit, groups, level),
+        "npv": intervals.proportion(~pos, ~hit, groups, level),
     }
-    if prevalence is not None:
-        se, sp, p = rates["sensitivity"], rates["specificity"], prevalence
-        rates["ppv_at_prevalence"] = _ratio(se * p, se * p + (1 - sp) * (1 - p))
-        rates["npv_at_prevalence"] = _ratio(sp * (1 - p), sp * (1 - p) + (1 - se) * p)
+    if prevalence is None:
+        return rates
+    se, sp = rates["sensitivity"]["value"], rates["specificity"]["value"]
+    wide = 1 - (1 - level) / 2
+    se_box = intervals.proportion(hit, pos, groups, wide)
+    sp_box = intervals.proportion(~hit, ~pos, groups, wide)
+    for name, at in (("ppv_at_prevalence", ppv_at), ("npv_at_prevalence", npv_at)):
+        if se is None or sp is None:
+            rates[name] = {"value": None, "ci_low": None, "ci_high": None}
+            continue
+        ends = [
+            at(box_se, box_sp, prevalence)  # type: ignore[arg-type]
+            for box_se, box_sp in ((se_box["ci_low"], sp_box["ci_low"]),
+                                   (se_box["ci_high"], sp_box["ci_high"]))
+        ]  # fmt: skip
+        rates[name] = {"value": at(se, sp, prevalence), "ci_low": ends[0], "ci_high": ends[1]}
     return rates
 
 
@@ -100,28 +101,28 @@ def operating_point(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The decision `scores >= threshold` (malignant vs the rest) with cluster-bootstrap intervals.
+    """The decision `scores >= threshold` (malignant vs the rest) with its intervals.
 
-    Returns sensitivity, specificity, PPV, NPV (and at `prevalence`) and the AUC of `scores`, each
+    Returns sensitivity, specificity, PPV, NPV (and at `prevalence`) with exact intervals on the
+    effective n (`decision_rates`) and the AUC of `scores` with a cluster-bootstrap interval, each
     an Estimate, with the counts, images and groups the numbers rest on.
     """
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     is_positive = y == positive
-    w = resamples(y, groups, n_bootstrap, seed)
     out: dict[str, Any] = {"threshold": threshold, "prevalence": prevalence}
     if threshold is not None:
         flagged = scores >= threshold
-        for name, values in binary_rates(w, is_positive, flagged, prevalence).items():
-            out[name] = summarise(values)
+        out.update(decision_rates(is_positive, flagged, groups, prevalence))
         out["counts"] = {
             "tp": int(np.sum(is_positive & flagged)),
             "fn": int(np.sum(is_positive & ~flagged)),
             "fp": int(np.sum(~is_positive & flagged)),
             "tn": int(np.sum(~is_positive & ~flagged)),
         }
+    w = resamples(y, groups, n_bootstrap, seed)
     out["auc"] = summarise(metrics.weighted_auc(w, is_positive, scores))
     out["images"] = int(len(y))
-    out["groups"] = metrics.count_groups(groups, len(y))
+    out["groups"] = count_groups(groups, len(y))
     return out
 
 
@@ -145,112 +146,6 @@ def lesion_operating_point(
     return operating_point(
         y[keep], np.asarray(scores)[keep], threshold, positive, kept_groups, **options
     )
-
-
-# --- choosing the threshold on validation ------------------------------------------------------
-
-
-def clopper_pearson_lower(hits: np.ndarray, total: float, confidence: float) -> np.ndarray:
-    """One-sided lower confidence bound of a proportion hits/total (exact, Clopper-Pearson)."""
-    hits = np.asarray(hits, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = stats.beta.ppf(1 - confidence, hits, total - hits + 1)
-    return np.where(hits > 0, bound, 0.0)
-
-
-def _rule(
-    pos_scores: np.ndarray, pos_weights: np.ndarray, argmax_hits: float, target: float, conf: float
-) -> tuple[float | None, bool, float | None, bool]:
-    """(threshold, guaranteed, lower bound, raised to argmax) for positives with multiplicities.
-
-    The threshold is the score of the k-th highest positive, k the fewest flagged positives whose
-    lower bound reaches `target` (all of them when none does: then not guaranteed), raised to as
-    many positives as the argmax decision flags when that is more.
-    """
-    order = np.argsort(-pos_scores, kind="stable")
-    s, m = pos_scores[order], pos_weights[order]
-    s, m = s[m > 0], m[m > 0]
-    if s.size == 0:
-        return None, False, None, False
-    cum = np.cumsum(m)
-    lower = clopper_pearson_lower(cum, cum[-1], conf)
-    reach = np.flatnonzero(lower >= target - 1e-12)
-    i = int(reach[0]) if reach.size else s.size - 1
-    need = int(np.flatnonzero(cum >= argmax_hits - 1e-9)[0]) if argmax_hits > 0 else 0
-    chosen = max(i, need)
-    return float(s[chosen]), bool(reach.size), float(lower[chosen]), need > i
-
-
-def choose_threshold(
-    y: np.ndarray,
-    scores: np.ndarray,
-    positive: int,
-    argmax_flagged: np.ndarray,
-    *,
-    target: float,
-    confidence: float,
-) -> dict[str, Any]:
-    """The malignant threshold on validation, with the guarantee it gives and whether it gives it.
-
-    Rule: the highest threshold at which the one-sided `confidence` Clopper-Pearson lower bound of
-    validation sensitivity reaches `target`. A point estimate at the target is optimistic on ~30
-    positives (a 0.90 target gave 0.74 on real test data). When validation has too few positives
-    for any threshold to meet it, every validation positive is flagged and `guaranteed` is False.
-    The threshold is never less sensitive on validation than the argmax decision; when the rule
-    alone would have been, `raised_to_argmax` says so.
-    """
-    y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
-    is_positive, argmax_flagged = y == positive, np.asarray(argmax_flagged, bool)
-    hits = float(np.sum(is_positive & argmax_flagged))
-    threshold, guaranteed, lower, raised = _rule(
-        scores[is_positive], np.ones(int(is_positive.sum())), hits, target, confidence
-    )
-    flagged = scores >= threshold if threshold is not None else np.zeros(len(y), bool)
-    return {
-        "rule": (
-            f"highest threshold whose one-sided {confidence:.0%} lower confidence bound of "
-            f"validation sensitivity reaches {target:.2f}; never less sensitive than argmax"
-        ),
-        "threshold": threshold,
-        "target": target,
-        "confidence": confidence,
-        "guaranteed": guaranteed,
-        "sensitivity_lower_bound": lower,
-        "sensitivity": _float(flagged[is_positive].mean()) if is_positive.any() else None,
-        "argmax_sensitivity": _float(hits / is_positive.sum()) if is_positive.any() else None,
-        "raised_to_argmax": raised,
-        "positives": int(is_positive.sum()),
-    }
-
-
-def threshold_interval(
-    y: np.ndarray,
-    scores: np.ndarray,
-    positive: int,
-    argmax_flagged: np.ndarray,
-    groups: Any = None,
-    *,
-    target: float,
-    confidence: float,
-    n_bootstrap: int = 500,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float | None, float | None]:
-    """Percentile interval of the threshold `choose_threshold` picks on resampled validation sets.
-
-    How far the operating point would move with another validation set of the same size: the
-    threshold itself is an estimate.
-    """
-    y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
-    is_positive = y == positive
-    flagged_positive = (is_positive & np.asarray(argmax_flagged, bool)).astype(np.float64)
-    w = resamples(y, groups, n_bootstrap, seed)[1:]
-    found = [
-        _rule(scores[is_positive], row[is_positive], row @ flagged_positive, target, confidence)[0]
-        for row in w
-    ]
-    values = np.array([np.nan if t is None else t for t in found], dtype=np.float64)
-    return metrics.percentile_interval(values, level) if len(values) else (None, None)
 
 
 # --- calibration of p(malignant) ---------------------------------------------------------------
@@ -332,7 +227,7 @@ def temperature_decision(
     `min_improvement` nats per image; otherwise the raw probabilities are served.
     """
     y, proba = np.asarray(y), np.asarray(proba, dtype=np.float64)
-    codes = metrics.group_codes(groups, len(y))
+    codes = group_codes(groups, len(y))
     n_groups = int(codes.max()) + 1 if len(y) else 0
     temperature = metrics.fit_temperature(y, proba, bounds)
     record: dict[str, Any] = {
@@ -440,7 +335,7 @@ def _paired_values(
         raise ValueError(f"paired outputs need one value per image: {len(y)}, {len(a)}, {len(b)}")
     w = resamples(y, groups, n, seed)  # the same resamples for both models: that is the pairing
     fn = PAIRED_METRICS[metric]
-    return fn(w, y, a, positive), fn(w, y, b, positive), metrics.count_groups(groups, len(y))
+    return fn(w, y, a, positive), fn(w, y, b, positive), count_groups(groups, len(y))
 
 
 def paired_difference(
@@ -538,7 +433,7 @@ def non_inferiority(
         y, challenger, champion, groups, metric, positive, n_bootstrap, seed
     )
     d = va - vb
-    point, rest = _float(d[0]), d[1:][np.isfinite(d[1:])]
+    point, rest = finite(d[0]), d[1:][np.isfinite(d[1:])]
     lower = float(np.percentile(rest, 100 * alpha)) if rest.size and point is not None else None
     accepted = lower is not None and lower > -margin
     if lower is None:
@@ -552,7 +447,7 @@ def non_inferiority(
             f"{n_groups} groups"
         )
     return NonInferiority(
-        metric, margin, alpha, _float(va[0]), _float(vb[0]), point, lower, accepted, reason,
+        metric, margin, alpha, finite(va[0]), finite(vb[0]), point, lower, accepted, reason,
         int(len(y)), n_groups, n_bootstrap,
     )  # fmt: skip
 
@@ -571,8 +466,6 @@ def subgroup_table(
     groups: Any = None,
     *,
     min_images: int = 10,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per subgroup in `order`: images, groups, and where there are at least `min_images`,
     accuracy of `pred` and malignant sensitivity / specificity of `scores >= threshold`.
@@ -582,7 +475,7 @@ def subgroup_table(
     """
     y, pred, scores = np.asarray(y), np.asarray(pred), np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=object)
-    ids = metrics.group_codes(groups, len(y))
+    ids = group_codes(groups, len(y))
     rows = []
     for name in order:
         inside = labels == name
@@ -594,12 +487,11 @@ def subgroup_table(
         if row["images"] < min_images:
             row["note"] = f"fewer than {min_images} images: not estimated"
         else:
-            yy = y[inside]
-            w = resamples(yy, ids[inside], n_bootstrap, seed)
-            row["accuracy"] = summarise(_ratio(w @ (pred[inside] == yy), w.sum(1)))
+            yy, gg = y[inside], ids[inside]
+            row["accuracy"] = intervals.proportion(pred[inside] == yy, np.ones(len(yy), bool), gg)
             if threshold is not None:
-                rates = binary_rates(w, yy == positive, scores[inside] >= threshold)
-                row["malignant_sensitivity"] = summarise(rates["sensitivity"])
-                row["malignant_specificity"] = summarise(rates["specificity"])
+                rates = decision_rates(yy == positive, scores[inside] >= threshold, gg)
+                row["malignant_sensitivity"] = rates["sensitivity"]
+                row["malignant_specificity"] = rates["specificity"]
         rows.append(row)
     return rows

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import metrics
+from pipeline import intervals, metrics
 
 CLASSES = ("benign", "malignant", "normal")
 
@@ -136,16 +136,26 @@ def test_bootstrap_is_deterministic_for_a_seed():
     assert any(a[k]["ci_low"] != c[k]["ci_low"] for k in metrics.HEADLINE)
 
 
-def test_no_bootstrap_gives_intervals_equal_to_the_estimate():
+def test_no_bootstrap_leaves_only_the_proportions_their_exact_intervals():
     y, p = predictions(50, seed=5)
-    r = metrics.classification_report(y, p, CLASSES, n_bootstrap=0)
+    groups = np.arange(50) // 2
+    r = metrics.classification_report(y, p, CLASSES, n_bootstrap=0, groups=groups)
+    shares = {
+        "accuracy": (p.argmax(1) == y, np.ones(50, bool)),
+        "malignant_sensitivity": (p.argmax(1) == 1, y == 1),
+        "malignant_specificity": (p.argmax(1) != 1, y != 1),
+    }
     for name in metrics.HEADLINE:
-        assert r[name]["ci_low"] == r[name]["value"] == r[name]["ci_high"]
+        if name in shares:
+            assert r[name] == intervals.proportion(*shares[name], groups)
+            assert r[name]["ci_low"] < r[name]["value"] < r[name]["ci_high"]
+        else:
+            assert r[name]["ci_low"] == r[name]["value"] == r[name]["ci_high"]
 
 
 def test_bootstrap_resamples_keep_every_class_at_its_size():
     y = np.array([0] * 7 + [1] * 3 + [2] * 1)
-    w = metrics.bootstrap_weights(y, 100, seed=0)
+    w = intervals.bootstrap_weights(y, 100, seed=0)
     assert w.shape == (100, 11)
     for k, size in ((0, 7), (1, 3), (2, 1)):
         assert np.all(w[:, y == k].sum(1) == size)

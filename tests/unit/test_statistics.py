@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from pipeline import metrics, statistics
+from pipeline import intervals, metrics, statistics
 
 MALIGNANT = 1
 
@@ -42,10 +42,10 @@ def interval_coverage(seed: int, reps: int, grouped: bool, n_images: int = 200) 
     covered = 0
     for _ in range(reps):
         correct = (rng.random(len(group_class)) < p_correct[group_class])[groups]
-        w = metrics.bootstrap_weights(
+        w = intervals.bootstrap_weights(
             y, 1000, int(rng.integers(2**31)), groups if grouped else None
         )
-        low, high = metrics.percentile_interval((w @ correct) / w.sum(1))
+        low, high = intervals.percentile_interval((w @ correct) / w.sum(1))
         covered += low <= truth <= high
     return covered / reps
 
@@ -65,7 +65,7 @@ def test_group_bootstrap_intervals_cover_95_percent_when_40_percent_are_duplicat
 def test_group_bootstrap_draws_whole_groups_within_their_class():
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     groups = np.array(["a", "a", "b", "c", "c", "d", "e", "e"])
-    w = metrics.bootstrap_weights(y, 300, seed=1, groups=groups)
+    w = intervals.bootstrap_weights(y, 300, seed=1, groups=groups)
     assert np.all(w[:, 0] == w[:, 1])
     assert np.all(w[:, 3] == w[:, 4])
     assert np.all(w[:, 6] == w[:, 7])
@@ -74,7 +74,7 @@ def test_group_bootstrap_draws_whole_groups_within_their_class():
     assert np.all(w[:, 3] == 1)
     assert np.all(w[:, 5] + w[:, 6] == 2)
     assert w[:, 0].std() > 0  # and which ones varies
-    assert metrics.count_groups(groups, len(y)) == 5
+    assert intervals.count_groups(groups, len(y)) == 5
 
 
 def gate_cases(seed: int, n_images: int, deficit: float, reps: int, margin: float) -> float:
@@ -199,47 +199,6 @@ def test_operating_point_rates_agree_with_scikit_learn(seed):
     assert lesions["specificity"]["value"] == pytest.approx((scores[y == 0] < 0.5).mean())
 
 
-def test_the_threshold_rule_states_and_keeps_its_guarantee():
-    rng = np.random.default_rng(0)
-    y = np.r_[np.ones(120, int), np.zeros(200, int)]
-    scores = np.r_[rng.beta(5, 2, 120), rng.beta(2, 5, 200)]
-    argmax = scores > 0.9  # flags fewer positives than the rule: it does not bind
-    rule = statistics.choose_threshold(y, scores, 1, argmax, target=0.85, confidence=0.95)
-    assert rule["guaranteed"]
-    assert not rule["raised_to_argmax"]
-    hits = np.sum(scores[y == 1] >= rule["threshold"])
-    lower = stats.beta.ppf(0.05, hits, 120 - hits + 1)  # Clopper-Pearson, one-sided 95%
-    assert lower >= 0.85
-    assert rule["sensitivity_lower_bound"] == pytest.approx(lower)
-    # the next higher threshold would not keep the guarantee
-    above = np.sort(scores[y == 1])[np.sort(scores[y == 1]) > rule["threshold"]][0]
-    fewer = np.sum(scores[y == 1] >= above)
-    assert stats.beta.ppf(0.05, fewer, 120 - fewer + 1) < 0.85
-    low, high = statistics.threshold_interval(
-        y, scores, 1, argmax, target=0.85, confidence=0.95, n_bootstrap=200
-    )
-    assert low <= rule["threshold"] <= high
-    assert low < high
-
-
-def test_too_few_positives_flag_them_all_and_say_the_guarantee_is_not_met():
-    y = np.r_[np.ones(17, int), np.zeros(40, int)]  # the demo's 17 malignant validation images
-    scores = np.linspace(0, 1, 57)
-    rule = statistics.choose_threshold(y, scores, 1, scores > 0.9, target=0.9, confidence=0.95)
-    assert not rule["guaranteed"]  # 17/17 has a 95% lower bound of 0.838 < 0.9
-    assert rule["threshold"] == scores[y == 1].min()
-    assert rule["sensitivity"] == 1.0
-
-
-def test_the_threshold_is_never_less_sensitive_than_argmax_without_saying_so():
-    y = np.r_[np.ones(400, int), np.zeros(100, int)]
-    scores = np.r_[np.linspace(0.2, 1, 400), np.linspace(0, 0.3, 100)]
-    argmax = scores > 0.21  # flags nearly every positive: more than the rule needs for 0.5
-    rule = statistics.choose_threshold(y, scores, 1, argmax, target=0.5, confidence=0.95)
-    assert rule["raised_to_argmax"]
-    assert rule["sensitivity"] >= rule["argmax_sensitivity"]
-
-
 def test_calibration_line_agrees_with_scikit_learn_and_finds_overconfidence():
     rng = np.random.default_rng(0)
     true_logit = rng.normal(0, 1.5, 4000)
@@ -325,7 +284,7 @@ def test_subgroups_below_ten_images_show_n_but_no_estimate():
     y = rng.integers(0, 3, 40)
     labels = np.array(["large"] * 32 + ["small"] * 8, dtype=object)
     rows = statistics.subgroup_table(
-        y, y, (y == 1).astype(float), 0.5, 1, labels, ["small", "large"], n_bootstrap=100
+        y, y, (y == 1).astype(float), 0.5, 1, labels, ["small", "large"]
     )
     small, large = rows
     assert small["images"] == 8
