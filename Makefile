@@ -21,7 +21,7 @@ endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
-	train-azure azure-train-env azure-onnx-env export-onnx bench-engines
+	train-azure sweep-azure azure-train-env azure-onnx-env export-onnx bench-engines
 
 help: ## this list (the default target)
 	@echo "make <verb>, the verbs a user says (README for the walk-through):"
@@ -173,6 +173,11 @@ TRAIN_AZURE_ARGS ?=
 
 train-azure: azure-ml-env ## submit the training stages as an Azure ML GPU job (TRAIN_AZURE_ARGS="--raw azureml:busi-raw@1 --stream")
 	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py $(TRAIN_AZURE_ARGS)
+
+SWEEP_AZURE_ARGS ?=
+
+sweep-azure: azure-ml-env ## submit the hyper-parameter sweep (deploy/azure/sweep-job.yml) to Azure ML (SWEEP_AZURE_ARGS="--raw azureml:busi-raw@1")
+	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py --sweep $(SWEEP_AZURE_ARGS)
 
 azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
 

@@ -8,9 +8,11 @@ submit, as JSON: the tests run that, and so can anyone without a workspace.
 """
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import yaml
 from azure.ai.ml import Input, load_job
 
 JOB_FILE = Path(__file__).with_name("train-job.yml")
+SWEEP_FILE = Path(__file__).with_name("sweep-job.yml")
+PROJECT = Path(__file__).resolve().parents[2]
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_ML_WORKSPACE")
 
 
@@ -32,7 +36,25 @@ def build_job(args: argparse.Namespace):
         job.inputs["params"] = args.params
     if args.target:
         job.inputs["target"] = args.target
+    if "commit" in job.inputs:  # a sweep: every trial is tagged with where it came from
+        job.inputs.update(provenance(job.inputs["raw"]))
     return job
+
+
+def provenance(raw) -> dict[str, str]:
+    """The commit (marked -dirty with uncommitted changes), dvc.lock's sha256 and the data version
+    the job is submitted with: a trial reproduces with these and its `dvc exp run -S` tag."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    lock = PROJECT / "dvc.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "none"
+    return {"commit": commit, "dvc_lock": digest, "data_version": str(getattr(raw, "path", raw))}
 
 
 def summary(job) -> dict:
@@ -68,7 +90,8 @@ def submit(job, stream: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`make train-azure`: the training job from train-job.yml with the overrides given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", default=str(JOB_FILE))
+    parser.add_argument("--file", default=str(JOB_FILE), help="train-job.yml or sweep-job.yml")
+    parser.add_argument("--sweep", action="store_true", help="submit sweep-job.yml (--file's)")
     parser.add_argument("--compute", help="azureml:<cluster> (default: the YAML's)")
     parser.add_argument("--raw", help="azureml:<data asset>@<version> or azureml://... folder")
     parser.add_argument("--params", help="params file inside the project (default: the YAML's)")
@@ -76,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="follow the logs until it ends")
     parser.add_argument("--check", action="store_true", help="validate offline, submit nothing")
     args = parser.parse_args(argv)
+    if args.sweep:
+        args.file = str(SWEEP_FILE)
     try:
         job = build_job(args)
     except Exception as exc:  # the loader raises several types; any of them means "invalid"
