@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from pipeline.backbones import build_classifier  # noqa: E402
 from pipeline.batches import TrainBatches, light  # noqa: E402
-from pipeline.config import AugmentParams  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from pipeline.synthetic import generate  # noqa: E402
 
 CLASSES = ("benign", "malignant", "normal")
@@ -131,7 +131,7 @@ def main() -> int:
             f"backend={keras.backend.backend()} images={n} size={args.size} batch={args.batch} "
             f"workers={args.workers} cpus={os.cpu_count()} cv2_threads={cv2.getNumThreads()}"
         )
-        augment = light(AugmentParams())
+        augment = light(load_params(Path(__file__).resolve().parents[1] / "params.yaml").augment)
 
         def project():
             return TrainBatches(images, labels, 3, args.batch, 0, augment, workers=args.workers)

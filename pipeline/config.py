@@ -2,6 +2,9 @@
 
 Every stage reads its parameters through `load_params`, so a typo or a wrong type stops the run
 before any work with a message that names the key (`train.batch_size: expected int, got 'x'`).
+The dataclasses hold no defaults: params.yaml is the one place a value lives, so a params file
+that lacks a key (a variant written before the key existed) stops with the key named, instead of
+running on a value nobody chose.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,19 +28,19 @@ ARCHS = ("densenet121", "resnet50")
 class DemoParams:
     """`demo:` in params.yaml: the synthetic demo set `demo_data` draws."""
 
-    out_dir: str = "data/raw/synthetic-demo"
-    images: int = 420
-    size: int = 128
+    out_dir: str
+    images: int
+    size: int
 
 
 @dataclass(frozen=True)
 class DataParams:
     """`data:` in params.yaml: where the raw images are and how patients are grouped."""
 
-    raw_dir: str = "data/raw/synthetic-demo"
-    exclude: str = "data/exclude.csv"  # path,reason (path may be a glob): left out before splitting
-    group_column: str | None = None  # CSV patient/study column (None: patient_id / study_id)
-    id_salt: str = "busi-pipeline-salt"  # patient/study ids are hashed with it before any use
+    raw_dir: str
+    exclude: str  # path,reason (path may be a glob): left out before splitting
+    group_column: str | None  # CSV patient/study column (None: patient_id / study_id)
+    id_salt: str  # patient/study ids are hashed with it before any use
 
 
 @dataclass(frozen=True)
@@ -45,52 +48,52 @@ class PrepareParams:
     """`prepare:` in params.yaml: image size, split fractions and the duplicate detector's
     limits."""
 
-    image_size: int = 64
-    keep_aspect: bool = True
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    phash_threshold: int = 6
-    keypoint_inliers: int = 25
-    keypoint_correlation: float = 0.8
-    keypoint_candidates: int = 5
-    conflict_policy: Literal["drop", "majority"] = "drop"
-    max_reject_fraction: float = 0.2
-    min_side: int = 32
-    max_pixels: int = 50_000_000
-    dicom_frames: Literal["refuse", "first", "middle"] = "refuse"  # multi-frame DICOM (cine loops)
-    dicom_region_crop: bool = True  # crop DICOM to the Sequence of Ultrasound Regions' B-mode image
+    image_size: int
+    keep_aspect: bool
+    val_fraction: float
+    test_fraction: float
+    phash_threshold: int
+    keypoint_inliers: int
+    keypoint_correlation: float
+    keypoint_candidates: int
+    conflict_policy: Literal["drop", "majority"]
+    max_reject_fraction: float
+    min_side: int
+    max_pixels: int
+    dicom_frames: Literal["refuse", "first", "middle"]  # multi-frame DICOM (cine loops)
+    dicom_region_crop: bool  # crop DICOM to the Sequence of Ultrasound Regions' B-mode image
 
 
 @dataclass(frozen=True)
 class AugmentParams:
     """`augment:` in params.yaml: how many train images per class and the random transforms."""
 
-    target_per_class: int | Literal["max"] = "max"
-    flip: bool = True
-    rotation_deg: float = 10.0
-    zoom: float = 0.1
-    brightness: float = 0.1
-    contrast: float = 0.1
-    speckle: float = 0.05
+    target_per_class: int | Literal["max"]
+    flip: bool
+    rotation_deg: float
+    zoom: float
+    brightness: float
+    contrast: float
+    speckle: float
 
 
 @dataclass(frozen=True)
 class ModelParams:
     """`model:` in params.yaml: the backbone's starting weights and the head's dropout."""
 
-    weights: str | None = None
-    dropout: float = 0.2
+    weights: str | None
+    dropout: float
 
 
 @dataclass(frozen=True)
 class ArchParams:
     """`train.<arch>:` in params.yaml: one backbone's warm-up and fine-tuning schedule."""
 
-    warmup_epochs: int = 0
-    epochs: int = 5
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-3
-    unfreeze: int | Literal["all"] = "all"
+    warmup_epochs: int
+    epochs: int
+    learning_rate: float
+    fine_tune_learning_rate: float
+    unfreeze: int | Literal["all"]
 
 
 @dataclass(frozen=True)
@@ -98,21 +101,21 @@ class TrainParams:
     """`train:` in params.yaml: what both backbones share (batch, optimizer, schedule, early
     stop)."""
 
-    batch_size: int = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    schedule: Literal["constant", "cosine"] = "constant"
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = "val_macro_f1"
-    patience: int = 3
-    augment_on_the_fly: bool = True
-    loader_workers: int = 1
-    run_eagerly: bool = False
-    mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None = None
-    distribution: Literal["data_parallel"] | None = None
-    densenet121: ArchParams = field(default_factory=ArchParams)
-    resnet50: ArchParams = field(default_factory=ArchParams)
+    batch_size: int
+    optimizer: Literal["adam", "adamw", "sgd"]
+    schedule: Literal["constant", "cosine"]
+    weight_decay: float
+    label_smoothing: float
+    class_weights: bool
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"]
+    patience: int
+    augment_on_the_fly: bool
+    loader_workers: int
+    run_eagerly: bool
+    mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None
+    distribution: Literal["data_parallel"] | None
+    densenet121: ArchParams
+    resnet50: ArchParams
 
     def arch(self, name: str) -> ArchParams:
         """The schedule of backbone `name`; UserError naming --arch and the choices for an unknown
@@ -126,19 +129,19 @@ class TrainParams:
 class EvaluateParams:
     """`evaluate:` in params.yaml: bootstrap, operating point, calibration and figure counts."""
 
-    bootstrap: int = 500
-    target_sensitivity: float = 0.9
-    samples_per_class: int = 4
-    temperature_scaling: bool = True
-    ece_bins: int = 10
-    gradcam_per_class: int = 2
-    threshold_confidence: float = 0.95
-    prevalence: float = 0.2
-    temperature_min_improvement: float = 0.01
+    bootstrap: int
+    target_sensitivity: float
+    samples_per_class: int
+    temperature_scaling: bool
+    ece_bins: int
+    gradcam_per_class: int
+    threshold_confidence: float
+    prevalence: float
+    temperature_min_improvement: float
     # bounds of the temperature search; a fit on the lower bound is not served (README, Calibration)
-    temperature_range: tuple[float, ...] = (0.5, 5.0)
-    ood_accept: float = 0.95
-    ood_images: int = 40
+    temperature_range: tuple[float, ...]
+    ood_accept: float
+    ood_images: int
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,10 @@ class SelectParams:
     """`select:` in params.yaml: the metric that picks the winner, and the registry name and
     alias."""
 
-    metric: str = "macro_f1"
-    model_name: str = "tumor-classifier"
-    alias: str = "challenger"
-    register: bool = True  # False: select logs the release but registers nothing
+    metric: str
+    model_name: str
+    alias: str
+    register: bool  # False: select logs the release but registers nothing
 
 
 @dataclass(frozen=True)
@@ -160,25 +163,25 @@ class PromoteParams:
     of macro-F1 within `margin` of the champion (pipeline.promote).
     """
 
-    alias: str = "champion"
-    min_macro_f1: float = 0.5
-    min_malignant_sensitivity: float = 0.5
-    margin: float = 0.05
-    min_test_images: int = 30
+    alias: str
+    min_macro_f1: float
+    min_malignant_sensitivity: float
+    margin: float
+    min_test_images: int
 
 
 @dataclass(frozen=True)
 class MonitorParams:
     """`python -m pipeline.monitor`: the prediction log's window against the release's reference."""
 
-    log_dir: str = "logs/predictions"
-    model: str = "models/selected"
-    report_dir: str = "reports/monitor"
-    window_days: int = 7
-    min_answers: int = 30
-    alpha: float = 0.01
-    max_psi: float = 0.25
-    max_ood_rate: float = 0.15
+    log_dir: str
+    model: str
+    report_dir: str
+    window_days: int
+    min_answers: int
+    alpha: float
+    max_psi: float
+    max_ood_rate: float
 
 
 @dataclass(frozen=True)
@@ -186,29 +189,30 @@ class MlflowParams:
     """`mlflow:` in params.yaml: the experiment the runs go to, and whether system metrics are
     sampled."""
 
-    experiment: str = "busi-tumor-classification"
+    experiment: str
     # CPU, memory (and GPU where present) sampled during training into the run's system/*
     # metrics: off by default, since the sampler thread costs a little on small CPU machines.
-    system_metrics: bool = False
+    system_metrics: bool
 
 
 @dataclass(frozen=True)
 class Params:
     """The whole of params.yaml, validated once by `load_params`: the one source of truth."""
 
-    seed: int = 42
-    classes: tuple[str, ...] = ("benign", "malignant", "normal")
-    demo: DemoParams = field(default_factory=DemoParams)
-    data: DataParams = field(default_factory=DataParams)
-    prepare: PrepareParams = field(default_factory=PrepareParams)
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    select: SelectParams = field(default_factory=SelectParams)
-    promote: PromoteParams = field(default_factory=PromoteParams)
-    mlflow: MlflowParams = field(default_factory=MlflowParams)
-    monitor: MonitorParams = field(default_factory=MonitorParams)
+    seed: int
+    classes: tuple[str, ...]
+    positive_class: str  # the class the operating point, the refer flag and promotion care about
+    demo: DemoParams
+    data: DataParams
+    prepare: PrepareParams
+    augment: AugmentParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    select: SelectParams
+    promote: PromoteParams
+    mlflow: MlflowParams
+    monitor: MonitorParams
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -240,6 +244,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise UserError(f"{key}: unknown parameter; allowed here: {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+    if missing:
+        raise UserError(
+            f"{prefix}{missing[0]}: missing; every parameter is set in the params file "
+            "(copy it from the project's params.yaml)"
+        )
     values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in raw}
     return cls(**values)
 
@@ -247,7 +257,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, f"{key}.")
+        return _build(hint, value, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(hint):
@@ -307,9 +317,9 @@ def _check_values(p: Params) -> None:
     _check_monitor(p.monitor)
     _check_promote(p.promote, p.select)
     _need(
-        "malignant" in p.classes,
-        "classes",
-        "must include 'malignant' (the operating point needs it)",
+        p.positive_class in p.classes,
+        "positive_class",
+        f"must be one of classes {list(p.classes)} (the operating point needs it)",
     )
 
 
@@ -432,10 +442,18 @@ def _check_promote(pm: PromoteParams, select: SelectParams) -> None:
     _need(pm.alias != select.alias, "promote.alias", "must differ from select.alias")
 
 
-def default_model_uri(path: str | Path = "params.yaml") -> str:
+NO_MODEL = (
+    "no params.yaml here names the registered model; give a released model "
+    "(models/selected, models:/<name>@<alias>) or set $MODEL"
+)
+
+
+def default_model_uri(path: str | Path = "params.yaml") -> str | None:
     """`models:/<select.model_name>@<promote.alias>`: what `make serve` and `make predict` use
-    unless told otherwise (params.yaml's names, or the defaults outside a project folder)."""
-    params = load_params(path) if Path(path).is_file() else Params()
+    unless told otherwise; None outside a project folder (no params file names the model)."""
+    if not Path(path).is_file():
+        return None
+    params = load_params(path)
     return f"models:/{params.select.model_name}@{params.promote.alias}"
 
 

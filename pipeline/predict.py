@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline import tracking
-from pipeline.config import default_model_uri
+from pipeline.config import NO_MODEL, default_model_uri
 from pipeline.errors import UserError
 from pipeline.serving.classifier import ENGINES, Classifier, load_classifier
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload
@@ -174,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.source.exists():
             raise UserError(f"{args.source}: not found; give a folder of images or a CSV of paths")
         model = args.model or default_model_uri()
+        if model is None:
+            raise UserError(f"--model: {NO_MODEL}")
         try:
             classifier = load_classifier(
                 model, tracking_uri=tracking.store_uri(), engine=args.engine

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.config import default_model_uri
+from pipeline.config import NO_MODEL, default_model_uri
 from pipeline.serving.app import ServiceSettings, create_app
 from pipeline.serving.classifier import ENGINES, load_classifier
 from pipeline.serving.uploads import Limits
@@ -28,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.serve", description=__doc__.splitlines()[0]
     )
     p.add_argument(
-        "--model", default=default, help=f"released model (default: $MODEL or {default})"
+        "--model",
+        default=default,
+        help=f"released model (default: $MODEL or params.yaml's registered name: {default})",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -62,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`make serve`: load the release and serve the page and the API; a bad model source is one line
     and exit code 2."""
     args = parser().parse_args(argv)
+    if args.model is None:
+        print(f"serve: --model: {NO_MODEL}", file=sys.stderr)
+        return 2
     try:
         classifier = load_classifier(
             args.model, tracking_uri=tracking.store_uri(), engine=args.engine

@@ -16,8 +16,8 @@ import numpy as np
 
 from pipeline import train
 from pipeline.batches import TrainBatches
-from pipeline.config import parse_params
 from pipeline.datasets import ImageSet
+from tests.factories import project_params
 
 SIZE, CLASSES = 16, ("benign", "malignant", "normal")
 # SGD: its step is proportional to the gradient, so two reduction orders differ by float rounding.
@@ -54,7 +54,7 @@ def images(n: int, seed: int) -> ImageSet:
 
 
 def fit(distribution: str | None, n_train: int) -> tuple[list[np.ndarray], dict]:
-    params = parse_params(
+    params = project_params(
         {
             "train": {
                 "batch_size": 8,

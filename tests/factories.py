@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shutil
@@ -12,8 +13,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
+from pipeline.config import AugmentParams, Params, parse_params
 from pipeline.prepare import MANIFEST_COLUMNS
+from tests.repos import ROOT, merge
 
 if TYPE_CHECKING:
     import pytest
@@ -23,6 +27,23 @@ CLASSES = ("benign", "malignant", "normal")
 # a step or two (JAX's CPU compile of DenseNet121 + ResNet50, one train step each: 126 -> 82
 # CPU-seconds, same losses). Pass as XLA_FLAGS to a JAX subprocess.
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def raw_params(overrides: dict | None = None) -> dict:
+    """The project's params.yaml as a dict with `overrides` merged in (nested sections key by
+    key): what a test writes as a project's params.yaml."""
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides or {})
+
+
+def project_params(overrides: dict | None = None) -> Params:
+    """`raw_params(overrides)` parsed and validated: the one place a test's parameters get the
+    values it does not set."""
+    return parse_params(raw_params(overrides))
+
+
+def augment_params(**changes: object) -> AugmentParams:
+    """params.yaml's `augment:` section with `changes`."""
+    return dataclasses.replace(project_params().augment, **changes)  # type: ignore[arg-type]
 
 
 def enter_project(mp: pytest.MonkeyPatch, root: Path) -> str:

@@ -34,10 +34,12 @@ TINY = {
 
 
 def merge(base: dict, override: dict) -> dict:
-    """`base` with `override`'s keys replaced, nested sections merged key by key."""
+    """`base` with `override`'s keys replaced, nested sections merged key by key (a key `base`
+    lacks is added: the params loader names it as unknown)."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge(base[key], value) if nested else value
     return out
 
 

@@ -28,12 +28,19 @@ import yaml
 from PIL import Image
 
 from pipeline import demo_data, package, registry, tracking
-from pipeline.config import parse_params
 from pipeline.serving import pyfunc
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.collection import INPUTS, OUTPUTS
 from pipeline.serving.uploads import decode_upload
-from tests.factories import encode, enter_project, make_prepared, make_release, mini_classifier
+from tests.factories import (
+    encode,
+    enter_project,
+    make_prepared,
+    make_release,
+    mini_classifier,
+    project_params,
+    raw_params,
+)
 from tests.factories import scan as make_scan
 from tests.servers import DataCollectorSink, data_collector_sink, free_port, running
 
@@ -80,7 +87,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("surfaces")
     with pytest.MonkeyPatch.context() as mp:
         uri = enter_project(mp, root)
-        params = parse_params(RAW)
+        params = project_params(RAW)
         demo_data.run(params)
         make_prepared(root, per_split={"train": 1, "val": 1, "test": 2})
         tracking.setup("tests")
@@ -91,7 +98,7 @@ def project(tmp_path_factory):
             info = pyfunc.log_release(release, np.zeros((32, 32, 3), np.uint8))
         assert registry.register(info.model_uri, "tumor-classifier", "challenger", {}) == "1"
         registry.set_alias("tumor-classifier", "champion", "1")
-        (root / "params.yaml").write_text(json.dumps(RAW))
+        (root / "params.yaml").write_text(json.dumps(raw_params(RAW)))
         assert package.main([]) == 0
         assert package.main(["--engine", "onnx", "--out", "build/azure-onnx"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

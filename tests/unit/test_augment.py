@@ -4,9 +4,8 @@ import pandas as pd
 import pytest
 
 from pipeline import augment
-from pipeline.config import Params
 from pipeline.errors import UserError
-from tests.factories import make_prepared
+from tests.factories import make_prepared, project_params
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def project(tmp_path, monkeypatch):
 
 
 def test_train_classes_are_balanced_to_the_largest(project):
-    totals = augment.run(Params())
+    totals = augment.run(project_params())
     assert totals == {"benign": 4, "malignant": 4, "normal": 4}
     out = pd.read_csv("data/augmented/manifest.csv")
     assert out.groupby("label").size().to_dict() == totals
@@ -29,7 +28,7 @@ def test_train_classes_are_balanced_to_the_largest(project):
 
 
 def test_val_and_test_images_never_enter_the_augmented_set(project):
-    augment.run(Params())
+    augment.run(project_params())
     prepared = pd.read_csv("data/prepared/manifest.csv")
     held_out = set(prepared[prepared.split != "train"].path)
     sources = set(pd.read_csv("data/augmented/manifest.csv").source)
@@ -38,9 +37,9 @@ def test_val_and_test_images_never_enter_the_augmented_set(project):
 
 
 def test_reruns_are_byte_identical(project):
-    augment.run(Params())
+    augment.run(project_params())
     first = {p.name: p.read_bytes() for p in (project / "data/augmented").rglob("*.*")}
-    augment.run(Params())
+    augment.run(project_params())
     second = {p.name: p.read_bytes() for p in (project / "data/augmented").rglob("*.*")}
     assert first == second
 
@@ -49,7 +48,7 @@ def test_a_class_without_train_images_is_a_user_error(project):
     manifest = pd.read_csv("data/prepared/manifest.csv")
     manifest[manifest.label != "normal"].to_csv("data/prepared/manifest.csv", index=False)
     with pytest.raises(UserError, match=r"no train images for class\(es\) \['normal'\]"):
-        augment.run(Params())
+        augment.run(project_params())
 
 
 def test_missing_manifest_says_what_to_run(tmp_path, monkeypatch):

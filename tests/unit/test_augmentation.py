@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 
 from pipeline.augmentation import augment_image, balance_counts, speckle_field
-from pipeline.config import AugmentParams
-from tests.factories import label_image
+from tests.factories import augment_params, label_image
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_augmented_image_keeps_shape_and_dtype_and_changes_pixels(seed):
     image = label_image(0, 32, np.random.default_rng(seed))
-    out = augment_image(image, np.random.default_rng(seed), AugmentParams())
+    out = augment_image(image, np.random.default_rng(seed), augment_params())
     assert out.shape == image.shape
     assert out.dtype == np.uint8
     assert not np.array_equal(out, image)
@@ -19,19 +18,19 @@ def test_augmented_image_keeps_shape_and_dtype_and_changes_pixels(seed):
 
 def test_same_seed_same_variant():
     image = label_image(1, 32, np.random.default_rng(0))
-    a = augment_image(image, np.random.default_rng(3), AugmentParams())
-    b = augment_image(image, np.random.default_rng(3), AugmentParams())
+    a = augment_image(image, np.random.default_rng(3), augment_params())
+    b = augment_image(image, np.random.default_rng(3), augment_params())
     assert np.array_equal(a, b)
 
 
 def test_all_ranges_zero_is_identity():
-    params = AugmentParams(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0, speckle=0)
+    params = augment_params(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0, speckle=0)
     image = label_image(2, 32, np.random.default_rng(0))
     assert np.array_equal(augment_image(image, np.random.default_rng(0), params), image)
 
 
 def test_flips_are_left_right_only_because_depth_has_meaning():
-    params = AugmentParams(rotation_deg=0, zoom=0, brightness=0, contrast=0, speckle=0)
+    params = augment_params(rotation_deg=0, zoom=0, brightness=0, contrast=0, speckle=0)
     image = np.zeros((8, 8, 3), np.uint8)
     image[0, :] = 255  # the skin line at the top must stay at the top
     for seed in range(10):
@@ -50,11 +49,11 @@ def test_the_mirror_folded_into_the_warp_equals_warping_the_mirrored_image():
     image = label_image(1, 32, np.random.default_rng(0))
     flipped_seeds = [s for s in range(20) if np.random.default_rng(s).random() < 0.5]
     for seed in flipped_seeds[:5]:
-        folded = augment_image(image, np.random.default_rng(seed), AugmentParams(speckle=0))
+        folded = augment_image(image, np.random.default_rng(seed), augment_params(speckle=0))
         two_steps = augment_image(
             np.ascontiguousarray(image[:, ::-1]),
             np.random.default_rng(seed),
-            AugmentParams(flip=False, speckle=0),
+            augment_params(flip=False, speckle=0),
         )
         assert np.array_equal(folded, two_steps)
         assert not np.array_equal(folded, image[:, ::-1])  # the rotation and zoom did run
@@ -63,7 +62,7 @@ def test_the_mirror_folded_into_the_warp_equals_warping_the_mirrored_image():
 def test_augmentation_writes_into_the_slot_it_is_given():
     image = label_image(0, 32, np.random.default_rng(0))
     batch = np.zeros((2, 32, 32, 3), np.uint8)
-    out = augment_image(image, np.random.default_rng(1), AugmentParams(), out=batch[1])
+    out = augment_image(image, np.random.default_rng(1), augment_params(), out=batch[1])
     assert np.shares_memory(out, batch)
     assert batch[1].any()
     assert not batch[0].any()
@@ -78,7 +77,7 @@ def test_speckle_is_multiplicative_grey_noise_with_the_asked_spread():
 
 
 def test_a_window_of_a_shared_field_varies_per_image():
-    params = AugmentParams(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0)
+    params = augment_params(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0)
     field = speckle_field(np.random.default_rng(0), (64, 64, 3), 0.2)
     image = np.full((32, 32, 3), 128, np.uint8)
     a = augment_image(image, np.random.default_rng(1), params, field=field)

@@ -18,10 +18,10 @@ SCRIPT = """
 import os, numpy as np, keras
 from pipeline.backbones import build_classifier, for_inference, set_backbone_trainable
 from pipeline.batches import TrainBatches, light
-from pipeline.config import AugmentParams
+from tests.factories import augment_params
 keras.utils.set_random_seed(0)
 images = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
-batches = TrainBatches(images, np.arange(8) % 3, 3, 4, 0, light(AugmentParams()))
+batches = TrainBatches(images, np.arange(8) % 3, 3, 4, 0, light(augment_params()))
 for arch in ("densenet121", "resnet50"):
     model = build_classifier(arch, 32, ("benign", "malignant", "normal"))
     set_backbone_trainable(model, "all", freeze_batchnorm=False)

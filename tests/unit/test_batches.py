@@ -3,7 +3,7 @@
 import numpy as np
 
 from pipeline.batches import TrainBatches, light
-from pipeline.config import AugmentParams
+from tests.factories import augment_params
 
 
 def batches(workers=1, augment=None, seed=0):
@@ -37,7 +37,7 @@ def test_order_changes_between_epochs_and_repeats_for_the_same_seed():
 
 
 def test_augmented_batches_do_not_depend_on_the_order_they_are_asked_for():
-    augment = light(AugmentParams())
+    augment = light(augment_params())
     forward = epoch(batches(augment=augment))
     data = batches(augment=augment, workers=4)
     backward = [data[i] for i in reversed(range(len(data)))][::-1]
@@ -46,7 +46,7 @@ def test_augmented_batches_do_not_depend_on_the_order_they_are_asked_for():
 
 
 def test_augmented_batches_are_uint8_and_differ_between_epochs_with_the_same_order_seed():
-    data = batches(augment=light(AugmentParams()))
+    data = batches(augment=light(augment_params()))
     first = np.concatenate([x for x, _ in epoch(data)])
     data.on_epoch_end()
     second = np.concatenate([x for x, _ in epoch(data)])
@@ -56,17 +56,17 @@ def test_augmented_batches_are_uint8_and_differ_between_epochs_with_the_same_ord
 
 
 def test_each_epoch_draws_its_own_speckle_field_twice_the_image_size():
-    data = batches(augment=light(AugmentParams()))
+    data = batches(augment=light(augment_params()))
     field = data.field
     assert field.shape == (16, 16, 3)
     assert field.dtype == np.float32
-    assert np.array_equal(field, batches(augment=light(AugmentParams())).field)  # seeded
+    assert np.array_equal(field, batches(augment=light(augment_params())).field)  # seeded
     data.on_epoch_end()
     assert not np.array_equal(field, data.field)
 
 
 def test_light_augmentation_halves_the_offline_ranges():
-    p = light(AugmentParams(rotation_deg=10, zoom=0.2))
+    p = light(augment_params(rotation_deg=10, zoom=0.2))
     assert p.rotation_deg == 5
     assert p.zoom == 0.1
     assert p.flip

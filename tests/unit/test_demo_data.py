@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from pipeline import demo_data, synthetic
 from pipeline.config import DemoParams, Params
 from pipeline.errors import UserError
+from tests.factories import project_params, raw_params
 
 
 def demo_params(tmp_path, **changes) -> Params:
     demo = DemoParams(out_dir=str(tmp_path / "raw" / "demo"), images=30, size=32)
-    return dataclasses.replace(Params(seed=3, demo=demo), **changes)
+    return dataclasses.replace(project_params({"seed": 3}), demo=demo, **changes)
 
 
 def test_run_writes_the_demo_set_and_reports_counts_in_one_line(tmp_path, capsys):
@@ -92,9 +94,8 @@ def test_class_order_in_params_does_not_matter(tmp_path):
 
 def test_main_exits_2_with_one_line_on_stderr_for_unknown_classes(tmp_path, capsys):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        f"classes: [benign, malignant, cyst]\ndemo:\n  out_dir: {tmp_path / 'demo'}\n"
-    )
+    raw = {"classes": ["benign", "malignant", "cyst"], "demo": {"out_dir": str(tmp_path / "demo")}}
+    params_file.write_text(yaml.safe_dump(raw_params(raw)))
 
     assert demo_data.main(["--params", str(params_file)]) == 2
 
@@ -106,7 +107,8 @@ def test_main_exits_2_with_one_line_on_stderr_for_unknown_classes(tmp_path, caps
 
 def test_main_exits_0_and_generates_with_a_valid_params_file(tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(f"demo:\n  out_dir: {tmp_path / 'demo'}\n  images: 30\n  size: 32\n")
+    demo = {"out_dir": str(tmp_path / "demo"), "images": 30, "size": 32}
+    params_file.write_text(yaml.safe_dump(raw_params({"demo": demo})))
 
     assert demo_data.main(["--params", str(params_file)]) == 0
     assert (tmp_path / "demo" / "README.md").is_file()

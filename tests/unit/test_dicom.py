@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from pipeline import dicom, prepare
-from pipeline.config import parse_params
 from pipeline.images import RejectedImage
 from tests.dicoms import MARKERS, UID_ROOT, make_dicom, ultrasound, write_dicom
+from tests.factories import project_params
 
 LIMITS = {"max_pixels": 10**8, "min_side": 16}
 
@@ -167,7 +167,7 @@ def test_a_dicom_folder_prepares_with_patient_level_splits(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     Path("data").mkdir()
     Path("data/exclude.csv").write_text("path,reason\n")
-    params = parse_params(
+    params = project_params(
         {"data": {"raw_dir": str(raw)}, "prepare": {"image_size": 32, "min_side": 16}}
     )
     summary = prepare.run(params)

@@ -14,9 +14,8 @@ import keras
 import pytest
 
 from pipeline import train
-from pipeline.config import parse_params
 from pipeline.errors import UserError
-from tests.factories import QUICK_XLA_FLAGS
+from tests.factories import QUICK_XLA_FLAGS, project_params
 
 ROOT = Path(__file__).resolve().parents[2]
 # Measured: 3e-8 on weights, 1.2e-7 on losses (float32 reductions in another order); a sharding
@@ -56,7 +55,7 @@ def test_the_global_distribution_is_restored_after_training(two_device_run):
 
 def test_data_parallel_on_another_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
-    params = parse_params({"train": {"distribution": "data_parallel"}})
+    params = project_params({"train": {"distribution": "data_parallel"}})
     with (
         pytest.raises(UserError, match="train.distribution: data_parallel runs on the JAX"),
         train._distributed(
@@ -68,4 +67,4 @@ def test_data_parallel_on_another_backend_is_a_clear_error(monkeypatch):
 
 def test_an_unknown_distribution_is_refused_naming_the_key():
     with pytest.raises(UserError, match=r"train.distribution: .*data_parallel"):
-        parse_params({"train": {"distribution": "ddp"}})
+        project_params({"train": {"distribution": "ddp"}})

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline import evaluate, ledger, metrics, tracking
-from pipeline.config import ARCHS, parse_params
+from pipeline.config import ARCHS
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
-from tests.factories import enter_project, mini_classifier
+from tests.factories import enter_project, mini_classifier, project_params
 
 CLASSES = ("benign", "malignant", "normal")
 SIZE = 32
@@ -46,7 +46,7 @@ def inputs(tmp_path, monkeypatch):
     # augmented data must never be read: make it unreadable
     (tmp_path / "data/augmented").mkdir(parents=True)
     (tmp_path / "data/augmented/manifest.csv").write_text("not,a\nmanifest\n")
-    params = parse_params(
+    params = project_params(
         {"evaluate": {"bootstrap": 100, "samples_per_class": 2, "gradcam_per_class": 1}}
     )
     for seed, arch in enumerate(ARCHS):
@@ -216,7 +216,7 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
     y_val, y_test = rng.integers(0, 3, 60), rng.integers(0, 3, 80)
     data = {"val": fake_split(y_val), "test": fake_split(y_test)}
     proba = {"val": overconfident(y_val, 1), "test": overconfident(y_test, 2)}
-    params = parse_params({"evaluate": {"bootstrap": 50, "target_sensitivity": 0.8}})
+    params = project_params({"evaluate": {"bootstrap": 50, "target_sensitivity": 0.8}})
 
     result = evaluate.evaluate_probabilities(data, proba, params)
 
@@ -238,7 +238,7 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
     assert result["test"]["operating_point"]["sensitivity"]["value"] == pytest.approx(expected)
     assert result == evaluate.evaluate_probabilities(data, proba, params)
 
-    off = parse_params({"evaluate": {"bootstrap": 0, "temperature_scaling": False}})
+    off = project_params({"evaluate": {"bootstrap": 0, "temperature_scaling": False}})
     calibration = evaluate.evaluate_probabilities(data, proba, off)["test"]["calibration"]
     assert calibration["temperature"] is None
     assert calibration["ece_after"] is None
@@ -250,8 +250,8 @@ def test_temperature_is_served_only_when_it_beats_the_margin():
     y = rng.integers(0, 3, 150)
     data = {"val": fake_split(y), "test": fake_split(y)}
     proba = {"val": overconfident(y, 4), "test": overconfident(y, 5)}
-    strict = parse_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 5.0}})
-    loose = parse_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 0.0}})
+    strict = project_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 5.0}})
+    loose = project_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 0.0}})
     assert (
         evaluate.evaluate_probabilities(data, proba, strict)["val"]["calibration"]["applied"]
         is False
@@ -269,14 +269,14 @@ def test_a_separated_validation_set_is_served_raw_probabilities_and_the_reason_s
     val[np.arange(90), y_val] = 0.7  # right and modestly sure: sharpening lowers val NLL a lot
     data = {"val": fake_split(y_val), "test": fake_split(y_test)}
     proba = {"val": val, "test": overconfident(y_test, 7)}
-    params = parse_params({"evaluate": {"bootstrap": 0}})
+    params = project_params({"evaluate": {"bootstrap": 0}})
     result = evaluate.evaluate_probabilities(data, proba, params)
     calibration = result["val"]["calibration"]
     assert calibration["applied"] is False
     assert calibration["temperature"] == 0.5
     assert "lower bound" in calibration["reason"]
     assert result["test"]["calibration"]["malignant"]["probabilities"] == "raw"
-    narrow = parse_params({"evaluate": {"bootstrap": 0, "temperature_range": [0.9, 1.5]}})
+    narrow = project_params({"evaluate": {"bootstrap": 0, "temperature_range": [0.9, 1.5]}})
     proba["val"] = overconfident(y_val, 8)  # needs T near 3: softened only as far as allowed
     calibration = evaluate.evaluate_probabilities(data, proba, narrow)["val"]["calibration"]
     assert calibration["temperature"] == pytest.approx(1.5, rel=1e-3)
@@ -287,7 +287,7 @@ def test_flat_metric_names_carry_the_split():
     y = np.array([0, 1, 2, 1, 0, 2])
     data = {"val": fake_split(y), "test": fake_split(y)}
     proba = {"val": overconfident(y, 0), "test": overconfident(y, 1)}
-    result = evaluate.evaluate_probabilities(data, proba, parse_params({}))
+    result = evaluate.evaluate_probabilities(data, proba, project_params({}))
     flat = evaluate.flat_metrics(result["val"], "val")
     assert {"val_macro_f1", "val_macro_f1_ci_low", "val_per_class_malignant_recall"} <= set(flat)
     assert {"val_operating_point_ppv_at_prevalence_ci_high", "val_lesions_auc"} <= set(flat)
@@ -306,7 +306,7 @@ def test_the_ood_statistics_see_the_mirrored_scans_exactly_when_training_flips(f
     train = ImageSet(
         rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), np.array([0, 1, 2, 1]), list("abcd")
     )
-    params = parse_params({"augment": {"flip": flip}, "evaluate": {"ood_accept": 0.9}})
+    params = project_params({"augment": {"flip": flip}, "evaluate": {"ood_accept": 0.9}})
     images, labels, accept = evaluate._ood_reference(train, params)
     expected = [train.images, train.images[:, :, ::-1]] if flip else [train.images]
     np.testing.assert_array_equal(images, np.concatenate(expected))

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from pipeline import evaluate
-from pipeline.config import parse_params
 from pipeline.datasets import ImageSet
 from pipeline.metrics import HEADLINE
 from pipeline.model_card import (
@@ -16,6 +15,7 @@ from pipeline.model_card import (
     format_estimate,
     render_model_card,
 )
+from tests.factories import project_params
 
 SELECTION = {
     "winner": "densenet121",
@@ -50,7 +50,7 @@ def metrics():
         logits = 2.5 * (rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y])
         data[split] = ImageSet(np.zeros((n, 2, 2, 3), np.uint8), y, [str(i) for i in range(n)])
         proba[split] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    params = parse_params({"evaluate": {"bootstrap": 100}})
+    params = project_params({"evaluate": {"bootstrap": 100}})
     return evaluate.evaluate_probabilities(data, proba, params)
 
 

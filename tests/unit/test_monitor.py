@@ -12,7 +12,7 @@ import yaml
 from pipeline import monitor
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.predlog import REFERENCE_FILE, PredictionLog, record, replay, write_reference
-from tests.factories import mini_classifier
+from tests.factories import mini_classifier, raw_params
 from tests.ood_releases import make_ood_release, scans
 
 NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
@@ -46,7 +46,7 @@ def log_replay(folder, classifier, images, seed: int) -> None:
 def run(tmp_path, folder):
     params = {"monitor": {"log_dir": str(tmp_path / "log"), "model": str(folder),
                           "report_dir": str(tmp_path / "report")}}  # fmt: skip
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(params)))
     return monitor.run(tmp_path / "params.yaml", None, None, NOW)
 
 
@@ -76,8 +76,8 @@ def test_a_brightness_shift_on_half_of_the_inputs_is_flagged(release, tmp_path, 
 def test_too_few_answers_is_a_user_error_not_a_verdict(release, tmp_path, monkeypatch):
     folder, classifier = release
     log_replay(tmp_path / "log", classifier, scans(5, seed=4)[0], seed=4)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"monitor": {
-        "log_dir": str(tmp_path / "log"), "model": str(folder)}}))  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params({"monitor": {
+        "log_dir": str(tmp_path / "log"), "model": str(folder)}})))  # fmt: skip
     assert monitor.main(["--params", str(tmp_path / "params.yaml")]) == 2
 
 

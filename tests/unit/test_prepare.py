@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline import prepare
-from pipeline.config import parse_params
 from pipeline.errors import UserError
 from pipeline.layouts import is_mask
 from tests.dicoms import MARKERS, deflate_bomb, malformed_dicoms
+from tests.factories import project_params, raw_params
 
 CLASSES = ("benign", "malignant", "normal")
 COLUMNS = [
@@ -70,7 +71,7 @@ def raw(tmp_path, write_png, synthetic_image) -> Path:
 
 def _params(raw_dir, classes=CLASSES, **prepare_params):
     prepare_params = {"image_size": 32, "min_side": 16} | prepare_params
-    return parse_params(
+    return project_params(
         {"classes": list(classes), "data": {"raw_dir": str(raw_dir)}, "prepare": prepare_params}
     )
 
@@ -441,7 +442,8 @@ def test_a_class_too_small_to_reach_every_split_is_warned_about(
 
 
 def test_main_reports_a_missing_raw_dir_in_one_line(workdir, capsys):
-    Path("params.yaml").write_text("data:\n  raw_dir: data/raw/nothing-here\n")
+    raw = raw_params({"data": {"raw_dir": "data/raw/nothing-here"}})
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
     assert prepare.main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data.raw_dir: folder not found: data/raw/nothing-here;")
@@ -585,7 +587,7 @@ def test_a_patient_and_a_duplicate_group_merge_into_one_split_group(
 
 def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png, synthetic_image):
     labels = _patient_csv(tmp_path, write_png, synthetic_image, column="hospital_number")
-    params = parse_params(
+    params = project_params(
         {
             "classes": list(CLASSES),
             "prepare": {"image_size": 32, "min_side": 16},
@@ -593,7 +595,7 @@ def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png,
         }
     )
     first = {r["group"] for r in (prepare.run(params), _manifest())[1]}
-    salted = parse_params(
+    salted = project_params(
         {
             "classes": list(CLASSES),
             "prepare": {"image_size": 32, "min_side": 16},

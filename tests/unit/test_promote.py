@@ -11,9 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline import promote, registry
-from pipeline.config import parse_params
 from pipeline.errors import UserError
-from tests.factories import enter_project, make_prepared
+from tests.factories import enter_project, make_prepared, project_params, raw_params
 from tests.registry_models import register_model
 
 NAME = "tumor-classifier"
@@ -21,7 +20,7 @@ RAW = {
     "promote": {"min_macro_f1": 0.5, "min_malignant_sensitivity": 0.5, "min_test_images": 6},
     "mlflow": {"experiment": "tests"},
 }
-PARAMS = parse_params(RAW)
+PARAMS = project_params(RAW)
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def project(tmp_path, monkeypatch):
     """A project folder with a prepared test split and its own empty SQLite registry."""
     enter_project(monkeypatch, tmp_path)
     make_prepared(tmp_path, per_split={"train": 1, "val": 1, "test": 4})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(RAW))  # for main()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(RAW)))  # for main()
     return tmp_path
 
 
@@ -61,11 +60,11 @@ def test_an_undefined_metric_never_passes_a_gate():
 
 def test_gates_are_validated_params():
     with pytest.raises(UserError, match="promote.min_macro_f1"):
-        parse_params({"promote": {"min_macro_f1": 1.5}})
+        project_params({"promote": {"min_macro_f1": 1.5}})
     with pytest.raises(UserError, match="promote.alias"):
-        parse_params({"promote": {"alias": "challenger"}})
+        project_params({"promote": {"alias": "challenger"}})
     with pytest.raises(UserError, match="promote.min_test_images"):
-        parse_params({"promote": {"min_test_images": 0}})
+        project_params({"promote": {"min_test_images": 0}})
 
 
 # --- against a real (SQLite) registry ----------------------------------------------------------
@@ -246,7 +245,7 @@ def test_overlap_is_refused_exactly_when_fewer_than_min_test_images_remain(
         "challenger": frozenset(test["sha256"][[0, 2]]),
         "champion": frozenset(test["sha256"][[4]]),
     }
-    params = parse_params(RAW | {"promote": RAW["promote"] | {"min_test_images": minimum}})
+    params = project_params(RAW | {"promote": RAW["promote"] | {"min_test_images": minimum}})
     if not refused:
         images, _, counts = promote.held_out(params, seen)
         assert len(images) == counts["held_out_images"] == 6

@@ -6,11 +6,10 @@ import mlflow
 import pytest
 
 from pipeline import select, tracking
-from pipeline.config import parse_params
 from pipeline.errors import UserError
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.release import read_release
-from tests.factories import enter_project, make_prepared, mini_classifier
+from tests.factories import enter_project, make_prepared, mini_classifier, project_params
 
 
 def metrics(val_f1, test_f1, val_sens=0.8, threshold=0.3):
@@ -71,7 +70,7 @@ PARAMS = {"mlflow": {"experiment": "t"}}
 
 
 def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(project):
-    selection = select.run(parse_params(PARAMS))
+    selection = select.run(project_params(PARAMS))
     assert selection["winner"] == "resnet50"
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
@@ -98,19 +97,19 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
 
 
 def test_the_registered_model_serves_the_rule_that_select_fixed(project):
-    select.run(parse_params(PARAMS))
+    select.run(project_params(PARAMS))
     served = load_classifier("models:/tumor-classifier@challenger")
     assert served.release.rule == read_release(project / "models" / "selected").rule
     assert served.release.identity()["version"] == "1"
 
 
 def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch):
-    select.run(parse_params(PARAMS))
+    select.run(project_params(PARAMS))
     monkeypatch.setenv("DVC_EXP_NAME", "weaker-wren")
     (project / "reports" / "evaluate" / "resnet50" / "metrics.json").write_text(
         json.dumps(metrics(0.3, 0.5))
     )
-    selection = select.run(parse_params(PARAMS))
+    selection = select.run(project_params(PARAMS))
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("tumor-classifier", "challenger").version) == "1"
     assert len(client.search_model_versions("name='tumor-classifier'")) == 1
@@ -124,16 +123,16 @@ def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch)
 
 
 def test_registration_can_be_turned_off(project):
-    selection = select.run(parse_params({**PARAMS, "select": {"register": False}}))
+    selection = select.run(project_params({**PARAMS, "select": {"register": False}}))
     assert selection["version"] is None
     assert mlflow.MlflowClient().search_registered_models() == []
 
 
 def test_the_written_version_matches_the_registry_after_a_deleted_version(project):
-    select.run(parse_params(PARAMS))
-    select.run(parse_params(PARAMS))
+    select.run(project_params(PARAMS))
+    select.run(project_params(PARAMS))
     mlflow.MlflowClient().delete_model_version("tumor-classifier", "2")
-    selection = select.run(parse_params(PARAMS))  # the registry skips the deleted number
+    selection = select.run(project_params(PARAMS))  # the registry skips the deleted number
     alias = mlflow.MlflowClient().get_model_version_by_alias("tumor-classifier", "challenger")
     assert selection["version"] == str(alias.version) != "2"
     assert (

@@ -14,10 +14,10 @@ from sklearn.metrics import f1_score
 
 from pipeline import augment, backbones, train
 from pipeline.batches import TrainBatches
-from pipeline.config import Params, parse_params
+from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set
 from pipeline.errors import UserError
-from tests.factories import enter_project, make_prepared
+from tests.factories import enter_project, make_prepared, project_params
 
 TINY = {
     "prepare": {"image_size": 32},
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
         make_prepared(root, per_split={"train": 4, "val": 2, "test": 2})
-        params = parse_params(TINY)
+        params = project_params(TINY)
         augment.run(params)
         summary = train.run(params, "resnet50")
         yield root, params, summary
@@ -138,7 +138,7 @@ def weights_file(tmp_path_factory):
 
 
 def pretrained_params(weights_path, warmup_epochs: int, epochs: int) -> Params:
-    return parse_params(
+    return project_params(
         {
             **TINY,
             "model": {"weights": str(weights_path)},
@@ -179,9 +179,9 @@ def test_the_schedule_is_a_warm_up_on_a_frozen_backbone_then_fine_tuning_at_the_
     ]
     # from scratch every layer trains from the first epoch; warmup_epochs does not apply
     scratch = dataclasses.replace(
-        pretrained_params(weights, warmup_epochs=1, epochs=3), model=Params().model
+        pretrained_params(weights, warmup_epochs=1, epochs=3), model=project_params().model
     )
-    assert Params().model.weights is None
+    assert project_params().model.weights is None
     assert phases(scratch) == [("train", 0, 3, 0.01, "all")]
 
 
@@ -272,7 +272,7 @@ def tiny_fit(train_params: dict, weights: str | None = "imagenet"):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
     labels = np.arange(12) % 3
-    params = parse_params({"model": {"weights": weights}, "train": train_params})
+    params = project_params({"model": {"weights": weights}, "train": train_params})
     batches = TrainBatches(images, labels, 3, 4, seed=0)
     val = ImageSet(images[:6], labels[:6], [f"v{i}.png" for i in range(6)])
     model = tiny_classifier()
@@ -327,4 +327,4 @@ def test_unknown_arch_is_refused_by_the_command_line():
 
 
 def test_params_default_is_usable():
-    assert Params().train.arch("densenet121").epochs >= 1
+    assert project_params().train.arch("densenet121").epochs >= 1
