@@ -23,17 +23,17 @@ def scans(n: int, seed: int = 0, size: int = 48) -> tuple[np.ndarray, np.ndarray
 
 
 def make_ood_release(folder: Path, model, accept: float = 0.95) -> Path:
-    """`model` released with OOD statistics fitted on 60 scans, the threshold accepting `accept`
-    of 90 others (what evaluate and select do, in small)."""
+    """`model` released with OOD statistics fitted on 60 scans, class scales and the threshold
+    accepting `accept` of 90 others (what evaluate and select do, in small)."""
     folder.mkdir(parents=True, exist_ok=True)
     engine = KerasEngine(model)
     train, labels = scans(60, seed=1)
-    val, _ = scans(90, seed=2)
+    val, val_labels = scans(90, seed=2)
     pooled = {
         name: engine.pooled_and_probabilities(np.stack([engine.prepare(x) for x in images]))[0]
         for name, images in (("train", train), ("val", val))
     }
-    fitted = ood.fit(pooled["train"], labels)
+    fitted = ood.fit(pooled["train"], labels).with_class_scales(pooled["val"], val_labels)
     fitted.save(folder / "stats.npz")
     threshold = ood.accept_threshold(fitted.scores(pooled["val"]), accept)
     rule = DecisionRule(CLASSES, "malignant", 0.3, ood_threshold=threshold, ood_method="test")
