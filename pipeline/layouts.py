@@ -47,6 +47,7 @@ IMAGE_SUFFIXES = {
 GROUP_COLUMNS = ("patient_id", "study_id")  # recognised id columns, when data.group_column is null
 # Files that operating systems and archivers leave behind; never data, never worth a report line.
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx"}
+OUTSIDE = "outside"  # a listed path that leaves the CSV's folder
 NOT_A_FILE = "not_a_file: a named pipe, socket or device, not a regular file (not read)"
 MAX_WRAPPER_DEPTH = 3  # how many single-folder levels (download/archive wrappers) to look through
 
@@ -134,6 +135,24 @@ def _class_root(raw: Path, classes: tuple[str, ...]) -> Path:
         f"{raw}/<class>/<image> (a BUSI download, possibly inside one wrapper folder) or a CSV "
         "with path,label columns"
     )
+
+
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(every visible regular file below `folder`, (path, reason) for each link not followed
+    and each thing that is not a regular file): prepare's policy, for any caller that walks."""
+    problems: list[tuple[Path, str]] = []
+    return _files_under(folder, folder, problems), problems
+
+
+def path_problem(listed: str, root: Path) -> str | None:
+    """Why a path listed in a CSV must not be read, or None: it leaves `root` (the CSV's folder)
+    by `..`, by being absolute or through a link. The same reason whether a file is there or not,
+    so a refusal never tells what exists outside."""
+    relative = os.path.normpath(listed.replace("\\", "/"))
+    inside = not os.path.isabs(relative) and relative.split(os.sep)[0] != ".."
+    if not inside or not (root / relative).resolve().is_relative_to(root.resolve()):
+        return f"{OUTSIDE}: the path leaves the CSV's folder (by .., as absolute or through a link)"
+    return None
 
 
 def _files_under(folder: Path, root: Path, problems: list[tuple[Path, str]]) -> list[Path]:
@@ -260,6 +279,7 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
             f"found {header}"
         )
     base = path.parent
+    skipped: list[tuple[str, str]] = []
     images: dict[str, tuple[str, int]] = {}  # source -> (label, line)
     ids: dict[str, tuple[tuple[str, str], ...]] = {}
     extra_masks: dict[str, list[str]] = {}
@@ -268,6 +288,10 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
         source = _normalise(row["path"])
         if not source:
             raise UserError(f"{path}: line {line}: empty path")
+        problem = path_problem(source, base)
+        if problem:
+            skipped.append((source, problem))
+            continue
         if is_mask(source):
             mask_rows.append(source)
             continue
@@ -282,7 +306,6 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
         listed = [_normalise(m) for m in row.get("masks", "").split(";")]
         extra_masks.setdefault(source, []).extend(m for m in listed if m)
     by_stem = {(str(Path(s).parent), Path(s).stem): s for s in images}
-    skipped: list[tuple[str, str]] = []
     for mask in mask_rows:
         named = MASK_STEM.match(Path(mask).stem)
         assert named is not None  # mask_rows holds what is_mask accepted

@@ -42,6 +42,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-concurrent", type=int, default=2, help="inferences at once")
     p.add_argument("--max-waiting", type=int, default=8, help="requests queued before 503")
+    p.add_argument(
+        "--max-uploads",
+        type=int,
+        default=ServiceSettings.max_uploads,
+        help="uploads received at once before 503",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ServiceSettings.body_timeout,
+        help="seconds to receive an upload before 408",
+    )
     p.add_argument("--no-heatmaps", action="store_true", help="skip the class activation maps")
     p.add_argument(
         "--engine",
@@ -84,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         heatmaps=not args.no_heatmaps,
         max_concurrent=args.max_concurrent,
         max_waiting=args.max_waiting,
+        max_uploads=args.max_uploads,
+        body_timeout=args.body_timeout,
         log_dir=None if args.no_log else args.log_dir,
     )
     app = create_app(classifier, settings)

@@ -9,9 +9,11 @@
 - `GET /health` (the model, its rule and provenance) and the OpenAPI schema at `/openapi.json`.
 
 Uploads are read into memory with a byte limit (413 before reading when Content-Length says so),
-never written to disk, and at most `max_concurrent` run at once with `max_waiting` queued behind
-them: beyond that the answer is 503 with `Retry-After`, never an unbounded queue. Every refusal is
-JSON: `{"error": <reason>, "status": <code>}`.
+never written to disk, before an inference slot is taken: at most `max_uploads` are read at once
+and each must arrive within `body_timeout` seconds (408 past it), so clients that send slowly hold
+no slot and cannot starve the others. At most `max_concurrent` images are scored at once with
+`max_waiting` queued behind them: beyond either cap the answer is 503 with `Retry-After`, never an
+unbounded queue. Every refusal is JSON: `{"error": <reason>, "status": <code>}`.
 
 With `ServiceSettings.log_dir`, every answer is appended to the prediction log
 (pipeline.serving.predlog: the decision, scores, image size and intensity statistics; never the
@@ -97,6 +99,8 @@ class ServiceSettings:
     heatmaps: bool = True
     max_concurrent: int = 2  # inferences at once: about the cores a CPU host gives the model
     max_waiting: int = 8  # requests queued behind them before 503
+    max_uploads: int = 32  # uploads being received at once before 503 (slow clients included)
+    body_timeout: float = 30.0  # seconds to receive one whole upload before 408
     log_dir: Path | None = None  # the prediction log's folder; None: answers are not logged
 
 
@@ -106,15 +110,30 @@ class Saturated(Exception):
 
 class Admission:
     """At most `running` requests work at once and `waiting` more wait; the rest are refused.
+    Apart from them, at most `uploads` bodies are received at once.
 
-    Counted on the event loop (no lock needed); admission happens before the body is read, so a
-    flood of uploads cannot fill memory while it waits.
+    Counted on the event loop (no lock needed). A body is read under `receiving`, before `slot`:
+    a slot is held only while an image is scored, so a client that sends one byte a second holds
+    no slot, and the cap on uploads in flight bounds the memory they take while they arrive.
     """
 
-    def __init__(self, running: int, waiting: int) -> None:
+    def __init__(self, running: int, waiting: int, uploads: int) -> None:
         self.capacity = running + waiting
         self.inside = 0
         self.slots = asyncio.Semaphore(running)
+        self.uploads = uploads
+        self.receiving_now = 0
+
+    @asynccontextmanager
+    async def receiving(self) -> AsyncIterator[None]:
+        """Count one upload being received; Saturated (503) when `uploads` already are."""
+        if self.receiving_now >= self.uploads:
+            raise Saturated
+        self.receiving_now += 1
+        try:
+            yield
+        finally:
+            self.receiving_now -= 1
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -164,6 +183,19 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         return body  # the body is the image; its declared type is ignored, the content decides
     return await _multipart_file(request, body, limit)
+
+
+async def _receive(request: Request, settings: ServiceSettings) -> bytes:
+    """The upload's bytes, received within `settings.body_timeout` seconds or 408."""
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await read_upload(request, settings.limits.max_bytes)
+    except TimeoutError:
+        raise InvalidInput(
+            408,
+            f"the upload did not arrive within {settings.body_timeout:g} s (--body-timeout): "
+            "send the whole image in one request",
+        ) from None
 
 
 async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
@@ -250,7 +282,7 @@ def _add_routes(
     settings: ServiceSettings,
     log: PredictionLog | None,
 ) -> None:
-    admission = Admission(settings.max_concurrent, settings.max_waiting)
+    admission = Admission(settings.max_concurrent, settings.max_waiting, settings.max_uploads)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> FileResponse:
@@ -276,11 +308,12 @@ def _add_routes(
         "/predict",
         summary="Classify one ultrasound image",
         openapi_extra={"requestBody": _UPLOAD_BODY},
-        responses={code: _ERROR for code in (400, 413, 415, 422, 503)},
+        responses={code: _ERROR for code in (400, 408, 413, 415, 422, 503)},
     )
     async def predict(request: Request, heatmap: bool = False) -> dict[str, Any]:
+        async with admission.receiving():
+            data = await _receive(request, settings)
         async with admission.slot():
-            data = await read_upload(request, settings.limits.max_bytes)
             return await run_in_threadpool(
                 classify, classifier, mapper if heatmap else None, data, settings.limits, log
             )

@@ -12,7 +12,12 @@ string column `image` and the input example one synthetic scan. So
 
 with one record per image, the same answer (and the same decision rule) as every other surface.
 A bad image is refused as an MLflow `INVALID_PARAMETER_VALUE` (HTTP 400) whose message starts
-with the status the other surfaces give (413 too big, 415 not an image, 400 broken).
+with the status the other surfaces give (413 too big, 415 not an image, 400 broken) and never
+holds the request: MLflow's server rewrites a failed prediction's message as "Failed to predict
+data '<the whole request>'", which sent a refused DICOM back with its patient's name in it, so
+the refusal (`Refused`) keeps its own message. At most `MAX_IMAGES_PER_REQUEST` images (default
+64) of at most `MAX_UPLOAD_BYTES` each are taken in one request, and each is fitted to the
+model's input as it is decoded, so memory does not grow with the images' resolution.
 The example is synthetic on purpose: a validation image would copy a patient's scan into every
 registered and deployed version of the model.
 """
@@ -20,6 +25,7 @@ registered and deployed version of the model.
 from __future__ import annotations
 
 import base64
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,9 +46,30 @@ from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64
 
 IMAGE_COLUMN = "image"
+MAX_IMAGES_ENV = "MAX_IMAGES_PER_REQUEST"
+MAX_IMAGES = 64  # images in one request: each becomes a model-sized array before the next
 RELEASE_ARTIFACT = "release"
 MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # models from code: no pickle
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]))
+
+
+class Refused(MlflowException):
+    """A refused request, as MLflow's INVALID_PARAMETER_VALUE (HTTP 400), whose message is
+    `<status>: <reason>` and stays so: MLflow's scoring server assigns `message` a text with the
+    whole request in it, and that assignment is dropped here."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self._text = f"{status}: {reason}"
+        super().__init__(self._text, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        """`<status>: <reason>`, as the other surfaces word the refusal."""
+        return self._text
+
+    @message.setter
+    def message(self, _rewritten: str) -> None:
+        """Drop MLflow's rewrite ("Failed to predict data '<request>'"): it echoes the upload."""
 
 
 class ServingModel(PythonModel):
@@ -52,24 +79,41 @@ class ServingModel(PythonModel):
         """Load the release from the model's artifacts once, when MLflow loads the model."""
         self.classifier: Classifier = load_classifier(context.artifacts[RELEASE_ARTIFACT])
         self.limits = Limits.from_env()
+        self.max_images = int(os.environ.get(MAX_IMAGES_ENV, MAX_IMAGES))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         """Answer each row's image (base64 or bytes) with the release's rule, one row per image.
 
-        A bad image fails the whole call with MLflow's INVALID_PARAMETER_VALUE and the reason."""
+        A bad image fails the whole call with MLflow's INVALID_PARAMETER_VALUE and the reason
+        (`Refused`, which names the image by its position, never by its content)."""
         try:
-            decoded = [decode_upload(_bytes(value), self.limits) for value in _column(model_input)]
-        except InvalidInput as exc:
-            raise MlflowException(
-                f"{exc.status}: {exc.reason}", error_code=INVALID_PARAMETER_VALUE
-            ) from None
-        if not decoded:
-            raise MlflowException(
-                "400: no image in the request", error_code=INVALID_PARAMETER_VALUE
+            values = _column(model_input)
+            if not values:
+                raise InvalidInput(400, "no image in the request")
+            if len(values) > self.max_images:
+                raise InvalidInput(
+                    413,
+                    f"{len(values)} images in one request; this server takes at most "
+                    f"{self.max_images} ({MAX_IMAGES_ENV})",
+                )
+            batch = np.stack(
+                [self._fitted(value, n, len(values)) for n, value in enumerate(values)]
             )
-        return pd.DataFrame(self.classifier.predict_many(decoded))
+        except InvalidInput as exc:
+            raise Refused(exc.status, exc.reason) from None
+        return pd.DataFrame(self.classifier.answer_batch(batch))
+
+    def _fitted(self, value: Any, n: int, total: int) -> np.ndarray:
+        """One request value -> the model's input array (the full-size image is dropped here)."""
+        try:
+            return self.classifier.engine.prepare(
+                decode_upload(_bytes(value, self.limits), self.limits)
+            )
+        except InvalidInput as exc:
+            where = f"image {n + 1} of {total}: " if total > 1 else ""
+            raise InvalidInput(exc.status, where + exc.reason) from None
 
 
 def _column(data: Any) -> list[Any]:
@@ -84,11 +128,12 @@ def _column(data: Any) -> list[Any]:
     raise InvalidInput(400, f"expected {{{IMAGE_COLUMN!r}: [<base64 image>, ...]}}")
 
 
-def _bytes(value: Any) -> bytes:
-    """A base64 string (or raw bytes, as a Python caller may pass) -> the image file's bytes."""
+def _bytes(value: Any, limits: Limits) -> bytes:
+    """A base64 string (or raw bytes, as a Python caller may pass) -> the image file's bytes;
+    a string too long to hold at most `limits.max_bytes` is 413 before it is decoded."""
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    return from_base64(value)
+    return from_base64(value, limits)
 
 
 def image_example(image: np.ndarray) -> dict[str, list[str]]:

@@ -86,11 +86,7 @@ def decode_upload(data: bytes, limits: Limits = Limits()) -> Image.Image:
     if not data:
         raise InvalidInput(400, "empty upload: send the image file's bytes")
     if len(data) > limits.max_bytes:
-        raise InvalidInput(
-            413,
-            f"upload of {len(data)} bytes is over this server's limit of {limits.max_bytes} "
-            f"bytes ({limits.names[0]})",
-        )
+        raise _too_big(f"upload of {len(data)} bytes", limits)
     fmt = sniff_format(data)
     if fmt is None:
         raise InvalidInput(
@@ -135,10 +131,19 @@ def _decode_dicom(data: bytes, limits: Limits) -> Image.Image:
     return scan.decoded.image
 
 
-def from_base64(text: str) -> bytes:
-    """A base64 image, optionally as a `data:image/...;base64,` URL -> its bytes; 400 otherwise."""
+def _too_big(what: str, limits: Limits) -> InvalidInput:
+    return InvalidInput(
+        413, f"{what} is over this server's limit of {limits.max_bytes} bytes ({limits.names[0]})"
+    )
+
+
+def from_base64(text: str, limits: Limits | None = None) -> bytes:
+    """A base64 image, optionally as a `data:image/...;base64,` URL -> its bytes; 400 otherwise.
+    With `limits`, a text too long to hold at most `limits.max_bytes` is 413 before decoding."""
     if not isinstance(text, str):
         raise InvalidInput(400, "image must be a base64 string")
+    if limits is not None and len(text) > limits.max_bytes * 4 // 3 + 1024:  # + a data URL
+        raise _too_big(f"base64 image of {len(text)} characters", limits)
     if text.startswith("data:"):
         header, comma, text = text.partition(",")
         if not comma or not header.endswith(";base64"):

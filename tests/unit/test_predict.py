@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 import tracemalloc
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import predict
 from pipeline.serving.classifier import load_classifier
@@ -32,11 +38,17 @@ def test_a_folder_gets_one_row_per_file_with_the_services_answer_or_its_reason(
     (source / "sub" / "b.jpg").write_bytes(encode(scan(2), "JPEG"))
     (source / "notes.txt").write_text("not an image")
     (source / "broken.png").write_bytes(encode(scan(3))[:60])
-    (source / "link.png").symlink_to(source / "a.png")
+    (source / "link.png").symlink_to(source / "a.png")  # inside: followed, as prepare does
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.png").write_bytes(encode(scan(4)))
+    (source / "linked").symlink_to(tmp_path / "elsewhere")  # a folder outside: a row, not read
+    os.mkfifo(source / "pipe.png")  # never opened (it would wait for a writer forever)
     out = tmp_path / "out" / "predictions.csv"
     assert predict.main([str(source), "--model", str(mini_release[0]), "--out", str(out)]) == 0
     rows = {row["path"]: row for row in read(out)}
-    assert set(rows) == {"a.png", "sub/b.jpg", "notes.txt", "broken.png", "link.png"}
+    assert set(rows) == {
+        *("a.png", "sub/b.jpg", "notes.txt", "broken.png", "link.png", "linked", "pipe.png")
+    }
     expected = classifier.predict(decode_upload(encode(scan(1))))
     a = rows["a.png"]
     assert a["status"] == "200"
@@ -50,8 +62,10 @@ def test_a_folder_gets_one_row_per_file_with_the_services_answer_or_its_reason(
     assert rows["notes.txt"]["reason"]
     assert rows["broken.png"]["status"] == "400"
     assert "class" in rows["broken.png"]
-    assert rows["link.png"]["status"] == "400"
-    assert "link" in rows["link.png"]["reason"]
+    assert rows["link.png"]["p_malignant"] == a["p_malignant"]
+    assert rows["linked"]["status"] == "400"
+    assert rows["linked"]["reason"].startswith("link_outside")
+    assert rows["pipe.png"]["reason"].startswith("not_a_file")
 
 
 def test_a_csv_of_paths_is_read_relative_to_itself(tmp_path, mini_release):
@@ -121,3 +135,107 @@ def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
     )
     assert rows["loop.dcm"]["status"] == "422"
     assert "multi_frame" in rows["loop.dcm"]["reason"]
+
+
+def test_csv_paths_may_not_leave_the_csvs_folder_and_say_nothing_of_what_is_outside(
+    tmp_path, mini_release
+):
+    """Issue 30: `../../etc/passwd` was opened, and 400 against 415 told whether it existed."""
+    folder = tmp_path / "list"
+    folder.mkdir()
+    (folder / "x.png").write_bytes(encode(scan(4)))
+    (tmp_path / "secret.png").write_bytes(encode(scan(5)))
+    (folder / "out").symlink_to(tmp_path)
+    listed = ["x.png", "../secret.png", "../missing.png", "/etc/passwd", "out/secret.png"]
+    (folder / "list.csv").write_text("path\n" + "\n".join(listed) + "\n")
+    out = tmp_path / "p.csv"
+    assert (
+        predict.main([str(folder / "list.csv"), "--model", str(mini_release[0]), "--out", str(out)])
+        == 0
+    )
+    rows = read(out)
+    assert [r["path"] for r in rows] == listed
+    assert rows[0]["status"] == "200"
+    refused = {(r["status"], r["reason"]) for r in rows[1:]}
+    assert len(refused) == 1  # one answer for all four, existing or not
+    assert next(iter(refused))[1].startswith("outside: the path leaves the CSV's folder")
+
+
+def test_out_is_checked_before_the_model_is_loaded(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(encode(scan(1)))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code = predict.main(
+        [str(tmp_path), "--model", str(tmp_path / "no-model"), "--out", str(folder)]
+    )
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {folder}: is a folder")
+
+
+def test_sigterm_keeps_the_rows_scored_under_the_final_name_with_a_status_row(
+    tmp_path, mini_release, monkeypatch, capsys
+):
+    """Issue 30: SIGTERM left a hidden `.pred.csv.*.tmp`, SIGINT a traceback, a crash nothing."""
+    source = tmp_path / "scans"
+    source.mkdir()
+    for i in range(40):
+        (source / f"{i:03d}.png").write_bytes(encode(scan(i % 5, 24, 24)))
+    read_image, seen = predict.read_image, []
+
+    def terminated_at_the_36th(path, limits):
+        seen.append(path)
+        if len(seen) == 36:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_image(path, limits)
+
+    monkeypatch.setattr(predict, "read_image", terminated_at_the_36th)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    out = tmp_path / "p.csv"
+    try:
+        code = predict.main([str(source), "--model", str(mini_release[0]), "--out", str(out)])
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"predict: stopped by SIGTERM; the rows scored so far are in {out}"
+    rows = read(out)
+    assert [r["status"] for r in rows[:32]] == ["200"] * 32  # the first batch, written
+    assert rows[-1]["status"] == predict.INCOMPLETE
+    assert rows[-1]["reason"] == "stopped by SIGTERM after 32 of 40 files; rerun to score them all"
+    assert not list(tmp_path.glob(".p.csv.*"))
+
+
+@pytest.mark.slow
+def test_huge_images_a_non_utf8_name_and_out_inside_the_source(tmp_path, mini_release):
+    """Issue 30's done-when for the batch scorer: 32 PNGs of 7000 x 7000 (7.3 GB at the peak
+    before for RGB: a batch held 32 full-size images), a file name that is not UTF-8 and `--out`
+    inside the source folder, where a previous output already is: it completes with a row per
+    input file under 1.5 GB."""
+    source = tmp_path / "scans"
+    source.mkdir()
+    big = np.zeros((7000, 7000), np.uint8)  # grey: a third of RGB's decoding time, same test
+    big[::40] = 120  # (32 full-size copies in one batch would be 1.6 GB on their own)
+    Image.fromarray(big).save(source / "000.png", compress_level=1)
+    for i in range(1, 32):
+        os.link(source / "000.png", source / f"{i:03d}.png")
+    (source / os.fsdecode(b"x-\xff.png")).write_bytes(encode(scan(1)))
+    out = source / "predictions.csv"
+    out.write_text("path,status\nold,200\n")  # a previous run's output: not an input
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.predict",
+        str(source),
+        "--model",
+        str(mini_release[0]),
+    ]
+    process = subprocess.Popen(
+        [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read().decode()[-2000:]
+    rows = read(out)
+    assert sorted(r["path"] for r in rows) == [*(f"{i:03d}.png" for i in range(32)), "x-\\xff.png"]
+    assert {r["status"] for r in rows} == {"200"}
+    assert usage.ru_maxrss < 1.5 * 1024 * 1024, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"

@@ -291,3 +291,53 @@ def test_a_dicom_upload_is_answered_and_a_cine_loop_or_other_modality_is_422(cli
     assert response.json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
     for bad in (make_dicom(region, frames=3), make_dicom(region, modality="CT")):
         assert_refused(client.post("/predict", content=bad), 422)
+
+
+def _behind_slow_uploads(classifier, settings: ServiceSettings, slow: int):
+    """(the answer to a normal upload, seconds it took, the answers to `slow` uploads sent one
+    byte every 0.1 s (a declared 200 bytes, 100 sent) that started 0.2 s before it)."""
+    import asyncio
+    import time
+
+    async def drip():
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            yield b"x"
+
+    async def race():
+        transport = httpx.ASGITransport(app=create_app(classifier, settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            slow_posts = [
+                asyncio.create_task(
+                    http.post("/predict", content=drip(), headers={"content-length": "200"})
+                )
+                for _ in range(slow)
+            ]
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            normal = await http.post("/predict", content=png(scan()))
+            return normal, time.monotonic() - started, await asyncio.gather(*slow_posts)
+
+    return asyncio.run(race())
+
+
+def test_a_slow_upload_holds_no_inference_slot_and_is_408_past_the_body_timeout(classifier):
+    """Issue 30: the body used to be read inside the one inference slot, with no time limit, so
+    two clients sending a byte every 2 s stalled every other request."""
+    settings = ServiceSettings(
+        Limits(MAX_BYTES, 4_000_000), heatmaps=False, max_concurrent=1, body_timeout=1.0
+    )
+    normal, waited, [slow] = _behind_slow_uploads(classifier, settings, slow=1)
+    assert normal.status_code == 200
+    assert waited < 1.0  # answered while the slow upload was still arriving
+    assert "--body-timeout" in assert_refused(slow, 408)
+
+
+def test_uploads_in_flight_are_capped_with_503(classifier):
+    settings = ServiceSettings(
+        Limits(MAX_BYTES, 4_000_000), heatmaps=False, max_uploads=2, body_timeout=1.0
+    )
+    normal, _, slow = _behind_slow_uploads(classifier, settings, slow=2)
+    assert_refused(normal, 503)
+    assert normal.headers["retry-after"] == "1"
+    assert sorted(r.status_code for r in slow) == [408, 408]

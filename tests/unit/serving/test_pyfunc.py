@@ -89,3 +89,44 @@ def test_bad_images_are_400_class_errors_with_the_status_first(logged, value, st
         served.predict(pd.DataFrame({"image": [value]}))
     assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
     assert str(refused.value.message).startswith(f"{status}: ")
+
+
+def _scoring_server_answer(served, body: dict) -> tuple[int, bytes]:
+    """What `mlflow models serve` sends back for `body`, from MLflow's own request handler."""
+    from mlflow.pyfunc import scoring_server
+
+    schema = served.metadata.get_input_schema()
+    try:
+        response = scoring_server.invocations(json.dumps(body), "application/json", served, schema)
+    except MlflowException as exc:
+        return exc.get_http_status_code(), exc.serialize_as_json().encode()
+    return response.status, str(response.response).encode()
+
+
+def test_a_refused_upload_is_never_sent_back(logged):
+    """Issue 30: MLflow rewrote the refusal as "Failed to predict data '<request>'", so a refused
+    CT file came back whole, base64 with its patient's name in it."""
+    from tests.dicoms import MARKERS, make_dicom
+
+    _, _, served = logged
+    upload = base64.b64encode(make_dicom(scan(0), modality="CT")).decode()
+    status, body = _scoring_server_answer(served, {"inputs": {"image": [upload]}})
+    assert status == 400
+    assert len(body) < 1024
+    assert json.loads(body)["message"].startswith("422: not_ultrasound")
+    runs = {upload[i : i + 16] for i in range(0, len(upload) - 16)}
+    assert not any(run in body.decode() for run in runs)
+    assert not any(marker in body.decode() for marker in MARKERS.values())
+
+
+def test_images_per_request_and_bytes_per_image_are_capped(logged, monkeypatch):
+    _, _, served = logged
+    model = served.unwrap_python_model()
+    monkeypatch.setattr(model, "max_images", 2)
+    status, body = _scoring_server_answer(served, {"inputs": {"image": [b64(scan())] * 3}})
+    assert status == 400
+    assert json.loads(body)["message"].startswith("413: 3 images in one request")
+    monkeypatch.setattr(model, "limits", pyfunc.Limits(max_bytes=20_000))
+    long = "A" * 40_000  # decoded only after the length check: 413, not a 400 for bad base64
+    status, body = _scoring_server_answer(served, {"inputs": {"image": [b64(scan()), long]}})
+    assert json.loads(body)["message"].startswith("413: image 2 of 2: base64 image of 40000")
