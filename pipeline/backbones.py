@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.layers import BACKBONE, DROPOUT, INPUT, POOL, PREDICTIONS, PREPROCESS, RESIZE
 
 # name -> (keras.applications constructor, preprocessing style, the notop file Keras caches)
 BACKBONES = {
@@ -80,7 +81,7 @@ def _preprocessing(style: str) -> keras.layers.Layer:
         for out_channel, in_channel in enumerate((2, 1, 0)):
             kernel[0, 0, in_channel, out_channel] = 1.0
         bias = -_CAFFE_MEAN_BGR
-    layer = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+    layer = keras.layers.Conv2D(3, 1, name=PREPROCESS, trainable=False)
     layer.build((None, None, None, 3))
     layer.set_weights([kernel, bias.astype("float32")])
     return layer
@@ -114,19 +115,19 @@ def build_classifier(
             f"Put Keras' file {cache_name} at {keras_cache_file(arch)} (or anywhere, and set "
             f"model.weights to its path), or set model.weights to null to train from scratch"
         ) from None
-    base.name = "backbone"
+    base.name = BACKBONE
     if resolved is None:
         _fast_batchnorm_statistics(base)
-    inputs = keras.Input(shape=(None, None, 3), name="image")
-    x = keras.layers.Resizing(
-        image_size, image_size, pad_to_aspect_ratio=keep_aspect, name="resize"
-    )(inputs)
+    inputs = keras.Input(shape=(None, None, 3), name=INPUT)
+    x = keras.layers.Resizing(image_size, image_size, pad_to_aspect_ratio=keep_aspect, name=RESIZE)(
+        inputs
+    )
     x = _preprocessing(style)(x)
     x = base(x, training=False) if resolved is not None else base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL)(x)
+    x = keras.layers.Dropout(dropout, name=DROPOUT)(x)
     outputs = keras.layers.Dense(
-        len(classes), activation="softmax", dtype="float32", name="predictions"
+        len(classes), activation="softmax", dtype="float32", name=PREDICTIONS
     )(x)
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
 
@@ -183,7 +184,7 @@ def set_backbone_trainable(
     With pretrained weights BatchNorm stays frozen: it keeps the ImageNet statistics intact when
     fine-tuning on a few hundred images. From scratch it must learn like every other layer.
     """
-    base = model.get_layer("backbone")
+    base = model.get_layer(BACKBONE)
     base.trainable = True
     blocks = backbone_blocks(base)
     first = 0 if unfreeze == "all" else max(0, len(blocks) - int(unfreeze))
@@ -196,4 +197,4 @@ def set_backbone_trainable(
 
 def freeze_backbone(model: keras.Model) -> None:
     """Freeze the whole backbone for the warm-up phase, so only the new head learns at first."""
-    model.get_layer("backbone").trainable = False
+    model.get_layer(BACKBONE).trainable = False

@@ -30,8 +30,7 @@ import cv2
 import keras
 import numpy as np
 
-BACKBONE = "backbone"
-PREDICTIONS = "predictions"
+from pipeline.layers import BACKBONE, INPUT, PREDICTIONS
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def feature_model(model: keras.Model) -> keras.Model:
     names = [layer.name for layer in layers]
     if BACKBONE not in names or PREDICTIONS not in names:
         raise ValueError(f"model: needs layers {BACKBONE!r} and {PREDICTIONS!r}, has {names}")
-    inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
+    inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name=INPUT)
     x, features = inputs, None
     for layer in layers:
         x = layer(x)

@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
+from pipeline.layers import INPUT, POOL, RESIZE
 from pipeline.serving.classifier import ONNX_FILE
 from pipeline.serving.engine import ONNX_OUTPUTS as OUTPUTS
 
 if TYPE_CHECKING:
     import keras
 
-INPUT_NAME = "image"
 RELEASE_DIR = Path("models/selected")
-POOL_LAYER, RESIZE_LAYER = "pool", "resize"
 
 
 def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
@@ -51,7 +50,7 @@ def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=onnx_file.parent, prefix=f".{onnx_file.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        spec = keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=INPUT_NAME)
+        spec = keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=INPUT)
         graph.export(tmp, format="onnx", verbose=False, input_signature=[spec])
         _finish(Path(tmp), _geometry(model))
         os.replace(tmp, onnx_file)
@@ -66,9 +65,9 @@ def _serving_graph(model: keras.Model) -> keras.Model:
     import keras
 
     names = [layer.name for layer in model.layers]
-    if POOL_LAYER not in names:
-        raise UserError(f"model {model.name}: no {POOL_LAYER!r} layer; not a pipeline model")
-    graph = keras.Model(model.inputs, [model.get_layer(POOL_LAYER).output, model.outputs[0]])
+    if POOL not in names:
+        raise UserError(f"model {model.name}: no {POOL!r} layer; not a pipeline model")
+    graph = keras.Model(model.inputs, [model.get_layer(POOL).output, model.outputs[0]])
     graph.trainable = False
     return graph
 
@@ -76,7 +75,7 @@ def _serving_graph(model: keras.Model) -> keras.Model:
 def _geometry(model: keras.Model) -> dict[str, str]:
     """The `resize` layer's target size and letterboxing, as ONNX metadata (strings)."""
     try:
-        config = model.get_layer(RESIZE_LAYER).get_config()
+        config = model.get_layer(RESIZE).get_config()
     except ValueError:
         return {}
     return {
@@ -95,10 +94,10 @@ def _finish(path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    extra = [i.name for i in proto.graph.input if i.name != INPUT_NAME]
+    extra = [i.name for i in proto.graph.input if i.name != INPUT]
     if extra:
         raise UserError(
-            f"ONNX export asks for inputs {extra} besides {INPUT_NAME!r}: the model's "
+            f"ONNX export asks for inputs {extra} besides {INPUT!r}: the model's "
             "preprocessing does not export; retrain it with the current pipeline.backbones"
         )
     for out, name in zip(proto.graph.output, OUTPUTS, strict=True):  # tf2onnx: "Identity:0"

@@ -22,13 +22,12 @@ import numpy as np
 from PIL import Image
 
 from pipeline import images
+from pipeline.layers import RESIZE
 from pipeline.serving.ood import pool
 
 if TYPE_CHECKING:
     import keras
     import onnxruntime as ort
-
-RESIZE_LAYER = "resize"  # pipeline.backbones names the model's resizing layer so
 
 
 class _Fitting:
@@ -62,7 +61,7 @@ class KerasEngine(_Fitting):
         self.input_size: tuple[int, int] | None = None
         self.keep_aspect = True
         try:
-            config = model.get_layer(RESIZE_LAYER).get_config()
+            config = model.get_layer(RESIZE).get_config()
         except ValueError:
             return  # not a pipeline.backbones model: images go in at their own size
         self.input_size = (int(config["height"]), int(config["width"]))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import backbones
+from pipeline import layers as layer_names
 from pipeline.errors import UserError
 
 CLASSES = ("benign", "malignant", "normal")
@@ -30,10 +31,12 @@ def test_model_takes_raw_images_of_any_size_and_returns_probabilities(resnet):
 
 
 def test_layer_names_are_the_contract_for_class_activation_maps(resnet):
-    contract = ["image", "resize", "preprocess", "backbone", "pool", "predictions"]
     names = [layer.name for layer in resnet.layers]
-    assert [name for name in names if name in contract] == contract  # each once, in this order
-    assert resnet.get_layer("pool").input.shape[-1] == resnet.get_layer("backbone").output.shape[-1]
+    assert [name for name in names if name in layer_names.CONTRACT] == list(
+        layer_names.CONTRACT
+    )  # in order
+    pool, backbone = resnet.get_layer(layer_names.POOL), resnet.get_layer(layer_names.BACKBONE)
+    assert pool.input.shape[-1] == backbone.output.shape[-1]
 
 
 def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):

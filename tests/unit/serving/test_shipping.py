@@ -13,7 +13,7 @@ from pipeline.serving import shipping
 
 def test_serving_imports_nothing_of_the_pipeline_but_its_named_base():
     """A new import of config, tracking or a stage would ship the training pipeline: fails here."""
-    assert shipping.base_modules() == ["cam", "dicom", "environment", "files", "images"]
+    assert shipping.base_modules() == ["cam", "dicom", "environment", "files", "images", "layers"]
 
 
 def test_the_staged_package_serves_alone_without_the_projects_own_modules(tmp_path):
