@@ -40,6 +40,10 @@ Data to the model (train)
     datasets      the prepared and augmented sets as arrays (load_set), paths of data/
     augmentation  the random transforms: flip, rotation, zoom, contrast, brightness, speckle
     batches       TrainBatches: shuffled, on-the-fly augmented uint8 batches for model.fit
+    loader        batches as functions of (seed, epoch, index); worker processes into shared memory
+    loader_worker one loader worker process (python -m pipeline.loader_worker, started by loader)
+    distribution  train.distribution: data_parallel, one model over every local device (JAX)
+    compilation   JAX's persistent compilation cache in the project's .cache/jax
     backbones     DenseNet121 / ResNet50 classifiers, resizing and preprocessing inside the model
     environment   the exact pip requirements a logged model asks for
 Measuring (evaluate, select, promote)

@@ -55,6 +55,91 @@ def augment_image(
     return out
 
 
+def augment_batch(
+    images: np.ndarray,
+    rows: np.ndarray,
+    rng: np.random.Generator,
+    p: AugmentParams,
+    out: np.ndarray,
+    field: np.ndarray | None = None,
+) -> np.ndarray:
+    """Random variants of `images[rows]` written into `out[: len(rows)]`: the training feed's form.
+
+    The same transforms and ranges as `augment_image`, but every random number of the batch is
+    drawn in one call (an (n, 5) table, then the speckle windows), the affine matrices are built
+    as arrays and the contrast tables as one (n, 256) table, so the per-image Python left is the
+    three OpenCV passes that release the GIL. The result depends on (`rng`'s state, `rows`) only,
+    never on which thread or process runs it. Without a `field`, one twice the image size is drawn.
+    """
+    n = len(rows)
+    height, width, channels = images.shape[1:]
+    batch = out[:n]
+    # flip, angle, scale, gain, offset: one table of uniforms on [0, 1) mapped to their ranges
+    u = rng.random((n, 5)) * 2 - 1
+    flip, angle, scale = (u[:, 0] < 0) & p.flip, p.rotation_deg * u[:, 1], 1 + p.zoom * u[:, 2]
+    gain, offset = 1 + p.contrast * u[:, 3], 255 * p.brightness * u[:, 4]
+    if not p.speckle:
+        field = None
+    elif field is None:
+        field = speckle_field(rng, (2 * height, 2 * width, channels), p.speckle)
+    if field is not None:  # each image's window of the field
+        tops = rng.integers(0, field.shape[0] - height + 1, n)
+        lefts = rng.integers(0, field.shape[1] - width + 1, n)
+    matrices = affine_matrices(angle, scale, flip, height, width)
+    means = np.empty(n)
+    for i, row in enumerate(rows):
+        if p.rotation_deg or p.zoom:
+            _warp(images[row], matrices[i], batch[i])
+        elif flip[i]:
+            cv2.flip(images[row], 1, dst=batch[i])
+        else:
+            np.copyto(batch[i], images[row])
+        means[i] = np.mean(cv2.mean(batch[i])[:channels])
+    # contrast around each image's mean, then brightness: x * gain + offset, exact as a table
+    levels = np.arange(256, dtype=np.float64)
+    tables = np.clip(levels * gain[:, None] + (offset + (1 - gain) * means)[:, None], 0, 255)
+    tables = tables.astype(np.uint8)
+    for i in range(n):
+        cv2.LUT(batch[i], tables[i], dst=batch[i])
+        if field is not None:
+            window = field[tops[i] : tops[i] + height, lefts[i] : lefts[i] + width]
+            cv2.multiply(batch[i], window, dst=batch[i], dtype=cv2.CV_8U)
+    return batch
+
+
+def affine_matrices(
+    angle: np.ndarray, scale: np.ndarray, flip: np.ndarray, height: int, width: int
+) -> np.ndarray:
+    """(n, 2, 3) matrices: a left-right mirror (where `flip`), then a rotation by `angle` degrees
+    and a zoom by `scale` about the centre; `cv2.getRotationMatrix2D`'s formula, as arrays."""
+    theta = np.deg2rad(angle)
+    alpha, beta = scale * np.cos(theta), scale * np.sin(theta)
+    cx, cy = width / 2, height / 2
+    matrices = np.empty((len(angle), 2, 3))
+    matrices[:, 0] = np.stack([alpha, beta, (1 - alpha) * cx - beta * cy], axis=1)
+    matrices[:, 1] = np.stack([-beta, alpha, beta * cx + (1 - alpha) * cy], axis=1)
+    # rotate(mirror(x)), mirror: x -> (width - 1) - x: the first column flips sign and its old
+    # value times (width - 1) moves into the translation
+    mirrored = matrices[flip]
+    mirrored[:, :, 2] += mirrored[:, :, 0] * (width - 1)
+    mirrored[:, :, 0] *= -1
+    matrices[flip] = mirrored
+    return matrices
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> None:
+    """One bilinear affine warp of `image` into `out`, edges mirrored (no black corners)."""
+    height, width = image.shape[:2]
+    cv2.warpAffine(
+        image,
+        matrix,
+        (width, height),
+        dst=out,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+
+
 def _flip_rotate_zoom(
     image: np.ndarray, rng: np.random.Generator, p: AugmentParams, out: np.ndarray
 ) -> None:
@@ -69,14 +154,7 @@ def _flip_rotate_zoom(
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
         if flip:  # rotate(mirror(x)), mirror: x -> (width - 1) - x, exactly image[:, ::-1]
             matrix = matrix @ np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0, 0, 1]])
-        cv2.warpAffine(
-            image,
-            matrix,
-            (width, height),
-            dst=out,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REFLECT_101,
-        )
+        _warp(image, matrix, out)
     elif flip:
         cv2.flip(image, 1, dst=out)
     else:

@@ -111,6 +111,7 @@ class TrainParams:
     patience: int
     augment_on_the_fly: bool
     loader_workers: int
+    loader_kind: Literal["threads", "processes"]
     run_eagerly: bool
     mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None
     distribution: Literal["data_parallel"] | None

@@ -10,12 +10,10 @@ Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (his
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +26,10 @@ from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.models import ModelSignature, infer_signature
 from sklearn.metrics import f1_score
 
-from pipeline import backbones, environment, plots, tracking
+from pipeline import backbones, compilation, distribution, environment, plots, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
-from pipeline.config import ARCHS, Params, TrainParams, uses_demo_data
+from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
@@ -110,6 +108,36 @@ class BestWeights(keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
+class CompileClock(keras.callbacks.Callback):
+    """Seconds from the start of each `fit` call (phase) to the end of its first step: tracing,
+    compilation and, on a GPU, autotuning, which the first epoch's images/s would otherwise hide.
+    Printed per phase; their sum is the run's `compile_seconds` metric. With JAX's persistent
+    cache (pipeline.compilation) a second run with the same shapes loads instead of compiling.
+    """
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        self.arch = arch
+        self.phases: list[float] = []
+        self.started: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Start this phase's clock."""
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """Stop it at the first step's end (once per phase)."""
+        if self.started is not None:
+            self.phases.append(time.perf_counter() - self.started)
+            self.started = None
+            print(f"train {self.arch}: first step (compile) {self.phases[-1]:.1f} s")
+
+    @property
+    def total(self) -> float:
+        """Seconds spent on first steps over every phase so far."""
+        return float(sum(self.phases))
+
+
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Per-epoch metrics to the active MLflow run, step = the epoch as Keras prints it (from 1),
     numbered across phases."""
@@ -123,6 +151,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
     """Train `arch`, write its model, reports and MLflow run; return the best epoch's summary."""
     params.train.arch(arch)  # validates the name before any work
     keras.utils.set_random_seed(params.seed)
+    compilation.enable_cache(tracking.project_root())
     if params.train.mixed_precision:
         keras.mixed_precision.set_global_policy(params.train.mixed_precision)
     train = load_set(AUGMENTED_DIR, params.classes)
@@ -135,19 +164,23 @@ def run(params: Params, arch: str) -> dict[str, float]:
         dropout=params.model.dropout,
         keep_aspect=params.prepare.keep_aspect,
     )
-    batches = _train_batches(train, params)
     tracking.setup(params.mlflow.experiment)
     synthetic = uses_demo_data(params)
-    with mlflow.start_run(
-        run_name=tracking.run_name(arch),
-        tags=tracking.run_tags(STAGES[arch], synthetic),
-        log_system_metrics=params.mlflow.system_metrics,
-    ) as active:
+    # the loader's worker processes and shared memory end with this block, on an error or Ctrl-C
+    with (
+        _train_batches(train, params) as batches,
+        mlflow.start_run(
+            run_name=tracking.run_name(arch),
+            tags=tracking.run_tags(STAGES[arch], synthetic),
+            log_system_metrics=params.mlflow.system_metrics,
+        ) as active,
+    ):
         mlflow.log_params(_run_params(params, arch, train, val))
         _log_dataset(PREPARED_DIR / "manifest.csv")
-        history, best_epoch = _fit(model, batches, val, params, arch)
+        clock = CompileClock(arch)
+        history, best_epoch = _fit(model, batches, val, params, arch, clock)
         summary = _summary(history, best_epoch)
-        mlflow.log_metrics(_run_metrics(summary, history))
+        mlflow.log_metrics(_run_metrics(summary, history) | {"compile_seconds": clock.total})
         served = backbones.for_inference(model)
         _log_model(served, params, arch, synthetic)
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
@@ -170,6 +203,7 @@ def _train_batches(train: ImageSet, params: Params) -> TrainBatches:
         params.seed,
         augment=light(params.augment) if params.train.augment_on_the_fly else None,
         workers=params.train.loader_workers,
+        kind=params.train.loader_kind,
     )
 
 
@@ -237,7 +271,12 @@ def _log_dataset(manifest: Path) -> None:
 
 
 def _fit(
-    model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
+    model: keras.Model,
+    batches: TrainBatches,
+    val: ImageSet,
+    params: Params,
+    arch: str,
+    clock: CompileClock | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Warm-up (frozen backbone) then fine-tuning, ending on the best epoch's weights.
 
@@ -245,9 +284,9 @@ def _fit(
     `train.distribution: data_parallel` a replica of `model` trains on every local device and
     `model` receives its final weights.
     """
-    with _distributed(model, params.train) as (net, devices):
-        feed = batches if devices == 1 else _WholeShards(batches, devices)
-        return _train_phases(net, feed, val, params, arch)
+    with distribution.data_parallel(model, params.train) as (net, devices):
+        feed = batches if devices == 1 else distribution.WholeShards(batches, devices)
+        return _train_phases(net, feed, val, params, arch, clock or CompileClock(arch))
 
 
 @dataclass(frozen=True)
@@ -287,14 +326,19 @@ def schedule(params: Params, arch: str) -> list[Phase]:
 
 
 def _train_phases(
-    model: keras.Model, batches: TrainBatches, val: ImageSet, params: Params, arch: str
+    model: keras.Model,
+    batches: TrainBatches,
+    val: ImageSet,
+    params: Params,
+    arch: str,
+    clock: CompileClock,
 ) -> tuple[pd.DataFrame, int]:
     """Each phase of `schedule` in turn; the best epoch over all of them is restored at the end."""
     best = BestWeights(params.train.monitor)
     frames = []
     for phase in schedule(params, arch):
         _set_trainable(model, phase, params.model.weights is not None, arch)
-        frames.append(_fit_phase(model, batches, val, params, phase, best))
+        frames.append(_fit_phase(model, batches, val, params, phase, [best, clock]))
     history = pd.concat(frames, ignore_index=True)
     if best.epoch is None:
         raise UserError(
@@ -327,7 +371,7 @@ def _fit_phase(
     val: ImageSet,
     params: Params,
     phase: Phase,
-    best: BestWeights,
+    shared: list[keras.callbacks.Callback],
 ) -> pd.DataFrame:
     """Compile at the phase's learning rate and fit its epochs; returns their history rows."""
     _compile(model, params, phase.learning_rate, steps=len(batches) * (phase.last - phase.first))
@@ -344,7 +388,7 @@ def _fit_phase(
         callbacks=[
             ValidationMetrics(val, len(batches.labels), params.train.batch_size),
             MlflowEpochLogger(),
-            best,
+            *shared,
             _early_stopping(params),
         ],
         verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
@@ -360,62 +404,6 @@ def _signature(params: Params) -> ModelSignature:
     size = params.prepare.image_size
     example = np.zeros((1, size, size, 3), dtype=np.float32)
     return infer_signature(example, np.zeros((1, len(params.classes)), dtype=np.float32))
-
-
-@contextlib.contextmanager
-def _distributed(model: keras.Model, t: TrainParams) -> Iterator[tuple[keras.Model, int]]:
-    """(model to train, device count): `model` itself, or a replica over every local device.
-
-    Keras' DataParallel places a variable when it is created, so the replica is built from
-    `model`'s config and weights inside the distribution's scope. Each step splits the global
-    batch (`train.batch_size`) evenly over the devices and averages the gradients, so the
-    learning rate means what it means on one device. On exit, even on an error, the global
-    distribution is restored; on success `model` takes the replica's weights.
-    """
-    if t.distribution is None:
-        yield model, 1
-        return
-    backend = keras.backend.backend()
-    if backend != "jax":
-        raise UserError(
-            f"train.distribution: data_parallel runs on the JAX backend, not {backend}; "
-            "set KERAS_BACKEND=jax (README: Scaling) or train.distribution: null"
-        )
-    devices = keras.distribution.list_devices()
-    if t.batch_size % len(devices):
-        raise UserError(
-            f"train.batch_size: {t.batch_size} does not split evenly over the {len(devices)} "
-            f"devices of train.distribution: data_parallel; use a multiple of {len(devices)}"
-        )
-    with keras.distribution.DataParallel(devices=devices).scope():
-        replica = keras.Model.from_config(model.get_config())
-        replica.set_weights(model.get_weights())
-        yield replica, len(devices)
-    model.set_weights(replica.get_weights())
-
-
-class _WholeShards(keras.utils.PyDataset):
-    """Training batches cut to a multiple of the device count, which a sharded step needs.
-
-    Only the epoch's last, short batch loses images (fewer than `devices`, a different few each
-    epoch since the order is reshuffled); a last batch smaller than `devices` is skipped.
-    """
-
-    def __init__(self, batches: TrainBatches, devices: int) -> None:
-        super().__init__(workers=batches.workers, use_multiprocessing=False)
-        self.batches, self.devices, self.labels = batches, devices, batches.labels
-
-    def __len__(self) -> int:
-        short = len(self.labels) % self.batches.batch_size
-        return len(self.batches) - (0 < short < self.devices)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        images, onehot = self.batches[index]
-        keep = len(images) - len(images) % self.devices
-        return images[:keep], onehot[:keep]
-
-    def on_epoch_end(self) -> None:
-        self.batches.on_epoch_end()
 
 
 def _predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:

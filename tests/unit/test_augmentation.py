@@ -1,9 +1,18 @@
 """Augmentation: seeded, shape-preserving, small; balancing fills every class to the target."""
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 
-from pipeline.augmentation import augment_image, balance_counts, speckle_field
+from pipeline.augmentation import (
+    affine_matrices,
+    augment_batch,
+    augment_image,
+    balance_counts,
+    speckle_field,
+)
 from tests.factories import augment_params, label_image
 
 
@@ -84,3 +93,39 @@ def test_a_window_of_a_shared_field_varies_per_image():
     b = augment_image(image, np.random.default_rng(2), params, field=field)
     assert not np.array_equal(a, b)
     assert abs(float(a.mean()) - 128) < 3
+
+
+def test_the_batch_matrices_are_opencvs_with_the_mirror_folded_in():
+    rng = np.random.default_rng(0)
+    angle, scale, flip = rng.uniform(-30, 30, 6), rng.uniform(0.8, 1.2, 6), np.arange(6) % 2 == 0
+    mirror = np.array([[-1.0, 0.0, 39.0], [0.0, 1.0, 0.0], [0, 0, 1]])  # width 40
+    for i, matrix in enumerate(affine_matrices(angle, scale, flip, 32, 40)):
+        expected = cv2.getRotationMatrix2D((20.0, 16.0), angle[i], scale[i])
+        np.testing.assert_allclose(matrix, expected @ mirror if flip[i] else expected, atol=1e-9)
+
+
+def test_a_batch_with_every_range_zero_is_the_images_and_a_flip_only_batch_mirrors_some():
+    images = np.stack([label_image(i % 3, 32, np.random.default_rng(i)) for i in range(8)])
+    rows = np.array([3, 1, 4, 1, 5, 0, 2, 6])
+    still = augment_params(flip=False, rotation_deg=0, zoom=0, brightness=0, contrast=0, speckle=0)
+    out = np.empty((10, 32, 32, 3), np.uint8)
+    assert np.array_equal(
+        augment_batch(images, rows, np.random.default_rng(0), still, out), images[rows]
+    )
+    flips = dataclasses.replace(still, flip=True)
+    batch = augment_batch(images, rows, np.random.default_rng(0), flips, out)
+    mirrored = [np.array_equal(b, images[r][:, ::-1]) for b, r in zip(batch, rows, strict=True)]
+    kept = [np.array_equal(b, images[r]) for b, r in zip(batch, rows, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))
+    assert 0 < sum(mirrored) < len(rows)
+
+
+def test_a_batch_is_seeded_uint8_and_each_image_gets_its_own_variant():
+    images = np.full((4, 32, 32, 3), 128, np.uint8)
+    rows = np.array([0, 1, 2, 3])
+    out = np.empty_like(images)
+    a = augment_batch(images, rows, np.random.default_rng(5), augment_params(), out).copy()
+    b = augment_batch(images, rows, np.random.default_rng(5), augment_params(), out)
+    assert a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert len({x.tobytes() for x in a}) == 4  # the same image, four different variants

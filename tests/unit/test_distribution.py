@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from pipeline import train
+from pipeline import distribution
 from pipeline.errors import UserError
 from tests.factories import QUICK_XLA_FLAGS, project_params
 
@@ -58,7 +58,7 @@ def test_data_parallel_on_another_backend_is_a_clear_error(monkeypatch):
     params = project_params({"train": {"distribution": "data_parallel"}})
     with (
         pytest.raises(UserError, match="train.distribution: data_parallel runs on the JAX"),
-        train._distributed(
+        distribution.data_parallel(
             keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), params.train
         ),
     ):
