@@ -21,7 +21,8 @@ endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
-	train-azure sweep-azure azure-train-env azure-onnx-env export-onnx bench-engines
+	train-azure sweep-azure azure-train-env azure-onnx-env export-onnx bench-engines \
+	bench-gpu bench-gpu-wheels
 
 help: ## this list (the default target)
 	@echo "make <verb>, the verbs a user says (README for the walk-through):"
@@ -138,6 +139,21 @@ export-onnx: install ## model.onnx beside model.keras in a released-model folder
 
 bench-engines: install ## Keras vs ONNX Runtime, alone and behind the service, 224 and 64 px (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
+
+# A GPU host's every training figure (README: Benchmarks) in one go, within 8 minutes: bench/gpu.sh.
+# Its image has JAX but no Keras: `make bench-gpu-wheels` here puts Keras' wheels in .whl/ (git-
+# ignored), the GPU host gets the tree with .whl/ and runs `bash bench/gpu.sh` (no make, no venv).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := keras namex optree
+
+bench-gpu: ## every GPU figure of the README in one go, under 8 min (bench/gpu.sh; OUT=folder)
+	PYTHON=$${PYTHON:-python3} bash bench/gpu.sh $(if $(OUT),$(OUT),reports/bench-gpu)
+
+bench-gpu-wheels: install ## the wheels bench/gpu.sh needs on a GPU image without Keras, into .whl/
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -c 'import sys; from importlib.metadata import version as v; print(*(f"{n}=={v(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
 
 serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
 	PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
