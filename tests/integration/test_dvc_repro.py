@@ -14,10 +14,12 @@ import mlflow
 import pytest
 import yaml
 
+from pipeline import ledger
 from pipeline.serving.classifier import load_classifier
 from tests.repos import BIN, GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
+ARCH_NAMES = ("densenet121", "resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,12 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
     (headline,) = [f["data"] for f in workspace["data"].values()]  # one metrics file
     assert set(headline) == {"densenet121", "resnet50"}
     assert all(set(v) == {"f1", "sens", "spec", "auc"} for v in headline.values())
+    # README "Where test figures are": what `dvc metrics show` prints is validation only
+    assert "test" not in sh("dvc", "metrics", "show", cwd=path, env=env).lower()
+    looks = ledger.read_looks(path / ledger.LEDGER_FILE)  # one look per model, evaluate's report
+    models = {ledger.file_sha256(str(path / f"models/{a}/model.keras")) for a in ARCH_NAMES}
+    ours = [r for r in looks if r["model_sha256"] in models]
+    assert sorted(r["purpose"] for r in ours) == ["evaluate: test report"] * 2
     assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
 
 
