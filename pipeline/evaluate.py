@@ -1,12 +1,18 @@
 """Stage `evaluate`: both models on validation (what development sees) and test (counted looks).
 
 Only `data/prepared` is read (augmented data never enters evaluation). Each model predicts each
-split once; everything below reuses those probabilities. On validation: whether temperature
-scaling earns its place (cross-validated gain over `evaluate.temperature_min_improvement`), then
-the malignant threshold on the served probabilities with a stated guarantee and its bootstrap
-interval. On both splits: headline metrics, the operating point (sensitivity, specificity, PPV,
-NPV, also at `evaluate.prevalence`), benign vs malignant among lesions, calibration of
-p(malignant) and subgroups, all with cluster-bootstrap intervals over prepare's groups.
+split once; everything below reuses those probabilities and features. On validation, once per
+model, the served decision rule is fitted (`fit_rule`): the out-of-distribution threshold,
+whether temperature scaling earns its place (cross-validated gain over
+`evaluate.temperature_min_improvement`), then the malignant referral threshold on the served
+probabilities with a stated guarantee and its bootstrap interval. The rule is written as
+`<arch>/rule.json` (DecisionRule.to_dict); select copies the winner's into the release, so what
+is reported is what is served.
+
+Every figure is then computed from the served answers (`rule.serve`, pipeline.served_metrics):
+refusals per class, class metrics on the class answer, the operating point on the referral flag,
+calibration on the served probabilities, subgroups and the paired comparison of the two models.
+Figures, tables and markdown are drawn by pipeline.evaluate_report.
 
 What people see during development is validation: the terminal, `reports/evaluate/metrics.json`
 (the DVC metrics file, a dozen validation numbers), `comparison.md`, the DVC plots and the training
@@ -16,11 +22,10 @@ test ledger (pipeline.ledger), counted in the report and the model card.
 
 Out-of-distribution check (pipeline.serving.ood, the function that serves): the statistics of the
 pooled backbone features are fitted on the train split of data/prepared (with its left-right
-mirrors when augment.flip is on), the threshold is chosen
-on validation (`evaluate.ood_accept` of the val images accepted) and written with them to
-`<arch>/ood.npz` for select; the share of test images refused and the OOD AUROC against each
-family of pipeline.ood_sets (test images vs `evaluate.ood_images` synthetic images per family)
-go into the test report.
+mirrors when augment.flip is on), the threshold is chosen on validation (`evaluate.ood_accept` of
+the val images accepted) and written with them to `<arch>/ood.npz` for select; the OOD AUROC
+against each family of pipeline.ood_sets (test images vs `evaluate.ood_images` synthetic images
+per family) goes into the test report.
 """
 
 from __future__ import annotations
@@ -36,23 +41,24 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, ledger, metrics, ood_sets, plots, statistics, subgroups, tracking
+from pipeline import cam, ledger, metrics, ood_sets, served_metrics, statistics, subgroups, tracking
+from pipeline import evaluate_report as report
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
-from pipeline.model_card import LABELS, format_estimate
+from pipeline.model_card import format_estimate
 from pipeline.serving.ood import METHOD, OOD_FILE, OodStatistics, accept_threshold, fit, pool
+from pipeline.serving.rule import DecisionRule, Served, calibrate, serve
 from pipeline.threshold import choose_threshold
 
 EVALUATE_DIR = Path("reports/evaluate")
 HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
+RULE_FILE = "rule.json"  # per model: <arch>/rule.json, the DecisionRule select releases
 MODELS_DIR = Path("models")
 SPLITS = ("val", "test")
 POSITIVE = "malignant"
-LESION_NEGATIVE = "benign"
-MIN_SUBGROUP = 10  # images; smaller subgroups are listed with their n but not estimated
 PREDICT_BATCH = 64
 
 
@@ -64,6 +70,16 @@ class SplitFacts:
     subgroups: dict[str, tuple[np.ndarray, list[str]]] = dataclasses.field(default_factory=dict)
     image_hashes: tuple[str, ...] = ()
     subgroup_gaps: tuple[str, ...] = ()  # analyses the manifest cannot support, with the reason
+
+
+@dataclasses.dataclass(frozen=True)
+class OodCheck:
+    """The fitted out-of-distribution check of one model: its threshold (chosen on val), how it
+    was chosen, and the scores of each split's images."""
+
+    threshold: float
+    method: str
+    scores: dict[str, np.ndarray]
 
 
 def run(params: Params) -> dict:
@@ -82,15 +98,18 @@ def run(params: Params) -> dict:
     train = _load_split("train", params.classes)  # only for the OOD statistics
     size = data["test"].images.shape[1]
     shown = ood_sets.ood_sets(params.evaluate.ood_images, size, params.seed)
-    results, proba, kept, fitted = {}, {}, {}, {}
+    results, served, rules, kept, fitted = {}, {}, {}, {}, {}
     for arch in ARCHS:
         model = keras.saving.load_model(inputs[arch]["model"], compile=False)
         net = cam.feature_model(model)  # one pass gives probabilities and maps for Grad-CAM
         outputs = {split: predict(net, data[split].images) for split in SPLITS}
-        proba[arch] = {split: probabilities for split, (_, probabilities) in outputs.items()}
-        results[arch] = evaluate_probabilities(data, proba[arch], params, facts)
-        kept[arch] = (model, outputs["test"][0])
-        fitted[arch], found = _model_ood(net, outputs, shown, _ood_reference(train, params))
+        proba = {split: probabilities for split, (_, probabilities) in outputs.items()}
+        fitted[arch], found, check = _model_ood(net, outputs, shown, _ood_reference(train, params))
+        rules[arch], results[arch] = evaluate_probabilities(
+            data, proba, params, facts, check, look["manifest_sha256"]
+        )
+        served[arch] = {s: serve(rules[arch], proba[s], check.scores[s]) for s in SPLITS}
+        kept[arch] = (model, outputs["test"][0], proba)
         for split in SPLITS:
             results[arch][split]["ood"] = found[split]
     for arch in ARCHS:  # every computation of test metrics is a look, counted before reporting
@@ -103,14 +122,19 @@ def run(params: Params) -> dict:
         results[arch]["test"]["test_use"] = where
         with staged_dir(EVALUATE_DIR / arch) as out:
             write_json(out / "metrics.json", results[arch])
+            write_json(out / RULE_FILE, rules[arch].to_dict())
             fitted[arch].save(out / OOD_FILE)
-            model, features = kept[arch]
-            write_reports(out, model, features, data, proba[arch], results[arch], params, arch)
-    comparison = compare_models(data, proba, facts, params)
+            model, features, proba = kept[arch]
+            report.write_reports(
+                out, model, features, data, proba, served[arch], results[arch], params, arch
+            )
+    comparison = compare_models(data, served, facts, params)
     write_json(EVALUATE_DIR / "comparison.json", comparison)
-    write_text(EVALUATE_DIR / "comparison.md", comparison_markdown(results, comparison, "val"))
-    write_text(EVALUATE_DIR / "test.md", comparison_markdown(results, comparison, "test"))
-    write_json(HEADLINE_FILE, headline(results))
+    write_text(
+        EVALUATE_DIR / "comparison.md", report.comparison_markdown(results, comparison, "val")
+    )
+    write_text(EVALUATE_DIR / "test.md", report.comparison_markdown(results, comparison, "test"))
+    write_json(HEADLINE_FILE, report.headline(results))
     _log_to_mlflow(params, inputs, results)
     _print_summary(results, use)
     return results
@@ -133,7 +157,7 @@ def _model_ood(
     outputs: dict[str, tuple[np.ndarray, np.ndarray]],
     shown: dict[str, np.ndarray],
     reference: tuple[np.ndarray, np.ndarray, float],
-) -> tuple[OodStatistics, dict[str, dict[str, Any]]]:
+) -> tuple[OodStatistics, dict[str, dict[str, Any]], OodCheck]:
     """`ood_evaluation` of one model: the pooled features of the fitting `reference`
     (`_ood_reference`), of both splits (`outputs`, already predicted) and of each OOD family
     (`shown`)."""
@@ -146,15 +170,14 @@ def _model_ood(
 
 def ood_evaluation(
     pooled: dict[str, np.ndarray], train_labels: np.ndarray, accept: float
-) -> tuple[OodStatistics, dict[str, dict[str, Any]]]:
+) -> tuple[OodStatistics, dict[str, dict[str, Any]], OodCheck]:
     """Fit the OOD statistics on train, choose the threshold on val, measure both splits.
 
     `pooled`: pooled features of "train", "val", "test" and of each OOD family. Per split: the
-    share of its (in-distribution) images refused, with a Clopper-Pearson interval, and the
-    AUROC of the OOD score separating the split's images from each family (1 = always apart).
+    AUROC of the OOD score separating the split's images from each family (1 = always apart)
+    and the share of each family refused. The split's own images refused are counted once, with
+    the served answers (pipeline.served_metrics.refusals); the check carries their scores.
     """
-    from scipy.stats import binomtest
-
     fitted = fit(pooled["train"], train_labels)
     scores = {name: fitted.scores(x) for name, x in pooled.items() if name != "train"}
     threshold = accept_threshold(scores["val"], accept)
@@ -162,21 +185,19 @@ def ood_evaluation(
     found = {}
     for split in SPLITS:
         inside = scores[split]
-        refused = int((inside > threshold).sum())
-        ci = binomtest(refused, len(inside)).proportion_ci(0.95, method="exact")
         outside = {f: scores[f] for f in families}
         found[split] = {
             "method": METHOD,
             "accept": accept,
             "threshold": threshold,
-            "images": len(inside),
-            "refused": {"value": refused / len(inside), "ci_low": ci.low, "ci_high": ci.high},
             "auroc": {f: _auroc(inside, s) for f, s in outside.items()},
             "auroc_all": _auroc(inside, np.concatenate(list(outside.values()))),
             "ood_refused": {f: float((s > threshold).mean()) for f, s in outside.items()},
             "ood_images": {f: len(s) for f, s in outside.items()},
         }
-    return fitted, found
+    method = f"{METHOD}; threshold: {accept:.0%} of the validation images accepted"
+    check = OodCheck(threshold, method, {split: scores[split] for split in SPLITS})
+    return fitted, found, check
 
 
 def _auroc(inside: np.ndarray, outside: np.ndarray) -> float | None:
@@ -199,18 +220,19 @@ def split_facts(manifest: pd.DataFrame, split: str) -> SplitFacts:
 
 
 def predict(net: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(backbone feature maps, class probabilities (N, K)) of uint8 RGB images, one batched pass.
+    """(backbone feature maps, class probabilities (N, K)) of uint8 RGB images, in batches.
 
-    `net` is `cam.feature_model(model)`: the model's own layers, also returning the feature map.
-    Called eagerly batch by batch rather than with `predict`: for two passes per model, tracing a
-    DenseNet121 graph costs more than it saves (about 10 s vs 2 s for 117 images at 64 px, CPU).
+    `net` is `cam.feature_model(model)`: the model's own layers, also returning the feature map,
+    run as the served engine runs it (`predict_on_batch`, pipeline.serving.engine.KerasEngine),
+    so the probabilities and OOD scores reported are bit for bit the ones a release answers with
+    on the same batches (tests/integration/test_dvc_repro.py recomputes them through it).
     """
     features, proba = [], []
     for start in range(0, len(images), PREDICT_BATCH):
         batch = images[start : start + PREDICT_BATCH].astype("float32")
-        f, p = net(batch, training=False)
-        features.append(keras.ops.convert_to_numpy(f))
-        proba.append(keras.ops.convert_to_numpy(p))
+        f, p = net.predict_on_batch(batch)
+        features.append(np.asarray(f))
+        proba.append(np.asarray(p))
     return np.concatenate(features), np.concatenate(proba).astype(np.float64)
 
 
@@ -219,39 +241,72 @@ def evaluate_probabilities(
     proba: dict[str, np.ndarray],
     params: Params,
     facts: dict[str, SplitFacts] | None = None,
-) -> dict:
-    """`{"val": M, "test": M}` from each split's probabilities; decisions are fixed on val only.
+    ood: OodCheck | None = None,
+    manifest: str = "",
+) -> tuple[DecisionRule, dict]:
+    """(the served rule, `{"val": M, "test": M}`): the rule fitted on val only, then every figure
+    of each split from its served answers (pipeline.served_metrics).
+
+    `ood`: the fitted OOD check (None: no check, nothing refused); `manifest`: the prepared
+    manifest's sha256, recorded in the rule's `chosen_on`.
+    """
+    facts = facts or {split: SplitFacts() for split in SPLITS}
+    rule, calibration, selection = fit_rule(data["val"].labels, proba["val"], params,
+                                            facts["val"].groups, ood, manifest)  # fmt: skip
+    m = rule.classes.index(rule.positive_class)
+    result = {}
+    for split in SPLITS:
+        y, scores = data[split].labels, None if ood is None else ood.scores[split]
+        served = serve(rule, proba[split], scores)
+        found = served_metrics.split_report(
+            y, served, rule, params, facts[split].groups, facts[split].subgroups
+        )
+        found["calibration"] = served_metrics.calibration_report(
+            y, proba[split], served, calibration, m, params.evaluate.ece_bins
+        )
+        found["subgroups_not_evaluated"] = list(facts[split].subgroup_gaps)
+        result[split] = found
+    result["val"]["operating_point"].update(selection)
+    return rule, metrics.jsonable(result)
+
+
+def fit_rule(
+    y: np.ndarray,
+    proba: np.ndarray,
+    params: Params,
+    groups: np.ndarray | None = None,
+    ood: OodCheck | None = None,
+    manifest: str = "",
+) -> tuple[DecisionRule, dict[str, Any], dict[str, Any]]:
+    """(rule, calibration decision, threshold selection) from validation labels and probabilities.
 
     Order matters: calibration is decided first, because temperature scaling changes p(malignant)
     image by image (not monotonically), so the threshold is chosen on the probabilities served.
     """
     e, m = params.evaluate, params.classes.index(POSITIVE)
-    facts = facts or {split: SplitFacts() for split in SPLITS}
-    y, groups = data["val"].labels, facts["val"].groups
-    calibration = _calibration_choice(y, proba["val"], groups, params)
-    served = {split: _served(proba[split], calibration) for split in SPLITS}
-    flagged = served["val"].argmax(1) == m
+    calibration = _calibration_choice(y, proba, groups, params)
+    temperature = calibration["temperature"] if calibration["applied"] else None
+    served = calibrate(proba, temperature)
+    flagged = served.argmax(1) == m  # the class answer refers by itself: the threshold adds to it
     choice = choose_threshold(
-        y, served["val"][:, m], m, flagged, groups, target=e.target_sensitivity,
+        y, served[:, m], m, flagged, groups, target=e.target_sensitivity,
         confidence=e.threshold_confidence, n_bootstrap=e.bootstrap, seed=params.seed,
     )  # fmt: skip
-    result = {
-        split: _split_report(
-            data[split].labels,
-            proba[split],
-            served[split],
-            choice["threshold"],
-            calibration,
-            facts[split],
-            params,
-        )  # fmt: skip
-        for split in SPLITS
-    }
-    result["val"]["operating_point"].update(
-        rule=choice["rule"], selection=choice, threshold_ci_low=choice["threshold_ci_low"],
-        threshold_ci_high=choice["threshold_ci_high"],
-    )  # fmt: skip
-    return metrics.jsonable(result)
+    threshold = choice["threshold"]
+    rule = DecisionRule(
+        classes=params.classes,
+        positive_class=POSITIVE,
+        threshold=None if threshold is None else float(threshold),
+        temperature=None if temperature is None else float(temperature),
+        method=choice["rule"] if threshold is not None else "argmax (no validation positives)",
+        chosen_on=f"validation split ({len(y)} images), manifest sha256 {manifest[:12]}",
+        ood_threshold=None if ood is None else float(ood.threshold),
+        ood_method="" if ood is None else ood.method,
+    )
+    selection = {"rule": choice["rule"], "selection": choice,
+                 "threshold_ci_low": choice["threshold_ci_low"],
+                 "threshold_ci_high": choice["threshold_ci_high"]}  # fmt: skip
+    return rule, calibration, selection
 
 
 def _calibration_choice(
@@ -270,345 +325,23 @@ def _calibration_choice(
     )
 
 
-def _served(proba: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
-    """The probabilities the released rule uses: temperature-scaled only when it was applied."""
-    if calibration["applied"]:
-        return metrics.apply_temperature(proba, calibration["temperature"])
-    return proba
-
-
-def _split_report(
-    y: np.ndarray,
-    proba: np.ndarray,
-    served: np.ndarray,
-    threshold: float | None,
-    calibration: dict[str, Any],
-    facts: SplitFacts,
-    params: Params,
-) -> dict[str, Any]:
-    """Every number of one split: headline (argmax of the raw output) and the served decision."""
-    e, classes, g = params.evaluate, params.classes, facts.groups
-    m = classes.index(POSITIVE)
-    boot = {"n_bootstrap": e.bootstrap, "seed": params.seed}
-    report = metrics.classification_report(
-        y, proba, classes, positive=POSITIVE, n_bins=e.ece_bins, groups=g, **boot
-    )
-    report["operating_point"] = statistics.operating_point(
-        y, served[:, m], threshold, m, g, prevalence=e.prevalence, **boot
-    )
-    if LESION_NEGATIVE in classes:
-        report["lesions"] = statistics.lesion_operating_point(
-            y, served[:, m], threshold, m, classes.index(LESION_NEGATIVE), g,
-            prevalence=e.prevalence, **boot,
-        )  # fmt: skip
-    report["calibration"] = _calibration_report(y, proba, served, calibration, m, e.ece_bins)
-    report["subgroups"] = {
-        name: statistics.subgroup_table(
-            y,
-            served.argmax(1),
-            served[:, m],
-            threshold,
-            m,
-            labels,
-            order,
-            g,
-            min_images=MIN_SUBGROUP,
-        )  # fmt: skip
-        for name, (labels, order) in facts.subgroups.items()
-    }
-    report["subgroups_not_evaluated"] = list(facts.subgroup_gaps)
-    return report
-
-
-def _calibration_report(
-    y: np.ndarray,
-    proba: np.ndarray,
-    served: np.ndarray,
-    calibration: dict[str, Any],
-    m: int,
-    n_bins: int,
-) -> dict[str, Any]:
-    """The val decision about temperature, and how both probability sets fare on this split."""
-    t = calibration.get("temperature")
-    ece_after: float | None = None
-    brier_after: float | None = None
-    if t:
-        scaled = metrics.apply_temperature(proba, t)
-        ece_after = metrics.expected_calibration_error(y, scaled, n_bins)
-        brier_after = metrics.brier_score(y, scaled)
-    return {
-        **calibration,
-        "ece_before": metrics.expected_calibration_error(y, proba, n_bins),
-        "ece_after": ece_after,
-        "brier_before": metrics.brier_score(y, proba),
-        "brier_after": brier_after,
-        "malignant": {
-            "probabilities": "temperature-scaled" if calibration["applied"] else "raw",
-            **statistics.calibration_line(y == m, served[:, m]),
-            "reliability": statistics.reliability_curve(y == m, served[:, m], n_bins),
-        },
-    }
-
-
 def compare_models(
     data: dict[str, ImageSet],
-    proba: dict[str, dict[str, np.ndarray]],
+    served: dict[str, dict[str, Served]],
     facts: dict[str, SplitFacts],
     params: Params,
 ) -> dict[str, Any]:
-    """First model minus second on the same images: macro-F1 and malignant AUC with paired
-    cluster-bootstrap intervals, and McNemar's test on the argmax decisions."""
+    """First model minus second on the same images, from their served answers: macro-F1 of the
+    class answer and malignant AUC with paired cluster-bootstrap intervals, McNemar's test on the
+    class answers (pipeline.served_metrics.paired)."""
     a, b = ARCHS[:2]
     m = params.classes.index(POSITIVE)
-    boot = {"n_bootstrap": max(params.evaluate.bootstrap, 1), "seed": params.seed}
+    boot = {"n_bootstrap": params.evaluate.bootstrap, "seed": params.seed}
     out: dict[str, Any] = {"a": a, "b": b}
     for split in SPLITS:
         y, g = data[split].labels, facts[split].groups
-        pa, pb = proba[a][split], proba[b][split]
-        out[split] = {
-            "macro_f1": statistics.paired_difference(
-                y, pa.argmax(1), pb.argmax(1), g, metric="macro_f1", **boot
-            ),
-            "malignant_auc": statistics.paired_difference(
-                y, pa[:, m], pb[:, m], g, metric="malignant_auc", positive=m, **boot
-            ),
-            "mcnemar": statistics.mcnemar(y, pa.argmax(1), pb.argmax(1)),
-        }
+        out[split] = served_metrics.paired(y, served[a][split], served[b][split], m, g, **boot)
     return metrics.jsonable(out)
-
-
-def headline(results: dict[str, dict]) -> dict[str, dict]:
-    """The DVC metrics file: four validation numbers per model, what `dvc exp show` lays out.
-
-    Keys, all on validation: `f1` macro-F1; for malignant at the chosen operating point `sens`
-    sensitivity and `spec` specificity; `auc` its one-vs-rest AUC. Short on purpose: DVC makes
-    `<arch>.<key>` a column of `dvc exp show`, whose width is set by these names (it must fit in
-    200 columns with `--only-changed`; the long names took 492). Everything else (intervals,
-    lesions-only AUC, threshold, OOD, test) is in `<arch>/metrics.json`.
-    """
-    out = {}
-    for arch, result in results.items():
-        val = result["val"]
-        op = val["operating_point"]
-        out[arch] = {
-            "f1": val["macro_f1"]["value"],
-            "sens": (op.get("sensitivity") or {}).get("value"),
-            "spec": (op.get("specificity") or {}).get("value"),
-            "auc": (op.get("auc") or {}).get("value"),
-        }
-    return out
-
-
-def write_reports(
-    out: Path,
-    model: keras.Model,
-    test_features: np.ndarray,
-    data: dict[str, ImageSet],
-    proba: dict[str, np.ndarray],
-    result: dict,
-    params: Params,
-    arch: str = "model",
-) -> None:
-    """Predictions, plot data and figures of one model into its (staged) output folder.
-
-    Validation goes where development looks (`plots/` and the CSVs `dvc plots` reads); test goes
-    to `test/`, which nothing in the development loop shows.
-    """
-    classes = params.classes
-    for split in SPLITS:
-        y, p = data[split].labels, proba[split]
-        table = plots.predictions_table(data[split].paths, y, p, classes)
-        plots.save_csv(table, out / f"predictions_{split}.csv")
-    test = out / "test"
-    for split, csv_dir, png_dir in (("val", out, out / "plots"), ("test", test, test)):
-        y, p = data[split].labels, proba[split]
-        _split_figures(csv_dir, png_dir, split, y, p, result=result, params=params, arch=arch)
-    _test_images(test, model, test_features, data["test"], proba["test"], params, arch)
-
-
-def _split_figures(
-    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, p: np.ndarray, *, result: dict,
-    params: Params, arch: str,
-) -> None:  # fmt: skip
-    """Confusion, ROC and the reliability of p(malignant) of one split: CSV data and PNGs.
-
-    The ROC and reliability CSVs are long tables with a series column (`class`, `probabilities`)
-    that the project's DVC templates (.dvc/plots/) draw as one line per series.
-    """
-    classes, report = params.classes, result[split]
-    plots.save_csv(
-        plots.confusion_rows(y, p.argmax(1), classes), csv_dir / f"confusion_{split}.csv"
-    )
-    n = f"{len(y)} images"
-    for normalize, kind in ((False, "counts"), (True, "normalized")):
-        title = f"{arch}, {split}: confusion ({'row-normalised' if normalize else 'counts'}), {n}"
-        fig = plots.confusion_figure(report["confusion_matrix"], classes, normalize, title)
-        plots.save_png(fig, png_dir / f"confusion_{kind}_{split}.png")
-    roc = metrics.roc_points(y, p, classes)
-    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_dir / f"roc_{split}.csv")
-    auc = {c: v["roc_auc"] for c, v in report["per_class"].items()}
-    fig = plots.roc_figure(roc, auc, f"{arch}, {split}: ROC, one-vs-rest, {n}")
-    plots.save_png(fig, png_dir / f"roc_{split}.png")
-    curves = _reliability_curves(y, p, report["calibration"], params)
-    rows = [{"probabilities": name, **r} for name, bins in curves.items() for r in bins]
-    plots.save_csv(pd.DataFrame(rows), csv_dir / f"reliability_{split}.csv")
-    shown = {
-        name: [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
-        for name, bins in curves.items()
-    }
-    fig = plots.reliability_figure(
-        shown,
-        f"{arch}, {split}: reliability of p(malignant), {n}",
-        axes=("mean predicted p(malignant)", "observed fraction malignant"),
-    )
-    plots.save_png(fig, png_dir / f"reliability_{split}.png")
-
-
-def _reliability_curves(
-    y: np.ndarray, p: np.ndarray, calibration: dict, params: Params
-) -> dict[str, list[dict]]:
-    """Non-empty reliability bins of p(malignant): raw, and temperature-scaled when a temperature
-    was fitted (before / after), the one served marked as such."""
-    m, n_bins = params.classes.index(POSITIVE), params.evaluate.ece_bins
-    t, applied = calibration.get("temperature"), calibration.get("applied")
-    probabilities = {"raw": p}
-    if t:
-        probabilities[f"temperature-scaled T={t:.2f}"] = metrics.apply_temperature(p, t)
-    curves = {}
-    for name, q in probabilities.items():
-        served = (name == "raw") != bool(applied and t)
-        label = f"{name} (served)" if served else name
-        bins = statistics.reliability_curve(y == m, q[:, m], n_bins)
-        curves[label] = [r for r in bins if r["count"]]
-    return curves
-
-
-def _test_images(
-    out: Path,
-    model: keras.Model,
-    features: np.ndarray,
-    test: ImageSet,
-    p: np.ndarray,
-    params: Params,
-    arch: str,
-) -> None:
-    """Sample predictions and Grad-CAM maps of test images, per class."""
-    e, classes, y = params.evaluate, params.classes, test.labels
-    names = np.asarray(classes)
-    captions = [
-        f"true {names[t]}\npred {names[k]} {q[k]:.2f}"
-        for t, k, q in zip(y, p.argmax(1), p, strict=True)
-    ]
-    if e.samples_per_class:
-        picks = plots.choose_samples(y, p, classes, e.samples_per_class, params.seed)
-        fig = plots.image_grid(test.images, picks, captions, f"{arch}, test: sample predictions")
-        plots.save_png(fig, out / "samples_test.png")
-    picks = {
-        f"true {name}": [int(i) for i in np.flatnonzero(y == k)[: e.gradcam_per_class]]
-        for k, name in enumerate(classes)
-    }
-    chosen = sorted(i for idx in picks.values() for i in idx)
-    if not chosen:
-        return
-    maps = cam.maps_from_features(model, features[chosen], p[chosen].argmax(1))
-    cells = cam.grid(model)  # each cell drawn where the backbone centres it, not spread evenly
-    tiles: dict[int, np.ndarray] = {}  # the image and its overlay side by side
-    for i, heat in zip(chosen, maps, strict=True):
-        gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
-        tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat, cells=cells)])
-    title = f"{arch}, test: class activation maps (Grad-CAM) of the predicted class"
-    plots.save_png(plots.image_grid(tiles, picks, captions, title), out / "gradcam_test.png")
-
-
-def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) -> str:
-    """The models side by side on one split, then their paired difference.
-
-    `val` is the development view (`comparison.md`, printed by `make demo`); `test` is the test
-    report (`test.md`), headed by how often this test split has been looked at.
-    """
-    archs = list(results)
-    reports = {a: results[a][split] for a in archs}
-    first = reports[archs[0]]
-    title = "Validation" if split == "val" else "Test"
-    lines = [f"# Model comparison: {title.lower()}", ""]
-    if split == "test":
-        lines += [_test_use_line(first.get("test_use")), ""]
-    lines += [
-        f"{title}: {first.get('n')} images in {first.get('groups')} groups. Point estimates with "
-        "95% cluster-bootstrap intervals (groups resampled within class). Selection uses "
-        "validation only.",
-        "",
-        "| metric | " + " | ".join(archs) + " |",
-        "|---" * (len(archs) + 1) + "|",
-    ]
-    for key, label in LABELS.items():
-        cells = [format_estimate(reports[a].get(key)) for a in archs]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += _decision_rows(reports, archs)
-    lines += ["", *_paired_lines(comparison, split)]
-    return "\n".join(lines) + "\n"
-
-
-def _decision_rows(reports: dict[str, dict], archs: list[str]) -> list[str]:
-    """Rows for the served decision (threshold chosen on val) and the lesion-only question."""
-    rows = []
-    ops = {a: reports[a].get("operating_point") or {} for a in archs}
-    lesions = {a: reports[a].get("lesions") or {} for a in archs}
-    rows.append("| Malignant threshold (chosen on val) | "
-                + " | ".join(_number(ops[a].get("threshold")) for a in archs) + " |")  # fmt: skip
-    for key, label in (
-        ("sensitivity", "Malignant sensitivity at threshold"),
-        ("specificity", "Malignant specificity at threshold"),
-        ("ppv", "PPV at threshold (this sample)"),
-        ("npv", "NPV at threshold (this sample)"),
-        ("ppv_at_prevalence", "PPV at the params prevalence"),
-        ("npv_at_prevalence", "NPV at the params prevalence"),
-        ("auc", "Malignant vs rest AUC"),
-    ):
-        rows.append(
-            f"| {label} | " + " | ".join(format_estimate(ops[a].get(key)) for a in archs) + " |"
-        )
-    for key, label in (
-        ("auc", "AUC"),
-        ("sensitivity", "sensitivity"),
-        ("specificity", "specificity"),
-    ):
-        cells = [format_estimate(lesions[a].get(key)) for a in archs]
-        rows.append(f"| Lesions only (benign vs malignant): {label} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def _paired_lines(comparison: dict, split: str) -> list[str]:
-    a, b, paired = comparison["a"], comparison["b"], comparison[split]
-    lines = [f"## Paired difference ({a} minus {b}, same images)", ""]
-    for key in ("macro_f1", "malignant_auc"):
-        d = paired[key]
-        verdict = (
-            "distinguishable from noise" if d["distinguishable"]
-            else "not distinguishable from noise (the interval contains 0)"
-        )  # fmt: skip
-        lines.append(
-            f"- {key}: {format_estimate(d['difference'])} over {d['images']} images in "
-            f"{d['groups']} groups: {verdict}."
-        )
-    mc = paired["mcnemar"]
-    lines.append(
-        f"- McNemar (argmax decisions): {mc['only_a_correct']} images right only by {a}, "
-        f"{mc['only_b_correct']} only by {b}; exact p = {mc['p_value']:.3f} (treats images as "
-        "independent, so slightly optimistic with duplicate groups)."
-    )
-    return lines
-
-
-def _test_use_line(use: dict | None) -> str:
-    if not use:
-        return "Test use: not recorded."
-    return (
-        "**Every look at this test split is counted**: one run per look in MLflow experiment "
-        f"`{use['ledger']}` (split sha256 {use['split_sha256'][:12]}); `evaluate` prints the count "
-        "and the model card attached to the registered version states it. Every look that informs "
-        "a choice makes these numbers more optimistic."
-    )
 
 
 def flat_metrics(report: dict, prefix: str) -> dict[str, float]:
@@ -726,10 +459,6 @@ def _load_split(split: str, classes: tuple[str, ...]) -> ImageSet:
             "and rerun `dvc repro`"
         )
     return images
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _safe_name(name: str) -> str:

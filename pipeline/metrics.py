@@ -380,13 +380,15 @@ def weighted_confusion(w: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -
 
 
 def weighted_macro_f1(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Macro-F1 of decisions `pred` per row of w, over the classes seen (scikit-learn's default)."""
+    """Macro-F1 of decisions `pred` per row of w, over the classes of `y` (scikit-learn's
+    `labels=np.unique(y)`): a decision that is no class of y, such as a refusal coded K, is a
+    miss for its true class and never a class of its own."""
     k = int(max(np.max(y, initial=0), np.max(pred, initial=0))) + 1
     cm = weighted_confusion(w, y, pred, k)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     both = cm.sum(2) + cm.sum(1)
-    seen = both > 0
-    return (_safe_div(2 * tp, both, 0.0) * seen).sum(1) / seen.sum(1)
+    labels = np.unique(y)
+    return _safe_div(2 * tp[:, labels], both[:, labels], 0.0).mean(1)
 
 
 def weighted_auc(w: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ LABELS = {
     "macro_recall": "Macro recall",
     "weighted_f1": "Weighted F1",
     "roc_auc_macro": "ROC-AUC (one-vs-rest, macro)",
-    "malignant_sensitivity": "Malignant sensitivity (argmax)",
-    "malignant_specificity": "Malignant specificity (argmax)",
+    "malignant_sensitivity": "Malignant recall of the class answer",
+    "malignant_specificity": "Malignant specificity of the class answer",
     "brier": "Brier score (lower is better)",
     "ece": "Expected calibration error (lower is better)",
 }
@@ -106,8 +106,13 @@ INTENDED_USE = [
     "other modalities, organs, or images with annotations burnt in are out of scope.",
 ]
 METRIC_CHOICES = [
-    "- Macro-F1 (argmax) chose the model on validation: it weighs the rarer classes equally.",
-    "- Malignant sensitivity and specificity at the served threshold, PPV and NPV in this sample "
+    "- Every figure scores the served answers: the released rule's class answer (the most "
+    "probable class), its referral flag and its out-of-scope refusal, as users get them.",
+    "- Macro-F1 of the class answer, a refusal counted wrong, chose the model on validation: it "
+    "weighs the rarer classes equally.",
+    "- Coverage and the refused share per true class: a refusal must not single out a class.",
+    "- Sensitivity and specificity of the referral flag (a refused malignant image is not "
+    "flagged), PPV and NPV in this sample "
     "and restated at the prevalence named in params (`evaluate.prevalence`): a missed cancer "
     "and an unnecessary biopsy are the errors that matter.",
     "- Benign vs malignant among lesions (normal scans excluded): the clinical question.",
@@ -217,33 +222,52 @@ def _headline_table(val: dict, test: dict) -> list[str]:
     out = [
         f"Images (groups): validation {val.get('n', '?')} ({val.get('groups', '?')}), test "
         f"{test.get('n', '?')} ({test.get('groups', '?')}). Point estimates with 95% "
-        "cluster-bootstrap intervals; the headline uses the argmax of the raw output.",
+        "cluster-bootstrap intervals (exact for refused shares). Class metrics score the served "
+        "class answer over every image, a refusal counted wrong; ROC-AUC, Brier and ECE the "
+        "served probabilities of the answered images.",
         "",
         "| metric | validation | test |",
         "|---|---|---|",
+        *refusal_rows({"validation": val, "test": test}, ["validation", "test"]),
     ]
+    answered = [format_estimate((r.get("answered") or {}).get("macro_f1")) for r in (val, test)]
     for key in LABELS:
         if key in val or key in test:
             out.append(
                 f"| {LABELS[key]} | {format_estimate(val.get(key))} | "
                 f"{format_estimate(test.get(key))} |"
             )
+    out.append(f"| Macro F1, answered images only | {answered[0]} | {answered[1]} |")
     per_class = test.get("per_class") or {}
+    ranked = (test.get("answered") or {}).get("per_class") or {}
     if per_class:
-        cols = (
-            "precision",
-            "recall",
-            "f1",
-            "specificity",
-            "roc_auc",
-            "average_precision",
-            "support",
-        )
-        out += ["", f"Per class (test, {test.get('n', '?')} images):", ""]
-        out += ["| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        cols = ("precision", "recall", "f1", "specificity", "support", "refused")
+        out += ["", f"Per class (test, {test.get('n', '?')} images; ROC-AUC on the answered):", ""]
+        head = [*cols, "roc_auc"]
+        out += ["| class | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for cls, row in per_class.items():
-            out.append(f"| {cls} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+            cells = [_fmt(row.get(c)) for c in cols] + [_fmt(ranked.get(cls, {}).get("roc_auc"))]
+            out.append(f"| {cls} | " + " | ".join(cells) + " |")
     return out
+
+
+def refusal_rows(reports: dict[str, dict], columns: list[str]) -> list[str]:
+    """Table rows: coverage and refused n/N per true class of each report (the refusal, stated
+    once), one column per name in `columns`."""
+    first = reports[columns[0]].get("refused_by_class") or {}
+    rows = ["| Coverage: answered images | "
+            + " | ".join(share(reports[c].get("coverage")) for c in columns) + " |"]  # fmt: skip
+    for name in first:
+        cells = [share((reports[c].get("refused_by_class") or {}).get(name)) for c in columns]
+        rows.append(f"| Refused as out of scope, true {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def share(found: dict | None) -> str:
+    """`n/N = value [low, high]` of a proportion (pipeline.served_metrics.proportion)."""
+    if not found or found.get("value") is None:
+        return "n/a"
+    return f"{found['n']}/{found['of']} = {format_estimate(found)}"
 
 
 OPERATING_ROWS = (
@@ -264,7 +288,9 @@ def _operating_point(val: dict, test: dict) -> list[str]:
     choice = op_val.get("selection") or {}
     met = "met" if choice.get("guaranteed") else "NOT met (too few malignant validation images)"
     out = [
-        f"Flag an image as malignant when p(malignant) >= {op_val['threshold']:.4f} (95% "
+        "Two outputs: the class answer is the most probable class (the threshold never changes "
+        "it); the referral flag (malignancy suspected) is raised when the class is malignant or "
+        f"when p(malignant) >= {op_val['threshold']:.4f} (95% "
         "bootstrap interval of the threshold on validation: "
         f"[{_fmt(op_val.get('threshold_ci_low'))}, {_fmt(op_val.get('threshold_ci_high'))}]). "
         f"Rule: {op_val.get('rule', 'n/a')}. "
@@ -278,7 +304,10 @@ def _operating_point(val: dict, test: dict) -> list[str]:
         "",
         f"Prevalence assumed for PPV/NPV: {_fmt(op_test.get('prevalence'))}.",
         "",
-        "| at the threshold | validation | test | test, lesions only (benign vs malignant) |",
+        "The rows below score the flag; a refused (out-of-scope) malignant image counts as not "
+        "flagged.",
+        "",
+        "| referral flag | validation | test | test, lesions only (benign vs malignant) |",
         "|---|---|---|---|",
     ]
     lesions = test.get("lesions") or {}
@@ -318,10 +347,12 @@ def _calibration(val: dict, test: dict) -> list[str]:
             "",
         ]
     for split, report in (("validation", val), ("test", test)):
-        m = (report.get("calibration") or {}).get("malignant") or {}
+        cal_split = report.get("calibration") or {}
+        m = cal_split.get("malignant") or {}
         bins = [b for b in m.get("reliability") or [] if b.get("count")]
         out.append(
-            f"- {split} ({report.get('n', '?')} images): slope {_fmt(m.get('slope'))}, intercept "
+            f"- {split} ({cal_split.get('images', '?')} answered images, served p(malignant)): "
+            f"slope {_fmt(m.get('slope'))}, intercept "
             f"{_fmt(m.get('intercept'))} (ideal 1 and 0); reliability bins (predicted -> observed, "
             "n): "
             + "; ".join(f"{b['predicted']:.2f} -> {b['observed']:.2f}, {b['count']}" for b in bins)
@@ -332,25 +363,24 @@ def _calibration(val: dict, test: dict) -> list[str]:
 def _ood(val: dict, test: dict) -> list[str]:
     """The OOD check: its threshold, the in-distribution test images it refuses, and how well it
     separates test images from each synthetic OOD family (AUROC; 1 = always apart)."""
-    found, chosen = test.get("ood") or {}, val.get("ood") or {}
+    found = test.get("ood") or {}
     if not found:
         return ["- No out-of-distribution check was evaluated for this model."]
-    refused = found["refused"]
+    coverage = (test.get("coverage") or {}, val.get("coverage") or {})
     out = [
         f"- Score: {found['method']}. Threshold {found['threshold']:.4g}, chosen on validation so "
         f"that {found['accept']:.0%} of its images are accepted "
-        f"({format_estimate(chosen.get('refused'))} of validation refused).",
-        f"- In-distribution test images refused as out of scope: {format_estimate(refused)} "
-        f"of {found['images']} (exact binomial 95% interval).",
+        f"(answered: {share(coverage[1])} of validation, {share(coverage[0])} of test; refused "
+        "per class in the Quantitative analyses table).",
         f"- OOD AUROC, test images vs all families: {_fmt(found.get('auroc_all'))}.",
         "",
         "| OOD family (synthetic, pipeline/ood_sets.py) | images | AUROC vs test | refused |",
         "|---|---|---|---|",
     ]
     for family, auroc in found["auroc"].items():
-        share = found["ood_refused"].get(family)
+        refused = found["ood_refused"].get(family)
         out.append(f"| {family} | {found['ood_images'].get(family)} | {_fmt(auroc)} | "
-                   f"{_fmt(share)} |")  # fmt: skip
+                   f"{_fmt(refused)} |")  # fmt: skip
     out += [
         "",
         "The families are synthetic stand-ins (textures, colour scenes and Doppler-like overlays, "

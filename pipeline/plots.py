@@ -88,27 +88,35 @@ def history_figure(history: pd.DataFrame, title: str, best_epoch: int | None = N
 
 
 def confusion_figure(
-    matrix: np.ndarray | list, classes: tuple[str, ...] | list[str], normalize: bool, title: str
+    matrix: np.ndarray | list,
+    classes: tuple[str, ...] | list[str],
+    normalize: bool,
+    title: str,
+    columns: tuple[str, ...] | list[str] | None = None,
 ) -> Figure:
-    """Confusion matrix (rows = true): counts, or row-normalised (recall on the diagonal)."""
+    """Confusion matrix (rows = true): counts, or row-normalised (recall on the diagonal).
+
+    `columns` names the answers when they are more than the classes (the served rule's
+    `out_of_scope` refusal as a last column); default: the classes."""
+    columns = list(columns or classes)
     counts = np.asarray(matrix, dtype=np.float64)
     if normalize:
         totals = counts.sum(1, keepdims=True)
         shown = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     else:
         shown = counts
-    k = len(classes)
-    fig = Figure(figsize=(1.2 * k + 2.2, 1.1 * k + 1.6))
+    k, c = len(classes), len(columns)
+    fig = Figure(figsize=(1.2 * c + 2.2, 1.1 * k + 1.6))
     ax = fig.add_subplot()
     image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, shown.max()))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     for i in range(k):
-        for j in range(k):
+        for j in range(c):
             text = f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
             dark = shown[i, j] > (0.5 if normalize else shown.max() / 2)
             ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black")
     ax.set(
-        xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+        xticks=range(c), yticks=range(k), xticklabels=columns, yticklabels=classes,
         xlabel="predicted", ylabel="true", title=title,
     )  # fmt: skip
     return fig

@@ -2,8 +2,9 @@
 
 Three steps. Choose: the higher validation `select.metric` wins (ties: malignant sensitivity);
 the test split is never used to choose. Release: `models/selected/` becomes the released model,
-the winner's Keras file plus release.json with the decision rule fixed on validation (malignant
-threshold, calibration temperature when evaluate kept it) and its provenance. Register: the
+the winner's Keras file plus release.json with the decision rule evaluate fitted on validation
+(`reports/evaluate/<arch>/rule.json`: referral threshold, calibration temperature when evaluate
+kept it, OOD threshold), copied as it is, and its provenance. Register: the
 release is logged to the winner's MLflow run as the serving pyfunc (pipeline.serving.pyfunc) and,
 for a run of the committed pipeline with `select.register: true`, registered as
 `select.model_name` with alias `select.alias`. Inside `dvc exp run` nothing is registered and no
@@ -38,11 +39,11 @@ from pipeline.serving.rule import DecisionRule
 from pipeline.synthetic import case_rng, render_case
 
 EVALUATE_DIR = Path("reports/evaluate")
+RULE_FILE = "rule.json"  # pipeline.evaluate.RULE_FILE: select does not import the evaluate stage
 SELECTION_FILE = Path("reports/selection.json")
 MODEL_CARD_FILE = Path("reports/model_card.md")
 SELECTED_DIR = Path("models/selected")
 TIE_BREAK = "malignant_sensitivity"
-POSITIVE = "malignant"
 REGISTER_ATTEMPTS = 3
 
 
@@ -75,31 +76,22 @@ def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
     return winner, reason
 
 
-def decision_rule(val: dict[str, Any], classes: tuple[str, ...], manifest: str) -> DecisionRule:
-    """The served rule from the winner's validation results (evaluate's metrics.json `val`)."""
-    op = val.get("operating_point") or {}
-    calibration = val.get("calibration") or {}
-    ood = val.get("ood") or {}
-    temperature = calibration.get("temperature") if calibration.get("applied") else None
-    threshold = op.get("threshold")
-    method = op.get("rule") or (
-        f"lowest threshold reaching validation {POSITIVE} sensitivity "
-        f"{op.get('target_sensitivity', op.get('sensitivity', '?'))}"
-    )
-    return DecisionRule(
-        classes=classes,
-        positive_class=POSITIVE,
-        threshold=float(threshold) if threshold is not None else None,
-        temperature=float(temperature) if temperature else None,
-        method=method if threshold is not None else "argmax (no operating point on validation)",
-        chosen_on=f"validation split ({val.get('n', '?')} images), manifest sha256 {manifest[:12]}",
-        ood_threshold=ood.get("threshold"),
-        ood_method=(
-            f"{ood['method']}; threshold: {ood['accept']:.0%} of the validation images accepted"
-            if ood
-            else ""
-        ),
-    )
+def read_rule(arch: str, classes: tuple[str, ...]) -> DecisionRule:
+    """The rule evaluate fitted for `arch` on validation (`reports/evaluate/<arch>/rule.json`),
+    released as written: nothing here rebuilds it from metric fields."""
+    path = EVALUATE_DIR / arch / RULE_FILE
+    try:
+        rule = DecisionRule.from_dict(_read_json(path))
+    except (TypeError, ValueError) as exc:
+        raise UserError(
+            f"{path}: not a decision rule ({exc}); rerun evaluate (dvc repro)"
+        ) from None
+    if rule.classes != tuple(classes):
+        raise UserError(
+            f"{path}: the rule's classes {list(rule.classes)} are not params' {list(classes)}; "
+            "rerun evaluate (dvc repro)"
+        )
+    return rule
 
 
 def run(params: Params) -> dict:
@@ -111,7 +103,7 @@ def run(params: Params) -> dict:
     winner, reason = choose(metrics, params.select.metric)
     run_id = _read_json(Path("models") / winner / "run.json")["run_id"]
     manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
-    rule = decision_rule(metrics[winner]["val"], params.classes, manifest)
+    rule = read_rule(winner, params.classes)
     experiment = tracking.experiment_name()
     selection: dict[str, Any] = {
         "winner": winner,

@@ -97,11 +97,14 @@ def operating_point(
     positive: int,
     groups: Any = None,
     *,
+    flagged: np.ndarray | None = None,
     prevalence: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The decision `scores >= threshold` (malignant vs the rest) with its intervals.
+    """The decision `scores >= threshold` (malignant vs the rest) with its intervals; `flagged`,
+    when given, is the decision instead (the served rule's referral flag, which also refers a
+    malignant class answer and never a refused image).
 
     Returns sensitivity, specificity, PPV, NPV (and at `prevalence`) with exact intervals on the
     effective n (`decision_rates`) and the AUC of `scores` with a cluster-bootstrap interval, each
@@ -110,8 +113,8 @@ def operating_point(
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     is_positive = y == positive
     out: dict[str, Any] = {"threshold": threshold, "prevalence": prevalence}
-    if threshold is not None:
-        flagged = scores >= threshold
+    if threshold is not None or flagged is not None:
+        flagged = scores >= threshold if flagged is None else np.asarray(flagged, bool)
         out.update(decision_rates(is_positive, flagged, groups, prevalence))
         out["counts"] = {
             "tp": int(np.sum(is_positive & flagged)),
@@ -143,6 +146,8 @@ def lesion_operating_point(
     y = np.asarray(y)
     keep = (y == positive) | (y == negative)
     kept_groups = None if groups is None else np.asarray(groups)[keep]
+    if options.get("flagged") is not None:
+        options["flagged"] = np.asarray(options["flagged"])[keep]
     return operating_point(
         y[keep], np.asarray(scores)[keep], threshold, positive, kept_groups, **options
     )
@@ -465,10 +470,12 @@ def subgroup_table(
     order: list[str],
     groups: Any = None,
     *,
+    flagged: np.ndarray | None = None,
     min_images: int = 10,
 ) -> list[dict[str, Any]]:
     """One row per subgroup in `order`: images, groups, and where there are at least `min_images`,
-    accuracy of `pred` and malignant sensitivity / specificity of `scores >= threshold`.
+    accuracy of `pred` and malignant sensitivity / specificity of `scores >= threshold` (of
+    `flagged` when given, as in `operating_point`).
 
     Smaller subgroups keep their row (n is always shown) but no estimate: an interval on a handful
     of images says nothing and invites reading noise.
@@ -476,6 +483,7 @@ def subgroup_table(
     y, pred, scores = np.asarray(y), np.asarray(pred), np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=object)
     ids = group_codes(groups, len(y))
+    hit = scores >= (threshold or 0.0) if flagged is None else np.asarray(flagged, bool)
     rows = []
     for name in order:
         inside = labels == name
@@ -489,8 +497,8 @@ def subgroup_table(
         else:
             yy, gg = y[inside], ids[inside]
             row["accuracy"] = intervals.proportion(pred[inside] == yy, np.ones(len(yy), bool), gg)
-            if threshold is not None:
-                rates = decision_rates(yy == positive, scores[inside] >= threshold, gg)
+            if threshold is not None or flagged is not None:
+                rates = decision_rates(yy == positive, hit[inside], gg)
                 row["malignant_sensitivity"] = rates["sensitivity"]
                 row["malignant_specificity"] = rates["specificity"]
         rows.append(row)

@@ -15,6 +15,7 @@ from pipeline import evaluate, ledger, metrics, tracking
 from pipeline.config import ARCHS
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
+from pipeline.serving.rule import DecisionRule, calibrate
 from tests.factories import enter_project, mini_classifier, project_params
 
 CLASSES = ("benign", "malignant", "normal")
@@ -85,7 +86,11 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             for name in metrics.HEADLINE:
                 assert set(m[name]) == {"value", "ci_low", "ci_high"}
             assert set(m["per_class"]) == set(CLASSES)
-            assert sum(map(sum, m["confusion_matrix"])) == n
+            assert sum(map(sum, m["confusion_matrix"])) == n  # classes x (classes + refused)
+            assert [len(row) for row in m["confusion_matrix"]] == [4, 4, 4]
+            refused = sum(r["n"] for r in m["refused_by_class"].values())
+            assert m["coverage"]["n"] == n - refused
+            assert m["answered"]["n"] == n - refused
             assert m["groups"] == n  # the fixture's groups are one image each
             op_keys = {"threshold", "sensitivity", "specificity", "ppv", "npv", "auc", "groups"}
             assert op_keys | {"ppv_at_prevalence", "npv_at_prevalence"} <= set(m["operating_point"])
@@ -95,7 +100,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             predictions = pd.read_csv(out / f"predictions_{split}.csv")
             expected = manifest[manifest["split"] == split]
             assert predictions["path"].tolist() == expected["path"].tolist()  # never augmented
-            assert list(predictions.columns[:3]) == ["path", "label", "predicted"]
+            assert list(predictions.columns[:4]) == ["path", "label", "predicted", "refer"]
             folder = out if split == "val" else out / "test"  # test stays out of `dvc plots`
             confusion = pd.read_csv(folder / f"confusion_{split}.csv")
             assert list(confusion.columns) == ["actual", "predicted"]
@@ -108,7 +113,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             t = m["calibration"]["temperature"]
             assert len(series) == (2 if t else 1)
             assert sum(name.endswith("(served)") for name in series) == 1
-            assert reliability.groupby("probabilities")["count"].sum().eq(n).all()
+            answered = m["coverage"]["n"]
+            assert reliability.groupby("probabilities")["count"].sum().eq(answered).all()
         # where the count is kept, not the count, which a rerun would change (select's card has it)
         assert set(saved["test"]["test_use"]) == {"ledger", "split_sha256"}
         assert saved["val"]["operating_point"]["threshold_ci_low"] is not None
@@ -116,12 +122,16 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         threshold = saved["val"]["operating_point"]["threshold"]
         assert saved["test"]["operating_point"]["threshold"] == threshold
         assert saved["val"]["operating_point"]["sensitivity"]["value"] >= 0.9  # target_sensitivity
-        # probabilities are the saved model's own
+        # probabilities are the saved model's own, served through the rule evaluate wrote
+        rule = DecisionRule.from_dict(json.loads((out / "rule.json").read_text()))
+        assert rule.threshold == threshold
+        assert rule.ood_threshold == saved["val"]["ood"]["threshold"]
         model = keras.saving.load_model(root / "models" / arch / "model.keras")
         test_paths = manifest[manifest["split"] == "test"]["path"]
         images = np.stack([cv2.imread(f"data/prepared/{p}")[..., ::-1] for p in test_paths])
         probabilities = pd.read_csv(out / "predictions_test.csv")[[f"p_{c}" for c in CLASSES]]
-        np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-5)
+        raw = model.predict(images, verbose=0)
+        np.testing.assert_allclose(probabilities, calibrate(raw, rule.temperature), atol=1e-5)
         assert {"confusion_counts_val.png", "roc_val.png", "reliability_val.png"} <= {
             p.name for p in (out / "plots").glob("*.png")
         }
@@ -218,7 +228,7 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
     proba = {"val": overconfident(y_val, 1), "test": overconfident(y_test, 2)}
     params = project_params({"evaluate": {"bootstrap": 50, "target_sensitivity": 0.8}})
 
-    result = evaluate.evaluate_probabilities(data, proba, params)
+    rule, result = evaluate.evaluate_probabilities(data, proba, params)
 
     op = result["val"]["operating_point"]
     threshold = op["threshold"]
@@ -233,13 +243,15 @@ def test_threshold_and_temperature_come_from_val_only_and_results_are_determinis
     served = metrics.apply_temperature(proba["test"], calibration["temperature"])
     if not calibration["applied"]:
         served = proba["test"]
-    flagged = served[:, 1] >= threshold
+    assert rule.threshold == threshold
+    assert rule.temperature == (calibration["temperature"] if calibration["applied"] else None)
+    flagged = (served[:, 1] >= threshold) | (served.argmax(1) == 1)  # the referral flag
     expected = flagged[y_test == 1].mean()
     assert result["test"]["operating_point"]["sensitivity"]["value"] == pytest.approx(expected)
-    assert result == evaluate.evaluate_probabilities(data, proba, params)
+    assert (rule, result) == evaluate.evaluate_probabilities(data, proba, params)
 
     off = project_params({"evaluate": {"bootstrap": 0, "temperature_scaling": False}})
-    calibration = evaluate.evaluate_probabilities(data, proba, off)["test"]["calibration"]
+    calibration = evaluate.evaluate_probabilities(data, proba, off)[1]["test"]["calibration"]
     assert calibration["temperature"] is None
     assert calibration["ece_after"] is None
     assert calibration["applied"] is False
@@ -253,11 +265,12 @@ def test_temperature_is_served_only_when_it_beats_the_margin():
     strict = project_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 5.0}})
     loose = project_params({"evaluate": {"bootstrap": 0, "temperature_min_improvement": 0.0}})
     assert (
-        evaluate.evaluate_probabilities(data, proba, strict)["val"]["calibration"]["applied"]
+        evaluate.evaluate_probabilities(data, proba, strict)[1]["val"]["calibration"]["applied"]
         is False
     )
     assert (
-        evaluate.evaluate_probabilities(data, proba, loose)["val"]["calibration"]["applied"] is True
+        evaluate.evaluate_probabilities(data, proba, loose)[1]["val"]["calibration"]["applied"]
+        is True
     )
 
 
@@ -270,7 +283,7 @@ def test_a_separated_validation_set_is_served_raw_probabilities_and_the_reason_s
     data = {"val": fake_split(y_val), "test": fake_split(y_test)}
     proba = {"val": val, "test": overconfident(y_test, 7)}
     params = project_params({"evaluate": {"bootstrap": 0}})
-    result = evaluate.evaluate_probabilities(data, proba, params)
+    _, result = evaluate.evaluate_probabilities(data, proba, params)
     calibration = result["val"]["calibration"]
     assert calibration["applied"] is False
     assert calibration["temperature"] == 0.5
@@ -278,7 +291,7 @@ def test_a_separated_validation_set_is_served_raw_probabilities_and_the_reason_s
     assert result["test"]["calibration"]["malignant"]["probabilities"] == "raw"
     narrow = project_params({"evaluate": {"bootstrap": 0, "temperature_range": [0.9, 1.5]}})
     proba["val"] = overconfident(y_val, 8)  # needs T near 3: softened only as far as allowed
-    calibration = evaluate.evaluate_probabilities(data, proba, narrow)["val"]["calibration"]
+    calibration = evaluate.evaluate_probabilities(data, proba, narrow)[1]["val"]["calibration"]
     assert calibration["temperature"] == pytest.approx(1.5, rel=1e-3)
     assert calibration["bounds"] == [0.9, 1.5]
 
@@ -287,7 +300,7 @@ def test_flat_metric_names_carry_the_split():
     y = np.array([0, 1, 2, 1, 0, 2])
     data = {"val": fake_split(y), "test": fake_split(y)}
     proba = {"val": overconfident(y, 0), "test": overconfident(y, 1)}
-    result = evaluate.evaluate_probabilities(data, proba, project_params({}))
+    _, result = evaluate.evaluate_probabilities(data, proba, project_params({}))
     flat = evaluate.flat_metrics(result["val"], "val")
     assert {"val_macro_f1", "val_macro_f1_ci_low", "val_per_class_malignant_recall"} <= set(flat)
     assert {"val_operating_point_ppv_at_prevalence_ci_high", "val_lesions_auc"} <= set(flat)

@@ -51,7 +51,7 @@ def metrics():
         data[split] = ImageSet(np.zeros((n, 2, 2, 3), np.uint8), y, [str(i) for i in range(n)])
         proba[split] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     params = project_params({"evaluate": {"bootstrap": 100}})
-    return evaluate.evaluate_probabilities(data, proba, params)
+    return evaluate.evaluate_probabilities(data, proba, params)[1]
 
 
 def test_every_card_carries_the_research_use_only_notice(metrics):
@@ -167,7 +167,7 @@ def test_the_ood_check_shows_its_auroc_per_family_and_the_share_of_test_refused(
     inside = {s: rng.normal(size=(n, 6)) for s, n in (("val", 60), ("test", 70))}
     pooled = {"train": rng.normal(size=(90, 6)) + labels[:, None] * 0.1, **inside}
     pooled |= {"textures": rng.normal(size=(20, 6)) * 4, "colour": rng.normal(size=(20, 6))}
-    _, found = evaluate.ood_evaluation(pooled, labels, 0.95)
+    _, found, check = evaluate.ood_evaluation(pooled, labels, 0.95)
     card = render_model_card(
         "densenet121",
         {s: metrics[s] | {"ood": found[s]} for s in ("val", "test")},
@@ -178,8 +178,8 @@ def test_the_ood_check_shows_its_auroc_per_family_and_the_share_of_test_refused(
     section = card.split("### Out-of-distribution inputs")[1].split("###")[0]
     assert f"| textures | 20 | {found['test']['auroc']['textures']:.3f} |" in section
     assert found["test"]["auroc"]["textures"] > 0.9 > found["test"]["auroc"]["colour"]
-    assert f"of {found['test']['images']} (exact binomial" in section
-    assert found["val"]["refused"]["value"] <= 0.05 + 1 / 60
+    assert (check.scores["val"] > check.threshold).mean() <= 0.05 + 1 / 60
+    assert check.threshold == found["test"]["threshold"]
 
 
 def test_the_card_says_whether_the_split_is_patient_level_and_what_was_excluded(metrics):
@@ -198,3 +198,32 @@ def test_the_card_says_whether_the_split_is_patient_level_and_what_was_excluded(
     assert "image-level" not in card
     assert "Labels are per image" not in card
     assert "before splitting: 5 images (axilla view: 4, annotations: 1)" in card
+
+
+def test_refusals_are_stated_once_per_class_and_the_card_scores_the_served_answers():
+    """An OOD check refusing 3 malignant test images: the card shows 3/20 for malignant and the
+    class metrics count them wrong, the answered-only macro-F1 apart."""
+    rng = np.random.default_rng(4)
+    data, proba, scores = {}, {}, {}
+    for split in ("val", "test"):
+        y = np.repeat([0, 1, 2], 20)
+        logits = 4.0 * np.eye(3)[y] + rng.normal(size=(60, 3))
+        data[split] = ImageSet(np.zeros((60, 2, 2, 3), np.uint8), y, [str(i) for i in range(60)])
+        proba[split] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        scores[split] = np.zeros(60)
+    scores["test"][[20, 21, 22]] = 9.0  # three malignant test images beyond the threshold
+    check = evaluate.OodCheck(5.0, "test score", scores)
+    params = project_params({"evaluate": {"bootstrap": 50}})
+    rule, found = evaluate.evaluate_probabilities(data, proba, params, ood=check)
+    assert rule.ood_threshold == 5.0
+    test = found["test"]
+    assert test["refused_by_class"]["malignant"]["n"] == 3
+    assert test["coverage"]["n"] == 57
+    assert test["per_class"]["malignant"]["refused"] == 3
+    assert test["malignant_sensitivity"]["value"] <= 17 / 20  # a refusal is a miss
+    assert test["operating_point"]["counts"]["fn"] >= 3  # a refused malignant is not flagged
+    card = render_model_card("densenet121", found, SUMMARY, SELECTION, False)
+    assert "| Refused as out of scope, true malignant | 0/20 = 0.000" in card
+    assert "| 3/20 = 0.150 [0.032, 0.379] |" in card
+    assert "| Coverage: answered images | 60/60 = 1.000" in card
+    assert "Macro F1, answered images only" in card

@@ -75,6 +75,14 @@ def test_confusion_figure_shows_each_cell_with_true_classes_as_rows(tmp_path, no
     assert_png(tmp_path / "plots" / "confusion.png")
 
 
+def test_a_confusion_figure_of_served_answers_has_the_refusals_as_a_last_column():
+    matrix = [[3, 1, 0, 1], [0, 2, 1, 2], [0, 0, 4, 0]]
+    fig = plots.confusion_figure(matrix, CLASSES, False, "test", [*CLASSES, "out_of_scope"])
+    (ax, _colorbar) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == [*CLASSES, "out_of_scope"]
+    assert [t.get_text() for t in ax.texts] == [str(v) for row in matrix for v in row]
+
+
 def test_roc_and_reliability_figures_draw_the_curves_given(tmp_path, fixture_predictions):
     y, proba = fixture_predictions
     rows = metrics.roc_points(y, proba, CLASSES)

@@ -9,7 +9,8 @@ from pipeline import select, tracking
 from pipeline.errors import UserError
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.release import read_release
-from tests.factories import enter_project, make_prepared, mini_classifier, project_params
+from pipeline.serving.rule import DecisionRule
+from tests.factories import CLASSES, enter_project, make_prepared, mini_classifier, project_params
 
 
 def metrics(val_f1, test_f1, val_sens=0.8, threshold=0.3):
@@ -53,7 +54,7 @@ def project(tmp_path, monkeypatch):
     make_prepared(tmp_path)
     tracking.setup("t")
     model = mini_classifier()
-    for arch, f1 in [("densenet121", 0.6), ("resnet50", 0.8)]:
+    for arch, f1, threshold in [("densenet121", 0.6, 0.2), ("resnet50", 0.8, 0.3)]:
         folder = tmp_path / "models" / arch
         folder.mkdir(parents=True)
         model.save(folder / "model.keras")
@@ -63,6 +64,9 @@ def project(tmp_path, monkeypatch):
         report = tmp_path / "reports" / "evaluate" / arch
         report.mkdir(parents=True)
         (report / "metrics.json").write_text(json.dumps(metrics(f1, 0.5)))
+        rule = DecisionRule(CLASSES, threshold=threshold, temperature=1.5, method="lowest ...",
+                            chosen_on=f"validation of {arch}")  # fmt: skip
+        (report / "rule.json").write_text(json.dumps(rule.to_dict()))
     return tmp_path
 
 
@@ -76,7 +80,11 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
     assert str(version.version) == selection["version"] == "1"
     release = read_release(project / "models" / "selected")
-    assert release.rule.threshold == pytest.approx(0.3)  # the rule lives in the artifact
+    # the rule evaluate fitted for the winner, copied: it lives in the artifact
+    assert release.rule == DecisionRule.from_dict(
+        json.loads((project / "reports/evaluate/resnet50/rule.json").read_text())
+    )
+    assert release.rule.chosen_on == "validation of resnet50"
     assert release.provenance["version"] == "1"
     assert release.provenance["arch"] == "resnet50"
     assert len(release.provenance["manifest_sha256"]) == 64
@@ -138,6 +146,16 @@ def test_the_written_version_matches_the_registry_after_a_deleted_version(projec
     assert (
         read_release(project / "models" / "selected").provenance["version"] == selection["version"]
     )
+
+
+def test_a_rule_that_is_not_one_is_refused_naming_its_file(project):
+    path = project / "reports/evaluate/resnet50/rule.json"
+    path.write_text(json.dumps({"classes": list(CLASSES), "threshold": 3.0}))
+    with pytest.raises(UserError, match=r"resnet50/rule.json: not a decision rule.*evaluate"):
+        select.run(project_params(PARAMS))
+    path.write_text(json.dumps({"classes": ["cyst", "malignant"]}))
+    with pytest.raises(UserError, match=r"rule.json: the rule's classes \['cyst', 'malignant'\]"):
+        select.run(project_params(PARAMS))
 
 
 def test_missing_evaluation_says_to_run_the_pipeline(tmp_path, monkeypatch):

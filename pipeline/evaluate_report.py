@@ -1,0 +1,296 @@
+"""The evaluate stage's reports: figures, CSV tables and markdown drawn from its results.
+
+pipeline.evaluate computes (the rule, the served answers, every figure in `<arch>/metrics.json`);
+this module only draws them: the predictions tables, the confusion, ROC and reliability plots the
+DVC templates read, the test images with their Grad-CAM maps, `comparison.md` and `test.md`, and
+the short DVC metrics file. Every picture and table shows the served answers: the class answer
+with `out_of_scope` for a refusal, the referral flag, the served probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline import cam, metrics, plots, statistics
+from pipeline.config import Params
+from pipeline.datasets import ImageSet
+from pipeline.model_card import LABELS, format_estimate, refusal_rows
+from pipeline.served_metrics import decisions
+from pipeline.serving.rule import OUT_OF_SCOPE, Served
+
+SPLITS = ("val", "test")
+POSITIVE = "malignant"
+
+
+def headline(results: dict[str, dict]) -> dict[str, dict]:
+    """The DVC metrics file: four validation numbers per model, what `dvc exp show` lays out.
+
+    Keys, all on validation: `f1` macro-F1; for malignant at the chosen operating point `sens`
+    sensitivity and `spec` specificity; `auc` its one-vs-rest AUC. Short on purpose: DVC makes
+    `<arch>.<key>` a column of `dvc exp show`, whose width is set by these names (it must fit in
+    200 columns with `--only-changed`; the long names took 492). Everything else (intervals,
+    lesions-only AUC, threshold, OOD, test) is in `<arch>/metrics.json`.
+    """
+    out = {}
+    for arch, result in results.items():
+        val = result["val"]
+        op = val["operating_point"]
+        out[arch] = {
+            "f1": val["macro_f1"]["value"],
+            "sens": (op.get("sensitivity") or {}).get("value"),
+            "spec": (op.get("specificity") or {}).get("value"),
+            "auc": (op.get("auc") or {}).get("value"),
+        }
+    return out
+
+
+def write_reports(
+    out: Path,
+    model: keras.Model,
+    test_features: np.ndarray,
+    data: dict[str, ImageSet],
+    raw: dict[str, np.ndarray],
+    served: dict[str, Served],
+    result: dict,
+    params: Params,
+    arch: str = "model",
+) -> None:
+    """Predictions, plot data and figures of one model into its (staged) output folder.
+
+    `raw` are the model's probabilities per split, `served` the rule's answers. Validation goes
+    where development looks (`plots/` and the CSVs `dvc plots` reads); test goes to `test/`,
+    which nothing in the development loop shows.
+    """
+    classes = params.classes
+    for split in SPLITS:
+        table = predictions_table(data[split].paths, data[split].labels, served[split], classes)
+        plots.save_csv(table, out / f"predictions_{split}.csv")
+    test = out / "test"
+    for split, csv_dir, png_dir in (("val", out, out / "plots"), ("test", test, test)):
+        _split_figures(
+            csv_dir, png_dir, split, data[split].labels, raw[split], served[split],
+            result=result, params=params, arch=arch,
+        )  # fmt: skip
+    _test_images(test, model, test_features, data["test"], served["test"], params, arch)
+
+
+def predictions_table(
+    paths: list[str], y: np.ndarray, served: Served, classes: tuple[str, ...]
+) -> pd.DataFrame:
+    """`path,label,predicted,refer,p_<class>...` per image: the served answer (`out_of_scope`
+    for a refusal, `refer` empty there) and the served probabilities, rounded to 6 decimals."""
+    table = plots.predictions_table(paths, y, served.probabilities, classes)
+    table["predicted"] = _answer_names(served, classes)
+    refer = pd.Series(served.refer, dtype="boolean").mask(served.refused)
+    table.insert(3, "refer", refer)
+    return table
+
+
+def _answer_names(served: Served, classes: tuple[str, ...]) -> np.ndarray:
+    return np.asarray([*classes, OUT_OF_SCOPE], dtype=object)[decisions(served)]
+
+
+def _split_figures(
+    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, raw: np.ndarray, served: Served, *,
+    result: dict, params: Params, arch: str,
+) -> None:  # fmt: skip
+    """Confusion (with the refusals as a last column), ROC and the reliability of p(malignant)
+    of one split's served answers: CSV data and PNGs. ROC and reliability are of the answered
+    images' served probabilities.
+
+    The ROC and reliability CSVs are long tables with a series column (`class`, `probabilities`)
+    that the project's DVC templates (.dvc/plots/) draw as one line per series.
+    """
+    classes, report = params.classes, result[split]
+    answers = pd.DataFrame({"actual": np.asarray(classes, dtype=object)[y],
+                            "predicted": _answer_names(served, classes)})  # fmt: skip
+    plots.save_csv(answers, csv_dir / f"confusion_{split}.csv")
+    n = f"{len(y)} images"
+    columns = [*classes, OUT_OF_SCOPE]
+    for normalize, kind in ((False, "counts"), (True, "normalized")):
+        title = f"{arch}, {split}: confusion ({'row-normalised' if normalize else 'counts'}), {n}"
+        fig = plots.confusion_figure(report["confusion_matrix"], classes, normalize, title, columns)
+        plots.save_png(fig, png_dir / f"confusion_{kind}_{split}.png")
+    ans = served.answered
+    shown_n = f"{int(ans.sum())} answered of {n}"
+    roc = metrics.roc_points(y[ans], served.probabilities[ans], classes)
+    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_dir / f"roc_{split}.csv")
+    auc = {c: v["roc_auc"] for c, v in report["answered"]["per_class"].items()}
+    fig = plots.roc_figure(roc, auc, f"{arch}, {split}: ROC, one-vs-rest, {shown_n}")
+    plots.save_png(fig, png_dir / f"roc_{split}.png")
+    curves = _reliability_curves(y[ans], raw[ans], report["calibration"], params)
+    rows = [{"probabilities": name, **r} for name, bins in curves.items() for r in bins]
+    plots.save_csv(pd.DataFrame(rows), csv_dir / f"reliability_{split}.csv")
+    shown = {
+        name: [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
+        for name, bins in curves.items()
+    }
+    fig = plots.reliability_figure(
+        shown,
+        f"{arch}, {split}: reliability of p(malignant), {shown_n}",
+        axes=("mean predicted p(malignant)", "observed fraction malignant"),
+    )
+    plots.save_png(fig, png_dir / f"reliability_{split}.png")
+
+
+def _reliability_curves(
+    y: np.ndarray, p: np.ndarray, calibration: dict, params: Params
+) -> dict[str, list[dict]]:
+    """Non-empty reliability bins of p(malignant): raw, and temperature-scaled when a temperature
+    was fitted (before / after), the one served marked as such."""
+    m, n_bins = params.classes.index(POSITIVE), params.evaluate.ece_bins
+    t, applied = calibration.get("temperature"), calibration.get("applied")
+    probabilities = {"raw": p}
+    if t:
+        probabilities[f"temperature-scaled T={t:.2f}"] = metrics.apply_temperature(p, t)
+    curves = {}
+    for name, q in probabilities.items():
+        is_served = (name == "raw") != bool(applied and t)
+        label = f"{name} (served)" if is_served else name
+        bins = statistics.reliability_curve(y == m, q[:, m], n_bins)
+        curves[label] = [r for r in bins if r["count"]]
+    return curves
+
+
+def _test_images(
+    out: Path,
+    model: keras.Model,
+    features: np.ndarray,
+    test: ImageSet,
+    served: Served,
+    params: Params,
+    arch: str,
+) -> None:
+    """Sample answers and Grad-CAM maps of test images, per class."""
+    e, classes, y, p = params.evaluate, params.classes, test.labels, served.probabilities
+    answers = _answer_names(served, classes)
+    captions = [
+        f"true {classes[t]}\n{name}" if refused else f"true {classes[t]}\n{name} {q[k]:.2f}"
+        for t, name, k, q, refused in zip(y, answers, served.labels, p, served.refused, strict=True)
+    ]
+    if e.samples_per_class:
+        picks = plots.choose_samples(y, p, classes, e.samples_per_class, params.seed)
+        fig = plots.image_grid(test.images, picks, captions, f"{arch}, test: sample answers")
+        plots.save_png(fig, out / "samples_test.png")
+    picks = {
+        f"true {name}": [int(i) for i in np.flatnonzero(y == k)[: e.gradcam_per_class]]
+        for k, name in enumerate(classes)
+    }
+    chosen = sorted(i for idx in picks.values() for i in idx)
+    if not chosen:
+        return
+    maps = cam.maps_from_features(model, features[chosen], served.labels[chosen])
+    cells = cam.grid(model)  # each cell drawn where the backbone centres it, not spread evenly
+    tiles: dict[int, np.ndarray] = {}  # the image and its overlay side by side
+    for i, heat in zip(chosen, maps, strict=True):
+        gap = np.full((test.images.shape[1], 2, 3), 255, dtype=np.uint8)
+        tiles[i] = np.hstack([test.images[i], gap, cam.overlay(test.images[i], heat, cells=cells)])
+    title = f"{arch}, test: class activation maps (Grad-CAM) of the most probable class"
+    plots.save_png(plots.image_grid(tiles, picks, captions, title), out / "gradcam_test.png")
+
+
+def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) -> str:
+    """The models side by side on one split, then their paired difference.
+
+    `val` is the development view (`comparison.md`, printed by `make demo`); `test` is the test
+    report (`test.md`), headed by how often this test split has been looked at.
+    """
+    archs = list(results)
+    reports = {a: results[a][split] for a in archs}
+    first = reports[archs[0]]
+    title = "Validation" if split == "val" else "Test"
+    lines = [f"# Model comparison: {title.lower()}", ""]
+    if split == "test":
+        lines += [_test_use_line(first.get("test_use")), ""]
+    lines += [
+        f"{title}: {first.get('n')} images in {first.get('groups')} groups. Every figure scores "
+        "the served answers (the released rule, out-of-scope refusal included): class metrics "
+        "the class answer over every image with a refusal counted wrong; ROC-AUC, Brier and ECE "
+        "the served probabilities of the answered images; the referral rows the flag, a refused "
+        "malignant image not flagged. Point estimates with 95% cluster-bootstrap intervals "
+        "(groups resampled within class), exact intervals for the refused shares. Selection "
+        "uses validation only.",
+        "",
+        "| metric | " + " | ".join(archs) + " |",
+        "|---" * (len(archs) + 1) + "|",
+    ]
+    lines += refusal_rows(reports, archs)
+    for key, label in LABELS.items():
+        cells = [format_estimate(reports[a].get(key)) for a in archs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [format_estimate((reports[a].get("answered") or {}).get("macro_f1")) for a in archs]
+    lines.append("| Macro F1, answered images only | " + " | ".join(cells) + " |")
+    lines += _decision_rows(reports, archs)
+    lines += ["", *_paired_lines(comparison, split)]
+    return "\n".join(lines) + "\n"
+
+
+def _decision_rows(reports: dict[str, dict], archs: list[str]) -> list[str]:
+    """Rows for the served decision (threshold chosen on val) and the lesion-only question."""
+    rows = []
+    ops = {a: reports[a].get("operating_point") or {} for a in archs}
+    lesions = {a: reports[a].get("lesions") or {} for a in archs}
+    rows.append("| Referral threshold on p(malignant) (chosen on val) | "
+                + " | ".join(_number(ops[a].get("threshold")) for a in archs) + " |")  # fmt: skip
+    for key, label in (
+        ("sensitivity", "Referral flag: malignant sensitivity"),
+        ("specificity", "Referral flag: specificity"),
+        ("ppv", "Referral flag: PPV (this sample)"),
+        ("npv", "Referral flag: NPV (this sample)"),
+        ("ppv_at_prevalence", "Referral flag: PPV at the params prevalence"),
+        ("npv_at_prevalence", "Referral flag: NPV at the params prevalence"),
+        ("auc", "Malignant vs rest AUC (served p(malignant))"),
+    ):
+        rows.append(
+            f"| {label} | " + " | ".join(format_estimate(ops[a].get(key)) for a in archs) + " |"
+        )
+    for key, label in (
+        ("auc", "AUC"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+    ):
+        cells = [format_estimate(lesions[a].get(key)) for a in archs]
+        rows.append(f"| Lesions only (benign vs malignant): {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _paired_lines(comparison: dict, split: str) -> list[str]:
+    a, b, paired = comparison["a"], comparison["b"], comparison[split]
+    lines = [f"## Paired difference ({a} minus {b}, same images)", ""]
+    for key in ("macro_f1", "malignant_auc"):
+        d = paired[key]
+        verdict = (
+            "distinguishable from noise" if d["distinguishable"]
+            else "not distinguishable from noise (the interval contains 0)"
+        )  # fmt: skip
+        lines.append(
+            f"- {key}: {format_estimate(d['difference'])} over {d['images']} images in "
+            f"{d['groups']} groups: {verdict}."
+        )
+    mc = paired["mcnemar"]
+    lines.append(
+        f"- McNemar (class answers, a refusal wrong): {mc['only_a_correct']} images right "
+        f"only by {a}, "
+        f"{mc['only_b_correct']} only by {b}; exact p = {mc['p_value']:.3f} (treats images as "
+        "independent, so slightly optimistic with duplicate groups)."
+    )
+    return lines
+
+
+def _test_use_line(use: dict | None) -> str:
+    if not use:
+        return "Test use: not recorded."
+    return (
+        "**Every look at this test split is counted**: one run per look in MLflow experiment "
+        f"`{use['ledger']}` (split sha256 {use['split_sha256'][:12]}); `evaluate` prints the count "
+        "and the model card attached to the registered version states it. Every look that informs "
+        "a choice makes these numbers more optimistic."
+    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
