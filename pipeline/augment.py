@@ -17,35 +17,36 @@ import pandas as pd
 from pipeline.augmentation import augment_image, balance_counts
 from pipeline.cli import stage_main
 from pipeline.config import Params
-from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, read_manifest, read_rgb
+from pipeline.datasets import read_manifest, read_rgb
 from pipeline.errors import UserError
 from pipeline.files import staged_dir
+from pipeline.paths import AUGMENTED, MANIFEST, PREPARED
 
 
 def run(params: Params) -> dict[str, int]:
     """Write the class-balanced, seeded augmented copies of the train split to data/augmented/.
 
     Only the train split: validation and test stay as prepared, so they measure real images."""
-    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    frame = read_manifest(MANIFEST)
     train = frame[frame["split"] == "train"].sort_values("path")
     counts = {label: int((train["label"] == label).sum()) for label in params.classes}
     empty = [label for label, n in counts.items() if n == 0]
     if empty:
-        raise UserError(f"{PREPARED_DIR / 'manifest.csv'}: no train images for class(es) {empty}")
+        raise UserError(f"{MANIFEST}: no train images for class(es) {empty}")
     needed = balance_counts(counts, params.augment.target_per_class)
     rng = np.random.default_rng(params.seed)
     rows = []
-    with staged_dir(AUGMENTED_DIR) as out:
+    with staged_dir(AUGMENTED) as out:
         for label in params.classes:
             members = train[train["label"] == label]["path"].tolist()
             (out / "images" / label).mkdir(parents=True)
             for rel in members:
                 target = Path("images") / label / Path(rel).name
-                shutil.copyfile(PREPARED_DIR / rel, out / target)
+                shutil.copyfile(PREPARED / rel, out / target)
                 rows.append((str(target), label, rel, 0))
             for i in range(needed[label]):
                 rel = members[int(rng.integers(len(members)))]
-                image = augment_image(read_rgb(PREPARED_DIR / rel), rng, params.augment)
+                image = augment_image(read_rgb(PREPARED / rel), rng, params.augment)
                 target = Path("images") / label / f"aug-{i:05d}-{Path(rel).name}"
                 cv2.imwrite(str(out / target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 rows.append((str(target), label, rel, 1))

@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
 from pipeline.layers import INPUT, POOL, RESIZE
+from pipeline.paths import SELECTED
 from pipeline.serving.classifier import ONNX_FILE
 from pipeline.serving.engine import ONNX_OUTPUTS as OUTPUTS
 
 if TYPE_CHECKING:
     import keras
-
-RELEASE_DIR = Path("models/selected")
 
 
 def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.export", description=__doc__.split("\n")[0]
     )
-    p.add_argument("release", nargs="?", type=Path, default=RELEASE_DIR, help="release folder")
+    p.add_argument("release", nargs="?", type=Path, default=SELECTED, help="release folder")
     p.add_argument("--keras", type=Path, default=None, help="export this .keras file instead")
     p.add_argument("--out", type=Path, default=None, help="with --keras: the .onnx to write")
     args = p.parse_args(argv)

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from pipeline import curation, dicom, duplicates, images, layouts, splits
+from pipeline import curation, dicom, duplicates, images, layouts, paths, splits
 from pipeline.cli import stage_main
 from pipeline.config import Params, PrepareParams
 from pipeline.errors import UserError
@@ -57,9 +57,6 @@ from pipeline.files import (
     write_text,
 )
 
-PREPARED = Path("data/prepared")
-REPORTS = Path("reports/data")
-FAILURES = Path("reports/data-failures")  # not a DVC output: survives a failed `dvc repro`
 PAIR_COLUMNS = (
     "group",
     "source_a",
@@ -114,11 +111,11 @@ class Item:
 def run(params: Params) -> dict[str, Any]:
     """Prepare the data set; return the summary (also written to reports/data/summary.json)."""
     p = params.prepare
-    remove_stale_staging(PREPARED)  # left by a run that was killed before it could clean up
+    remove_stale_staging(paths.PREPARED)  # left by a run that was killed before it could clean up
     found, excluded, unmatched = _curated(params)
     # Each file is decoded once: a valid one is fitted and written to a scratch folder inside the
     # staged output, which replaces data/prepared/ only if every check below passes.
-    with staged_dir(PREPARED) as out:
+    with staged_dir(paths.PREPARED) as out:
         scratch = out / "scratch"
         jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(found.records)]
         checked = _parallel(lambda job: _inspect(*job, p, params.data.id_salt), jobs)
@@ -147,14 +144,16 @@ def run(params: Params) -> dict[str, Any]:
     summary = _summary(params, found, items, rejects, groups, conflicts, rows, pairs)
     summary["excluded"] = _excluded_summary(excluded, unmatched)
     summary["grouping"] = _grouping_summary([items[k] for k in kept], split_groups)
-    write_json(REPORTS / "summary.json", summary)
+    write_json(paths.DATA_REPORTS / "summary.json", summary)
     rejected = _reject_rows(rejects + excluded, found)
-    write_text(REPORTS / "rejects.csv", _csv(("source", "reason"), rejected))
-    write_text(REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
-    write_text(REPORTS / "duplicates.csv", _csv(PAIR_COLUMNS, _pair_rows(pairs, items, groups)))
-    write_bytes(REPORTS / "duplicate_groups.png", images.png_bytes(group_sheet))
-    write_bytes(REPORTS / "contact_sheet.png", images.png_bytes(sheet))
-    shutil.rmtree(FAILURES, ignore_errors=True)  # an old failure is no longer the state
+    write_text(paths.DATA_REPORTS / "rejects.csv", _csv(("source", "reason"), rejected))
+    write_text(paths.DATA_REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
+    write_text(
+        paths.DATA_REPORTS / "duplicates.csv", _csv(PAIR_COLUMNS, _pair_rows(pairs, items, groups))
+    )
+    write_bytes(paths.DATA_REPORTS / "duplicate_groups.png", images.png_bytes(group_sheet))
+    write_bytes(paths.DATA_REPORTS / "contact_sheet.png", images.png_bytes(sheet))
+    shutil.rmtree(paths.DATA_FAILURES, ignore_errors=True)  # an old failure is no longer the state
     _report(summary, found, rows)
     return summary
 
@@ -341,7 +340,7 @@ def _failure_report(rejects: list[tuple[str, str]], found: layouts.Found) -> Ite
     try:
         yield
     except UserError as error:
-        path = FAILURES / "rejects.csv"
+        path = paths.DATA_FAILURES / "rejects.csv"
         write_text(path, _csv(("source", "reason"), _reject_rows(rejects, found)))
         raise UserError(f"{error} (every rejected file and its reason: {path})") from None
 
@@ -562,14 +561,14 @@ def _report(summary: dict[str, Any], found: layouts.Found, rows: list[dict]) -> 
     """A few lines on stdout; the details are in reports/data/."""
     per_class = ", ".join(f"{c} {v['total']}" for c, v in summary["classes"].items())
     per_split = ", ".join(f"{s} {n}" for s, n in summary["splits"].items())
-    print(f"prepare: {summary['total']} images ({per_class}; {per_split}) -> {PREPARED}/")
+    print(f"prepare: {summary['total']} images ({per_class}; {per_split}) -> {paths.PREPARED}/")
     print(
         f"prepare: {summary['rejects']['total']} rejected, "
         f"{summary['duplicates']['groups']} duplicate groups, "
-        f"{summary['conflicts']['groups']} label conflicts (see {REPORTS}/)"
+        f"{summary['conflicts']['groups']} label conflicts (see {paths.DATA_REPORTS}/)"
     )
     for kind, n in sorted(summary["skipped"].items()):
-        print(f"prepare: warning: {n} skipped as {kind} (see {REPORTS}/rejects.csv)")
+        print(f"prepare: warning: {n} skipped as {kind} (see {paths.DATA_REPORTS}/rejects.csv)")
     excluded, grouping = summary["excluded"], summary["grouping"]
     if excluded["total"]:
         reasons = ", ".join(f"{r} {n}" for r, n in excluded["by_reason"].items())

@@ -28,6 +28,8 @@ from urllib.parse import quote, unquote, urlparse
 
 import mlflow
 
+from pipeline import paths
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # MLflow 3's UI opens an experiment on its GenAI (traces) view unless the experiment says it is
 # for model development; this tag, set when the project creates the experiment, says so.
@@ -239,7 +241,7 @@ def experiment_name() -> str | None:
 
 
 # What the pipeline itself rewrites while it runs: a change there says nothing about the code.
-PIPELINE_WRITES = ("dvc.lock", "reports", "models")
+PIPELINE_WRITES = ("dvc.lock", str(paths.REPORTS), str(paths.MODELS))
 
 
 def git_commit() -> str:

@@ -30,12 +30,11 @@ from pipeline import backbones, compilation, distribution, environment, plots, t
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
-from pipeline.datasets import AUGMENTED_DIR, PREPARED_DIR, ImageSet, load_set
+from pipeline.datasets import ImageSet, load_set
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
+from pipeline.paths import AUGMENTED, MANIFEST, PREPARED, TRAIN_REPORTS, model_dir
 
-MODELS_DIR = Path("models")
-REPORTS_DIR = Path("reports/train")
 # The DVC stage that trains each architecture (dvc.yaml), for the run's `dvc_stage` tag.
 STAGES = {"densenet121": "train_densenet", "resnet50": "train_resnet"}
 # Per-epoch columns that change from run to run on the same code and data: they go to MLflow
@@ -154,8 +153,8 @@ def run(params: Params, arch: str) -> dict[str, float]:
     compilation.enable_cache(tracking.project_root())
     if params.train.mixed_precision:
         keras.mixed_precision.set_global_policy(params.train.mixed_precision)
-    train = load_set(AUGMENTED_DIR, params.classes)
-    val = load_set(PREPARED_DIR, params.classes, split="val")
+    train = load_set(AUGMENTED, params.classes)
+    val = load_set(PREPARED, params.classes, split="val")
     model = backbones.build_classifier(
         arch,
         params.prepare.image_size,
@@ -176,7 +175,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         ) as active,
     ):
         mlflow.log_params(_run_params(params, arch, train, val))
-        _log_dataset(PREPARED_DIR / "manifest.csv")
+        _log_dataset(MANIFEST)
         clock = CompileClock(arch)
         history, best_epoch = _fit(model, batches, val, params, arch, clock)
         summary = _summary(history, best_epoch)
@@ -184,7 +183,7 @@ def run(params: Params, arch: str) -> dict[str, float]:
         served = backbones.for_inference(model)
         _log_model(served, params, arch, synthetic)
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
-        with staged_dir(MODELS_DIR / arch) as out:
+        with staged_dir(model_dir(arch)) as out:
             served.save(out / "model.keras")
             write_json(out / "run.json", run_info)
         _write_reports(history, summary, best_epoch, arch)
@@ -225,7 +224,7 @@ def _write_reports(
 ) -> None:
     """reports/train/<arch>/: history.csv (no timings), metrics.json and curves.png; the history
     and the curves also go to the active MLflow run."""
-    folder = REPORTS_DIR / arch
+    folder = TRAIN_REPORTS / arch
     plots.save_csv(history.drop(columns=list(TIMING_COLUMNS)), folder / "history.csv")
     write_json(folder / "metrics.json", summary)
     plots.save_png(

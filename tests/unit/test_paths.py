@@ -1,0 +1,38 @@
+"""pipeline.paths is where the stages read and write; dvc.yaml spells the same folders for DVC,
+so a folder renamed in one place and not the other is caught here, not by a stage that finds
+nothing where DVC put it."""
+
+from pathlib import Path
+
+import yaml
+
+from pipeline import paths
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+NOT_DVC_OUTPUTS = {paths.DATA_FAILURES, paths.PROMOTION}  # written beside the pipeline
+
+
+def dvc_paths() -> set[str]:
+    """Every path a stage declares: deps, outs, metrics and plots (names of cache settings off)."""
+    found = set()
+    for stage in STAGES.values():
+        for field in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(field, []):
+                found |= set(entry) if isinstance(entry, dict) else {entry}
+    return found
+
+
+def test_every_stage_folder_is_the_one_dvc_yaml_declares():
+    declared = dvc_paths()
+    constants = {v for v in vars(paths).values() if isinstance(v, Path)}
+    assert len(constants) >= 10
+    for path in sorted(constants - NOT_DVC_OUTPUTS - {paths.REPORTS, paths.MODELS}, key=str):
+        assert any(d == str(path) or d.startswith(f"{path}/") for d in declared), path
+
+
+def test_each_trained_model_folder_is_a_dvc_output():
+    for name, stage in STAGES.items():
+        if "pipeline.train" in stage["cmd"]:
+            arch = stage["cmd"].split("--arch ")[1].split()[0]
+            assert str(paths.model_dir(arch)) in stage["outs"], name
