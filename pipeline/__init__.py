@@ -11,6 +11,8 @@ Stages (dvc.yaml)
     train         stages train_densenet, train_resnet: models/<arch>/, reports/train/<arch>/, a run
     evaluate      both models on val and test: reports/evaluate/ (test looks go to the ledger)
     select        the winner on validation -> models/selected/ (the release), card, @challenger
+    external      each site of data.external through the release: reports/external/ (counted
+                  looks, the card's External validation section)
 
 Commands after the pipeline (Makefile targets)
     promote       @challenger -> @champion through the gate on unseen test images; rollback
@@ -55,6 +57,12 @@ Measuring (evaluate, select, promote)
     plots         figures (PNG) and the tables behind `dvc plots` (CSV)
     ledger        every computation of test metrics, recorded in MLflow and counted
     model_card    reports/model_card.md, also the registry version's description
+    external_sets an external site prepared like data.raw_dir, minus copies of development images
+                  and their patients (the pairs listed)
+    external_report
+                  external validation figures from the served answers: intervals, calibration,
+                  refusals, case mix, differences from internal test
+    external_card external validation in words: the card's section, external.md
 Tracking and registry
     tracking      where the MLflow store is; run names and tags (DVC stage, experiment, data)
     registry      register a run's model, move aliases, tag versions

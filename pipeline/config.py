@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -31,6 +32,21 @@ class DemoParams:
     out_dir: str
     images: int
     size: int
+    # a second synthetic "site" with another scanner look, for the external stage's demo
+    external_dir: str
+    external_images: int
+
+
+EXTERNAL_ROOT = "data/external"  # every external set lives below it (the external stage's dep)
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """One entry of `data.external`: another site's images, scored apart and never trained on."""
+
+    name: str  # names its reports: reports/external/sites/<name>/
+    path: str  # a folder (BUSI layout or class folders) or a CSV, under data/external/
+    group_column: str | None  # the CSV's patient/study id column (null: the usual names)
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class DataParams:
     exclude: str  # path,reason (path may be a glob): left out before splitting
     group_column: str | None  # CSV patient/study column (None: patient_id / study_id)
     id_salt: str  # patient/study ids are hashed with it before any use
+    external: tuple[ExternalSet, ...]  # external validation sets (pipeline.external)
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,7 @@ class PromoteParams:
     min_malignant_sensitivity: float
     margin: float
     min_test_images: int
+    external_gate: bool  # true: every external site must also clear the two floors
 
 
 @dataclass(frozen=True)
@@ -278,7 +296,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise UserError(f"{key}: expected one of {list(allowed)}, got {value!r}")
     if origin is tuple:
         (item,) = typing.get_args(hint)[:1]
-        if not isinstance(value, list) or not value:
+        empty_ok = dataclasses.is_dataclass(item)  # a list of sections may be empty
+        if not isinstance(value, list) or not (value or empty_ok):
             raise UserError(f"{key}: expected a non-empty list, got {value!r}")
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is bool:
@@ -310,6 +329,7 @@ def _check_values(p: Params) -> None:
     """The ranges and relations that types cannot say, one function per params.yaml section (in
     the file's order, so the first bad key in the file is the one reported)."""
     _check_project(p)
+    _check_external(p)
     _check_prepare(p.prepare)
     _check_augment(p.augment)
     _need(0 <= p.model.dropout < 1, "model.dropout", "must be within [0, 1)")
@@ -333,6 +353,46 @@ def _check_project(p: Params) -> None:
         len(p.data.id_salt) >= 8,
         "data.id_salt",
         "need at least 8 characters; set a secret of your own per site (ids are hashed with it)",
+    )
+
+
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _check_external(p: Params) -> None:
+    """`data.external`: distinct names usable as folder names, paths under data/external/ (the
+    external stage's DVC dependency) and never the development data."""
+    _need(p.demo.external_images >= 3, "demo.external_images", "need at least 3 images")
+    names: set[str] = set()
+    raw = Path(p.data.raw_dir).resolve()
+    for i, site in enumerate(p.data.external):
+        key = f"data.external[{i}]"
+        _need(
+            bool(SITE_NAME.match(site.name)),
+            f"{key}.name",
+            f"{site.name!r}: use lower-case letters, digits, '-' or '_' (it names a folder)",
+        )
+        _need(site.name not in names, f"{key}.name", f"{site.name!r} is used twice")
+        names.add(site.name)
+        _need(
+            _under(site.path, EXTERNAL_ROOT),
+            f"{key}.path",
+            f"{site.path!r} must be under {EXTERNAL_ROOT}/ (the external stage's DVC "
+            "dependency); move the folder or CSV there",
+        )
+        where = Path(site.path).resolve()
+        _need(
+            not (where.is_relative_to(raw) or raw.is_relative_to(where)),
+            f"{key}.path",
+            f"{site.path!r} overlaps data.raw_dir: external images must stay apart from "
+            "development data",
+        )
+
+
+def _under(path: str, root: str) -> bool:
+    """True when `path` is strictly inside the project-relative folder `root`."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve()) and (
+        Path(path).resolve() != Path(root).resolve()
     )
 
 

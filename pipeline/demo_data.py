@@ -1,8 +1,10 @@
 """Generate the built-in synthetic demo data set (ultrasound-like, NOT patient images).
 
 Writes `demo.images` images of `demo.size` pixels in BUSI layout under `demo.out_dir`, seeded from
-`seed`, so `dvc repro` runs end to end offline without any data of your own. The folder is built
-aside and swapped in only when complete.
+`seed`, so `dvc repro` runs end to end offline without any data of your own; and a second synthetic
+site, `demo.external_images` images under `demo.external_dir` with another scanner look and case
+mix, for external validation (`data.external`). Each folder is built aside and swapped in only
+when complete.
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ def run(params: Params) -> dict[str, int]:
     demo = params.demo
     with staged_dir(demo.out_dir) as tmp:
         counts = synthetic.generate(tmp, demo.images, demo.size, params.seed)
-    summary = ", ".join(f"{n} {label}" for label, n in counts.items())
-    print(f"demo_data: {sum(counts.values())} synthetic images ({summary}) -> {demo.out_dir}")
+    # the second site's side differs from the first's: image size is part of its case mix
+    site_size = max(32, round(demo.size * 0.75))
+    with staged_dir(demo.external_dir) as tmp:
+        site = synthetic.generate_site(tmp, demo.external_images, site_size, params.seed)
+    for what, found, where in (
+        ("", counts, demo.out_dir),
+        (" second-site", site, demo.external_dir),
+    ):
+        summary = ", ".join(f"{n} {label}" for label, n in found.items())
+        print(f"demo_data: {sum(found.values())} synthetic{what} images ({summary}) -> {where}")
     return counts
 
 

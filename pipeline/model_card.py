@@ -35,6 +35,16 @@ LABELS = {
 }
 
 
+EXTERNAL_HEADING = "## External validation"
+# What select can say: the external stage runs after it, so select never depends on data.external
+# (adding a site re-runs that stage only). The registered version's card gets the real section.
+EXTERNAL_PENDING = [
+    "- Written after release by the `external` stage for each site in `data.external` (or "
+    '"none"): `reports/external/model_card_section.md`, and this section of the registered '
+    "version's card in the MLflow registry.",
+]
+
+
 OWNER = "the busi-pipeline maintainers (issues on the project's repository)"
 LICENCE = (
     "code Apache-2.0 (pyproject.toml); the weights inherit the terms of the training data "
@@ -91,6 +101,7 @@ def render_model_card(
     out += ["", "### Calibration of p(malignant)", "", *_calibration(val, test)]
     out += ["", "### Out-of-distribution inputs", "", *_ood(val, test)]
     out += ["", "### Subgroups (test)", "", *_subgroups(test)]
+    out += ["", EXTERNAL_HEADING, "", *EXTERNAL_PENDING]
     out += ["", "## Ethical considerations", "", *ETHICS]
     out += ["", "## Caveats and recommendations", "", *_limitations(data_summary, synthetic, test)]
     out += ["", "## TRIPOD+AI items", "", *_tripod(val, test)]
@@ -422,6 +433,7 @@ def _tripod(val: dict, test: dict) -> list[str]:
         ("Calibration", "Calibration of p(malignant)"),
         ("Fairness / subgroups", "Subgroups (test); patient characteristics not recorded"),
         ("Test-set reuse", _reuse(use)),
+        ("External validation", "External validation (per site, or none)"),
         ("Model availability", "MLflow registry version above; code in this repository"),
         ("Limitations", "Caveats and recommendations"),
     ]

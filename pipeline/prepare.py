@@ -118,7 +118,7 @@ def run(params: Params) -> dict[str, Any]:
     with staged_dir(paths.PREPARED) as out:
         scratch = out / "scratch"
         jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(found.records)]
-        checked = _parallel(lambda job: _inspect(*job, p, params.data.id_salt), jobs)
+        checked = parallel(lambda job: inspect_file(*job, p, params.data.id_salt), jobs)
         items = [c for c in checked if isinstance(c, Item)]
         rejects = [
             (r.source, str(c))
@@ -127,7 +127,7 @@ def run(params: Params) -> dict[str, Any]:
         ]
         with _failure_report(rejects + excluded, found):
             _check_rejects(len(found.records), rejects, p)
-            pairs, groups = _duplicates(items, p)
+            pairs, groups = find_duplicates(items, p)
             labels = [i.record.label for i in items]
             keep, conflicts = duplicates.resolve_conflicts(labels, groups, p.conflict_policy)
             kept = [k for k, ok in enumerate(keep) if ok]
@@ -138,7 +138,7 @@ def run(params: Params) -> dict[str, Any]:
         group_sheet = _group_sheet(items, groups, keep)  # from scratch, before it is cleared
         _move_into_place(out, rows, [items[k] for k in kept])
         shutil.rmtree(scratch, ignore_errors=True)  # what is left there was dropped
-        write_text(out / "manifest.csv", _csv(MANIFEST_COLUMNS, rows))
+        write_text(out / "manifest.csv", csv_text(MANIFEST_COLUMNS, rows))
         sheet = _contact_sheet(rows, out, params.classes)
 
     summary = _summary(params, found, items, rejects, groups, conflicts, rows, pairs)
@@ -146,10 +146,11 @@ def run(params: Params) -> dict[str, Any]:
     summary["grouping"] = _grouping_summary([items[k] for k in kept], split_groups)
     write_json(paths.DATA_REPORTS / "summary.json", summary)
     rejected = _reject_rows(rejects + excluded, found)
-    write_text(paths.DATA_REPORTS / "rejects.csv", _csv(("source", "reason"), rejected))
+    write_text(paths.DATA_REPORTS / "rejects.csv", csv_text(("source", "reason"), rejected))
     write_text(paths.DATA_REPORTS / "label_conflicts.csv", _conflict_csv(conflicts, items))
     write_text(
-        paths.DATA_REPORTS / "duplicates.csv", _csv(PAIR_COLUMNS, _pair_rows(pairs, items, groups))
+        paths.DATA_REPORTS / "duplicates.csv",
+        csv_text(PAIR_COLUMNS, _pair_rows(pairs, items, groups)),
     )
     write_bytes(paths.DATA_REPORTS / "duplicate_groups.png", images.png_bytes(group_sheet))
     write_bytes(paths.DATA_REPORTS / "contact_sheet.png", images.png_bytes(sheet))
@@ -191,7 +192,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _parallel(func: Callable[[T], R], things: Sequence[T]) -> list[R]:
+def parallel(func: Callable[[T], R], things: Sequence[T]) -> list[R]:
     """`[func(t) for t in things]` on a few threads, results in input order."""
     if WORKERS < 2 or len(things) < 8:
         return [func(t) for t in things]
@@ -199,7 +200,7 @@ def _parallel(func: Callable[[T], R], things: Sequence[T]) -> list[R]:
         return list(pool.map(func, things))
 
 
-def _inspect(
+def inspect_file(
     record: layouts.Record, fitted: Path, p: PrepareParams, salt: str
 ) -> Item | images.RejectedImage:
     """Validate one file and write its prepared PNG to `fitted`; the rejection if it is unusable.
@@ -318,7 +319,7 @@ def _grouping_summary(items: list[Item], split_groups: list[str]) -> dict:
     }
 
 
-def _duplicates(items: list[Item], p: PrepareParams) -> tuple[list[duplicates.Pair], list[str]]:
+def find_duplicates(items: list[Item], p: PrepareParams) -> tuple[list[duplicates.Pair], list[str]]:
     """Every duplicate pair among the valid items, and the duplicate group of each item."""
     pairs = duplicates.find_pairs(
         [i.sha256 for i in items],
@@ -341,7 +342,7 @@ def _failure_report(rejects: list[tuple[str, str]], found: layouts.Found) -> Ite
         yield
     except UserError as error:
         path = paths.DATA_FAILURES / "rejects.csv"
-        write_text(path, _csv(("source", "reason"), _reject_rows(rejects, found)))
+        write_text(path, csv_text(("source", "reason"), _reject_rows(rejects, found)))
         raise UserError(f"{error} (every rejected file and its reason: {path})") from None
 
 
@@ -543,11 +544,12 @@ def _conflict_csv(conflicts: list[duplicates.Conflict], items: list[Item]) -> st
         }
         for c in conflicts
     ]
-    return _csv(("group", "sources", "labels", "action"), rows)
+    return csv_text(("group", "sources", "labels", "action"), rows)
 
 
-def _csv(columns: Iterable[str], rows: Iterable[dict]) -> str:
-    r"""CSV text; a file name that is not UTF-8 is written with its odd bytes as `\xNN`."""
+def csv_text(columns: Iterable[str], rows: Iterable[dict]) -> str:
+    r"""CSV text (prepare's reports and the external stage's); a file name that is not UTF-8 is
+    written with its odd bytes as `\xNN`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()

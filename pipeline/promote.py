@@ -10,6 +10,8 @@ manifest that neither model saw: a test group any of whose images is in either r
 2. is non-inferior to the champion: the one-sided 95% lower bound of the paired, group-level
    bootstrap difference in macro-F1 (challenger - champion) lies above `-promote.margin`
    (pipeline.statistics.non_inferiority; bench/promotion_gate.py prints its error rates).
+The external stage's figures for the challenger (reports/external/summary.json, when it scored this
+very model) are named in the record, and gate it only with `promote.external_gate`.
 Every look at the test split is recorded in the test ledger (pipeline.ledger), and the decision,
 with the interval and how often the split has been looked at, goes on the challenger version as
 `promotion_*` tags and to `reports/promotion.json`; a refusal exits non-zero with one line saying
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from pipeline import ledger, registry, tracking
+from pipeline import external_report, ledger, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
@@ -43,6 +46,7 @@ from pipeline.serving.release import read_release
 from pipeline.statistics import non_inferiority
 
 DECISION_FILE = Path("reports/promotion.json")
+EXTERNAL_SUMMARY = Path("reports/external/summary.json")  # the external stage's (after select)
 ACTIONS = ("promote", "rollback")
 PROMOTION_HEADING = "## Promotion"
 POSITIVE = "malignant"
@@ -254,8 +258,32 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     elif ok:
         reason = "no champion yet; the challenger passes the absolute gates"
     evidence["test_split_use"] = ledger.split_use(params.mlflow.experiment, split)
+    evidence["external"] = external_report.promotion_figures(_external_summary(), ours.model_sha256)
+    if ok and params.promote.external_gate:
+        ok, reason = _external_gate(evidence["external"], params, reason)
     theirs_version = theirs.version if theirs else None
     return Decision(ok, reason, ours.version, theirs_version, metrics, other_metrics, evidence)
+
+
+def _external_summary() -> dict[str, Any]:
+    if not EXTERNAL_SUMMARY.is_file():
+        return {}
+    return json.loads(EXTERNAL_SUMMARY.read_text())
+
+
+def _external_gate(sites: dict[str, dict] | None, params: Params, reason: str) -> tuple[bool, str]:
+    """`promote.external_gate`: every external site clears the same two floors as test."""
+    if not sites:
+        return False, (
+            "promote.external_gate is on but reports/external/summary.json has no figures for "
+            "this version; name the sites in data.external and run `dvc repro`"
+        )
+    for name, figures in sites.items():
+        values = {k: float("nan") if figures[k] is None else figures[k] for k in figures}
+        passed, why = floors(values, params)
+        if not passed:
+            return False, f"external site {name}: {why.replace('test ', '', 1)}"
+    return True, f"{reason}; every external site clears the floors"
 
 
 def _card(name: str, decision: Decision, params: Params) -> str:
@@ -284,7 +312,23 @@ def _card(name: str, decision: Decision, params: Params) -> str:
         lines.append(
             f"- This test split has been looked at {use['looks']} times by {use['models']} models."
         )
+    lines += _external_lines(decision.evidence.get("external"), params.promote.external_gate)
     return card.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _external_lines(sites: dict[str, dict] | None, gated: bool) -> list[str]:
+    """The external figures of this version, when the external stage scored it."""
+    if not sites:
+        return ["- External validation: none for this version."]
+    how = "gated (promote.external_gate)" if gated else "reported, not gated"
+    return [
+        f"- External validation ({how}), site {name}: {_pairs(_finite(figures))}."
+        for name, figures in sites.items()
+    ]
+
+
+def _finite(figures: dict[str, float | None]) -> dict[str, float]:
+    return {k: v for k, v in figures.items() if v is not None}
 
 
 def _pairs(metrics: dict[str, float]) -> str:
@@ -370,6 +414,10 @@ def _record(decision: Decision, params: Params, manifest: str) -> None:
     use = decision.evidence.get("test_split_use") or {}
     if use:
         tags["promotion_test_split_looks"] = f"{use['looks']} looks by {use['models']} models"
+    for site, figures in (decision.evidence.get("external") or {}).items():
+        for key in ("macro_f1", "malignant_sensitivity"):
+            if figures.get(key) is not None:
+                tags[f"promotion_external_{site}_{key}"] = _tag(figures[key])
     if decision.promoted:
         tags["promotion_previous_champion"] = decision.champion or "none"
     # a version that vanished keeps its record in reports/promotion.json

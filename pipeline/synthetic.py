@@ -19,6 +19,7 @@ pixels. Everything is a pure function of a seed: same arguments, byte-identical 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -32,12 +33,32 @@ BUSI_COUNTS = {"benign": 437, "malignant": 210, "normal": 133}
 SOURCE_TEXT = "synthetic demo data, not patient images"
 
 
-def class_counts(n_images: int) -> dict[str, int]:
-    """Split n_images across the classes in BUSI's proportions (largest-remainder rounding)."""
+@dataclass(frozen=True)
+class ScannerLook:
+    """How a scanner and its settings change every image, as factors on the demo's own ranges
+    (all 1: the development set's look). External validation needs a second site whose images
+    differ the way another hospital's do."""
+
+    gain: float = 1.0  # overall brightness
+    depth: float = 1.0  # depth attenuation (a deeper field of view, a lower frequency probe)
+    speckle: float = 1.0  # speckle contrast (below 1: smoother, as with spatial compounding)
+
+
+# The demo's second site: brighter, stronger attenuation with depth, smoother speckle, and the
+# case mix of a referral clinic (more malignant, fewer normal scans than BUSI).
+SITE_B_LOOK = ScannerLook(gain=1.35, depth=1.8, speckle=0.6)
+SITE_B_SHARES = {"benign": 0.4, "malignant": 0.45, "normal": 0.15}
+SITE_STREAM = 1  # the second site's images come from their own random streams (no copies)
+
+
+def class_counts(n_images: int, shares: dict[str, float] | None = None) -> dict[str, int]:
+    """Split n_images across the classes in BUSI's proportions, or in `shares`
+    (largest-remainder rounding)."""
     if n_images < len(CLASSES):
         raise ValueError(f"n_images: need at least {len(CLASSES)}, got {n_images}")
-    total = sum(BUSI_COUNTS.values())
-    exact = {c: n_images * BUSI_COUNTS[c] / total for c in CLASSES}
+    weights = shares or BUSI_COUNTS
+    total = sum(weights.values())
+    exact = {c: n_images * weights[c] / total for c in CLASSES}
     counts = {c: math.floor(v) for c, v in exact.items()}
     by_remainder = sorted(CLASSES, key=lambda c: (-(exact[c] - counts[c]), CLASSES.index(c)))
     for c in by_remainder[: n_images - sum(counts.values())]:
@@ -45,16 +66,22 @@ def class_counts(n_images: int) -> dict[str, int]:
     return counts
 
 
-def case_rng(seed: int, label: str, n: int) -> np.random.Generator:
-    """The RNG of one image, derived from (seed, class, n): independent of generation order."""
-    return np.random.default_rng([seed, CLASSES.index(label), n])
+def case_rng(seed: int, label: str, n: int, site: int = 0) -> np.random.Generator:
+    """The RNG of one image, derived from (seed, class, n): independent of generation order.
+    Another `site` draws from other streams."""
+    key = [seed, CLASSES.index(label), n] + ([site] if site else [])
+    return np.random.default_rng(key)
 
 
-def render_case(label: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_case(
+    label: str, rng: np.random.Generator, size: int, look: ScannerLook | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one case: (uint8 image size x size x 3 with equal channels, uint8 0/255 mask).
 
-    The mask marks the lesion and is all zero for `normal`.
+    The mask marks the lesion and is all zero for `normal`. `look`: the scanner's (default: the
+    development set's; its factors of 1 leave every byte as it was).
     """
+    look = look or ScannerLook()
     if label not in CLASSES:
         raise ValueError(f"label: expected one of {list(CLASSES)}, got {label!r}")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size  # depth and lateral, in [0, 1)
@@ -72,14 +99,14 @@ def render_case(label: str, rng: np.random.Generator, size: int) -> tuple[np.nda
     speckle = np.sqrt(re * re + im * im) / math.sqrt(math.pi / 2)  # mean 1
     sigma = rng.uniform(0.5, 1.0) * size / 128
     speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=2 * sigma, sigmaY=sigma)
-    speckle = 1 + (speckle / speckle.mean() - 1) * rng.uniform(1.5, 2.5)
+    speckle = 1 + (speckle / speckle.mean() - 1) * rng.uniform(1.5, 2.5) * look.speckle
     image = echo * np.clip(speckle, 0.05, None)
 
     # Depth attenuation (time-gain compensation never quite evens it out), gamma, then an overall
     # gain drawn independently of the class, so mean brightness says nothing about the label.
-    image *= np.exp(-rng.uniform(0.4, 1.4) * yy)
+    image *= np.exp(-rng.uniform(0.4, 1.4) * look.depth * yy)
     image = np.clip(image, 0, None) ** rng.uniform(0.8, 1.2)
-    image *= rng.uniform(0.32, 0.6) / image.mean()
+    image *= rng.uniform(0.32, 0.6) * look.gain / image.mean()
     image += rng.normal(0, 0.02, image.shape).astype(np.float32)  # electronic noise
     gray = np.clip(image * 170, 0, 255).astype(np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2), mask
@@ -106,6 +133,43 @@ def generate(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, in
             Image.fromarray(mask, "L").save(folder / f"{label} ({n})_mask.png", pnginfo=info)
     (out_dir / "README.md").write_text(_readme(counts, size, seed))
     return counts
+
+
+def generate_site(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, int]:
+    """Write the demo's second site (`SITE_B_LOOK`, `SITE_B_SHARES`) as class folders without
+    masks, plus a README; return the number of images per class. No image repeats one of
+    `generate`'s: each comes from its own random stream."""
+    out_dir = Path(out_dir)
+    counts = class_counts(n_images, SITE_B_SHARES)
+    info = PngInfo()
+    info.add_text("Source", SOURCE_TEXT)
+    info.add_text("Generator", f"pipeline.synthetic site-b seed={seed} size={size}")
+    for label, count in counts.items():
+        folder = out_dir / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, count + 1):
+            rng = case_rng(seed, label, n, SITE_STREAM)
+            image, _ = render_case(label, rng, size, SITE_B_LOOK)
+            Image.fromarray(image, "RGB").save(folder / f"site-b {label} ({n}).png", pnginfo=info)
+    (out_dir / "README.md").write_text(_site_readme(counts, size, seed))
+    return counts
+
+
+def _site_readme(counts: dict[str, int], size: int, seed: int) -> str:
+    lines = "\n".join(f"| {c} | {n} |" for c, n in counts.items())
+    look = SITE_B_LOOK
+    return f"""# SYNTHETIC SECOND SITE -- NOT PATIENT IMAGES
+
+**Every image in this folder is synthetic**, drawn by `pipeline/synthetic.py` (`generate_site`)
+for the demo's external validation (`data.external`, the `external` stage). It imitates a second
+hospital: another scanner look (gain x{look.gain}, depth attenuation x{look.depth}, speckle
+contrast x{look.speckle} of the development set's) and another case mix, {size}x{size} pixels,
+seed {seed}. No image is a copy of one in the development set.
+
+| class | images |
+|---|---|
+{lines}
+"""
 
 
 def _tissue(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:

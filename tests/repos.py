@@ -21,7 +21,7 @@ GIT = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
 
 # Small enough that the whole pipeline (both trainings included) runs in a few CPU-minutes.
 TINY = {
-    "demo": {"images": 90, "size": 64},
+    "demo": {"images": 90, "size": 64, "external_images": 30},
     "prepare": {"image_size": 32},
     "train": {
         "batch_size": 16,

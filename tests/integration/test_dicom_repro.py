@@ -1,5 +1,6 @@
-"""A hospital's DICOM export through `dvc repro`, for real: patient-level splits, and no patient
-data anywhere in what the pipeline writes.
+"""A hospital's DICOM export through `dvc repro`, for real: patient-level splits, external
+validation on another site's export that leaves out a development patient's new scan, and no
+patient data anywhere in what the pipeline writes.
 
 Every identifying element a scanner fills (names, ids, dates, accession, institution, free-text
 descriptions, UIDs) carries a marker string; after the whole pipeline has run (prepare, augment,
@@ -52,12 +53,28 @@ def hospital_export(raw: Path) -> None:
     write_dicom(raw / "normal" / "LOOP0001", label_image(2, 48, rng), frames=3)
 
 
+def clinic_export(folder: Path) -> None:
+    """Another site's DICOM export: new patients, and one new scan of a development patient."""
+    rng = np.random.default_rng(1)
+    for c, label in enumerate(CLASSES):
+        for p in range(3):
+            write_dicom(folder / label / f"EX{c}{p}", label_image(c, 48, rng), patient=f"9{c}{p}")
+    write_dicom(folder / "benign" / "EXSAME", label_image(0, 48, rng), patient="000")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    hospital = {"data": {"raw_dir": "data/raw/hospital", "id_salt": "site-secret-1"}}
+    hospital = {
+        "data": {
+            "raw_dir": "data/raw/hospital",
+            "id_salt": "site-secret-1",
+            "external": [{"name": "clinic", "path": "data/external/clinic", "group_column": None}],
+        }
+    }
     repo, env = tiny_repo(tmp_path_factory.mktemp("dicom-repo"), hospital)
     hospital_export(repo / "data" / "raw" / "hospital")  # data/raw is never committed
-    log = sh("dvc", "repro", "select", cwd=repo, env=env)
+    clinic_export(repo / "data" / "external" / "clinic")
+    log = sh("dvc", "repro", cwd=repo, env=env)  # through external validation
     return repo, env, log
 
 
@@ -77,6 +94,17 @@ def test_a_dicom_folder_runs_through_dvc_repro_with_patient_level_splits(repo):
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert "Split: patient-level" in (path / "reports/model_card.md").read_text()
     assert (path / "models/selected/model.keras").is_file()
+
+
+def test_a_new_scan_of_a_development_patient_at_another_site_is_left_out(repo):
+    path, _, _ = repo
+    with (path / "reports/external/sites/clinic/left_out.csv").open(newline="") as handle:
+        pairs = {row["external_source"]: row for row in csv.DictReader(handle)}
+    assert pairs["benign/EXSAME"]["how"] == "same patient"
+    assert pairs["benign/EXSAME"]["development_source"].startswith("benign/IM000")
+    summary = json.loads((path / "reports/external/summary.json").read_text())
+    (site,) = summary["sites"]
+    assert site["counts"]["kept"] == len(CLASSES) * 3, pairs  # the new patients, all scored
 
 
 def test_no_marker_of_any_identifying_element_is_in_any_output_or_log(repo):

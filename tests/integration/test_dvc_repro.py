@@ -1,11 +1,15 @@
 """The whole pipeline, for real: `dvc repro` in a fresh git repo on tiny parameters.
 
-One run of every stage (demo data -> prepare -> augment -> both trainings -> evaluate -> select),
-then the checks a user would make: outputs, metrics, MLflow runs, the registered alias, and a
-second `dvc repro` that has nothing to do.
+One run of every stage (demo data -> prepare -> augment -> both trainings -> evaluate -> select
+-> external), then the checks a user would make: outputs, metrics, MLflow runs, the registered
+alias, a second `dvc repro` that has nothing to do, and external validation: the demo's second
+site reported, then copies of development images planted in another site, left out and listed,
+re-running the external stage only.
 """
 
+import csv
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,19 +17,33 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from PIL import Image
 
-from pipeline import ledger
+from pipeline import ledger, synthetic
 from pipeline.serving.classifier import load_classifier
 from tests.repos import BIN, GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
 ARCH_NAMES = ("densenet121", "resnet50")
 
+SITES = {
+    "external": [
+        {
+            "name": "synthetic-site-b",
+            "path": "data/external/synthetic-site-b",
+            "group_column": None,
+        },
+        {"name": "planted", "path": "data/external/planted", "group_column": None},
+    ]
+}
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A copy of the project's tracked and new files in a new git repo, with tiny params."""
-    repo, env = tiny_repo(tmp_path_factory.mktemp("repo"))
+    """A copy of the project's tracked and new files in a new git repo, with tiny params and a
+    second external site of a few images of its own (copies are planted in it later)."""
+    repo, env = tiny_repo(tmp_path_factory.mktemp("repo"), {"data": SITES})
+    synthetic.generate_site(repo / "data/external/planted", 12, 48, seed=7)
     log = sh("dvc", "repro", cwd=repo, env=env)
     return repo, env, log
 
@@ -41,6 +59,7 @@ def test_every_stage_ran_and_locked(repo):
         "train_resnet",
         "evaluate",
         "select",
+        "external",
     }
 
 
@@ -80,6 +99,10 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
     looks = ledger.read_looks(path / ledger.LEDGER_FILE)  # one look per model, evaluate's report
     models = {ledger.file_sha256(str(path / f"models/{a}/model.keras")) for a in ARCH_NAMES}
     ours = [r for r in looks if r["model_sha256"] in models]
+    external = [r for r in ours if r["purpose"].startswith("external: ")]  # the release's, per site
+    sites = sorted(f"external: {site['name']}" for site in SITES["external"])
+    assert sorted(r["purpose"] for r in external) == sites
+    ours = [r for r in ours if r not in external]
     assert sorted(r["purpose"] for r in ours) == ["evaluate: test report"] * 2
     assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
 
@@ -130,6 +153,9 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
     assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment.experiment_id, runs)
     ledger = client.get_experiment_by_name("busi-tumor-classification-test-ledger")
     looks = client.search_runs([ledger.experiment_id])
+    external = [r for r in looks if r.data.tags["purpose"].startswith("external")]
+    assert len(external) == len(SITES["external"])  # each site's scoring is a look too
+    looks = [r for r in looks if r not in external]
     assert len(looks) == 2
     assert all("test_macro_f1" in r.data.metrics for r in looks)
     version = client.get_model_version_by_alias("tumor-classifier", "challenger")
@@ -157,6 +183,48 @@ def assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment_id: str,
             output_format="list",
         )
         assert "model" in {model.name for model in logged}, logged
+
+
+def test_external_validation_reports_the_second_site_with_intervals_and_calibration(repo):
+    path, _, log = repo
+    assert log.index("Running stage 'external'") > log.index("Running stage 'select'")
+    summary = json.loads((path / "reports/external/summary.json").read_text())
+    site = next(s for s in summary["sites"] if s["name"] == "synthetic-site-b")
+    assert site["counts"]["kept"] == 30
+    sensitivity = site["figures"]["referral"]["sensitivity"]
+    assert sensitivity["ci_low"] <= sensitivity["value"] <= sensitivity["ci_high"]
+    assert {"observed_share", "expected_share", "reliability"} <= site["figures"][
+        "calibration"
+    ].keys()
+    card = (path / "reports/external/model_card_section.md").read_text()
+    assert "### Site `synthetic-site-b`" in card
+    assert "calibration" in card.lower()
+    uri = f"sqlite:///{path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("tumor-classifier", "challenger")
+    assert "### Site `synthetic-site-b`" in version.description  # the card that travels
+
+
+def test_planted_copies_of_development_images_rerun_only_external_and_are_left_out(repo):
+    """An exact copy and a 20% crop of development scans, added to a site: only `external` is
+    out of date, and its report lists both as left out."""
+    path, env, _ = repo
+    demo, planted = path / "data/raw/synthetic-demo", path / "data/external/planted"
+    shutil.copy(demo / "benign" / "benign (2).png", planted / "benign" / "copy.png")
+    scan = Image.open(demo / "malignant" / "malignant (2).png")
+    w, h = scan.size
+    scan.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(planted / "malignant" / "crop.png")
+    changed = set(json.loads(sh("dvc", "status", "--json", cwd=path, env=env)))
+    assert changed == {"external"}, changed
+    log = sh("dvc", "repro", cwd=path, env=env)
+    assert "Running stage 'external'" in log
+    assert "Running stage 'select'" not in log
+    with (path / "reports/external/sites/planted/left_out.csv").open() as handle:
+        pairs = {row["external_source"]: row["how"] for row in csv.DictReader(handle)}
+    assert pairs == {"benign/copy.png": "exact", "malignant/crop.png": "crop/shift"}
+    summary = json.loads((path / "reports/external/summary.json").read_text())
+    site = next(s for s in summary["sites"] if s["name"] == "planted")
+    assert site["counts"]["kept"] == 12
 
 
 def test_a_change_to_the_serving_code_reruns_select_but_never_training(repo):
@@ -308,7 +376,7 @@ def test_dvc_exp_show_of_the_sweep_fits_in_200_columns(sweep):
 # Training's committed reports (history, metrics) were checked the same way once (a forced
 # train_resnet: unchanged) and are guarded by test_train; retraining here would cost minutes.
 
-RERUN = ("evaluate", "select")
+RERUN = ("evaluate", "select", "external")
 
 
 def test_rerunning_the_reporting_stages_changes_no_committed_file_but_dvc_lock(repo):

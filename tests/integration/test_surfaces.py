@@ -51,7 +51,10 @@ AZURE_ONNX_SERVER = ROOT / ".venv-azureml-onnx" / "bin" / "azmlinfsrv"
 AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
 BIN = Path(sys.executable).parent
 MAX_UPLOAD_BYTES = 400_000
-RAW = {"mlflow": {"experiment": "tests"}, "demo": {"out_dir": "demo"}}
+RAW = {
+    "mlflow": {"experiment": "tests"},
+    "demo": {"out_dir": "demo", "external_images": 3},  # the second site: not used here
+}
 
 
 def post(url: str, body: bytes, content_type: str | None, timeout: float = 120) -> tuple:
