@@ -85,7 +85,7 @@ def run(params: Params) -> dict[str, Any]:
     write_json(SUMMARY_FILE, summary)
     write_text(MARKDOWN_FILE, external_card.report(summary))
     write_text(SECTION_FILE, external_card.section(summary))
-    _update_registered_card(params, release.provenance, summary, counts)
+    _update_registered_card(release.provenance, summary, counts)
     _print(summary, counts)
     return summary
 
@@ -195,15 +195,13 @@ def _write_site(folder: Path, site: external_sets.Site, found: dict, params: Par
     write_text(folder / "reliability.csv", csv_text(bins[0].keys() if bins else ("count",), bins))
 
 
-def _update_registered_card(
-    params: Params, provenance: dict, summary: dict, counts: dict[str, dict]
-) -> None:
+def _update_registered_card(provenance: dict, summary: dict, counts: dict[str, dict]) -> None:
     """Splice the section, with the look counts, into the registered version's card: the copy
     that travels with the model. Nothing to do for an unregistered release (an experiment)."""
     version = provenance.get("version")
     if version is None:
         return
-    name = str(provenance.get("model_name") or params.select.model_name)
+    name = str(provenance["model_name"])
     card = registry.version_description(name, str(version))
     section = external_card.section(summary, counts)
     registry.describe_version(name, str(version), external_card.splice(card, section))

@@ -21,8 +21,10 @@ HOW = (
     "Each site was prepared like the development data (same validation and conversion) but never "
     "split, trained, tuned or fitted on; images that repeat a development image (exact, near, "
     "crop or shift, same patient) were left out with their group. Figures come from the served "
-    "answers of the released model; intervals are 95% cluster-bootstrap intervals over the "
-    "site's groups; a refusal counts as wrong for the class metrics and as not referred."
+    "answers of the released model. 95% intervals count the site's groups (duplicates, "
+    "patients) once: exact on the effective number of images for proportions, a cluster "
+    "bootstrap for macro-F1 and the calibration line. A refusal counts as wrong for the class "
+    "metrics and as not referred."
 )
 
 

@@ -4,9 +4,10 @@ Every figure comes from the served answers (`class`, `decision.refer`, the calib
 probabilities), never from the raw model output beside them. Conventions, as everywhere in the
 project: refused images (out of scope) are counted per class; class metrics are given on the
 answered images and with a refusal counted wrong; the referral flag counts a refused image as not
-flagged (a refused malignant is a missed referral). Intervals are 95% cluster-bootstrap intervals
-over the site's groups (duplicates, patients where known), stratified by class, through the one
-function `_estimates` (the place to swap in another interval for proportions).
+flagged (a refused malignant is a missed referral). Intervals are pipeline.intervals' over the
+site's groups (duplicates, patients where known): exact intervals on the effective n for the
+proportions (accuracy, recall, the flag's sensitivity, specificity, PPV, NPV), a cluster bootstrap
+stratified by class for macro-F1 and the calibration line.
 
 Calibration of the served p(malignant) on the answered images, in TRIPOD+AI's terms:
 calibration-in-the-large (the intercept with the slope fixed at 1; 0 is ideal, below 0 the model
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import statistics
+from pipeline import intervals, statistics
 
 POSITIVE = "malignant"
 OUT_OF_SCOPE = "out_of_scope"
@@ -38,8 +39,8 @@ def served(answers: list[dict], classes: tuple[str, ...]) -> dict[str, np.ndarra
 
 
 def _refer(decision: dict) -> bool | None:
-    """The answer's referral flag: `refer` in the contract, `positive` before its rename."""
-    return decision["refer"] if "refer" in decision else decision.get("positive")
+    """The answer's referral flag (None when refused)."""
+    return decision["refer"]
 
 
 def site_figures(
@@ -54,28 +55,26 @@ def site_figures(
     n_bins: int,
 ) -> dict[str, Any]:
     """Every figure of one site (module doc) from `served`'s arrays and the true labels."""
-    w = statistics.resamples(y, groups, n_bootstrap, seed)
+    w = intervals.resamples(y, groups, n_bootstrap, seed)
     k, m = len(classes), classes.index(POSITIVE)
     answered = out["decided"] < k
+    on = {"w": w, "y": y, "decided": out["decided"], "groups": groups}
+    only = {key: (v[:, answered] if key == "w" else v[answered]) for key, v in on.items()}
+    referral = statistics.decision_rates(y == m, out["refer"], groups, prevalence)
     return {
         "images": int(len(y)),
         "groups": int(len(set(groups.tolist()))),
         "refusals": _refusals(y, answered, classes),
         "class_metrics": {
-            "refusal_counted_wrong": _class_metrics(w, y, out["decided"], k),
-            "answered": _class_metrics(w[:, answered], y[answered], out["decided"][answered], k),
+            "refusal_counted_wrong": _class_metrics(**on, k=k),
+            "answered": _class_metrics(**only, k=k),
         },
-        "referral": _estimates(statistics.binary_rates(w, y == m, out["refer"], prevalence))
+        "referral": referral
         | {"prevalence": prevalence, "refused_malignant_counted_as": "not referred"},
         "calibration": _calibration(
             w[:, answered], y[answered] == m, out["p_malignant"][answered], n_bins
         ),
     }
-
-
-def _estimates(values: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Estimates with intervals from statistics over resamples (row 0: the point value)."""
-    return {name: statistics.summarise(v) for name, v in values.items()}
 
 
 def _refusals(y: np.ndarray, answered: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -86,25 +85,29 @@ def _refusals(y: np.ndarray, answered: np.ndarray, classes: tuple[str, ...]) -> 
     return {"refused": int((~answered).sum()), "answered": int(answered.sum()), **per_class}
 
 
-def _class_metrics(w: np.ndarray, y: np.ndarray, decided: np.ndarray, k: int) -> dict[str, Any]:
-    """Accuracy, macro-F1 over the k classes and per-class recall of the served classes; a
-    decision k (refused) is wrong for its image and belongs to no class's column."""
+def _class_metrics(
+    w: np.ndarray, y: np.ndarray, decided: np.ndarray, groups: np.ndarray, k: int
+) -> dict[str, Any]:
+    """Accuracy and per-class recall (proportions, exact intervals) and macro-F1 over the k
+    classes (cluster bootstrap) of the served classes; a decision k (refused) is wrong for its
+    image and belongs to no class's column."""
     if not len(y):
         return {"images": 0}
+    right = decided == y
+    found: dict[str, Any] = {
+        "images": int(len(y)),
+        "accuracy": intervals.proportion(right, np.ones(len(y), bool), groups),
+    }
+    found |= {f"recall_{c}": intervals.proportion(right, y == c, groups) for c in range(k)}
     cells = np.eye(k * (k + 1))[y * (k + 1) + decided]  # rows: true class, columns: + refused
     confusion = (w @ cells).reshape(-1, k, k + 1)
     tp = np.diagonal(confusion[:, :, :k], axis1=1, axis2=2)
     truth, called = confusion.sum(2), confusion[:, :, :k].sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(truth + called > 0, 2 * tp / (truth + called), np.nan)
-        recall = np.where(truth > 0, tp / truth, np.nan)
     present = (np.bincount(y, minlength=k) > 0)[None, :]
-    values = {
-        "accuracy": tp.sum(1) / confusion.sum((1, 2)),
-        "macro_f1": np.nanmean(np.where(present, f1, np.nan), axis=1),
-    }
-    values |= {f"recall_{c}": recall[:, c] for c in range(k)}
-    return {"images": int(len(y)), **_estimates(values)}
+    found["macro_f1"] = intervals.summarise(np.nanmean(np.where(present, f1, np.nan), axis=1))
+    return found
 
 
 def _calibration(w: np.ndarray, positive: np.ndarray, p: np.ndarray, n_bins: int) -> dict:
@@ -120,7 +123,7 @@ def _calibration(w: np.ndarray, positive: np.ndarray, p: np.ndarray, n_bins: int
     lines = [_line(positive, p, row) for row in w.astype(np.int64)]
     for key, name in (("intercept", "calibration_in_the_large"), ("slope", "slope")):
         v = np.array([np.nan if line[key] is None else line[key] for line in lines])
-        found[name] = statistics.summarise(v)
+        found[name] = intervals.summarise(v)
     return found
 
 
