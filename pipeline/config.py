@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline import paths
 from pipeline.errors import UserError
 
 ARCHS = ("densenet121", "resnet50")
@@ -35,9 +36,6 @@ class DemoParams:
     # a second synthetic "site" with another scanner look, for the external stage's demo
     external_dir: str
     external_images: int
-
-
-EXTERNAL_ROOT = "data/external"  # every external set lives below it (the external stage's dep)
 
 
 @dataclass(frozen=True)
@@ -375,9 +373,9 @@ def _check_external(p: Params) -> None:
         _need(site.name not in names, f"{key}.name", f"{site.name!r} is used twice")
         names.add(site.name)
         _need(
-            _under(site.path, EXTERNAL_ROOT),
+            _under(site.path, str(paths.EXTERNAL_DATA)),
             f"{key}.path",
-            f"{site.path!r} must be under {EXTERNAL_ROOT}/ (the external stage's DVC "
+            f"{site.path!r} must be under {str(paths.EXTERNAL_DATA)}/ (the external stage's DVC "
             "dependency); move the folder or CSV there",
         )
         where = Path(site.path).resolve()

@@ -28,22 +28,28 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import external_card, external_report, external_sets, ledger, registry, tracking
+from pipeline import (
+    external_card,
+    external_report,
+    external_sets,
+    ledger,
+    paths,
+    registry,
+    tracking,
+)
 from pipeline.cli import stage_main
 from pipeline.config import Params
-from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
+from pipeline.datasets import load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.prepare import csv_text
 from pipeline.serving.classifier import Classifier, load_classifier
 
-EXTERNAL_DIR = Path("reports/external")
+EXTERNAL_DIR = paths.EXTERNAL_REPORTS
 SITES_DIR = EXTERNAL_DIR / "sites"
 SUMMARY_FILE = EXTERNAL_DIR / "summary.json"
 MARKDOWN_FILE = EXTERNAL_DIR / "external.md"
 SECTION_FILE = EXTERNAL_DIR / "model_card_section.md"
-SELECTED_DIR = Path("models/selected")
-EVALUATE_DIR = Path("reports/evaluate")
 BATCH = 64
 SITES_README = (
     "Per external site (data.external): left_out.csv, images.csv, rejects.csv, "
@@ -53,7 +59,7 @@ SITES_README = (
 
 def run(params: Params) -> dict[str, Any]:
     """Prepare, screen and score every external site; write the reports (module doc)."""
-    classifier = load_classifier(SELECTED_DIR)
+    classifier = load_classifier(paths.SELECTED)
     release = classifier.release
     model_sha256 = ledger.file_sha256(str(release.model_path))
     # no version number: it changes with every registration, and this file is committed
@@ -92,11 +98,11 @@ def run(params: Params) -> dict[str, Any]:
 
 def _development(params: Params) -> tuple[dict[str, Any], list, dict[str, dict]]:
     """(development case mix, development items to screen against, manifest row by source)."""
-    manifest = read_manifest(PREPARED_DIR / "manifest.csv")
+    manifest = read_manifest(paths.MANIFEST)
     rows = manifest.to_dict("records")
     with tempfile.TemporaryDirectory(prefix="development-") as tmp:
         items = external_sets.development_items(params, rows, Path(tmp))
-    everything = load_set(PREPARED_DIR, params.classes)
+    everything = load_set(paths.PREPARED, params.classes)
     sizes = list(zip(manifest["width"].astype(int), manifest["height"].astype(int), strict=True))
     mix = external_report.case_mix(everything.labels, params.classes, sizes, everything.images)
     return mix, items, {str(r["source"]): r for r in rows}
@@ -104,7 +110,7 @@ def _development(params: Params) -> tuple[dict[str, Any], list, dict[str, dict]]
 
 def _internal_test(arch: str | None) -> dict[str, Any]:
     """The released model's internal test report (evaluate's), for the differences."""
-    path = EVALUATE_DIR / str(arch) / "metrics.json"
+    path = paths.EVALUATE_REPORTS / str(arch) / "metrics.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; run evaluate and select first (dvc repro)")
     return json.loads(path.read_text()).get("test") or {}

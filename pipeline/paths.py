@@ -6,6 +6,7 @@ checks that it spells them the same).
     data/augmented/     augment: the balanced train split
     models/<arch>/      train: one backbone's model.keras and run.json
     models/selected/    select: the release every surface serves
+    data/external/      other sites' sets (data.external), never split or trained on
     reports/<stage>/    each stage's reports
 """
 
@@ -26,6 +27,8 @@ EVALUATE_REPORTS = REPORTS / "evaluate"  # reports/evaluate/<arch>/ and the comp
 SELECTION = REPORTS / "selection.json"
 MODEL_CARD = REPORTS / "model_card.md"
 PROMOTION = REPORTS / "promotion.json"  # `make promote`'s decision (not a DVC output)
+EXTERNAL_DATA = Path("data/external")  # every data.external set lives below it (external's dep)
+EXTERNAL_REPORTS = REPORTS / "external"  # the external stage: external.md, summary.json, sites/
 
 
 def model_dir(arch: str) -> Path:

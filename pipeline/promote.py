@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from pipeline import external_report, ledger, registry, tracking
+from pipeline import external_report, ledger, paths, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
@@ -46,7 +46,7 @@ from pipeline.serving.release import read_release
 from pipeline.statistics import non_inferiority
 
 DECISION_FILE = Path("reports/promotion.json")
-EXTERNAL_SUMMARY = Path("reports/external/summary.json")  # the external stage's (after select)
+EXTERNAL_SUMMARY = paths.EXTERNAL_REPORTS / "summary.json"  # the external stage's (after select)
 ACTIONS = ("promote", "rollback")
 PROMOTION_HEADING = "## Promotion"
 POSITIVE = "malignant"
