@@ -134,10 +134,10 @@ package-azure: install ## build/azure/: the champion + score.py + YAMLs (PACKAGE
 
 RELEASE ?= models/selected
 
-export-onnx: install ## model.onnx beside model.keras in a released-model folder (RELEASE=models/selected)
-	$(PY) -m pipeline.export "$(RELEASE)"
+export-onnx: install ## model.onnx for a release folder made before select exported it (RELEASE=...; select's have one)
+	$(PY) -m pipeline.export "$(RELEASE)" $(QUIET_TF)
 
-bench-engines: install ## Keras vs ONNX Runtime, alone and behind the service, 224 and 64 px (BENCH_ARGS="--repeats 200")
+bench-engines: install ## Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
 
 # A GPU host's every training figure (README: Benchmarks) in one go, within 8 minutes: bench/gpu.sh.

@@ -169,6 +169,8 @@ class SelectParams:
     model_name: str
     alias: str
     register: bool  # False: select logs the release but registers nothing
+    int8: bool  # also quantize model.onnx to INT8 and serve it if it passes the gate
+    int8_margin: float  # largest flag-sensitivity loss (INT8 - float) INT8 may show
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ def _check_values(p: Params) -> None:
     _check_train(p.train)
     _check_evaluate(p.evaluate)
     _check_monitor(p.monitor)
+    _need(0 < p.select.int8_margin < 0.5, "select.int8_margin", "must be within (0, 0.5)")
     _check_promote(p.promote, p.select)
     _need(
         p.positive_class in p.classes,

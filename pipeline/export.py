@@ -1,13 +1,19 @@
-"""`python -m pipeline.export [RELEASE]`: the released model as ONNX, for ONNX Runtime serving.
+"""The released model as ONNX, for ONNX Runtime serving: `select` exports every release.
 
-Writes `model.onnx` beside `model.keras` in a released-model folder (default `models/selected`;
-`make export-onnx`), so it travels with the release: the MLflow pyfunc, the registry and the Azure
-package all carry the folder. The graph is the Keras model itself, resizing and normalisation
-included (pipeline.backbones writes them as layers that export), with a dynamic batch and image
-size, and two outputs: the pooled backbone features (`pooled`, what the OOD score reads) and the
-class probabilities (`probabilities`). The input geometry the serving engine fits images to (the
-`resize` layer's size and letterboxing) goes into the file's metadata, so ONNX Runtime serving
-needs neither Keras nor TensorFlow.
+`add_onnx` writes `model.onnx` beside `model.keras` in a release folder being built, checks that
+ONNX Runtime answers the validation images as Keras does (probabilities within `tolerance`, OOD
+scores within it relatively) and refuses the release otherwise; the check goes into release.json
+(`onnx`), so the MLflow pyfunc, the registry and the Azure package carry both. `python -m
+pipeline.export RELEASE` exports a release folder made before select did (a downloaded registry
+version); it writes nothing where model.onnx exists (models/selected is a DVC output: writing into
+it would make `dvc status` report select as changed).
+
+The graph is the Keras model itself, resizing and normalisation included (pipeline.backbones writes
+them as layers that export), with a dynamic batch and image size, and two outputs: the pooled
+backbone features (`pooled`, what the OOD score reads) and the class probabilities
+(`probabilities`). The input geometry the serving engine fits images to (the `resize` layer's size
+and letterboxing) goes into the file's metadata, so ONNX Runtime serving needs neither Keras nor
+TensorFlow.
 
 Why Keras' `model.export(format="onnx")` on the TensorFlow backend (tf2onnx): it is the documented
 route, and on JAX it would need jax2onnx, another converter; a model trained on JAX loads under
@@ -24,17 +30,26 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.layers import INPUT, POOL, RESIZE
 from pipeline.paths import SELECTED
-from pipeline.serving.classifier import ONNX_FILE
+from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.engine import ONNX_OUTPUTS as OUTPUTS
+from pipeline.serving.release import ONNX_FILE
+from pipeline.serving.rule import serve
 
 if TYPE_CHECKING:
     import keras
+
+PARITY_TOLERANCE = 1e-4  # largest |ONNX - Keras| probability (and relative OOD score) released
+PARITY_BATCH = 64
 
 
 def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
@@ -50,7 +65,9 @@ def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
     os.close(fd)
     try:
         spec = keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=INPUT)
-        graph.export(tmp, format="onnx", verbose=False, input_signature=[spec])
+        with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object: a FutureWarning
+            warnings.simplefilter("ignore", FutureWarning)
+            graph.export(tmp, format="onnx", verbose=False, input_signature=[spec])
         _finish(Path(tmp), _geometry(model))
         os.replace(tmp, onnx_file)
     except BaseException:
@@ -126,8 +143,59 @@ def export_release(folder: Path) -> Path:
     return export_onnx(keras_file, Path(folder) / ONNX_FILE)
 
 
+def add_onnx(
+    folder: Path, keras: Classifier, images: Sequence[np.ndarray] | np.ndarray, tolerance: float
+) -> dict[str, Any]:
+    """Export model.onnx into the release being built in `folder` and check it on `images` (the
+    validation split) against `keras` (that release on the Keras engine): the parity record, or
+    UserError when an answer moves by more than `tolerance`. The record is what release.json's
+    `onnx.parity` keeps."""
+    export_release(folder)
+    onnx = load_classifier(folder, engine="onnx")
+    record = parity(keras, onnx, images)
+    record["tolerance"] = tolerance
+    worst = max(record["max_abs_probability_difference"], record["max_rel_ood_difference"] or 0)
+    if worst > tolerance:
+        raise UserError(
+            f"{folder / ONNX_FILE}: ONNX Runtime answers {record['images']} validation images "
+            f"differently from Keras (max |probability difference| "
+            f"{record['max_abs_probability_difference']:.2e}, OOD score "
+            f"{record['max_rel_ood_difference']}) beyond {tolerance:g}: not released; "
+            "report it with the model's architecture"
+        )
+    return record
+
+
+def parity(
+    a: Classifier, b: Classifier, images: Sequence[np.ndarray] | np.ndarray
+) -> dict[str, Any]:
+    """How far engine `b` answers from engine `a` on `images` (same release, same fitting):
+    the largest probability difference, the largest relative OOD score difference (None without
+    OOD statistics) and how many served answers (class, refer flag) differ."""
+    prob_gap, ood_gap, differ = 0.0, None, 0
+    for start in range(0, len(images), PARITY_BATCH):
+        batch = np.stack([a.engine.prepare(x) for x in images[start : start + PARITY_BATCH]])
+        (pa, sa), (pb, sb) = a.forward(batch), b.forward(batch)
+        prob_gap = max(prob_gap, float(np.abs(pa - pb).max(initial=0.0)))
+        if sa is not None and sb is not None:
+            rel = np.abs(sa - sb) / np.maximum(np.abs(sa), 1e-12)
+            ood_gap = max(ood_gap or 0.0, float(rel.max(initial=0.0)))
+        served_a, served_b = serve(a.release.rule, pa, sa), serve(b.release.rule, pb, sb)
+        k = len(a.classes)
+        moved = served_a.labels_or(k) != served_b.labels_or(k)
+        differ += int(np.sum(moved | (served_a.refer != served_b.refer)))
+    return {
+        "split": "validation",
+        "images": len(images),
+        "max_abs_probability_difference": prob_gap,
+        "max_rel_ood_difference": ood_gap,
+        "answers_that_differ": differ,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`make export-onnx`: model.onnx beside model.keras in a release folder (or --keras/--out)."""
+    """`make export-onnx`: model.onnx beside model.keras in a release folder that has none (or
+    --keras/--out); a release that has one (every release select makes) is left as it is."""
     p = argparse.ArgumentParser(
         prog="python -m pipeline.export", description=__doc__.split("\n")[0]
     )
@@ -138,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.keras is not None:
             out = export_onnx(args.keras, args.out or args.keras.with_suffix(".onnx"))
+        elif (args.release / ONNX_FILE).is_file():
+            print(f"export: {args.release / ONNX_FILE} is there (select exports every release)")
+            return 0
         else:
             out = export_release(args.release)
     except UserError as exc:

@@ -237,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--engine",
         choices=ENGINES,
-        default=os.environ.get("SERVING_ENGINE", "keras"),
-        help="keras or onnx (the release's model.onnx in ONNX Runtime); default: $SERVING_ENGINE",
+        default=os.environ.get("SERVING_ENGINE", "auto"),
+        help="auto (the ONNX model the release serves, else keras), keras, onnx or onnx-int8; "
+        "default: $SERVING_ENGINE or auto",
     )
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     args = p.parse_args(argv)

@@ -4,7 +4,9 @@ Three steps. Choose: the higher validation `select.metric` wins (ties: malignant
 the test split is never used to choose. Release: `models/selected/` becomes the released model,
 the winner's Keras file plus release.json with the decision rule evaluate fitted on validation
 (`reports/evaluate/<arch>/rule.json`: referral threshold, calibration temperature when evaluate
-kept it, OOD threshold), copied as it is, and its provenance. Register: the
+kept it, OOD threshold), copied as it is, and its provenance, and the same model as model.onnx,
+released only when ONNX Runtime answers the validation images as Keras does (pipeline.export;
+with `select.int8`, also its INT8 quantization: pipeline.quantize). Register: the
 release is logged to the winner's MLflow run as the serving pyfunc (pipeline.serving.pyfunc) and,
 for a run of the committed pipeline with `select.register: true`, registered as
 `select.model_name` with alias `select.alias`. Inside `dvc exp run` nothing is registered and no
@@ -18,23 +20,25 @@ card attached to the registered version) and `models/selected/`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 
-from pipeline import ledger, registry, tracking
+from pipeline import export, ledger, quantize, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
 from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
 from pipeline.errors import UserError
+from pipeline.export import PARITY_TOLERANCE
 from pipeline.files import staged_dir, write_json, write_text
 from pipeline.model_card import render_model_card
 from pipeline.serving import predlog, pyfunc
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.ood import OOD_FILE
-from pipeline.serving.release import write_release
+from pipeline.serving.release import INT8_FILE, ONNX_FILE, record_onnx, write_release
 from pipeline.serving.rule import DecisionRule
 from pipeline.synthetic import case_rng, render_case
 
@@ -161,7 +165,7 @@ def _release(
                 out, Path("models") / winner / "model.keras", rule, provenance,
                 ood_file=_ood_file(winner, rule), trained_on=_seen(),
             )  # fmt: skip
-            _write_reference(out, params)
+            _finish_release(out, params)
         with mlflow.start_run(run_id=run_id):
             info = pyfunc.log_release(
                 SELECTED_DIR,
@@ -208,17 +212,47 @@ def _seen() -> list[str]:
     return list(frame.loc[frame["split"].isin(["train", "val"]), "sha256"])
 
 
-def _write_reference(folder: Path, params: Params) -> None:
-    """The monitor's reference inside the release: the validation images answered by it, as
-    prediction-log rows (sizes before prepare fitted them, from the manifest; no names)."""
+def _finish_release(folder: Path, params: Params) -> None:
+    """model.onnx, checked against Keras on the validation split (and INT8 with `select.int8`),
+    then the monitor's reference: the validation images answered by the engine the release
+    serves, as prediction-log rows (sizes before prepare fitted them, from the manifest)."""
     val = load_set(PREPARED_DIR, params.classes, split="val")
     rows = read_manifest(PREPARED_DIR / "manifest.csv")
     rows = rows[rows["split"] == "val"]
-    if {"width", "height"} <= set(rows.columns) and len(rows) == len(val):
+    aligned = len(rows) == len(val)
+    started = time.perf_counter()
+    onnx: dict[str, Any] = {"served": ONNX_FILE, "int8": None}
+    onnx["parity"] = export.add_onnx(folder, load_classifier(folder), val.images, PARITY_TOLERANCE)
+    print(
+        f"select: {ONNX_FILE} answers the {len(val)} validation images as Keras (max |diff| "
+        f"{onnx['parity']['max_abs_probability_difference']:.1e}); "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    if params.select.int8:
+        started = time.perf_counter()
+        groups = rows["group"].to_numpy() if "group" in rows and aligned else None
+        train = load_set(PREPARED_DIR, params.classes, split="train")
+        base = load_classifier(folder, engine="onnx")
+        int8 = quantize.add_int8(
+            folder, base, train.images, val.images, val.labels, groups,
+            params.select.int8_margin, params.seed,
+        )  # fmt: skip
+        onnx["int8"] = int8
+        onnx["served"] = INT8_FILE if int8["served"] else ONNX_FILE
+        agreement = int8["agreement"]
+        print(
+            f"select: INT8 {'served' if int8['served'] else 'not served'}: answers as the float "
+            f"model on {agreement['same']}/{int8['images']} validation images; {int8['reason']}; "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    record_onnx(folder, onnx)
+    if {"width", "height"} <= set(rows.columns) and aligned:
         sizes = list(zip(rows["width"].astype(int), rows["height"].astype(int), strict=True))
     else:
         sizes = [(image.shape[1], image.shape[0]) for image in val.images]
-    classifier = load_classifier(folder)
+    classifier = load_classifier(folder, engine="auto")
     predlog.write_reference(
         folder / predlog.REFERENCE_FILE, predlog.replay(classifier, val.images, sizes)
     )

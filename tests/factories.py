@@ -152,6 +152,18 @@ def make_release(
     return folder
 
 
+def with_onnx(folder: Path, images) -> Path:
+    """Export model.onnx into a release folder and record its parity on `images`, as select
+    does (pipeline.export.add_onnx; no INT8)."""
+    from pipeline.export import PARITY_TOLERANCE, add_onnx
+    from pipeline.serving.classifier import load_classifier
+    from pipeline.serving.release import ONNX_FILE, record_onnx
+
+    parity = add_onnx(folder, load_classifier(folder), images, PARITY_TOLERANCE)
+    record_onnx(folder, {"served": ONNX_FILE, "parity": parity, "int8": None})
+    return folder
+
+
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     """An array as the bytes of an image file in `fmt`."""
     import io

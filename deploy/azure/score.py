@@ -4,9 +4,9 @@ Runs under azureml-inference-server-http (`azmlinfsrv`, `POST /score`) with raw 
 (`@rawhttp`), so image bytes arrive untouched. `python -m pipeline.package` lays out `code/`
 (this file + `pipeline/serving/` and the base modules it imports) and `model/` (the released
 model: model.keras + release.json with the decision rule); Azure sets AZUREML_MODEL_DIR.
-SERVING_ENGINE picks the engine: `keras` (default) or `onnx`, the release's model.onnx in ONNX
-Runtime, which `python -m pipeline.package --engine onnx` ships with an environment without
-TensorFlow (conda-onnx.yml).
+SERVING_ENGINE picks the engine: `auto` (default: the ONNX model the release serves, else Keras),
+`keras`, `onnx` or `onnx-int8`; `python -m pipeline.package` writes it into deployment.yml, and
+ships the ONNX engines with an environment without TensorFlow (conda-onnx.yml).
 
 Accepted bodies, decided by Content-Type:
 - `multipart/form-data`: the file field `file` or `image` (or the only file sent);
@@ -46,7 +46,7 @@ def init() -> None:
     """Azure ML's start hook: load the release once and open the data collector."""
     global classifier, collection
     root = Path(os.environ.get("AZUREML_MODEL_DIR", "model"))
-    classifier = load_classifier(root, engine=os.environ.get("SERVING_ENGINE", "keras"))
+    classifier = load_classifier(root, engine=os.environ.get("SERVING_ENGINE", "auto"))
     collection = DataCollection()
     identity = classifier.release.identity()
     logger.info(

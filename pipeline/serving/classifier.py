@@ -30,12 +30,20 @@ from PIL import Image
 
 from pipeline.serving.engine import KerasEngine, OnnxEngine
 from pipeline.serving.ood import pool
-from pipeline.serving.release import NotARelease, Release, find_release, read_release
+from pipeline.serving.release import (
+    INT8_FILE,
+    ONNX_FILE,
+    NotARelease,
+    Release,
+    find_release,
+    read_release,
+)
 from pipeline.serving.rule import answer
 
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-ENGINES = ("keras", "onnx")  # keras: model.keras; onnx: model.onnx in ONNX Runtime (no Keras)
-ONNX_FILE = "model.onnx"  # written beside model.keras by pipeline.export
+# auto: the ONNX file the release serves (release.json `onnx.served`), else model.keras;
+# keras: model.keras; onnx: model.onnx in ONNX Runtime (no Keras); onnx-int8: model.int8.onnx
+ENGINES = ("auto", "keras", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -107,7 +115,7 @@ def load_classifier(
     source: str | Path, tracking_uri: str | None = None, engine: str = "keras"
 ) -> Classifier:
     """A warmed-up Classifier from a release folder, an MLflow model folder or a model URI,
-    running its model on `engine` (one of ENGINES; the decision rule is the same on both)."""
+    running its model on `engine` (one of ENGINES; the decision rule is the same on all)."""
     if engine not in ENGINES:
         raise ValueError(f"engine: {engine!r} is not one of {list(ENGINES)}")
     text = str(source)
@@ -145,12 +153,27 @@ def download_release(uri: str, into: str | Path, tracking_uri: str | None = None
 
 def _from_folder(folder: Path, engine: str = "keras") -> Classifier:
     release = read_release(folder)
+    if engine == "auto":
+        served = release.served_onnx
+        if served is None:
+            return Classifier(KerasEngine.load(release.model_path), release)
+        return Classifier(OnnxEngine.load(served), release)
     if engine == "keras":
         return Classifier(KerasEngine.load(release.model_path), release)
-    onnx_path = release.folder / ONNX_FILE
-    if not onnx_path.is_file():
-        raise NotARelease(
-            f"{release.folder}: no {ONNX_FILE} for the onnx engine; export it with "
-            "`make export-onnx` (python -m pipeline.export <release folder>)"
-        )
-    return Classifier(OnnxEngine.load(onnx_path), release)
+    name = INT8_FILE if engine == "onnx-int8" else ONNX_FILE
+    path = release.folder / name
+    if not path.is_file():
+        why = _why_not(release, engine)
+        raise NotARelease(f"{release.folder}: no {name} for the {engine} engine; {why}")
+    return Classifier(OnnxEngine.load(path), release)
+
+
+def _why_not(release: Release, engine: str) -> str:
+    """What to do about a missing ONNX file: the INT8 verdict, or how to export."""
+    if engine == "onnx-int8":
+        int8 = (release.onnx or {}).get("int8") or {}
+        return int8.get("reason") or "release it with select.int8: true (params.yaml)"
+    return (
+        "releases from `select` carry it; for an older release folder run "
+        "`python -m pipeline.export <release folder>`"
+    )

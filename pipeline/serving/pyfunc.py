@@ -4,7 +4,8 @@
 `mlflow.pyfunc.log_model`: the folder is the pyfunc's artifact `release`, the model is
 `pyfunc_model.py` (MLflow's "models from code": nothing pickled), this package is its code
 (`code_paths`, derived by pipeline.serving.shipping, nothing listed by hand), the signature is one
-string column `image` and the input example one synthetic scan. So
+string column `image` and the input example one synthetic scan. It answers on the ONNX model the
+release serves when it has one (ONNX Runtime, no Keras at answer time), else on model.keras. So
 `mlflow models serve -m models:/tumor-classifier@champion --env-manager local` answers
 
     {"dataframe_records": [{"image": "<base64 PNG/JPEG>"}, ...]}
@@ -76,8 +77,12 @@ class ServingModel(PythonModel):
     """What `mlflow.pyfunc.load_model` wraps: decode, answer with the release's own rule."""
 
     def load_context(self, context: Any) -> None:
-        """Load the release from the model's artifacts once, when MLflow loads the model."""
-        self.classifier: Classifier = load_classifier(context.artifacts[RELEASE_ARTIFACT])
+        """Load the release from the model's artifacts once, when MLflow loads the model, on the
+        engine it serves (ONNX Runtime when it carries model.onnx; SERVING_ENGINE overrides)."""
+        engine = os.environ.get("SERVING_ENGINE", "auto")
+        self.classifier: Classifier = load_classifier(
+            context.artifacts[RELEASE_ARTIFACT], engine=engine
+        )
         self.limits = Limits.from_env()
         self.max_images = int(os.environ.get(MAX_IMAGES_ENV, MAX_IMAGES))
 
@@ -156,6 +161,7 @@ def requirements() -> list[str]:
             "pydicom",
             "pylibjpeg",
             "pylibjpeg-libjpeg",
+            "onnxruntime",
         ],
         keras.backend.backend(),
     )

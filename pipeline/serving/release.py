@@ -6,6 +6,14 @@
                     threshold: class means and precision of the train split's pooled features
     reference.csv   what the validation images looked like through this release (the monitor's
                     reference: pipeline.serving.predlog records, no images, no file names)
+    model.onnx      the same model for ONNX Runtime (pipeline.export, written by `select`), its
+                    answers checked against Keras' on the validation split (release.json `onnx`)
+    model.int8.onnx with `select.int8`: its static INT8 quantization, present only when its served
+                    decisions on validation kept the flag's sensitivity (pipeline.quantize)
+
+release.json's `onnx` record says which ONNX file is served (`served`: the INT8 one when it was
+accepted, else model.onnx), the parity check and the INT8 comparison; the `auto` engine
+(pipeline.serving.classifier) serves that file, and Keras when the release has none.
 
 Provenance says what a served answer came from: registered name and version (None for a model
 that was never registered, such as a DVC experiment's), architecture, training run, data manifest
@@ -31,6 +39,8 @@ from pipeline.serving.rule import DecisionRule
 FORMAT = 1
 RELEASE_FILE = "release.json"
 MODEL_FILE = "model.keras"
+ONNX_FILE = "model.onnx"  # pipeline.export writes it beside model.keras
+INT8_FILE = "model.int8.onnx"  # pipeline.quantize, with select.int8
 TRAINED_ON_FILE = "trained_on.txt"  # SHA-256 of every image the model was fitted or chosen on
 PROVENANCE_KEYS = (
     "model_name",
@@ -58,6 +68,7 @@ class Release:
     provenance: dict[str, Any] = field(default_factory=dict)
     model_file: str = MODEL_FILE
     ood: OodStatistics | None = None
+    onnx: dict[str, Any] | None = None  # release.json's `onnx` record (None: no ONNX export)
 
     @property
     def model_path(self) -> Path:
@@ -68,6 +79,16 @@ class Release:
     def synthetic(self) -> bool:
         """True when the model was trained on the synthetic demo data (every surface says so)."""
         return bool(self.provenance.get("synthetic_data", False))
+
+    @property
+    def served_onnx(self) -> Path | None:
+        """The ONNX file this release serves on ONNX Runtime (the INT8 one when it was accepted),
+        or None when it carries no ONNX export (a release from before select exported)."""
+        if self.onnx is not None:
+            path = self.folder / str(self.onnx.get("served", ONNX_FILE))
+            return path if path.is_file() else None
+        path = self.folder / ONNX_FILE  # exported by hand (python -m pipeline.export)
+        return path if path.is_file() else None
 
     def trained_on(self) -> frozenset[str]:
         """Content hashes of the train and validation images (empty when not recorded), so a
@@ -137,7 +158,10 @@ def read_release(folder: Path) -> Release:
         if record.get("format") != FORMAT:
             raise NotARelease(f"{path}: release format {record.get('format')!r}, expected {FORMAT}")
         release = Release(
-            folder, DecisionRule.from_dict(record["rule"]), dict(record["provenance"])
+            folder,
+            DecisionRule.from_dict(record["rule"]),
+            dict(record["provenance"]),
+            onnx=dict(record["onnx"]) if record.get("onnx") else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, NotARelease):
@@ -156,6 +180,16 @@ def read_release(folder: Path) -> Release:
             f"{folder}: the rule has an OOD threshold but {OOD_FILE} is unreadable "
             f"({type(exc).__name__}: {exc})"
         ) from None
+
+
+def record_onnx(folder: Path, onnx: dict[str, Any]) -> None:
+    """Add the `onnx` record (served file, parity, INT8 comparison) to a release's release.json."""
+    path = Path(folder) / RELEASE_FILE
+    record = json.loads(path.read_text())
+    served = Path(folder) / str(onnx.get("served", ""))
+    if not served.is_file():
+        raise ValueError(f"onnx record: served file {served} is missing")
+    write_json(path, record | {"onnx": onnx})
 
 
 def find_release(root: Path) -> Path:

@@ -70,3 +70,16 @@ def mini_release(tmp_path_factory):
     model = mini_classifier()
     folder = make_release(tmp_path_factory.mktemp("release") / "selected", model, 0.3, version="3")
     return folder, model
+
+
+@pytest.fixture(scope="session")
+def onnx_release(mini_release, tmp_path_factory):
+    """A copy of the mini release with its model.onnx exported and checked, as select does
+    (tests.factories.with_onnx); read it only, or copy it."""
+    import shutil
+
+    from tests.factories import scan, with_onnx
+
+    folder = tmp_path_factory.mktemp("onnx") / "selected"
+    shutil.copytree(mini_release[0], folder)
+    return with_onnx(folder, [scan(seed) for seed in range(6)])

@@ -8,7 +8,8 @@ import pytest
 from pipeline import select, tracking
 from pipeline.errors import UserError
 from pipeline.serving.classifier import load_classifier
-from pipeline.serving.release import read_release
+from pipeline.serving.engine import OnnxEngine
+from pipeline.serving.release import INT8_FILE, ONNX_FILE, read_release
 from pipeline.serving.rule import DecisionRule
 from tests.factories import CLASSES, enter_project, make_prepared, mini_classifier, project_params
 
@@ -109,6 +110,31 @@ def test_the_registered_model_serves_the_rule_that_select_fixed(project):
     served = load_classifier("models:/tumor-classifier@challenger")
     assert served.release.rule == read_release(project / "models" / "selected").rule
     assert served.release.identity()["version"] == "1"
+
+
+def test_every_release_carries_model_onnx_checked_against_keras_on_validation(project):
+    select.run(project_params(PARAMS))
+    release = read_release(project / "models" / "selected")
+    assert (release.folder / ONNX_FILE).is_file()
+    assert release.onnx["served"] == ONNX_FILE
+    assert release.onnx["int8"] is None  # select.int8 is off by default
+    parity = release.onnx["parity"]
+    assert parity["split"] == "validation"
+    assert parity["images"] == 9  # the validation split of the project fixture
+    assert parity["max_abs_probability_difference"] <= parity["tolerance"] == 1e-4
+    registered = load_classifier("models:/tumor-classifier@challenger", engine="auto")
+    assert isinstance(registered.engine, OnnxEngine)
+
+
+def test_with_int8_on_the_release_records_the_comparison_and_serves_what_passed(project):
+    select.run(project_params({**PARAMS, "select": {"register": False, "int8": True}}))
+    release = read_release(project / "models" / "selected")
+    int8 = release.onnx["int8"]
+    assert int8["calibration"]["split"] == "train"
+    assert int8["images"] == 9
+    assert release.onnx["served"] == (INT8_FILE if int8["served"] else ONNX_FILE)
+    assert (release.folder / INT8_FILE).is_file() == int8["served"]
+    assert release.served_onnx == release.folder / release.onnx["served"]
 
 
 def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch):

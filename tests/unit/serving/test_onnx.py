@@ -12,19 +12,12 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.export import export_onnx, export_release
-from pipeline.serving.classifier import ONNX_FILE, load_classifier
-from pipeline.serving.release import NotARelease
-from tests.factories import CLASSES, encode, make_release, scan
-
-
-@pytest.fixture(scope="module")
-def onnx_release(mini_release, tmp_path_factory):
-    """A copy of the mini release with its model.onnx exported beside model.keras."""
-    folder = tmp_path_factory.mktemp("onnx") / "selected"
-    shutil.copytree(mini_release[0], folder)
-    export_release(folder)
-    return folder
+from pipeline.export import PARITY_TOLERANCE, add_onnx, export_onnx
+from pipeline.export import main as export_main
+from pipeline.serving.classifier import load_classifier
+from pipeline.serving.engine import KerasEngine, OnnxEngine
+from pipeline.serving.release import ONNX_FILE, NotARelease, read_release
+from tests.factories import CLASSES, encode, make_release, mini_classifier, scan
 
 
 def test_onnx_and_keras_engines_give_the_same_answers(onnx_release):
@@ -75,10 +68,41 @@ def test_the_onnx_path_serves_without_importing_keras_or_tensorflow(onnx_release
 
 
 def test_the_onnx_engine_on_a_release_without_model_onnx_says_how_to_export(mini_release):
-    with pytest.raises(NotARelease, match="make export-onnx"):
+    with pytest.raises(NotARelease, match="python -m pipeline.export"):
         load_classifier(mini_release[0], engine="onnx")
+    with pytest.raises(NotARelease, match="select.int8"):
+        load_classifier(mini_release[0], engine="onnx-int8")
     with pytest.raises(ValueError, match="engine"):
         load_classifier(mini_release[0], engine="tflite")
+
+
+def test_a_release_records_its_parity_and_auto_serves_onnx_when_it_has_it(
+    onnx_release, mini_release
+):
+    record = read_release(onnx_release).onnx
+    assert record["served"] == ONNX_FILE
+    assert record["parity"]["images"] == 6
+    assert record["parity"]["max_abs_probability_difference"] <= PARITY_TOLERANCE
+    assert record["parity"]["answers_that_differ"] == 0
+    assert isinstance(load_classifier(onnx_release, engine="auto").engine, OnnxEngine)
+    assert isinstance(load_classifier(mini_release[0], engine="auto").engine, KerasEngine)
+
+
+def test_an_onnx_export_that_answers_unlike_keras_is_not_released(onnx_release, tmp_path):
+    """The check compares against the Keras model given: another model's answers are far off."""
+    other = load_classifier(make_release(tmp_path / "other", mini_classifier(seed=5), 0.3))
+    folder = tmp_path / "selected"
+    shutil.copytree(onnx_release, folder)
+    with pytest.raises(UserError, match="not released"):
+        add_onnx(folder, other, [scan(seed) for seed in range(4)], PARITY_TOLERANCE)
+
+
+def test_export_leaves_a_release_that_has_model_onnx_as_it_is(onnx_release, capsys):
+    """models/selected is a DVC output: `make export-onnx` on it must not dirty `dvc status`."""
+    before = (onnx_release / ONNX_FILE).stat().st_mtime_ns
+    assert export_main([str(onnx_release)]) == 0
+    assert (onnx_release / ONNX_FILE).stat().st_mtime_ns == before
+    assert "select exports every release" in capsys.readouterr().out
 
 
 def test_a_model_whose_preprocessing_does_not_export_is_refused_with_the_reason(tmp_path):

@@ -1,0 +1,170 @@
+"""INT8 for ONNX Runtime: a release's model.onnx quantized, and what that costs in answers.
+
+With `select.int8: true`, `select` calls `add_int8` on the release it builds:
+
+1. Quantize: ONNX Runtime's static quantization in QDQ form (weights int8 per channel,
+   activations uint8), its ranges calibrated (min-max) on up to CALIBRATION_IMAGES images of the
+   train split, fitted as the engines fit uploads. Training images only: the validation split
+   judges the result and must not have shaped it. Static, because dynamic quantization leaves
+   the convolutions, nearly all of a CNN's cost, in float.
+2. Compare: the INT8 model's served answers (the release's own rule: class or out of scope, and
+   the refer flag) against the float model's on the validation split: agreement (share of
+   identical answers, Wilson interval), and the paired differences INT8 - float of the flag's
+   sensitivity (a refused malignant scan counts as not flagged) and of class macro-F1 (a refusal
+   counted as a class of its own, as promote counts it), each with a paired cluster-bootstrap
+   interval over prepare's groups (pipeline.statistics).
+3. Gate: INT8 is served only when the one-sided 95% lower bound of the flag sensitivity
+   difference is above -`select.int8_margin` (pipeline.statistics.non_inferiority, the promotion
+   gate's test). Otherwise model.int8.onnx is deleted and model.onnx is served; either way
+   release.json's `onnx.int8` keeps the comparison and the reason.
+
+INT8 kernels differ between CPUs (VNNI or not), so the comparison holds for the machine select
+ran on; the bench (bench/serve_engines.py) measures the speed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline import statistics
+from pipeline.layers import INPUT
+from pipeline.serving.classifier import Classifier, load_classifier
+from pipeline.serving.release import INT8_FILE, ONNX_FILE
+from pipeline.serving.rule import serve
+
+CALIBRATION_IMAGES = 128  # min-max ranges settle well before this on the demo (64 px)
+CALIBRATION_BATCH = 16
+N_BOOTSTRAP = 2000
+
+
+def quantize(float_onnx: Path, int8_onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
+    """Static QDQ quantization of `float_onnx` into `int8_onnx`, ranges from `calibration`
+    (prepared (H, W, 3) float32 batches' rows); the input geometry metadata is kept."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[dict[str, np.ndarray]] = (
+                {INPUT: np.stack(calibration[i : i + CALIBRATION_BATCH]).astype(np.float32)}
+                for i in range(0, len(calibration), CALIBRATION_BATCH)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Constant folding and BatchNorm fusion first, as ONNX Runtime's guide advises (sympy's
+        # symbolic shapes are not needed: the graph's only dynamic axes are batch and size).
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / int8_onnx.name
+        quantize_static(
+            str(pre),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(out))
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(onnx.load(str(float_onnx)).metadata_props)
+        onnx.save(proto, str(int8_onnx))
+    return int8_onnx
+
+
+def compare(
+    int8: Classifier,
+    base: Classifier,
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    margin: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """INT8 against float served answers on labelled images (see the module doc, steps 2-3)."""
+    rule = base.release.rule
+    k, positive = len(rule.classes), rule.classes.index(rule.positive_class)
+    served = {}
+    for name, classifier in (("int8", int8), ("float", base)):
+        batch = np.stack([classifier.engine.prepare(image) for image in images])
+        proba, scores = classifier.forward(batch)
+        served[name] = serve(rule, proba, scores)
+    a, b = served["int8"], served["float"]
+    same = (a.labels_or(k) == b.labels_or(k)) & (a.refer == b.refer)
+    agree = int(same.sum())
+    wilson = stats.binomtest(agree, len(same)).proportion_ci(0.95, method="wilson")
+    flags = {name: np.where(s.refer, positive, -1) for name, s in served.items()}
+    sensitivity = statistics.paired_difference(
+        labels, flags["int8"], flags["float"], groups, metric="malignant_sensitivity",
+        positive=positive, n_bootstrap=N_BOOTSTRAP, seed=seed,
+    )  # fmt: skip
+    macro_f1 = statistics.paired_difference(
+        labels, a.labels_or(k), b.labels_or(k), groups, metric="macro_f1",
+        n_bootstrap=N_BOOTSTRAP, seed=seed,
+    )  # fmt: skip
+    gate = statistics.non_inferiority(
+        labels, flags["int8"], flags["float"], groups, margin=margin,
+        metric="malignant_sensitivity", positive=positive, n_bootstrap=N_BOOTSTRAP, seed=seed,
+    )  # fmt: skip
+    malignant = labels == positive
+    return {
+        "split": "validation",
+        "images": len(same),
+        "agreement": {
+            "value": agree / len(same),
+            "ci_low": float(wilson.low),
+            "ci_high": float(wilson.high),
+            "same": agree,
+        },
+        "flag_sensitivity_difference": sensitivity["difference"],
+        "flag_sensitivity": {"int8": sensitivity["a"]["value"], "float": sensitivity["b"]["value"]},
+        "malignant_unflagged_by_int8_only": int(np.sum(malignant & b.refer & ~a.refer)),
+        "malignant_flagged_by_int8_only": int(np.sum(malignant & a.refer & ~b.refer)),
+        "macro_f1_difference": macro_f1["difference"],
+        "groups": sensitivity["groups"],
+        "margin": margin,
+        "served": gate.accepted,
+        "reason": f"INT8 flag sensitivity vs float: {gate.reason}",
+    }
+
+
+def add_int8(
+    folder: Path,
+    base: Classifier,
+    train_images: Sequence[np.ndarray] | np.ndarray | np.ndarray,
+    val_images: Sequence[np.ndarray] | np.ndarray | np.ndarray,
+    val_labels: np.ndarray,
+    val_groups: np.ndarray | None,
+    margin: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Quantize the release in `folder` (its model.onnx; `base` serves it), compare on validation
+    and keep model.int8.onnx only when it passes the gate: release.json's `onnx.int8` record."""
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(train_images))[:CALIBRATION_IMAGES]
+    calibration = [base.engine.prepare(train_images[i]) for i in sorted(pick)]
+    path = quantize(folder / ONNX_FILE, folder / INT8_FILE, calibration)
+    int8 = load_classifier(folder, engine="onnx-int8")
+    record = compare(int8, base, val_images, val_labels, val_groups, margin, seed)
+    record["calibration"] = {"split": "train", "images": len(calibration), "method": "minmax"}
+    record["file"] = INT8_FILE if record["served"] else None
+    if not record["served"]:
+        path.unlink()
+    return record
