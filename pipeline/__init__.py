@@ -19,7 +19,7 @@ Commands after the pipeline (Makefile targets)
     serve         the local service and page for one release (serving/app)
     predict       batch scorer: a folder or CSV of images -> predictions.csv
     monitor       the prediction log against the release's reference: drift report
-    export        a release as ONNX
+    export        a release's model.onnx, checked against Keras (select; older releases)
     package       the champion's release and score.py, for an Azure ML deployment
 
 Running a stage
@@ -63,6 +63,7 @@ Measuring (evaluate, select, promote)
                   external validation figures from the served answers: intervals, calibration,
                   refusals, case mix, differences from internal test
     external_card external validation in words: the card's section, external.md
+    quantize      model.onnx -> INT8 (select.int8), judged on its served answers
 Tracking and registry
     tracking      where the MLflow store is; run names and tags (DVC stage, experiment, data)
     registry      register a run's model, move aliases, tag versions

@@ -36,7 +36,7 @@ from pipeline import statistics
 from pipeline.layers import INPUT
 from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.release import INT8_FILE, ONNX_FILE
-from pipeline.serving.rule import serve
+from pipeline.serving.rule import DecisionRule, Served, serve
 
 CALIBRATION_IMAGES = 128  # min-max ranges settle well before this on the demo (64 px)
 CALIBRATION_BATCH = 16
@@ -101,38 +101,25 @@ def compare(
     """INT8 against float served answers on labelled images (see the module doc, steps 2-3)."""
     rule = base.release.rule
     k, positive = len(rule.classes), rule.classes.index(rule.positive_class)
-    served = {}
-    for name, classifier in (("int8", int8), ("float", base)):
-        batch = np.stack([classifier.engine.prepare(image) for image in images])
-        proba, scores = classifier.forward(batch)
-        served[name] = serve(rule, proba, scores)
-    a, b = served["int8"], served["float"]
+    a, b = _served(int8, images, rule), _served(base, images, rule)
     same = (a.labels_or(k) == b.labels_or(k)) & (a.refer == b.refer)
-    agree = int(same.sum())
-    wilson = stats.binomtest(agree, len(same)).proportion_ci(0.95, method="wilson")
-    flags = {name: np.where(s.refer, positive, -1) for name, s in served.items()}
+    flag_a, flag_b = np.where(a.refer, positive, -1), np.where(b.refer, positive, -1)
+    paired = {"n_bootstrap": N_BOOTSTRAP, "seed": seed}
     sensitivity = statistics.paired_difference(
-        labels, flags["int8"], flags["float"], groups, metric="malignant_sensitivity",
-        positive=positive, n_bootstrap=N_BOOTSTRAP, seed=seed,
-    )  # fmt: skip
+        labels, flag_a, flag_b, groups, metric="malignant_sensitivity", positive=positive, **paired
+    )
     macro_f1 = statistics.paired_difference(
-        labels, a.labels_or(k), b.labels_or(k), groups, metric="macro_f1",
-        n_bootstrap=N_BOOTSTRAP, seed=seed,
-    )  # fmt: skip
+        labels, a.labels_or(k), b.labels_or(k), groups, metric="macro_f1", **paired
+    )
     gate = statistics.non_inferiority(
-        labels, flags["int8"], flags["float"], groups, margin=margin,
-        metric="malignant_sensitivity", positive=positive, n_bootstrap=N_BOOTSTRAP, seed=seed,
+        labels, flag_a, flag_b, groups, margin=margin, metric="malignant_sensitivity",
+        positive=positive, **paired,
     )  # fmt: skip
     malignant = labels == positive
     return {
         "split": "validation",
         "images": len(same),
-        "agreement": {
-            "value": agree / len(same),
-            "ci_low": float(wilson.low),
-            "ci_high": float(wilson.high),
-            "same": agree,
-        },
+        "agreement": _agreement(same),
         "flag_sensitivity_difference": sensitivity["difference"],
         "flag_sensitivity": {"int8": sensitivity["a"]["value"], "float": sensitivity["b"]["value"]},
         "malignant_unflagged_by_int8_only": int(np.sum(malignant & b.refer & ~a.refer)),
@@ -142,6 +129,27 @@ def compare(
         "margin": margin,
         "served": gate.accepted,
         "reason": f"INT8 flag sensitivity vs float: {gate.reason}",
+    }
+
+
+def _served(
+    classifier: Classifier, images: Sequence[np.ndarray] | np.ndarray, rule: DecisionRule
+) -> Served:
+    """The served answers of `rule` (the release's) for images, on `classifier`'s engine."""
+    batch = np.stack([classifier.engine.prepare(image) for image in images])
+    proba, scores = classifier.forward(batch)
+    return serve(rule, proba, scores)
+
+
+def _agreement(same: np.ndarray) -> dict[str, float | int]:
+    """Share of identical served answers with a Wilson interval (it does not collapse at 1)."""
+    agree = int(same.sum())
+    wilson = stats.binomtest(agree, len(same)).proportion_ci(0.95, method="wilson")
+    return {
+        "value": agree / len(same),
+        "ci_low": float(wilson.low),
+        "ci_high": float(wilson.high),
+        "same": agree,
     }
 
 
