@@ -59,9 +59,8 @@ def parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default=os.environ.get("SERVING_ENGINE", "keras"),
-        help="keras (model.keras, heat maps), onnx (model.onnx in ONNX Runtime, no heat maps), "
-        "onnx-int8 (model.int8.onnx) or auto (the ONNX model the release serves, else keras); "
-        "default: $SERVING_ENGINE or keras",
+        help="keras (heat maps), onnx, onnx-int8 (ONNX Runtime, no heat maps) or auto (the ONNX "
+        "model the release serves, else keras); default: $SERVING_ENGINE or keras",
     )
     p.add_argument(
         "--log-dir",
