@@ -254,10 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = args.model or default_model_uri()
         if model is None:
             raise UserError(f"--model: {NO_MODEL}")
+        uri = tracking.store_uri_for(model)  # a broken store: one line naming it
         try:
-            classifier = load_classifier(
-                model, tracking_uri=tracking.store_uri(), engine=args.engine
-            )
+            classifier = load_classifier(model, tracking_uri=uri, engine=args.engine)
         except Exception as exc:  # a missing alias or folder: one line, not a traceback
             raise UserError(f"--model {model}: cannot load: {type(exc).__name__}: {exc}") from None
         counts = score(args.source, classifier, args.out, limits)

@@ -373,8 +373,10 @@ def run(params: Params, action: str = "promote") -> Decision | str:
     """Promote (the default) or roll back, after pointing MLflow at the project's store."""
     if action not in ACTIONS:
         raise UserError(f"action: expected one of {list(ACTIONS)}, got {action!r}")
+    tracking.check_store(tracking.tracking_uri())  # never a new empty store in a broken one's place
     tracking.setup(params.mlflow.experiment)
-    return promote(params) if action == "promote" else rollback(params)
+    with tracking.promotion_lock():
+        return promote(params) if action == "promote" else rollback(params)
 
 
 def _unchanged(name: str, version: str, alias: str) -> Decision:

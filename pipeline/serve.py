@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import NO_MODEL, default_model_uri
+from pipeline.errors import UserError
 from pipeline.serving.app import ServiceSettings, create_app
 from pipeline.serving.classifier import ENGINES, load_classifier
 from pipeline.serving.uploads import Limits
@@ -80,9 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"serve: --model: {NO_MODEL}", file=sys.stderr)
         return 2
     try:
-        classifier = load_classifier(
-            args.model, tracking_uri=tracking.store_uri(), engine=args.engine
-        )
+        uri = tracking.store_uri_for(args.model)
+    except UserError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        classifier = load_classifier(args.model, tracking_uri=uri, engine=args.engine)
     except Exception as exc:  # a missing alias or folder is the usual cause: one line, no trace
         print(
             f"serve: cannot load model {args.model!r}: {type(exc).__name__}: {exc}\n"

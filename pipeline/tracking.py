@@ -11,6 +11,11 @@ as absolute URIs: it resolves even a relative `artifact_location` or `--default-
 against the working directory when it stores it (mlflow/mlflow#7670), and `mlflow-artifacts:`
 URIs need an HTTP tracking server. So a moved or copied project's store would still point into the
 old folder; `follow_move` repoints it once, the first time the store is opened from its new folder.
+
+The commands that only read the store (`promote`, `rollback`, `serve` and `predict` of a
+registered model) open it through `existing_store_uri`: a missing, empty (0 bytes) or damaged
+`mlflow.db` is one line naming the file and the fix (`dvc repro -f select`), never a traceback and
+never a new empty store created in its place (which `dvc repro`, up to date, would not refill).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from urllib.parse import quote, unquote, urlparse
 import mlflow
 
 from pipeline import paths
+from pipeline.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # MLflow 3's UI opens an experiment on its GenAI (traces) view unless the experiment says it is
@@ -90,6 +96,68 @@ def store_uri() -> str:
     return uri
 
 
+REBUILD = (
+    "move it away and run `dvc repro -f select` to register the selected model again "
+    "(or restore the file from a backup)"
+)
+
+
+def existing_store_uri() -> str:
+    """`store_uri()` for a command that reads what the pipeline registered: a SQLite store that
+    is missing, empty or damaged is a UserError naming the file and the fix."""
+    uri = tracking_uri()
+    check_store(uri)
+    follow_move(uri)
+    return uri
+
+
+def store_uri_for(model: str | Path) -> str:
+    """The store to load `model` from: checked (`existing_store_uri`) for a registry or run URI,
+    which only the store can answer; untouched for a folder, which needs no store."""
+    registered = str(model).startswith(("models:/", "runs:/"))
+    return existing_store_uri() if registered else tracking_uri()
+
+
+def check_store(uri: str) -> None:
+    """Refuse a SQLite store that is missing, 0 bytes, not a database, damaged, or without
+    MLflow's registry tables, in one line (other stores are the server's to check)."""
+    store = sqlite_store(uri)
+    if store is None:
+        return
+    if not store.is_file():
+        raise UserError(f"MLflow store {store}: not found; run `dvc repro -f select` to make it")
+    if store.stat().st_size == 0:
+        raise UserError(f"MLflow store {store}: empty (0 bytes), not a database; {REBUILD}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as db:
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"MLflow store {store}: damaged ({exc}); {REBUILD}") from None
+    if verdict != "ok":
+        raise UserError(f"MLflow store {store}: damaged (integrity check failed); {REBUILD}")
+    if "registered_models" not in tables:
+        raise UserError(f"MLflow store {store}: holds no MLflow registry; {REBUILD}")
+
+
+@contextlib.contextmanager
+def promotion_lock() -> Iterator[None]:
+    """Hold the project's promotion lock (beside a SQLite store, else at the project root): two
+    `make promote` at once both ran the gate and both recorded replacing the same champion. A
+    second one waits, and says so, then finds the alias already moved."""
+    store = sqlite_store(tracking_uri())
+    path = (
+        store.with_name(store.name + ".promote.lock") if store else project_root() / ".promote.lock"
+    )
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another promotion or rollback to finish ({path})", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # released when the file closes
+
+
 def sqlite_store(uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI, None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -110,6 +178,13 @@ def follow_move(uri: str) -> str | None:
     if store is None or not store.is_file():
         return None
     new = store.resolve().parent
+    try:
+        return _repoint(store, new)
+    except sqlite3.DatabaseError as exc:  # a damaged file: one line, not a traceback
+        raise UserError(f"MLflow store {store}: damaged ({exc}); {REBUILD}") from None
+
+
+def _repoint(store: Path, new: Path) -> str | None:
     with contextlib.closing(sqlite3.connect(store, timeout=60)) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         if "experiments" not in tables:

@@ -26,7 +26,7 @@ from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.models import ModelSignature, infer_signature
 from sklearn.metrics import f1_score
 
-from pipeline import backbones, compilation, distribution, environment, plots, tracking
+from pipeline import backbones, compilation, distribution, environment, plots, processes, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params, uses_demo_data
@@ -147,8 +147,16 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def run(params: Params, arch: str) -> dict[str, float]:
-    """Train `arch`, write its model, reports and MLflow run; return the best epoch's summary."""
+    """Train `arch`, write its model, reports and MLflow run; return the best epoch's summary.
+    One trainer per arch at a time, and none that outlives the `dvc repro` that started it."""
     params.train.arch(arch)  # validates the name before any work
+    processes.stop_when_orphaned()
+    out = model_dir(arch)
+    with processes.exclusive(out.with_name(f".{arch}.train-lock"), str(out)):
+        return _train(params, arch)
+
+
+def _train(params: Params, arch: str) -> dict[str, float]:
     keras.utils.set_random_seed(params.seed)
     compilation.enable_cache(tracking.project_root())
     if params.train.mixed_precision:

@@ -119,12 +119,18 @@ def test_memory_does_not_grow_with_the_number_of_files(tmp_path, classifier):
 def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
     tmp_path, classifier, mini_release
 ):
-    from tests.dicoms import make_dicom
+    from tests.dicoms import MARKERS, deflate_bomb, make_dicom, malformed_dicoms
 
     source = tmp_path / "exports"
     source.mkdir()
     (source / "IM0001").write_bytes(make_dicom(scan(4), photometric="RGB"))  # no suffix, as PACS
     (source / "loop.dcm").write_bytes(make_dicom(scan(5), frames=2))
+    hostile = {"bomb.dcm": deflate_bomb(scan(6), inflated=1 << 30)}  # 1 GB inflated, 1 MB here
+    hostile |= {
+        f"malformed{n}.dcm": data for n, data in enumerate(malformed_dicoms(scan(7)).values())
+    }
+    for name, data in hostile.items():
+        (source / name).write_bytes(data)
     out = tmp_path / "predictions.csv"
     assert predict.main([str(source), "--model", str(mini_release[0]), "--out", str(out)]) == 0
     rows = {row["path"]: row for row in read(out)}
@@ -135,6 +141,12 @@ def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
     )
     assert rows["loop.dcm"]["status"] == "422"
     assert "multi_frame" in rows["loop.dcm"]["reason"]
+    assert rows["bomb.dcm"]["status"] == "413"
+    assert rows["bomb.dcm"]["reason"].startswith("too_large: deflated DICOM inflates to over")
+    for n in range(4):  # issue 30: these aborted the whole run, with no CSV
+        assert rows[f"malformed{n}.dcm"]["status"] == "400"
+        assert rows[f"malformed{n}.dcm"]["reason"].startswith("bad_header: ")
+    assert not any(m in r["reason"] for m in MARKERS.values() for r in rows.values() if r["reason"])
 
 
 def test_csv_paths_may_not_leave_the_csvs_folder_and_say_nothing_of_what_is_outside(

@@ -307,3 +307,45 @@ def test_an_out_of_scope_answer_counts_as_a_miss_never_as_a_crash():
     assert metrics["out_of_scope"] == 1
     assert metrics["malignant_sensitivity"] == 0.5
     assert metrics["macro_f1"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("action", "damage"), [("promote", "truncated"), ("promote", "empty"), ("rollback", "empty")]
+)
+def test_a_damaged_or_empty_store_is_one_line_naming_it_and_the_fix(
+    project, capsys, damage, action
+):
+    """Issue 30: a truncated mlflow.db gave a sqlite3 traceback; a 0-byte one was silently made a
+    new empty store, and `dvc repro` (up to date) registered nothing into it."""
+    store = project / "mlflow.db"
+    data = store.read_bytes()
+    store.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"")
+    size = store.stat().st_size
+    capsys.readouterr()
+    assert promote.main([action]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"error: MLflow store {store}: ")
+    assert "dvc repro -f select" in err[0]
+    assert store.stat().st_size == size  # left as it was: nothing created in its place
+
+
+def test_two_promotions_cannot_interleave(project, capsys):
+    """Two `make promote` at once both ran the gate and both recorded replacing v1."""
+    import threading
+
+    first = register_model("good")
+    promote.run(PARAMS)
+    second = register_model("good")
+    from pipeline import tracking
+
+    with tracking.promotion_lock():
+        waiting = threading.Thread(target=promote.run, args=(PARAMS,))
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive()  # held at the lock, the gate not run
+        assert champion() == first
+    waiting.join(timeout=120)
+    assert champion() == second
+    assert "waiting for another promotion" in capsys.readouterr().err
+    assert promote.run(PARAMS).reason.endswith("nothing to do")  # the next one finds it done

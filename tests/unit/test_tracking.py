@@ -206,3 +206,32 @@ def test_what_the_pipeline_writes_does_not_make_the_commit_dirty(outside_dvc):
     assert not head.endswith("-dirty")
     (outside_dvc / "params.yaml").write_text("changed by hand\n")
     assert tracking.git_commit() == f"{head}-dirty"
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "not a database"])
+def test_serving_a_registered_model_from_a_broken_store_is_one_line_naming_it(
+    tmp_path, monkeypatch, capsys, damage
+):
+    """Issue 30: `make serve` on a 0-byte mlflow.db made it a new empty store; a truncated one
+    gave a sqlite3 traceback. A folder model needs no store and is not held up by one."""
+    from pipeline import serve
+
+    enter_project(monkeypatch, tmp_path)
+    store = tmp_path / "mlflow.db"
+    content = {"empty": b"", "not a database": b"PHI? no: just text\n" * 50}
+    if damage == "missing":
+        store.unlink()
+    elif damage == "truncated":
+        store.write_bytes(store.read_bytes()[:5000])
+    else:
+        store.write_bytes(content[damage])
+    before = store.read_bytes() if store.exists() else None
+    with pytest.raises(tracking.UserError, match=f"MLflow store {store}: .*dvc repro -f select"):
+        tracking.store_uri_for("models:/tumor-classifier@champion")
+    assert tracking.store_uri_for(tmp_path / "a-release-folder")  # no store needed
+    capsys.readouterr()  # the first test of a process makes the empty store enter_project copies
+    assert serve.main(["--model", "models:/tumor-classifier@champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"serve: MLflow store {store}: ")
+    assert (store.read_bytes() if store.exists() else None) == before  # nothing made in its place

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import images
 from pipeline.serving.uploads import InvalidInput, Limits, decode_upload, from_base64, sniff_format
 from tests.dicoms import MALFORMED, MARKERS, deflate_bomb, make_dicom, malformed_dicoms, ultrasound
 from tests.factories import encode, scan
@@ -186,3 +187,29 @@ def test_a_malformed_dicom_header_is_400_naming_no_header_value(name):
     assert refused.value.reason.startswith("bad_header: ")
     assert not any(marker in refused.value.reason for marker in MARKERS.values())
     assert "abc" not in refused.value.reason
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored"),
+    [
+        (3, Image.Transpose.ROTATE_180),
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+    ],
+)
+def test_an_exif_rotated_copy_decodes_to_the_same_pixels_in_prepare_and_serving(
+    orientation, stored
+):
+    """A scan stored turned, with the EXIF orientation that turns it back (as phones and some
+    exporters write): prepare and every serving surface see the upright scan, the same pixels
+    as the original (issue 30 found a rotated copy refused as out of scope)."""
+    original = Image.fromarray(scan(0, 40, 56))
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    buffer = io.BytesIO()
+    original.transpose(stored).save(buffer, "PNG", exif=exif.tobytes())
+    rotated = buffer.getvalue()
+    upright = np.asarray(decode_upload(encode(np.asarray(original)), LIMITS))
+    assert np.array_equal(np.asarray(decode_upload(rotated, LIMITS)), upright)
+    prepared = images.decode(rotated, max_pixels=10**6, min_side=16)  # what prepare calls
+    assert np.array_equal(np.asarray(prepared.image), upright)
