@@ -159,3 +159,31 @@ def data_collector_sink(folder: Path) -> Iterator[DataCollectorSink]:
         sink.server.shutdown()
         sink.server.server_close()
         thread.join()
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The largest peak resident memory (VmHWM) of `pid` and every process below it: a server
+    such as `mlflow models serve` answers from a worker it started."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grown = {pid}, True
+    while grown:
+        below = {child for child, parent in parents.items() if parent in tree}
+        grown = not below <= tree
+        tree |= below
+    peaks = []
+    for member in tree:
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        peaks += [
+            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")
+        ]
+    return max(peaks)

@@ -32,6 +32,7 @@ from pipeline.serving import pyfunc
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.collection import INPUTS, OUTPUTS
 from pipeline.serving.uploads import decode_upload
+from tests.dicoms import MARKERS, deflate_bomb, malformed_dicoms
 from tests.factories import (
     encode,
     enter_project,
@@ -42,7 +43,7 @@ from tests.factories import (
     raw_params,
 )
 from tests.factories import scan as make_scan
-from tests.servers import DataCollectorSink, data_collector_sink, free_port, running
+from tests.servers import DataCollectorSink, data_collector_sink, free_port, peak_rss_bytes, running
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,8 @@ AZURE_ONNX_SERVER = ROOT / ".venv-azureml-onnx" / "bin" / "azmlinfsrv"
 AZURE_ML_PYTHON = ROOT / ".venv-azure-ai-ml" / "bin" / "python"
 BIN = Path(sys.executable).parent
 MAX_UPLOAD_BYTES = 400_000
+BOMB_LIMIT = 2_000_000  # the MLflow server's MAX_UPLOAD_BYTES: above the 1 MB deflate bomb
+SLOW_CLIENTS, SLOW_SECONDS, BODY_TIMEOUT = 20, 12, 4  # the slow-upload test's siege
 RAW = {
     "mlflow": {"experiment": "tests"},
     "demo": {"out_dir": "demo", "external_images": 3},  # the second site: not used here
@@ -115,6 +118,7 @@ def service(project):
     root, _, env = project
     port = free_port()
     command = [sys.executable, "-m", "pipeline.serve", "--port", str(port), "--no-heatmaps"]
+    command += ["--body-timeout", str(BODY_TIMEOUT)]
     with running(
         command, f"http://127.0.0.1:{port}/health", root / "serve.log", env=env, cwd=root
     ) as process:
@@ -122,14 +126,23 @@ def service(project):
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(project):
+def mlflow_served(project):
+    """`mlflow models serve` of @champion: (its /invocations URL, its process). Uploads up to
+    2 MB, so a 1 MB deflate bomb reaches the DICOM reader rather than the byte limit."""
     root, _, env = project
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m"]
     command += ["models:/tumor-classifier@champion", "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with running(command, f"http://127.0.0.1:{port}/ping", root / "mlflow.log", env=env, cwd=root):
-        yield f"http://127.0.0.1:{port}/invocations"
+    env = env | {"MAX_UPLOAD_BYTES": str(BOMB_LIMIT)}
+    ready = f"http://127.0.0.1:{port}/ping"
+    with running(command, ready, root / "mlflow.log", env=env, cwd=root) as process:
+        yield f"http://127.0.0.1:{port}/invocations", process
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_served):
+    return mlflow_served[0]
 
 
 @pytest.fixture(scope="module")
@@ -411,3 +424,83 @@ def test_the_azure_package_validates_and_ships_the_release_and_only_serving_code
     assert "score.py" in shipped
     assert "pipeline/serving/classifier.py" in shipped
     assert not {"pipeline/config.py", "pipeline/train.py", "pipeline/tracking.py"} & shipped
+
+
+def hostile_dicoms() -> dict[str, bytes]:
+    """Issue 30's DICOM files: a 1 MB deflate bomb of 1 GB and the four malformed headers."""
+    rgb = make_scan(height=48, width=64)
+    return {"deflate bomb": deflate_bomb(rgb), **malformed_dicoms(rgb)}
+
+
+def test_hostile_dicoms_are_a_4xx_from_the_service_and_the_pyfunc_under_1_5_gb(
+    service, mlflow_served
+):
+    """Before: the bomb was answered 200 "benign" after 16 s at 3.2 GB (service) and 3.1 GB
+    (pyfunc), and each malformed header was a plain-text 500 with a traceback quoting it."""
+    (url, process), (invocations, mlflow_process) = service, mlflow_served
+    for name, data in hostile_dicoms().items():
+        status, answer, _ = post(url + "/predict", data, "application/dicom")
+        assert status in (400, 413, 422), (name, answer)
+        assert answer["status"] == status, name
+        assert answer["error"], name
+        body = json.dumps({"inputs": {"image": [base64.b64encode(data).decode()]}}).encode()
+        request = urllib.request.Request(invocations, body, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=120)
+        text = refused.value.read()
+        assert refused.value.code == 400, (name, text[:300])
+        assert json.loads(text)["message"][:3] in ("400", "413", "422"), (name, text[:300])
+        assert len(text) < 1024, name  # the refusal, never the upload echoed back
+        for said in (answer["error"], text.decode()):
+            assert not any(marker in said for marker in MARKERS.values()), name
+    assert peak_rss_bytes(process.pid) < 1.5 * 1024**3
+    assert peak_rss_bytes(mlflow_process.pid) < 1.5 * 1024**3
+
+
+def test_slow_uploads_leave_a_normal_client_answered_within_5_s(service, project):
+    """Issue 30: the body was read inside an inference slot with no time limit, so two clients
+    sending a byte every 2 s stalled everyone and twenty got everyone 503 for a minute. Here
+    SLOW_CLIENTS keep sending one byte a second of a declared 100 KB (reconnecting after each
+    408) for SLOW_SECONDS while a normal client posts scans one after another."""
+    import socket
+    import threading
+    import time
+
+    url, _ = service
+    port = int(url.rsplit(":", 1)[1])
+    stop_at = time.monotonic() + SLOW_SECONDS
+    timed_out = []
+
+    def slow_client() -> None:
+        while time.monotonic() < stop_at:
+            with socket.create_connection(("127.0.0.1", port), timeout=SLOW_SECONDS) as sock:
+                sock.sendall(
+                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                    b"Content-Length: 100000\r\n\r\n"
+                )
+                sock.settimeout(1.0)
+                while time.monotonic() < stop_at:
+                    try:
+                        answer = sock.recv(200)
+                    except TimeoutError:
+                        sock.sendall(b"x")  # a byte a second, never the whole body
+                        continue
+                    timed_out.append(answer.split(b"\r\n", 1)[0])
+                    break
+
+    threads = [threading.Thread(target=slow_client) for _ in range(SLOW_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)  # every slow client is connected and sending
+    image, latencies = project[1][0].read_bytes(), []
+    while time.monotonic() < stop_at - 1:
+        started = time.monotonic()
+        status, answer, _ = post(url + "/predict", image, "image/png", timeout=30)
+        latencies.append(time.monotonic() - started)
+        assert status == 200, answer
+    for thread in threads:
+        thread.join()
+    assert len(latencies) >= 5
+    assert sorted(latencies)[int(0.99 * (len(latencies) - 1))] < 5, latencies
+    assert timed_out
+    assert all(b" 408 " in line for line in timed_out), timed_out[:3]
