@@ -76,6 +76,8 @@ class Refused(MlflowException):
 class ServingModel(PythonModel):
     """What `mlflow.pyfunc.load_model` wraps: decode, answer with the release's own rule."""
 
+    max_images = MAX_IMAGES  # load_context reads MAX_IMAGES_PER_REQUEST over it
+
     def load_context(self, context: Any) -> None:
         """Load the release from the model's artifacts once, when MLflow loads the model, on the
         engine it serves (ONNX Runtime when it carries model.onnx; SERVING_ENGINE overrides)."""
