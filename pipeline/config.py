@@ -174,6 +174,20 @@ class SelectParams:
 
 
 @dataclass(frozen=True)
+class CardParams:
+    """`card:` in params.yaml: what the model card states about the data, each fact as its
+    provider states it or "not stated" (the card fills in nothing; params-busi.yaml sets BUSI's)."""
+
+    data: str
+    licence: str
+    ethics: str
+    site: str
+    population: str
+    prevalence: str
+    citation: str
+
+
+@dataclass(frozen=True)
 class PromoteParams:
     """Gates for moving `alias` (champion) to the `select.alias` (challenger) version.
 
@@ -229,6 +243,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     select: SelectParams
+    card: CardParams
     promote: PromoteParams
     mlflow: MlflowParams
     monitor: MonitorParams

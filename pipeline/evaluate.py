@@ -41,14 +41,24 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, ledger, metrics, ood_sets, served_metrics, statistics, subgroups, tracking
+from pipeline import (
+    cam,
+    ledger,
+    metrics,
+    ood_sets,
+    served_metrics,
+    statistics,
+    subgroups,
+    tracking,
+)
 from pipeline import evaluate_report as report
+from pipeline.card_results import format_estimate
 from pipeline.cli import stage_main
 from pipeline.config import ARCHS, Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
+from pipeline.failures import worst_errors
 from pipeline.files import staged_dir, write_json, write_text
-from pipeline.model_card import format_estimate
 from pipeline.serving.ood import METHOD, OOD_FILE, OodStatistics, accept_threshold, fit, pool
 from pipeline.serving.rule import DecisionRule, Served, calibrate, serve
 from pipeline.threshold import choose_threshold
@@ -104,7 +114,8 @@ def run(params: Params) -> dict:
         net = cam.feature_model(model)  # one pass gives probabilities and maps for Grad-CAM
         outputs = {split: predict(net, data[split].images) for split in SPLITS}
         proba = {split: probabilities for split, (_, probabilities) in outputs.items()}
-        fitted[arch], found, check = _model_ood(net, outputs, shown, _ood_reference(train, params))
+        reference = _ood_reference(train, data["val"].labels, params)
+        fitted[arch], found, check = _model_ood(net, outputs, shown, reference)
         rules[arch], results[arch] = evaluate_probabilities(
             data, proba, params, facts, check, look["manifest_sha256"]
         )
@@ -112,14 +123,18 @@ def run(params: Params) -> dict:
         kept[arch] = (model, outputs["test"][0], proba)
         for split in SPLITS:
             results[arch][split]["ood"] = found[split]
-    for arch in ARCHS:  # every computation of test metrics is a look, counted before reporting
-        _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
+    looks = {  # every computation of test metrics is a look, recorded before reporting
+        arch: _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
+        for arch in ARCHS
+    }
     use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
-    # Where the count is kept, not the count: it grows with every look, so a rerun on the same data
-    # would change the committed reports (select's card for the registry carries it).
-    where = {k: use[k] for k in ("ledger", "split_sha256")}
+    # Where the count is kept and this look's row, not the count: it grows with every look, so a
+    # rerun on the same data would change the committed reports (select's card for the registry
+    # carries it). The row is the same on a rerun that computes the same figures.
+    where = {k: use[k] for k in ("file", "ledger", "split_sha256")}
     for arch in ARCHS:
-        results[arch]["test"]["test_use"] = where
+        row = {k: looks[arch][k] for k in ("time_utc", "model_sha256", "purpose")}
+        results[arch]["test"]["test_use"] = where | {"look": row}
         with staged_dir(EVALUATE_DIR / arch) as out:
             write_json(out / "metrics.json", results[arch])
             write_json(out / RULE_FILE, rules[arch].to_dict())
@@ -140,38 +155,45 @@ def run(params: Params) -> dict:
     return results
 
 
-def _ood_reference(train: ImageSet, params: Params) -> tuple[np.ndarray, np.ndarray, float]:
-    """(images, labels, accept) the OOD statistics are fitted on: the train split, plus its
-    left-right mirrors when training flips images (augment.flip). A flipped scan is then in
-    distribution for the classifier, and must be for the detector too: fitted on unmirrored scans
-    alone, one demo model refused 4 of 72 scans only once mirrored."""
+def _ood_reference(
+    train: ImageSet, val_labels: np.ndarray, params: Params
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(images, labels, validation labels, accept) the OOD statistics are fitted on: the train
+    split, plus its left-right mirrors when training flips images (augment.flip). A flipped scan
+    is then in distribution for the classifier, and must be for the detector too: fitted on
+    unmirrored scans alone, one demo model refused 4 of 72 scans only once mirrored. The class
+    scales come from validation (pipeline.serving.ood)."""
     images, labels = train.images, train.labels
     if params.augment.flip:
         images = np.concatenate([images, images[:, :, ::-1]])
         labels = np.concatenate([labels, labels])
-    return images, labels, params.evaluate.ood_accept
+    return images, labels, val_labels, params.evaluate.ood_accept
 
 
 def _model_ood(
     net: keras.Model,
     outputs: dict[str, tuple[np.ndarray, np.ndarray]],
     shown: dict[str, np.ndarray],
-    reference: tuple[np.ndarray, np.ndarray, float],
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray, float],
 ) -> tuple[OodStatistics, dict[str, dict[str, Any]], OodCheck]:
     """`ood_evaluation` of one model: the pooled features of the fitting `reference`
     (`_ood_reference`), of both splits (`outputs`, already predicted) and of each OOD family
     (`shown`)."""
-    images, labels, accept = reference
+    images, labels, val_labels, accept = reference
     pooled = {name: pool(predict(net, x)[0]) for name, x in shown.items()}
     pooled |= {split: pool(f) for split, (f, _) in outputs.items()}
     pooled["train"] = pool(predict(net, images)[0])
-    return ood_evaluation(pooled, labels, accept)
+    return ood_evaluation(pooled, labels, accept, val_labels)
 
 
 def ood_evaluation(
-    pooled: dict[str, np.ndarray], train_labels: np.ndarray, accept: float
+    pooled: dict[str, np.ndarray],
+    train_labels: np.ndarray,
+    accept: float,
+    val_labels: np.ndarray | None = None,
 ) -> tuple[OodStatistics, dict[str, dict[str, Any]], OodCheck]:
-    """Fit the OOD statistics on train, choose the threshold on val, measure both splits.
+    """Fit the OOD statistics on train, the class scales (`val_labels` given) and the threshold
+    on val, measure both splits.
 
     `pooled`: pooled features of "train", "val", "test" and of each OOD family. Per split: the
     AUROC of the OOD score separating the split's images from each family (1 = always apart)
@@ -179,6 +201,8 @@ def ood_evaluation(
     the served answers (pipeline.served_metrics.refusals); the check carries their scores.
     """
     fitted = fit(pooled["train"], train_labels)
+    if val_labels is not None:  # class-fair: every class's typical image scores about 1
+        fitted = fitted.with_class_scales(pooled["val"], val_labels)
     scores = {name: fitted.scores(x) for name, x in pooled.items() if name != "train"}
     threshold = accept_threshold(scores["val"], accept)
     families = [name for name in scores if name not in (*SPLITS, "train")]
@@ -265,6 +289,8 @@ def evaluate_probabilities(
             y, proba[split], served, calibration, m, params.evaluate.ece_bins
         )
         found["subgroups_not_evaluated"] = list(facts[split].subgroup_gaps)
+        ids = [h[:12] for h in facts[split].image_hashes] or data[split].paths
+        found["failure_cases"] = worst_errors(y, served, rule.classes, m, ids, facts[split].groups)
         result[split] = found
     result["val"]["operating_point"].update(selection)
     return rule, metrics.jsonable(result)
@@ -288,8 +314,9 @@ def fit_rule(
     temperature = calibration["temperature"] if calibration["applied"] else None
     served = calibrate(proba, temperature)
     flagged = served.argmax(1) == m  # the class answer refers by itself: the threshold adds to it
+    refused = None if ood is None else ood.scores["val"] > ood.threshold  # missed, if malignant
     choice = choose_threshold(
-        y, served[:, m], m, flagged, groups, target=e.target_sensitivity,
+        y, served[:, m], m, flagged, groups, refused, target=e.target_sensitivity,
         confidence=e.threshold_confidence, n_bootstrap=e.bootstrap, seed=params.seed,
     )  # fmt: skip
     threshold = choice["threshold"]
@@ -368,9 +395,10 @@ def flat_metrics(report: dict, prefix: str) -> dict[str, float]:
 
 def _record_test_look(
     params: Params, arch: str, found: dict, test: dict, look: dict[str, str]
-) -> None:
-    """Log this computation of one model's test metrics in the test ledger (pipeline.ledger)."""
-    ledger.record_look(
+) -> dict[str, str]:
+    """Record this computation of one model's test metrics in the test ledger (pipeline.ledger);
+    return its row."""
+    return ledger.record_look(
         params.mlflow.experiment,
         model=f"{arch} (run {found['run_id']})",
         model_sha256=ledger.file_sha256(found["model"]),

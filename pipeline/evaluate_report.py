@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cam, metrics, plots, statistics
+from pipeline.card_results import LABELS, format_estimate, refusal_rows
 from pipeline.config import Params
 from pipeline.datasets import ImageSet
-from pipeline.model_card import LABELS, format_estimate, refusal_rows
 from pipeline.served_metrics import decisions
 from pipeline.serving.rule import OUT_OF_SCOPE, Served
 
@@ -205,7 +205,7 @@ def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) 
     title = "Validation" if split == "val" else "Test"
     lines = [f"# Model comparison: {title.lower()}", ""]
     if split == "test":
-        lines += [_test_use_line(first.get("test_use")), ""]
+        lines += [_test_use_line({a: reports[a].get("test_use") for a in archs}), ""]
     lines += [
         f"{title}: {first.get('n')} images in {first.get('groups')} groups. Every figure scores "
         "the served answers (the released rule, out-of-scope refusal included): class metrics "
@@ -281,14 +281,24 @@ def _paired_lines(comparison: dict, split: str) -> list[str]:
     return lines
 
 
-def _test_use_line(use: dict | None) -> str:
-    if not use:
+def _test_use_line(uses: dict[str, dict | None]) -> str:
+    """Which look of the test ledger each model's figures are, and when it was taken."""
+    found = {a: u for a, u in uses.items() if u}
+    if not found:
         return "Test use: not recorded."
+    first = next(iter(found.values()))
+    taken = "; ".join(
+        f"{a}: {u['look']['time_utc']} (model sha256 {u['look']['model_sha256'][:12]})"
+        for a, u in found.items()
+        if u.get("look")
+    )
     return (
-        "**Every look at this test split is counted**: one run per look in MLflow experiment "
-        f"`{use['ledger']}` (split sha256 {use['split_sha256'][:12]}); `evaluate` prints the count "
-        "and the model card attached to the registered version states it. Every look that informs "
-        "a choice makes these numbers more optimistic."
+        "**Every look at this test split is counted**: one row per look in "
+        f"`{first.get('file')}` (committed; split sha256 {first['split_sha256'][:12]}), the "
+        f"figures in MLflow experiment `{first['ledger']}`. These figures are the looks taken "
+        f"{taken} (UTC). `evaluate` prints the count and the model card attached to the "
+        "registered version states it. Every look that informs a choice makes these numbers more "
+        "optimistic."
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.model_card import EXTERNAL_HEADING, format_estimate
+from pipeline.card_results import format_estimate
+from pipeline.model_card import EXTERNAL_HEADING
 
 NONE = (
     "- None. No external data set has been scored (`data.external` is empty): every figure on "

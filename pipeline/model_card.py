@@ -2,12 +2,18 @@
 
 `render_model_card` is a pure function of what the earlier stages wrote: the winner's
 `reports/evaluate/<arch>/metrics.json`, `reports/data/summary.json` from prepare (any shape; keys
-it lacks are simply not shown) and the selection record. It never reads files itself.
+it lacks are simply not shown), the selection record and the `card:` params. It never reads files
+itself. It states about the data only what `card:` says (licence, ethics, site, population,
+prevalence, citation; "not stated" otherwise): no data set's facts are filled in for another.
+The tables of figures are pipeline.card_results'.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pipeline import card_results as results
+from pipeline.card_results import fmt
 
 RESEARCH_ONLY = (
     "**Research use only.** This model is not a medical device, has not been clinically "
@@ -18,23 +24,6 @@ SYNTHETIC_WARNING = (
     "`pipeline.synthetic` (not patient scans); every number below describes the demo set only and "
     "says nothing about performance on real ultrasound images."
 )
-# The headline metrics of pipeline.metrics.HEADLINE, in order, as people read them. Kept here
-# (not imported) so the select stage's card depends on no numeric code.
-LABELS = {
-    "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced accuracy",
-    "macro_f1": "Macro F1",
-    "macro_precision": "Macro precision",
-    "macro_recall": "Macro recall",
-    "weighted_f1": "Weighted F1",
-    "roc_auc_macro": "ROC-AUC (one-vs-rest, macro)",
-    "malignant_sensitivity": "Malignant recall of the class answer",
-    "malignant_specificity": "Malignant specificity of the class answer",
-    "brier": "Brier score (lower is better)",
-    "ece": "Expected calibration error (lower is better)",
-}
-
-
 EXTERNAL_HEADING = "## External validation"
 # What select can say: the external stage runs after it, so select never depends on data.external
 # (adding a site re-runs that stage only). The registered version's card gets the real section.
@@ -46,14 +35,8 @@ EXTERNAL_PENDING = [
 
 
 OWNER = "the busi-pipeline maintainers (issues on the project's repository)"
-LICENCE = (
-    "code Apache-2.0 (pyproject.toml); the weights inherit the terms of the training data "
-    "(BUSI: CC BY 4.0, cite Al-Dhabyani et al.)"
-)
-CITATION = (
-    "busi-pipeline (this repository), and for the data: Al-Dhabyani W, Gomaa M, Khaled H, "
-    "Fahmy A. Dataset of breast ultrasound images. Data in Brief 28 (2020) 104863."
-)
+NOT_STATED = "not stated"
+CARD_FACTS = ("data", "licence", "ethics", "site", "population", "prevalence", "citation")
 
 
 def render_model_card(
@@ -65,6 +48,7 @@ def render_model_card(
     *,
     model_name: str | None = None,
     version: str | int | None = None,
+    card: dict[str, str] | None = None,
 ) -> str:
     """Markdown model card for `arch`, after Mitchell et al. (2019) plus the TRIPOD+AI items a
     classifier evaluated on a held-out split can answer.
@@ -72,7 +56,9 @@ def render_model_card(
     metrics: `{"val": M, "test": M}` as written by the evaluate stage. data_summary: prepare's
     summary (may be empty or lack keys). selection: the select stage's record (winner, metric,
     reason, ...). synthetic: whether the data was the built-in demo set (adds a warning at the top).
+    card: the `card:` params (facts about the data; a missing one is "not stated").
     """
+    facts = {key: (card or {}).get(key) or NOT_STATED for key in CARD_FACTS}
     selection = selection or {}
     data_summary = data_summary or {}
     val, test = metrics.get("val") or {}, metrics.get("test") or {}
@@ -86,25 +72,27 @@ def render_model_card(
     ]
     if synthetic:
         out += [f"> {SYNTHETIC_WARNING}", ""]
-    out += _details(arch, val, test, selection, name, version)
+    out += _details(arch, val, test, selection, name, version, facts)
     out += ["", "## Intended use", "", *INTENDED_USE]
     out += ["", "## Factors", "", *_factors(test)]
     out += ["", "## Metrics", "", *METRIC_CHOICES]
     out += ["", "## Evaluation data", "", *_evaluation_data(val, test)]
-    out += ["", "## Training data", ""]
+    out += ["", "## Training data", "", *_data_facts(facts)]
     out += _split_level(data_summary) + _exclusions(data_summary)
     out += _summary_lines(data_summary) or [
         "- No data summary was found (reports/data/summary.json)."
     ]
-    out += ["", "## Quantitative analyses", "", *_headline_table(val, test)]
-    out += ["", "### Operating point", "", *_operating_point(val, test)]
-    out += ["", "### Calibration of p(malignant)", "", *_calibration(val, test)]
-    out += ["", "### Out-of-distribution inputs", "", *_ood(val, test)]
-    out += ["", "### Subgroups (test)", "", *_subgroups(test)]
+    out += ["", "## Quantitative analyses", "", *results.headline_table(val, test)]
+    out += ["", "### Operating point", "", *results.operating_point(val, test)]
+    out += ["", "### Calibration of p(malignant)", "", *results.calibration(val, test)]
+    out += ["", "### Out-of-distribution inputs", "", *results.ood(val, test)]
+    out += ["", "### Subgroups (test)", "", *results.subgroups(test)]
+    out += ["", "### Failure cases (test)", "", *results.failure_cases(test)]
     out += ["", EXTERNAL_HEADING, "", *EXTERNAL_PENDING]
-    out += ["", "## Ethical considerations", "", *ETHICS]
-    out += ["", "## Caveats and recommendations", "", *_limitations(data_summary, synthetic, test)]
-    out += ["", "## TRIPOD+AI items", "", *_tripod(val, test)]
+    out += ["", "## Ethical considerations", "", _consent(facts), *ETHICS]
+    out += ["", "## Caveats and recommendations", ""]
+    out += _limitations(data_summary, synthetic, test, facts)
+    out += ["", "## TRIPOD+AI items", "", *_tripod(val, test, facts)]
     return "\n".join(out) + "\n"
 
 
@@ -128,13 +116,12 @@ METRIC_CHOICES = [
     "and an unnecessary biopsy are the errors that matter.",
     "- Benign vs malignant among lesions (normal scans excluded): the clinical question.",
     "- Calibration of p(malignant) (reliability bins, slope, intercept), since decisions use it.",
-    "- Uncertainty: 95% percentile intervals of a cluster bootstrap that resamples prepare's "
-    "groups (near-duplicate images, patients where known) within each class, so repeated views "
-    "of one lesion count once.",
+    "- Uncertainty: 95% intervals in which repeated views of one lesion count once: exact "
+    "(Clopper-Pearson) on the effective number of images for proportions, n^2 / sum(m^2) over "
+    "prepare's groups (near-duplicate images, patients where known), so they never collapse at "
+    "0 or 1; a cluster bootstrap that resamples the groups within each class for the others.",
 ]
 ETHICS = [
-    "- Patient images: BUSI was collected with the source hospital's approval and is published "
-    "de-identified; any other data set needs its own approval and de-identification.",
     "- Harms: a false negative delays a cancer diagnosis; a false positive adds anxiety and a "
     "biopsy. The operating point trades one for the other; its rule and guarantee are above.",
     "- Fairness: age, ethnicity, breast density and scanner are not recorded, so performance "
@@ -144,8 +131,36 @@ ETHICS = [
 ]
 
 
+def _data_facts(facts: dict[str, str]) -> list[str]:
+    """What the data's provider states (the `card:` params), or "not stated"."""
+    return [
+        f"- Data: {facts['data']}.",
+        f"- Site and dates of acquisition: {facts['site']}.",
+        f"- Population: {facts['population']}.",
+        f"- Prevalence of malignancy in the source population: {facts['prevalence']} (the "
+        "sample's class mix is not a clinic's; PPV and NPV are restated at "
+        "`evaluate.prevalence`).",
+    ]
+
+
+def _consent(facts: dict[str, str]) -> str:
+    if facts["ethics"] == NOT_STATED:
+        return (
+            "- Ethics approval and de-identification of the data: not stated. Confirm both with "
+            "the data's provider before any use of patient images."
+        )
+    stated = facts["ethics"]
+    return f"- Ethics approval and de-identification, as the data's provider states: {stated}."
+
+
 def _details(
-    arch: str, val: dict, test: dict, selection: dict, name: str | None, version: Any
+    arch: str,
+    val: dict,
+    test: dict,
+    selection: dict,
+    name: str | None,
+    version: Any,
+    facts: dict[str, str],
 ) -> list[str]:
     classes = list((test.get("per_class") or val.get("per_class") or {}).keys())
     out = [
@@ -173,7 +188,11 @@ def _details(
         "- Date: the registry version's creation time (kept out of the card so reruns "
         "give the same file)."
     )
-    out += [f"- Licence: {LICENCE}.", f"- Citation: {CITATION}"]
+    out += [
+        "- Licence: code Apache-2.0 (pyproject.toml); the weights inherit the terms of the "
+        f"training data, whose licence is: {facts['licence']}.",
+        f"- Citation: busi-pipeline (this repository); the data: {facts['citation']}",
+    ]
     if selection.get("metric") or selection.get("reason"):
         why = f": {selection['reason']}" if selection.get("reason") else ""
         out.append(
@@ -204,21 +223,29 @@ def _evaluation_data(val: dict, test: dict) -> list[str]:
         f"- Validation: {val.get('n', '?')} images in {val.get('groups', '?')} groups; chose the "
         "epoch, the model, the threshold and whether to apply temperature scaling.",
         f"- Test: {test.get('n', '?')} images in {test.get('groups', '?')} groups, disjoint by "
-        "group from training and validation; used for nothing but this report.",
+        "group from training and validation; used for this report and by the promotion gate "
+        "(`make promote`), never to choose the epoch, the model or the rule.",
     ]
     use = test.get("test_use")
     if use and "looks" in use:
         out.append(
             f"- **Test use: this test split has been looked at {use.get('looks')} times by "
-            f"{use.get('models')} models** (MLflow experiment `{use.get('ledger')}`). Each look "
+            f"{use.get('models')} models** (`{use.get('file')}`, one row per look). Each look "
             "that informed a choice makes the test figures more optimistic."
         )
     elif use:  # the committed copy: the count grows with every look, so the registry's copy has it
         out.append(
-            f"- **Test use: every look at this test split is counted** (one run per look in "
-            f"MLflow experiment `{use.get('ledger')}`); the copy of this card attached to the "
-            "registered version says how many. Each look that informed a choice makes the test "
-            "figures more optimistic."
+            f"- **Test use: every look at this test split is counted**, one row per look in "
+            f"`{use.get('file')}` (committed); the copy of this card attached to the registered "
+            "version says how many. Each look that informed a choice makes the test figures more "
+            "optimistic."
+        )
+    look = (use or {}).get("look")
+    if use and look:
+        out.append(
+            f"- The test figures below are the look taken {look['time_utc']} (UTC) by "
+            f"`{look['purpose']}`, the row of model sha256 {look['model_sha256'][:12]} in "
+            f"`{use.get('file')}`."
         )
     return out
 
@@ -226,209 +253,21 @@ def _evaluation_data(val: dict, test: dict) -> list[str]:
 def _reuse(use: dict) -> str:
     if "looks" in use:
         return f"{use['looks']} looks by {use.get('models', '?')} models"
-    return f"counted in MLflow experiment `{use.get('ledger', '?')}`"
+    return f"counted in `{use.get('file', '?')}`"
 
 
-def _headline_table(val: dict, test: dict) -> list[str]:
-    out = [
-        f"Images (groups): validation {val.get('n', '?')} ({val.get('groups', '?')}), test "
-        f"{test.get('n', '?')} ({test.get('groups', '?')}). Point estimates with 95% "
-        "cluster-bootstrap intervals (exact for refused shares). Class metrics score the served "
-        "class answer over every image, a refusal counted wrong; ROC-AUC, Brier and ECE the "
-        "served probabilities of the answered images.",
-        "",
-        "| metric | validation | test |",
-        "|---|---|---|",
-        *refusal_rows({"validation": val, "test": test}, ["validation", "test"]),
-    ]
-    answered = [format_estimate((r.get("answered") or {}).get("macro_f1")) for r in (val, test)]
-    for key in LABELS:
-        if key in val or key in test:
-            out.append(
-                f"| {LABELS[key]} | {format_estimate(val.get(key))} | "
-                f"{format_estimate(test.get(key))} |"
-            )
-    out.append(f"| Macro F1, answered images only | {answered[0]} | {answered[1]} |")
-    per_class = test.get("per_class") or {}
-    ranked = (test.get("answered") or {}).get("per_class") or {}
-    if per_class:
-        cols = ("precision", "recall", "f1", "specificity", "support", "refused")
-        out += ["", f"Per class (test, {test.get('n', '?')} images; ROC-AUC on the answered):", ""]
-        head = [*cols, "roc_auc"]
-        out += ["| class | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-        for cls, row in per_class.items():
-            cells = [_fmt(row.get(c)) for c in cols] + [_fmt(ranked.get(cls, {}).get("roc_auc"))]
-            out.append(f"| {cls} | " + " | ".join(cells) + " |")
-    return out
-
-
-def refusal_rows(reports: dict[str, dict], columns: list[str]) -> list[str]:
-    """Table rows: coverage and refused n/N per true class of each report (the refusal, stated
-    once), one column per name in `columns`."""
-    first = reports[columns[0]].get("refused_by_class") or {}
-    rows = ["| Coverage: answered images | "
-            + " | ".join(share(reports[c].get("coverage")) for c in columns) + " |"]  # fmt: skip
-    for name in first:
-        cells = [share((reports[c].get("refused_by_class") or {}).get(name)) for c in columns]
-        rows.append(f"| Refused as out of scope, true {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def share(found: dict | None) -> str:
-    """`n/N = value [low, high]` of a proportion (pipeline.served_metrics.proportion)."""
-    if not found or found.get("value") is None:
-        return "n/a"
-    return f"{found['n']}/{found['of']} = {format_estimate(found)}"
-
-
-OPERATING_ROWS = (
-    ("sensitivity", "Sensitivity"),
-    ("specificity", "Specificity"),
-    ("ppv", "PPV (this sample)"),
-    ("npv", "NPV (this sample)"),
-    ("ppv_at_prevalence", "PPV at the assumed prevalence"),
-    ("npv_at_prevalence", "NPV at the assumed prevalence"),
-    ("auc", "AUC of p(malignant)"),
-)
-
-
-def _operating_point(val: dict, test: dict) -> list[str]:
-    op_val, op_test = val.get("operating_point") or {}, test.get("operating_point") or {}
-    if op_val.get("threshold") is None:
-        return ["No operating point: the validation split had no malignant images."]
-    choice = op_val.get("selection") or {}
-    met = "met" if choice.get("guaranteed") else "NOT met (too few malignant validation images)"
-    out = [
-        "Two outputs: the class answer is the most probable class (the threshold never changes "
-        "it); the referral flag (malignancy suspected) is raised when the class is malignant or "
-        f"when p(malignant) >= {op_val['threshold']:.4f} (95% "
-        "bootstrap interval of the threshold on validation: "
-        f"[{_fmt(op_val.get('threshold_ci_low'))}, {_fmt(op_val.get('threshold_ci_high'))}]). "
-        f"Rule: {op_val.get('rule', 'n/a')}. "
-        f"Guarantee {met}: lower bound {_fmt(choice.get('sensitivity_lower_bound'))} against "
-        f"target {_fmt(choice.get('target'))}."
-        + (
-            " The threshold was lowered to match the argmax decision's sensitivity."
-            if choice.get("raised_to_argmax")
-            else ""
-        ),
-        "",
-        f"Prevalence assumed for PPV/NPV: {_fmt(op_test.get('prevalence'))}.",
-        "",
-        "The rows below score the flag; a refused (out-of-scope) malignant image counts as not "
-        "flagged.",
-        "",
-        "| referral flag | validation | test | test, lesions only (benign vs malignant) |",
-        "|---|---|---|---|",
-    ]
-    lesions = test.get("lesions") or {}
-    for key, label in OPERATING_ROWS:
-        out.append(
-            f"| {label} | {format_estimate(op_val.get(key))} | "
-            f"{format_estimate(op_test.get(key))} | {format_estimate(lesions.get(key))} |"
-        )
-    out.append(
-        f"| Images (groups) | {op_val.get('images', '?')} ({op_val.get('groups', '?')}) | "
-        f"{op_test.get('images', '?')} ({op_test.get('groups', '?')}) | "
-        f"{lesions.get('images', '?')} ({lesions.get('groups', '?')}) |"
-    )
-    return out
-
-
-def _calibration(val: dict, test: dict) -> list[str]:
-    cal = val.get("calibration") or {}
-    if not cal:
-        return ["No calibration results were recorded."]
-    t = cal.get("temperature")
-    served = "applied: part of the served decision rule" if cal.get("applied") else "not applied"
-    out = [
-        f"Temperature scaling {served} (T = {_fmt(t)}; {cal.get('reason', 'no reason recorded')}).",
-        "",
-    ]
-    if cal.get("bounds"):
-        low, high = cal["bounds"]
-        out += [
-            f"The rule: T is fitted on validation within [{low:g}, {high:g}] "
-            "(`evaluate.temperature_range`) and served only when it lowers group-cross-validated "
-            f"validation NLL by at least {cal.get('min_improvement')} nats per image. A fit on "
-            "the lower bound is never served: a validation set the model already separates "
-            "(every true class on top) lowers NLL for every smaller T, so it cannot say how "
-            "sharp the probabilities should be, and sharpening there makes the first error on "
-            "new data a near-certain one.",
-            "",
-        ]
-    for split, report in (("validation", val), ("test", test)):
-        cal_split = report.get("calibration") or {}
-        m = cal_split.get("malignant") or {}
-        bins = [b for b in m.get("reliability") or [] if b.get("count")]
-        out.append(
-            f"- {split} ({cal_split.get('images', '?')} answered images, served p(malignant)): "
-            f"slope {_fmt(m.get('slope'))}, intercept "
-            f"{_fmt(m.get('intercept'))} (ideal 1 and 0); reliability bins (predicted -> observed, "
-            "n): "
-            + "; ".join(f"{b['predicted']:.2f} -> {b['observed']:.2f}, {b['count']}" for b in bins)
-        )
-    return out
-
-
-def _ood(val: dict, test: dict) -> list[str]:
-    """The OOD check: its threshold, the in-distribution test images it refuses, and how well it
-    separates test images from each synthetic OOD family (AUROC; 1 = always apart)."""
-    found = test.get("ood") or {}
-    if not found:
-        return ["- No out-of-distribution check was evaluated for this model."]
-    coverage = (test.get("coverage") or {}, val.get("coverage") or {})
-    out = [
-        f"- Score: {found['method']}. Threshold {found['threshold']:.4g}, chosen on validation so "
-        f"that {found['accept']:.0%} of its images are accepted "
-        f"(answered: {share(coverage[1])} of validation, {share(coverage[0])} of test; refused "
-        "per class in the Quantitative analyses table).",
-        f"- OOD AUROC, test images vs all families: {_fmt(found.get('auroc_all'))}.",
-        "",
-        "| OOD family (synthetic, pipeline/ood_sets.py) | images | AUROC vs test | refused |",
-        "|---|---|---|---|",
-    ]
-    for family, auroc in found["auroc"].items():
-        refused = found["ood_refused"].get(family)
-        out.append(f"| {family} | {found['ood_images'].get(family)} | {_fmt(auroc)} | "
-                   f"{_fmt(refused)} |")  # fmt: skip
-    out += [
-        "",
-        "The families are synthetic stand-ins (textures, colour scenes and Doppler-like overlays, "
-        "text and UI screenshots, CT-, radiograph- and MRI-like slices), not real images of those "
-        "kinds; an ultrasound of another organ can still pass the check.",
-    ]
-    return out
-
-
-def _subgroups(test: dict) -> list[str]:
-    tables = test.get("subgroups") or {}
-    if not tables:
-        return ["No subgroup information in the manifest."]
-    out = []
-    for name, rows in tables.items():
-        header = "| subgroup | images | groups | accuracy | sensitivity | specificity |"
-        out += [f"{name}:", "", header, "|---|---|---|---|---|---|"]
-        for r in rows:
-            cells = [
-                format_estimate(r.get(k)) if k in r else r.get("note", "n/a")
-                for k in ("accuracy", "malignant_sensitivity", "malignant_specificity")
-            ]
-            out.append(
-                f"| {r['subgroup']} | {r['images']} | {r['groups']} | " + " | ".join(cells) + " |"
-            )
-        out.append("")
-    return out
-
-
-def _tripod(val: dict, test: dict) -> list[str]:
+def _tripod(val: dict, test: dict, facts: dict[str, str]) -> list[str]:
     use = test.get("test_use") or {}
     items = [
-        ("Data source and dates", "see Training data; BUSI: one hospital, 2018"),
+        ("Data source and dates", f"{facts['data']}; {facts['site']}"),
         ("Outcome", "image label (benign / malignant / normal) from the data set; no biopsy link"),
         ("Sample size", f"validation {val.get('n', '?')}, test {test.get('n', '?')} images"),
         ("Missing data", "unreadable files are rejected with a reason (reports/data/rejects.csv)"),
-        ("Analysis unit and uncertainty", "group-level cluster bootstrap, stratified by class"),
+        (
+            "Analysis unit and uncertainty",
+            "the group: exact intervals on the effective n for "
+            "proportions, a group-level cluster bootstrap stratified by class for the rest",
+        ),
         ("Performance with intervals", "Quantitative analyses"),
         ("Calibration", "Calibration of p(malignant)"),
         ("Fairness / subgroups", "Subgroups (test); patient characteristics not recorded"),
@@ -438,26 +277,6 @@ def _tripod(val: dict, test: dict) -> list[str]:
         ("Limitations", "Caveats and recommendations"),
     ]
     return ["| item | where / answer |", "|---|---|", *(f"| {a} | {b} |" for a, b in items)]
-
-
-def format_estimate(entry: Any) -> str:
-    """`0.812 [0.741, 0.880]` from `{"value", "ci_low", "ci_high"}`; `n/a` when undefined."""
-    if not isinstance(entry, dict) or entry.get("value") is None:
-        return "n/a"
-    low, high = entry.get("ci_low"), entry.get("ci_high")
-    if low is None or high is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
 
 
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -470,11 +289,11 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
             lines += ["", f"{title}:", "", f"| | {' | '.join(map(str, columns))} |"]
             lines.append("|---" * (len(columns) + 1) + "|")
             for row, cells in value.items():
-                lines.append(f"| {row} | " + " | ".join(_fmt(cells.get(c)) for c in columns) + " |")
+                lines.append(f"| {row} | " + " | ".join(fmt(cells.get(c)) for c in columns) + " |")
             lines.append("")
         elif isinstance(value, dict):
             inline = ", ".join(
-                f"{k}: {_fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list)
+                f"{k}: {fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list)
             )
             lines.append(f"- {title}: {inline or 'see reports/data/summary.json'}")
         elif isinstance(value, list):
@@ -486,7 +305,7 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
             )
             lines.append(f"- {title}: {shown}")
         else:
-            lines.append(f"- {title}: {_fmt(value)}")
+            lines.append(f"- {title}: {fmt(value)}")
     return lines
 
 
@@ -533,11 +352,13 @@ def _find(summary: Any, word: str) -> list[str]:
             if isinstance(value, dict | list):
                 found += _find(value, word)
             elif word in str(key).lower():
-                found.append(f"{str(key).replace('_', ' ')} {_fmt(value)}")
+                found.append(f"{str(key).replace('_', ' ')} {fmt(value)}")
     return found
 
 
-def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any]) -> list[str]:
+def _limitations(
+    summary: dict[str, Any], synthetic: bool, test: dict[str, Any], facts: dict[str, str]
+) -> list[str]:
     lines = []
     if synthetic:
         lines.append(
@@ -545,10 +366,9 @@ def _limitations(summary: dict[str, Any], synthetic: bool, test: dict[str, Any])
             "applied to real ultrasound scans."
         )
     lines.append(
-        "- Single site: BUSI (Al-Dhabyani et al., 2020), the reference data set, comes from one "
-        "hospital, a limited set of scanners and one population of women aged 25-75. Expect "
-        "lower performance on other sites and devices; external validation is required before "
-        "any conclusion."
+        f"- Where the data come from: {facts['site']}; who: {facts['population']}. Expect lower "
+        "performance on other sites, scanners and populations; external validation is required "
+        "before any conclusion."
     )
     patient_level = (summary.get("grouping") or {}).get("split_level") == "patient"
     lines.append(_duplicates_limitation(summary, patient_level))
@@ -570,7 +390,7 @@ def _duplicates_limitation(summary: dict[str, Any], patient_level: bool) -> str:
     """What duplicate grouping finds and misses, with this run's counts."""
     detail = "; ".join(_find(summary, "duplicate") + _find(summary, "conflict"))
     return (
-        "- BUSI duplicates: the public set holds exact and near-duplicate images, some with "
+        "- Duplicates: public ultrasound sets hold exact and near-duplicate images, some with "
         "different labels. Prepare groups byte-identical files, perceptual-hash matches (resized, "
         "re-encoded, annotated copies) and keypoint-verified crops, shifts and padding, keeps each "
         "group within one split and drops or resolves conflicting groups; mirrored copies and "

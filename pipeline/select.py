@@ -19,6 +19,7 @@ card attached to the registered version) and `models/selected/`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -129,6 +130,7 @@ def run(params: Params) -> dict:
         return render_model_card(
             winner, result, summary, selection, selection["synthetic_data"],
             model_name=params.select.model_name, version=version,
+            card=dataclasses.asdict(params.card),
         )  # fmt: skip
 
     registered = card(_test_use_counted(metrics[winner], params), provenance["version"])

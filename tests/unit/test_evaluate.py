@@ -116,7 +116,13 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             answered = m["coverage"]["n"]
             assert reliability.groupby("probabilities")["count"].sum().eq(answered).all()
         # where the count is kept, not the count, which a rerun would change (select's card has it)
-        assert set(saved["test"]["test_use"]) == {"ledger", "split_sha256"}
+        use = saved["test"]["test_use"]
+        assert set(use) == {"file", "ledger", "split_sha256", "look"}
+        (row,) = [
+            r for r in ledger.read_looks() if r["model_sha256"] == use["look"]["model_sha256"]
+        ]
+        assert row["time_utc"] == use["look"]["time_utc"]  # the look these figures are
+        assert saved["test"]["failure_cases"] == saved["test"]["failure_cases"][:5]
         assert saved["val"]["operating_point"]["threshold_ci_low"] is not None
         # threshold chosen on val, the same one applied to test
         threshold = saved["val"]["operating_point"]["threshold"]
@@ -152,6 +158,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
     assert "Test" not in comparison.split("\n")[0]  # the development view is validation
     test_report = (root / "reports/evaluate/test.md").read_text()
     assert "Every look at this test split is counted" in test_report
+    assert "reports/test_looks.csv" in test_report
     paired = json.loads((root / "reports/evaluate/comparison.json").read_text())
     assert paired["val"]["macro_f1"]["images"] == 9
     assert "p_value" in paired["test"]["mcnemar"]
@@ -320,7 +327,9 @@ def test_the_ood_statistics_see_the_mirrored_scans_exactly_when_training_flips(f
         rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), np.array([0, 1, 2, 1]), list("abcd")
     )
     params = project_params({"augment": {"flip": flip}, "evaluate": {"ood_accept": 0.9}})
-    images, labels, accept = evaluate._ood_reference(train, params)
+    val_labels = np.array([2, 0, 1])
+    images, labels, scaled_on, accept = evaluate._ood_reference(train, val_labels, params)
+    np.testing.assert_array_equal(scaled_on, val_labels)  # the class scales: validation
     expected = [train.images, train.images[:, :, ::-1]] if flip else [train.images]
     np.testing.assert_array_equal(images, np.concatenate(expected))
     np.testing.assert_array_equal(labels, np.tile(train.labels, len(expected)))

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pipeline import evaluate
+from pipeline.card_results import LABELS, format_estimate
+from pipeline.config import load_params
 from pipeline.datasets import ImageSet
 from pipeline.metrics import HEADLINE
-from pipeline.model_card import (
-    LABELS,
-    RESEARCH_ONLY,
-    SYNTHETIC_WARNING,
-    format_estimate,
-    render_model_card,
-)
+from pipeline.model_card import RESEARCH_ONLY, SYNTHETIC_WARNING, render_model_card
 from tests.factories import project_params
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SELECTION = {
     "winner": "densenet121",
@@ -104,8 +105,8 @@ def test_data_summary_selection_and_limitations_are_shown(metrics):
         assert heading in card
     for detail in ("Owner:", "Date:", "Licence:", "Citation:", "Version:"):
         assert detail in card
-    assert "Single site" in card
-    assert "BUSI duplicates" in card
+    assert "Expect lower performance on other sites" in card
+    assert "- Duplicates: " in card
 
 
 @pytest.mark.parametrize("summary", [None, {}, {"odd": [1, {"x": 2}]}, {"counts": {}}])
@@ -124,11 +125,15 @@ def test_the_card_says_how_often_the_test_split_was_looked_at(metrics):
 
 
 def test_the_committed_card_points_at_the_count_without_a_number_that_grows(metrics):
-    use = {"ledger": "busi-test-ledger", "split_sha256": "ab" * 32}
+    look = {"time_utc": "2026-12-04T21:00:00+00:00", "model_sha256": "cd" * 32,
+            "purpose": "evaluate: test report"}  # fmt: skip
+    use = {"file": "reports/test_looks.csv", "ledger": "busi-test-ledger",
+           "split_sha256": "ab" * 32, "look": look}  # fmt: skip
     seen = {**metrics, "test": {**metrics["test"], "test_use": use}}
     card = render_model_card("densenet121", seen, SUMMARY, SELECTION, False)
     assert "every look at this test split is counted" in card
-    assert "| Test-set reuse | counted in MLflow experiment `busi-test-ledger` |" in card
+    assert "| Test-set reuse | counted in `reports/test_looks.csv` |" in card
+    assert "look taken 2026-12-04T21:00:00+00:00 (UTC)" in card  # the row these figures are
     assert "None times" not in card
 
 
@@ -167,7 +172,7 @@ def test_the_ood_check_shows_its_auroc_per_family_and_the_share_of_test_refused(
     inside = {s: rng.normal(size=(n, 6)) for s, n in (("val", 60), ("test", 70))}
     pooled = {"train": rng.normal(size=(90, 6)) + labels[:, None] * 0.1, **inside}
     pooled |= {"textures": rng.normal(size=(20, 6)) * 4, "colour": rng.normal(size=(20, 6))}
-    _, found, check = evaluate.ood_evaluation(pooled, labels, 0.95)
+    _, found, check = evaluate.ood_evaluation(pooled, labels, 0.95, np.repeat([0, 1, 2], 20))
     card = render_model_card(
         "densenet121",
         {s: metrics[s] | {"ood": found[s]} for s in ("val", "test")},
@@ -227,3 +232,41 @@ def test_refusals_are_stated_once_per_class_and_the_card_scores_the_served_answe
     assert "| 3/20 = 0.150 [0.032, 0.379] |" in card
     assert "| Coverage: answered images | 60/60 = 1.000" in card
     assert "Macro F1, answered images only" in card
+
+
+def card_facts(params_file: str) -> dict[str, str]:
+    return dataclasses.asdict(load_params(ROOT / params_file).card)
+
+
+def test_the_demo_card_states_no_licence_or_ethics_and_no_busi_fact(metrics):
+    card = render_model_card(
+        "densenet121", metrics, SUMMARY, SELECTION, True, card=card_facts("params.yaml")
+    )
+    assert "whose licence is: not stated." in card
+    assert "- Ethics approval and de-identification of the data: not stated." in card
+    assert "- Population: not stated." in card
+    for busi in ("Al-Dhabyani", "CC BY", "Baheya", "aged 25", "2018", "one hospital"):
+        assert busi not in card, busi
+
+
+def test_the_busi_card_states_what_the_busi_publisher_states(metrics):
+    facts = card_facts("params-busi.yaml")
+    card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False, card=facts)
+    assert f"whose licence is: {facts['licence']}." in card
+    assert f"as the data's provider states: {facts['ethics']}." in card
+    assert f"- Site and dates of acquisition: {facts['site']}." in card
+    assert "Al-Dhabyani" in card
+    assert "women aged 25 to 75" in card
+    assert render_model_card("densenet121", metrics, SUMMARY, SELECTION, False).count(
+        "not stated"
+    ) >= len(facts)  # without a card section every fact is "not stated"
+
+
+def test_the_card_shows_the_worst_errors_and_the_refusals_by_class(metrics):
+    card = render_model_card("densenet121", metrics, SUMMARY, SELECTION, False)
+    failures = card.split("### Failure cases (test)")[1].split("\n## ")[0]
+    shown = metrics["test"]["failure_cases"]
+    assert 0 < len(shown) <= 5
+    assert failures.count("\n| ") == len(shown) + 1  # the header and one row per case
+    assert shown[0]["image"] in failures
+    assert "| Refused as out of scope, true malignant |" in card
