@@ -139,7 +139,7 @@ def split_report(
     m = classes.index(rule.positive_class)
     boot = {"n_bootstrap": e.bootstrap, "seed": params.seed}
     y, ans = np.asarray(y), served.answered
-    report: dict[str, Any] = {"n": int(len(y)), "groups": metrics.count_groups(groups, len(y))}
+    report: dict[str, Any] = {"n": int(len(y)), "groups": intervals.count_groups(groups, len(y))}
     report |= refusals(y, served, classes, groups)
     report |= class_metrics(y, decisions(served), classes, m, groups, **boot)
     answered = metrics.classification_report(
