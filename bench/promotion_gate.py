@@ -7,7 +7,10 @@ models whose decisions agree on most images, and prints:
 
 - false accept: promotions of a challenger truly worse by the margin (by design at most ~5%) and
   by twice the margin;
-- false refuse: refusals of a challenger exactly as good as the champion;
+- false refuse: refusals of a challenger exactly as good as the champion, also when one side
+  refuses 5% of the images as out of scope (the served answer; the refused images mixed between
+  its right and wrong answers so that it stays exactly as good): a refusal counts as a miss for
+  its true class and never as a class of its own, so the gate should accept it as often;
 - the smallest margin at which an equally good challenger passes 80% of the time: the smallest
   difference the gate can resolve at that test size.
 
@@ -17,6 +20,7 @@ Run: .venv/bin/python bench/promotion_gate.py [--reps 300] [--discordance 0.15]
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ from pipeline.config import load_params  # noqa: E402
 
 CLASS_SHARE = (0.55, 0.27, 0.18)  # BUSI's benign / malignant / normal
 CHAMPION_ACCURACY = 0.80
+REFUSED = 3  # the decision code of an out-of-scope refusal (pipeline.served_metrics.decisions)
 
 
 def simulated_split(n_images: int, pair_share: float, rng: np.random.Generator):
@@ -58,6 +63,40 @@ def decisions(group_label: np.ndarray, deficit: float, discordance: float, rng):
     )
 
 
+def refusing(
+    decided: np.ndarray, labels: np.ndarray, share: float, rng, among_wrong: float = 1.0
+) -> np.ndarray:
+    """`decided` with `share` of the images refused (REFUSED): `among_wrong` of the refusals
+    drawn among the wrong answers, the rest among the right ones."""
+    out = decided.copy()
+    n = round(share * len(decided))
+    for pool, count in ((decided != labels, round(n * among_wrong)),
+                        (decided == labels, n - round(n * among_wrong))):  # fmt: skip
+        where = np.flatnonzero(pool)
+        out[rng.choice(where, min(count, len(where)), replace=False)] = REFUSED
+    return out
+
+
+@functools.lru_cache
+def equal_refusal_mix(share: float, seed: int = 0) -> float:
+    """The share of refusals drawn among wrong answers (`refusing`) that leaves a model's true
+    macro-F1 unchanged: a refusal is a miss for its true class, so refusing a right answer
+    costs recall and refusing a wrong one gains another class's precision. With it, a model
+    refusing `share` of the images is exactly as good as the same model answering all."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, 400_000, p=CLASS_SHARE)
+    decided, _ = decisions(labels, 0.0, 0.0, rng)
+    ones = np.ones((1, len(labels)))
+    answered = metrics.weighted_macro_f1(ones, labels, decided)[0]
+    low, high = 0.0, 1.0
+    for _ in range(20):
+        mid = (low + high) / 2
+        refused = refusing(decided, labels, share, np.random.default_rng(seed), mid)
+        better = metrics.weighted_macro_f1(ones, labels, refused)[0] > answered
+        low, high = (low, mid) if better else (mid, high)
+    return (low + high) / 2
+
+
 def true_difference(deficit: float, discordance: float, seed: int) -> float:
     """Macro-F1 difference of the two decision processes on a very large sample: the truth."""
     rng = np.random.default_rng(seed)
@@ -70,14 +109,21 @@ def true_difference(deficit: float, discordance: float, seed: int) -> float:
     )
 
 
-def gate_runs(n_images, deficit, args, margin, rng) -> tuple[float, np.ndarray]:
-    """(share accepted, lower bounds) over `args.reps` simulated promotions."""
+def gate_runs(
+    n_images, deficit, args, margin, rng, refused: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, np.ndarray]:
+    """(share accepted, lower bounds) over `args.reps` simulated promotions; `refused`: the
+    share of images the (challenger, champion) refuse, mixed so that refusing leaves each as
+    good as it was (`equal_refusal_mix`)."""
     accepted, lower = 0, []
+    mix = [equal_refusal_mix(share) if share else 1.0 for share in refused]
     for _ in range(args.reps):
         y, groups, group_label = simulated_split(n_images, args.pairs, rng)
         champion, challenger = decisions(group_label, deficit, args.discordance, rng)
+        challenger = refusing(challenger[groups], y, refused[0], rng, mix[0])
+        champion = refusing(champion[groups], y, refused[1], rng, mix[1])
         record = statistics.non_inferiority(
-            y, challenger[groups], champion[groups], groups, margin=margin, metric="macro_f1",
+            y, challenger, champion, groups, margin=margin, metric="macro_f1",
             n_bootstrap=args.bootstrap, seed=int(rng.integers(2**31)),
         )  # fmt: skip
         accepted += record.accepted
@@ -113,16 +159,19 @@ def main() -> None:
           f"models disagree on {args.discordance:.0%} of groups\n")  # fmt: skip
     cases = {"equal": 0.0, "-margin": deficit_for(-margin, args.discordance)}
     cases["-2 margin"] = deficit_for(-2 * margin, args.discordance)
-    print("| test images | false refuse (equal) | false accept (-margin) | false accept "
-          "(-2 margin) | smallest margin an equal challenger passes 80% |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| test images | false refuse (equal) | ... challenger refuses 5% | ... champion "
+          "refuses 5% | false accept (-margin) | false accept (-2 margin) | smallest margin an "
+          "equal challenger passes 80% |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for n in args.sizes:
         accept_equal, lower = gate_runs(n, cases["equal"], args, margin, rng)
+        ours, _ = gate_runs(n, cases["equal"], args, margin, rng, (0.05, 0.0))
+        theirs, _ = gate_runs(n, cases["equal"], args, margin, rng, (0.0, 0.05))
         accept_one, _ = gate_runs(n, cases["-margin"], args, margin, rng)
         accept_two, _ = gate_runs(n, cases["-2 margin"], args, margin, rng)
         resolvable = float(np.quantile(-lower, 0.8))
-        print(f"| {n} | {1 - accept_equal:.1%} | {accept_one:.1%} | {accept_two:.1%} | "
-              f"{resolvable:.3f} |")  # fmt: skip
+        print(f"| {n} | {1 - accept_equal:.1%} | {1 - ours:.1%} | {1 - theirs:.1%} | "
+              f"{accept_one:.1%} | {accept_two:.1%} | {resolvable:.3f} |")  # fmt: skip
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -198,6 +198,7 @@ class PromoteParams:
     alias: str
     min_macro_f1: float
     min_malignant_sensitivity: float
+    min_coverage: float  # share of held-out test images answered (not out of scope)
     margin: float
     min_test_images: int
     external_gate: bool  # true: every external site must also clear the two floors
@@ -514,6 +515,7 @@ def _check_promote(pm: PromoteParams, select: SelectParams) -> None:
         "promote.min_malignant_sensitivity",
         "must be within [0, 1]",
     )
+    _need(0 <= pm.min_coverage <= 1, "promote.min_coverage", "must be within [0, 1]")
     _need(pm.min_test_images >= 1, "promote.min_test_images", "must be at least 1")
     _need(0 < pm.margin < 0.5, "promote.margin", "must be within (0, 0.5)")
     _need(pm.alias != select.alias, "promote.alias", "must differ from select.alias")

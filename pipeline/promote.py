@@ -2,14 +2,19 @@
 
 `python -m pipeline.promote` (or `make promote`) loads the released models
 `<select.model_name>@<select.alias>` (the challenger) and `@<promote.alias>` (the champion, if
-any) and scores both, each by its own served decision rule, on the test images of the current
-manifest that neither model saw: a test group any of whose images is in either release's
+any) and scores both by their served answers (each release's own rule, out-of-scope refusal
+included: pipeline.serving.rule.serve), on the test images of the current manifest that neither
+model saw: a test group any of whose images is in either release's
 `trained_on.txt` (its train and validation images, by content hash) is left out, and fewer than
 `promote.min_test_images` remaining is a refusal. The alias moves only when the challenger
-1. reaches `promote.min_macro_f1` and `promote.min_malignant_sensitivity` (absolute floors), and
+1. reaches `promote.min_macro_f1` (the class answer over the three classes, a refusal counted
+   wrong and never a class of its own), `promote.min_malignant_sensitivity` (the referral flag,
+   a refused malignant image not flagged) and `promote.min_coverage` (the answered share, its own
+   check), and
 2. is non-inferior to the champion: the one-sided 95% lower bound of the paired, group-level
-   bootstrap difference in macro-F1 (challenger - champion) lies above `-promote.margin`
-   (pipeline.statistics.non_inferiority; bench/promotion_gate.py prints its error rates).
+   bootstrap difference in that macro-F1 (challenger - champion) lies above `-promote.margin`
+   (pipeline.statistics.non_inferiority; bench/promotion_gate.py prints its error rates, with
+   and without refusals).
 The external stage's figures for the challenger (reports/external/summary.json, when it scored this
 very model) are named in the record, and gate it only with `promote.external_gate`.
 Every look at the test split is recorded in the test ledger (pipeline.ledger), and the decision,
@@ -41,8 +46,10 @@ from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import write_json
+from pipeline.served_metrics import decisions as decided
 from pipeline.serving.classifier import Classifier, download_release, load_classifier
 from pipeline.serving.release import read_release
+from pipeline.serving.rule import Served, serve
 from pipeline.statistics import non_inferiority
 
 DECISION_FILE = Path("reports/promotion.json")
@@ -94,6 +101,7 @@ def floors(metrics: dict[str, float], params: Params) -> tuple[bool, str]:
     for name, floor in (
         ("macro_f1", p.min_macro_f1),
         ("malignant_sensitivity", p.min_malignant_sensitivity),
+        ("coverage", p.min_coverage),
     ):
         if not metrics[name] >= floor:
             return False, f"test {name} {metrics[name]:.4f} < promote.min_{name} {floor:.4f}"
@@ -158,28 +166,35 @@ def held_out(
     return subset, frame.loc[keep].reset_index(drop=True), counts
 
 
-def decisions(candidate: Candidate, test: ImageSet, classes: tuple[str, ...]) -> np.ndarray:
-    """Class indices the release would serve for the test images (its own decision rule).
-
-    An out-of-scope answer is index len(classes), a class of its own: the test images are all
-    in scope, so a refusal is never right; it costs the true class a miss (and, like every class
-    answered, enters the macro average, here and in pipeline.statistics alike).
-    """
-    answers: list[dict] = []
+def decisions(candidate: Candidate, test: ImageSet) -> Served:
+    """What the release answers for the test images: its engine, then its own rule with the
+    out-of-scope refusal (pipeline.serving.rule.serve), batch by batch as the service runs it."""
+    classifier = candidate.classifier
+    proba: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
     for start in range(0, len(test), 64):
-        answers += candidate.classifier.predict_many(list(test.images[start : start + 64]))
-    index = {name: i for i, name in enumerate(classes)}
-    return np.array([index.get(a["class"], len(classes)) for a in answers], dtype=np.int64)
+        batch = np.stack([classifier.engine.prepare(i) for i in test.images[start : start + 64]])
+        p, s = classifier.forward(batch)
+        proba.append(p)
+        if s is not None:
+            scores.append(s)
+    ood = np.concatenate(scores) if scores else None
+    return serve(classifier.release.rule, np.concatenate(proba), ood)
 
 
-def served_metrics(y: np.ndarray, decided: np.ndarray, positive: int, k: int) -> dict[str, float]:
-    """Macro-F1 and malignant sensitivity of served decisions, and how many were out of scope
-    (index k, see `decisions`)."""
-    found = decided[y == positive] == positive
+def served_metrics(y: np.ndarray, served: Served, positive: int) -> dict[str, float]:
+    """The gate's figures of served answers: macro-F1 of the class answer over the K classes (a
+    refusal is a miss for its true class, never a class of its own: scikit-learn's `labels=`),
+    malignant sensitivity of the referral flag (a refused malignant image is not flagged),
+    coverage (the answered share) and the count refused."""
+    k = served.probabilities.shape[1]
+    found = served.refer[y == positive]
+    f1 = f1_score(y, decided(served), labels=list(range(k)), average="macro", zero_division=0)
     return {
-        "macro_f1": float(f1_score(y, decided, average="macro", zero_division=0)),
+        "macro_f1": float(f1),
         "malignant_sensitivity": float(found.mean()) if found.size else float("nan"),
-        "out_of_scope": int((decided == k).sum()),
+        "coverage": float(served.answered.mean()) if len(y) else float("nan"),
+        "out_of_scope": int(served.refused.sum()),
     }
 
 
@@ -235,22 +250,20 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     test, rows, counts = held_out(params, seen_by)
     groups = rows["group"].to_numpy()
     positive = classes.index(POSITIVE)
-    mine = decisions(ours, test, classes)
-    metrics = served_metrics(test.labels, mine, positive, len(classes)) | {"n_test": len(test)}
+    mine = decisions(ours, test)
+    metrics = served_metrics(test.labels, mine, positive) | {"n_test": len(test)}
     split = ledger.split_fingerprint(rows["sha256"])
     _look(params, ours, split, manifest, metrics)
     ok, reason = floors(metrics, params)
     evidence: dict[str, Any] = dict(counts)
     other, other_metrics = None, None
     if theirs is not None:
-        other = decisions(theirs, test, classes)
-        other_metrics = served_metrics(test.labels, other, positive, len(classes)) | {
-            "n_test": len(test)
-        }
+        other = decisions(theirs, test)
+        other_metrics = served_metrics(test.labels, other, positive) | {"n_test": len(test)}
         _look(params, theirs, split, manifest, other_metrics)
         record = non_inferiority(
-            test.labels, mine, other, groups, margin=params.promote.margin, metric="macro_f1",
-            positive=positive, seed=params.seed,
+            test.labels, decided(mine), decided(other), groups, margin=params.promote.margin,
+            metric="macro_f1", positive=positive, seed=params.seed,
         )  # fmt: skip
         evidence["non_inferiority"] = record.as_dict()
         if ok:
@@ -301,7 +314,7 @@ def _card(name: str, decision: Decision, params: Params) -> str:
         f"({decision.evidence.get('left_out_seen_in_training')} images in "
         f"{decision.evidence.get('left_out_groups')} groups left out: a model trained on one of "
         "their images).",
-        f"- Test metrics by the served rule: {_pairs(decision.challenger_metrics)}.",
+        f"- Test metrics of the served answers: {_pairs(decision.challenger_metrics)}.",
     ]
     if ni:
         lines.append(
@@ -399,6 +412,7 @@ def _record(decision: Decision, params: Params, manifest: str) -> None:
         "promotion_gate": (
             f"min_macro_f1={params.promote.min_macro_f1} "
             f"min_malignant_sensitivity={params.promote.min_malignant_sensitivity} "
+            f"min_coverage={params.promote.min_coverage} "
             f"margin={params.promote.margin} min_test_images={params.promote.min_test_images}"
         ),
         **{f"promotion_test_{k}": _tag(v) for k, v in decision.challenger_metrics.items()},

@@ -15,12 +15,16 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from sklearn.metrics import f1_score
 
-from pipeline import ledger, synthetic
+from pipeline import ledger, metrics, synthetic
+from pipeline.datasets import load_set
 from pipeline.serving.classifier import load_classifier
+from pipeline.serving.rule import OUT_OF_SCOPE
 from tests.repos import BIN, GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
@@ -167,6 +171,44 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
     assert "val_macro_f1" in version.tags
     served = load_classifier("models:/tumor-classifier@challenger", tracking_uri=uri)
     assert served.release.rule.to_dict() == release["rule"]  # the rule travels in the model
+
+
+def test_every_reported_test_figure_is_a_figure_of_the_served_answers(repo):
+    """The release answers each test image as every surface would (`answer_batch`, the serving
+    core); scored here with scikit-learn, its answers give the reported test figures exactly."""
+    path, _, _ = repo
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    classes = tuple(params["classes"])
+    winner = json.loads((path / "reports/selection.json").read_text())["winner"]
+    reported = json.loads((path / f"reports/evaluate/{winner}/metrics.json").read_text())["test"]
+    test = load_set(path / "data/prepared", classes, split="test")
+    classifier = load_classifier(path / "models/selected")
+    answers = []
+    for start in range(0, len(test), 64):  # evaluate's batches
+        answers += classifier.answer_batch(test.images[start : start + 64].astype("float32"))
+    y, k, m = test.labels, len(classes), classes.index("malignant")
+    refused = np.array([a["class"] == OUT_OF_SCOPE for a in answers])
+    decided = np.array([k if a["class"] == OUT_OF_SCOPE else classes.index(a["class"])
+                        for a in answers])  # fmt: skip
+    flagged = np.array([a["decision"]["refer"] is True for a in answers])
+    proba = np.array([[a["probabilities"][c] for c in classes] for a in answers])
+    op = reported["operating_point"]
+    found = {
+        "macro_f1": f1_score(y, decided, labels=list(range(k)), average="macro", zero_division=0),
+        "sensitivity": flagged[y == m].mean(),
+        "specificity": (~flagged)[y != m].mean(),
+        "ppv": (y[flagged] == m).mean(),
+        "npv": (y[~flagged] != m).mean(),
+        "ece": metrics.expected_calibration_error(
+            y[~refused], proba[~refused], params["evaluate"]["ece_bins"]
+        ),
+    }
+    shown = {"macro_f1": reported["macro_f1"]["value"], "ece": reported["ece"]["value"]}
+    shown |= {key: op[key]["value"] for key in ("sensitivity", "specificity", "ppv", "npv")}
+    assert found == pytest.approx(shown, abs=1e-9, rel=0)
+    for c, name in enumerate(classes):
+        assert reported["refused_by_class"][name]["n"] == int(refused[y == c].sum()), name
+    assert reported["coverage"]["n"] == int((~refused).sum())
 
 
 def assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment_id: str, runs) -> None:

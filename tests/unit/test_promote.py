@@ -1,5 +1,6 @@
 """Promotion moves `champion` only through the gates, records why, and can be rolled back."""
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from mlflow import MlflowClient
 
 from pipeline import promote, registry
 from pipeline.errors import UserError
+from pipeline.serving.rule import Served
 from tests.factories import enter_project, make_prepared, project_params, raw_params
 from tests.registry_models import register_model
 
@@ -300,13 +302,43 @@ def test_rollback_onto_a_deleted_version_is_refused_in_one_line(project, capsys)
     assert champion() != first
 
 
-def test_an_out_of_scope_answer_counts_as_a_miss_never_as_a_crash():
+def test_an_out_of_scope_answer_is_a_miss_for_its_class_never_a_class_of_its_own():
     y = np.array([0, 1, 2, 1])
-    decided = np.array([0, 3, 2, 1])  # 3 = out of scope for three classes
-    metrics = promote.served_metrics(y, decided, positive=1, k=3)
+    p = np.eye(3)[[0, 1, 2, 1]] * 0.9 + 0.05
+    served = Served(
+        p, np.array([0, 1, 2, 1]), np.array([False, False, False, True]),
+        np.array([False, True, False, False]),
+    )  # fmt: skip
+    metrics = promote.served_metrics(y, served, positive=1)
     assert metrics["out_of_scope"] == 1
-    assert metrics["malignant_sensitivity"] == 0.5
-    assert metrics["macro_f1"] < 1.0
+    assert metrics["coverage"] == 0.75
+    assert metrics["malignant_sensitivity"] == 0.5  # the refused malignant image is not flagged
+    # benign 1, malignant 2/3 (one found of two, none wrongly), normal 1: three classes, not four
+    assert metrics["macro_f1"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+
+
+def test_coverage_is_a_gate_of_its_own():
+    ok, reason = promote.floors(
+        {"macro_f1": 0.9, "malignant_sensitivity": 0.9, "coverage": 0.85}, PARAMS
+    )
+    assert not ok
+    assert "test coverage 0.8500 < promote.min_coverage 0.9000" in reason
+
+
+@pytest.mark.parametrize("refused", [(0.05, 0.0), (0.0, 0.05)], ids=["challenger", "champion"])
+def test_an_equal_challenger_is_accepted_at_the_nominal_rate_when_one_side_refuses(refused):
+    """Simulated promotions (bench/promotion_gate.py) of equally good models at the BUSI test
+    size: one side refuses 5% of the images, mixed between its right and wrong answers so that it
+    stays exactly as good (bench.promotion_gate.equal_refusal_mix). Scored as a fourth class with
+    F1 0, a refusing challenger was accepted in 1% of simulations and a refusing champion's
+    challenger in 82%; counted as a miss for its true class the rate stays the gate's own."""
+    from bench.promotion_gate import gate_runs
+
+    args = argparse.Namespace(reps=150, bootstrap=300, pairs=0.3, discordance=0.15)
+    nominal, _ = gate_runs(117, 0.0, args, 0.05, np.random.default_rng(5))
+    rate, _ = gate_runs(117, 0.0, args, 0.05, np.random.default_rng(5), refused)
+    assert 0.1 < nominal < 0.9  # the gate's own rate for equal models at this size (0.35)
+    assert abs(rate - nominal) <= 0.1
 
 
 @pytest.mark.parametrize(
