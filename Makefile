@@ -21,7 +21,7 @@ endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
-	train-azure sweep-azure azure-train-env azure-onnx-env export-onnx bench-engines \
+	train-azure sweep-azure bring-home azure-train-env azure-onnx-env export-onnx bench-engines \
 	bench-gpu bench-gpu-wheels
 
 help: ## this list (the default target)
@@ -194,6 +194,12 @@ SWEEP_AZURE_ARGS ?=
 
 sweep-azure: azure-ml-env ## submit the hyper-parameter sweep (deploy/azure/sweep-job.yml) to Azure ML (SWEEP_AZURE_ARGS="--raw azureml:busi-raw@1")
 	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py --sweep $(SWEEP_AZURE_ARGS)
+
+RUN ?=
+FROM ?=
+
+bring-home: install ## register a workspace run's models as @challenger through select (RUN=<run id> FROM=<tracking uri>)
+	$(TRACKING) $(PY) -m pipeline.bring_home "$(RUN)" --from "$(FROM)" $(QUIET_TF)
 
 azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
 

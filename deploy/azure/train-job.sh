@@ -46,6 +46,6 @@ dvc repro "$target"
 
 mkdir -p "$out"
 cp -R models reports dvc.lock params.yaml "$out"/
-mkdir -p "$out/data/prepared" && cp data/prepared/manifest.csv "$out/data/prepared/"
+mkdir -p "$out/data" && cp -R data/prepared "$out/data/"   # select's validation images
 report --final "$out" "$@"
 echo "train-job: reproduced up to $target; outputs in $out"

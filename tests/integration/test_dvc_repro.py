@@ -432,3 +432,86 @@ def test_rerunning_the_reporting_stages_changes_no_committed_file_but_dvc_lock(r
     changed = sh("git", "status", "--porcelain", cwd=path, env=env).splitlines()
     diff = sh("git", "diff", "--", ".", ":(exclude)dvc.lock", cwd=path, env=env)
     assert [line[3:] for line in changed] == ["dvc.lock"], f"{changed}\n{diff[:6000]}"
+
+
+# --- A workspace run brought home (issue 28): last, since it moves @challenger ---------------
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """An MLflow tracking server on loopback standing in for an Azure ML workspace's."""
+    from tests.servers import free_port, running
+
+    folder = tmp_path_factory.mktemp("workspace")
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{folder / 'workspace.db'}",
+        "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    # a loaded 2-core machine took over two minutes to start it (uvicorn and its job runner)
+    with running(command, f"{url}/health", folder / "server.log", cwd=folder, startup_seconds=400):
+        yield url
+
+
+def trial_run(repo: Path, url: str) -> str:
+    """A run on the workspace with a trial's `pipeline/` artifacts, as deploy/azure/train-job.sh
+    and report_trial.py leave them (this repo's reproduced outputs stand in for the trial's)."""
+    out = repo.parent / "trial-out"
+    for name in ("models/densenet121", "models/resnet50", "reports", "data/prepared"):
+        shutil.copytree(repo / name, out / name)
+    for name in ("params.yaml", "dvc.lock"):
+        shutil.copyfile(repo / name, out / name)
+    client = mlflow.MlflowClient(tracking_uri=url)
+    run = client.create_run(client.create_experiment("busi-sweep"))
+    tags = {"commit": "0123abc", "dvc_lock": "f00d", "data_version": "busi-raw@3"}
+    for key, value in (tags | {"reproduce": "dvc exp run -S train.batch_size=16"}).items():
+        client.set_tag(run.info.run_id, key, value)
+    client.log_artifacts(run.info.run_id, str(out), artifact_path="pipeline")
+    return run.info.run_id
+
+
+def test_a_workspace_run_comes_home_as_the_challenger_through_select(repo, workspace):
+    path, env, _ = repo
+    run_id = trial_run(path, workspace)
+    before = aliases(path)
+    sh(
+        str(BIN / "python"),
+        "-m",
+        "pipeline.bring_home",
+        run_id,
+        "--from",
+        workspace,
+        cwd=path,
+        env=env,
+    )
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    now = aliases(path)
+    assert now["challenger"] != before.get("challenger")  # a new version, @challenger on it
+    version = client.get_model_version("tumor-classifier", now["challenger"])
+    assert version.tags["source_run_id"] == run_id
+    assert version.tags["source_tracking_uri"] == workspace
+    assert version.tags["source_commit"] == "0123abc"
+    assert version.tags["source_data_version"] == "busi-raw@3"
+    home = path / "build/bring-home" / run_id / "pipeline"
+    release = json.loads((home / "models/selected/release.json").read_text())
+    assert str(release["provenance"]["version"]) == now["challenger"]
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{path / 'mlflow.db'}")
+    served = load_classifier(f"models:/tumor-classifier/{now['challenger']}")
+    assert str(served.release.provenance["version"]) == now["challenger"]
+    assert "up to date" in sh("dvc", "status", cwd=path, env=env)  # the work tree is untouched
+
+
+def test_a_run_without_pipeline_outputs_is_refused_in_one_line(repo, workspace):
+    path, env, _ = repo
+    client = mlflow.MlflowClient(tracking_uri=workspace)
+    run = client.create_run(client.create_experiment("not-a-trial"))
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "pipeline.bring_home", run.info.run_id, "--from", workspace],
+        cwd=path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "has no pipeline/ artifacts" in result.stderr
