@@ -21,6 +21,8 @@ Commands after the pipeline (Makefile targets)
     monitor       the prediction log against the release's reference: drift report
     export        a release's model.onnx, checked against Keras (select; older releases)
     package       the champion's release and score.py, for an Azure ML deployment
+    bring_home    a workspace run's outputs (an Azure ML job or sweep trial) -> select ->
+                  @challenger in this project's registry, tagged with where it came from
 
 Running a stage
     config        params.yaml -> frozen dataclasses, validated once (the one source of truth)

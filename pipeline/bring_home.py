@@ -25,12 +25,11 @@ import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 
-from pipeline import tracking
+from pipeline import paths, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
 
-DOWNLOADS = Path("build/bring-home")
 ARTIFACTS = "pipeline"
 # What the trial tagged its run with (deploy/azure/report_trial.py), copied onto the version.
 SOURCE_TAGS = ("commit", "dvc_lock", "data_version", "reproduce")
@@ -64,12 +63,14 @@ def check_release_format(folder: Path, project: Params) -> Params:
             f"{folder / 'params.yaml'}: classes {list(params.classes)} differ from this "
             f"project's {list(project.classes)}"
         )
-    evaluated = sorted(p.parent.name for p in (folder / "reports/evaluate").glob("*/metrics.json"))
+    reports = folder / paths.EVALUATE_REPORTS
+    evaluated = sorted(p.parent.name for p in reports.glob("*/metrics.json"))
     if not evaluated:
-        raise UserError(f"{folder}/reports/evaluate: no evaluated model; run the job to evaluate")
-    needed = [folder / "dvc.lock", folder / "data/prepared/manifest.csv"]
+        raise UserError(f"{reports}: no evaluated model; run the job up to evaluate")
+    needed = [folder / "dvc.lock", folder / paths.MANIFEST]
     for arch in evaluated:
-        needed += [folder / "models" / arch / "model.keras", folder / "models" / arch / "run.json"]
+        model = folder / paths.model_dir(arch)
+        needed += [model / "model.keras", model / "run.json", reports / arch / "rule.json"]
     missing = [str(path) for path in needed if not path.is_file()]
     if missing:
         raise UserError(f"not a complete pipeline output: missing {', '.join(missing)}")
@@ -85,14 +86,14 @@ def local_run(folder: Path, project: Params, run_id: str, source: str, tags: dic
     client = mlflow.MlflowClient()
     run = client.create_run(experiment, run_name=f"bring-home-{run_id[:12]}", tags=provenance)
     client.set_terminated(run.info.run_id)
-    for record in (folder / "models").glob("*/run.json"):
+    for record in (folder / paths.MODELS).glob("*/run.json"):
         record.write_text(json.dumps(json.loads(record.read_text()) | {"run_id": run.info.run_id}))
     return run.info.run_id
 
 
 def run(params: Params, run_id: str, source: str) -> dict:
     """Download, check, select and register; return the release's provenance."""
-    folder = (DOWNLOADS / run_id).resolve()
+    folder = (paths.BRING_HOME / run_id).resolve()
     tags = download(run_id, source, folder)
     folder = folder / ARTIFACTS
     trial = yaml.safe_load((folder / "params.yaml").read_text())
@@ -109,7 +110,7 @@ def run(params: Params, run_id: str, source: str) -> dict:
     result = subprocess.run([sys.executable, "-m", "pipeline.select"], cwd=folder, env=env)
     if result.returncode != 0:
         raise UserError(f"select refused the run's models (above); its files: {folder}")
-    provenance = json.loads((folder / "models/selected/release.json").read_text())["provenance"]
+    provenance = json.loads((folder / paths.SELECTED / "release.json").read_text())["provenance"]
     version = provenance.get("version")
     if version is not None:
         client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)

@@ -29,6 +29,7 @@ MODEL_CARD = REPORTS / "model_card.md"
 PROMOTION = REPORTS / "promotion.json"  # `make promote`'s decision (not a DVC output)
 EXTERNAL_DATA = Path("data/external")  # every data.external set lives below it (external's dep)
 EXTERNAL_REPORTS = REPORTS / "external"  # the external stage: external.md, summary.json, sites/
+BRING_HOME = Path("build/bring-home")  # a workspace run's outputs and release (git-ignored)
 
 
 def model_dir(arch: str) -> Path:

@@ -10,7 +10,7 @@ from pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-NOT_DVC_OUTPUTS = {paths.DATA_FAILURES, paths.PROMOTION}  # written beside the pipeline
+NOT_DVC_OUTPUTS = {paths.DATA_FAILURES, paths.PROMOTION, paths.BRING_HOME}  # beside the pipeline
 
 
 def dvc_paths() -> set[str]:
