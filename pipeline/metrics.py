@@ -79,7 +79,7 @@ def classification_report(
     """
     y, proba = _check(y, proba, classes)
     pos = list(classes).index(positive) if positive in classes else None
-    shares = _proportions(y, proba.argmax(1), pos, groups)
+    shares = proportions(y, proba.argmax(1), pos, groups)
     point, per_class = _weighted_metrics(np.ones((1, len(y))), y, proba, pos, n_bins)
     if n_bootstrap > 0 and len(y) > 0:
         weights = bootstrap_weights(y, n_bootstrap, seed, groups)
@@ -115,10 +115,12 @@ def classification_report(
     return report
 
 
-def _proportions(
+def proportions(
     y: np.ndarray, pred: np.ndarray, pos: int | None, groups: Any
 ) -> dict[str, dict[str, float | None]]:
-    """The headline metrics that are shares of images, each with its exact interval."""
+    """The headline metrics that are shares of images (accuracy, malignant sensitivity and
+    specificity of the class decisions `pred`), each with its exact interval on the effective n.
+    A decision that is no class (a refusal coded K) is wrong, and not malignant."""
     everyone = np.ones(len(y), bool)
     out = {"accuracy": proportion(pred == y, everyone, groups)}
     if pos is not None:

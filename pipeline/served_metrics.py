@@ -84,9 +84,10 @@ def class_metrics(
 
     Per class: precision, recall, F1 and specificity, where a refused image is a miss for its
     true class and a prediction of no class. Macro averages run over the K classes (scikit-
-    learn's `labels=range(K)`), balanced accuracy over those present. Cluster-bootstrap
-    intervals as pipeline.metrics'. The confusion matrix is K x (K + 1): its last column counts
-    the refusals of each true class.
+    learn's `labels=range(K)`), balanced accuracy over those present. Intervals as
+    pipeline.metrics': exact on the effective n for the shares (accuracy, malignant sensitivity
+    and specificity), cluster-bootstrap for the rest. The confusion matrix is K x (K + 1): its
+    last column counts the refusals of each true class.
     """
     y, decided, k = np.asarray(y), np.asarray(decided), len(classes)
     w = intervals.resamples(y, groups, n_bootstrap, seed)
@@ -111,6 +112,7 @@ def class_metrics(
             "malignant_specificity": specificity[:, positive],
         }
     out: dict[str, Any] = {name: intervals.summarise(values[name]) for name in DECISION_METRICS}
+    out |= metrics.proportions(y, decided, positive, groups)  # shares: exact, not the bootstrap
     out["per_class"] = {
         name: {
             "precision": float(precision[0, c]),
