@@ -1,6 +1,6 @@
 """The out-of-scope score before and after class scales: AUROC per OOD family, refusals per class.
 
-Run in a repository whose models are trained (`dvc repro train_densenet train_resnet`, or after
+Run in a repository whose models are trained (`dvc repro train@densenet121 train@resnet50`, or after
 `make demo`): for each model it computes the pooled features of the train split (with mirrors
 when augment.flip is on, as evaluate does), of validation, test and each synthetic OOD family
 (pipeline.ood_sets), then scores them with
@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import cam, ood_sets  # noqa: E402
-from pipeline.config import ARCHS, load_params  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from pipeline.datasets import PREPARED_DIR, load_set  # noqa: E402
 from pipeline.evaluate import predict  # noqa: E402
 from pipeline.serving import ood  # noqa: E402
@@ -68,13 +68,13 @@ def report(name: str, stats: ood.OodStatistics, pooled, labels, classes, accept:
 
 
 def main() -> None:
-    """Both scores for both trained models."""
+    """Both scores for every trained model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(Path(args.params))
     accept = params.evaluate.ood_accept
-    for arch in ARCHS:
+    for arch in params.train.backbones:
         pooled, labels = pooled_features(arch, params)
         plain = ood.fit(pooled["train"], labels["train"])
         fair = plain.with_class_scales(pooled["val"], labels["val"])

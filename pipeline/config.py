@@ -23,8 +23,6 @@ import yaml
 from pipeline import paths
 from pipeline.errors import UserError
 
-ARCHS = ("densenet121", "resnet50")
-
 
 @dataclass(frozen=True)
 class DemoParams:
@@ -130,15 +128,18 @@ class TrainParams:
     run_eagerly: bool
     mixed_precision: Literal["mixed_bfloat16", "mixed_float16"] | None
     distribution: Literal["data_parallel"] | None
-    densenet121: ArchParams
-    resnet50: ArchParams
+    # One model per entry, in this order: a `train@<name>` stage each (dvc.yaml's foreach),
+    # built by pipeline/backbones.py's builder of that name; evaluate and select take them all.
+    backbones: dict[str, ArchParams]
 
     def arch(self, name: str) -> ArchParams:
         """The schedule of backbone `name`; UserError naming --arch and the choices for an unknown
         one."""
-        if name not in ARCHS:
-            raise UserError(f"--arch: unknown architecture {name!r}; choose one of {list(ARCHS)}")
-        return getattr(self, name)
+        if name not in self.backbones:
+            raise UserError(
+                f"--arch: unknown backbone {name!r}; train.backbones has {list(self.backbones)}"
+            )
+        return self.backbones[name]
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value in allowed:
             return value
         raise UserError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict) or not value:
+            raise UserError(f"{key}: expected a non-empty mapping, got {value!r}")
+        for name in value:
+            if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)):
+                raise UserError(f"{key}.{name}: names are lower-case letters, digits and _")
+        return {name: _coerce(item, v, f"{key}.{name}") for name, v in value.items()}
     if origin is tuple:
         (item,) = typing.get_args(hint)[:1]
         empty_ok = dataclasses.is_dataclass(item)  # a list of sections may be empty
@@ -456,9 +465,8 @@ def _check_train(t: TrainParams) -> None:
     _need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be within [0, 1)")
     _need(t.patience >= 1, "train.patience", "must be positive")
     _need(1 <= t.loader_workers <= 64, "train.loader_workers", "must be within [1, 64]")
-    for arch in ARCHS:
-        ap = t.arch(arch)
-        key = f"train.{arch}"
+    for arch, ap in t.backbones.items():
+        key = f"train.backbones.{arch}"
         _need(ap.epochs >= 1, f"{key}.epochs", "must be at least 1")
         _need(
             0 <= ap.warmup_epochs <= ap.epochs, f"{key}.warmup_epochs", "must be within [0, epochs]"

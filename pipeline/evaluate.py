@@ -1,4 +1,5 @@
-"""Stage `evaluate`: both models on validation (what development sees) and test (counted looks).
+"""Stage `evaluate`: every model of train.backbones on validation (what development sees) and test
+(counted looks).
 
 Only `data/prepared` is read (augmented data never enters evaluation). Each model predicts each
 split once; everything below reuses those probabilities and features. On validation, once per
@@ -31,6 +32,7 @@ per family) goes into the test report.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 from pathlib import Path
@@ -54,7 +56,7 @@ from pipeline import (
 from pipeline import evaluate_report as report
 from pipeline.card_results import format_estimate
 from pipeline.cli import stage_main
-from pipeline.config import ARCHS, Params
+from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.failures import worst_errors
@@ -93,13 +95,14 @@ class OodCheck:
 
 
 def run(params: Params) -> dict:
-    """Score both models on val (what `select` uses) and test (reported once): reports/evaluate/."""
-    inputs = {arch: _require_inputs(arch) for arch in ARCHS}
+    """Score every model on val (what `select` uses) and test (reported once): reports/evaluate/."""
+    archs = tuple(params.train.backbones)
+    inputs = {arch: _require_inputs(arch) for arch in archs}
     data = {split: _load_split(split, params.classes) for split in SPLITS}
     manifest = read_manifest(PREPARED_DIR / "manifest.csv")
     facts = {split: split_facts(manifest, split) for split in SPLITS}
     tracking.setup(params.mlflow.experiment)
-    for arch in ARCHS:  # fail before the work, not after it
+    for arch in archs:  # fail before the work, not after it
         _require_run(inputs[arch])
     look = {
         "split_sha256": ledger.split_fingerprint(facts["test"].image_hashes),
@@ -109,7 +112,7 @@ def run(params: Params) -> dict:
     size = data["test"].images.shape[1]
     shown = ood_sets.ood_sets(params.evaluate.ood_images, size, params.seed)
     results, served, rules, kept, fitted = {}, {}, {}, {}, {}
-    for arch in ARCHS:
+    for arch in archs:
         model = keras.saving.load_model(inputs[arch]["model"], compile=False)
         net = cam.feature_model(model)  # one pass gives probabilities and maps for Grad-CAM
         outputs = {split: predict(net, data[split].images) for split in SPLITS}
@@ -125,14 +128,14 @@ def run(params: Params) -> dict:
             results[arch][split]["ood"] = found[split]
     looks = {  # every computation of test metrics is a look, recorded before reporting
         arch: _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
-        for arch in ARCHS
+        for arch in archs
     }
     use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
     # Where the count is kept and this look's row, not the count: it grows with every look, so a
     # rerun on the same data would change the committed reports (select's card for the registry
     # carries it). The row is the same on a rerun that computes the same figures.
     where = {k: use[k] for k in ("file", "ledger", "split_sha256")}
-    for arch in ARCHS:
+    for arch in archs:
         row = {k: looks[arch][k] for k in ("time_utc", "model_sha256", "purpose")}
         results[arch]["test"]["test_use"] = where | {"look": row}
         with staged_dir(EVALUATE_DIR / arch) as out:
@@ -358,17 +361,20 @@ def compare_models(
     facts: dict[str, SplitFacts],
     params: Params,
 ) -> dict[str, Any]:
-    """First model minus second on the same images, from their served answers: macro-F1 of the
-    class answer and malignant AUC with paired cluster-bootstrap intervals, McNemar's test on the
-    class answers (pipeline.served_metrics.paired)."""
-    a, b = ARCHS[:2]
+    """Every pair of models (in train.backbones order, first minus second) on the same images,
+    from their served answers: macro-F1 of the class answer and malignant AUC with paired
+    cluster-bootstrap intervals, McNemar's test on the class answers
+    (pipeline.served_metrics.paired). `{"pairs": [{"a", "b", "val", "test"}, ...]}`."""
     m = params.classes.index(POSITIVE)
     boot = {"n_bootstrap": params.evaluate.bootstrap, "seed": params.seed}
-    out: dict[str, Any] = {"a": a, "b": b}
-    for split in SPLITS:
-        y, g = data[split].labels, facts[split].groups
-        out[split] = served_metrics.paired(y, served[a][split], served[b][split], m, g, **boot)
-    return metrics.jsonable(out)
+    pairs = []
+    for a, b in itertools.combinations(served, 2):
+        pair: dict[str, Any] = {"a": a, "b": b}
+        for split in SPLITS:
+            y, g = data[split].labels, facts[split].groups
+            pair[split] = served_metrics.paired(y, served[a][split], served[b][split], m, g, **boot)
+        pairs.append(pair)
+    return metrics.jsonable({"pairs": pairs})
 
 
 def flat_metrics(report: dict, prefix: str) -> dict[str, float]:

@@ -259,7 +259,13 @@ def _decision_rows(reports: dict[str, dict], archs: list[str]) -> list[str]:
 
 
 def _paired_lines(comparison: dict, split: str) -> list[str]:
-    a, b, paired = comparison["a"], comparison["b"], comparison[split]
+    lines: list[str] = []
+    for pair in comparison["pairs"]:
+        lines += _pair_lines(pair["a"], pair["b"], pair[split])
+    return lines
+
+
+def _pair_lines(a: str, b: str, paired: dict) -> list[str]:
     lines = [f"## Paired difference ({a} minus {b}, same images)", ""]
     for key in ("macro_f1", "malignant_auc"):
         d = paired[key]
@@ -278,7 +284,7 @@ def _paired_lines(comparison: dict, split: str) -> list[str]:
         f"{mc['only_b_correct']} only by {b}; exact p = {mc['p_value']:.3f} (treats images as "
         "independent, so slightly optimistic with duplicate groups)."
     )
-    return lines
+    return [*lines, ""]
 
 
 def _test_use_line(uses: dict[str, dict | None]) -> str:

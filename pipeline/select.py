@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline import export, ledger, quantize, registry, tracking
 from pipeline.cli import stage_main
-from pipeline.config import ARCHS, Params, uses_demo_data
+from pipeline.config import Params, uses_demo_data
 from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.export import PARITY_TOLERANCE
@@ -104,8 +104,11 @@ def run(params: Params) -> dict:
     it.
 
     Test figures play no part in the choice: they are reported once, after it."""
-    metrics = {arch: _read_json(EVALUATE_DIR / arch / "metrics.json") for arch in ARCHS}
+    archs = tuple(params.train.backbones)
+    metrics = {arch: _read_json(EVALUATE_DIR / arch / "metrics.json") for arch in archs}
     winner, reason = choose(metrics, params.select.metric)
+    validation = {a: _value(metrics[a]["val"].get(params.select.metric)) for a in archs}
+    runner_up = max((a for a in archs if a != winner), key=validation.__getitem__, default=None)
     run_id = _read_json(Path("models") / winner / "run.json")["run_id"]
     manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
     rule = read_rule(winner, params.classes)
@@ -114,8 +117,8 @@ def run(params: Params) -> dict:
         "winner": winner,
         "metric": params.select.metric,
         "reason": reason,
-        "validation": {a: _value(metrics[a]["val"].get(params.select.metric)) for a in ARCHS},
-        "paired_comparison": _paired(),
+        "validation": validation,
+        "paired_comparison": _paired(winner, runner_up),
         "rule": rule.to_dict(),
         "manifest_sha256": manifest,
         "synthetic_data": uses_demo_data(params),
@@ -335,15 +338,20 @@ def _print_outcome(
     print(f"select: {choice}; {where}\nselect: decision rule: {rule.describe()}")
 
 
-def _paired() -> dict[str, Any]:
-    """Whether the validation difference between the models is distinguishable from noise
-    (evaluate's paired cluster bootstrap), so the record never oversells a point-value win."""
-    val = _read_json(EVALUATE_DIR / "comparison.json", required=False).get("val") or {}
-    f1 = val.get("macro_f1") or {}
+def _paired(winner: str, runner_up: str | None) -> dict[str, Any]:
+    """Whether the validation difference between the winner and the runner-up is distinguishable
+    from noise (evaluate's paired cluster bootstrap of that pair), so the record never oversells
+    a point-value win."""
+    pairs = _read_json(EVALUATE_DIR / "comparison.json", required=False).get("pairs") or []
+    pair: dict[str, Any] = next((p for p in pairs if {p["a"], p["b"]} == {winner, runner_up}), {})
+    f1 = (pair.get("val") or {}).get("macro_f1") or {}
     if "distinguishable" not in f1:
         return {"macro_f1": None, "note": "no paired comparison recorded (comparison.json)"}
     verdict = "distinguishable from noise" if f1["distinguishable"] else "not distinguishable"
-    return {"macro_f1": f1, "note": f"validation macro-F1 difference {verdict}"}
+    return {
+        "macro_f1": f1 | {"a": pair["a"], "b": pair["b"]},
+        "note": f"validation macro-F1 difference from {runner_up} {verdict}",
+    }
 
 
 def _value(entry: dict | float | None) -> float:

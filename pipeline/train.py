@@ -1,4 +1,5 @@
-"""Stages `train_densenet` and `train_resnet`: fine-tune one backbone, track it in MLflow.
+"""Stage `train@<arch>`, one per entry of train.backbones: fine-tune one backbone, track it in
+MLflow.
 
 `python -m pipeline.train --arch densenet121`. Reads the balanced train set from `data/augmented/`
 and the validation split from `data/prepared/`; the test split is never touched here. With
@@ -29,14 +30,12 @@ from sklearn.metrics import f1_score
 from pipeline import backbones, compilation, distribution, environment, plots, processes, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
-from pipeline.config import ARCHS, Params, uses_demo_data
+from pipeline.config import Params, uses_demo_data
 from pipeline.datasets import ImageSet, load_set
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
 from pipeline.paths import AUGMENTED, MANIFEST, PREPARED, TRAIN_REPORTS, model_dir
 
-# The DVC stage that trains each architecture (dvc.yaml), for the run's `dvc_stage` tag.
-STAGES = {"densenet121": "train_densenet", "resnet50": "train_resnet"}
 # Per-epoch columns that change from run to run on the same code and data: they go to MLflow
 # only, so the committed history.csv stays byte-identical across reruns.
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
@@ -178,7 +177,7 @@ def _train(params: Params, arch: str) -> dict[str, float]:
         _train_batches(train, params) as batches,
         mlflow.start_run(
             run_name=tracking.run_name(arch),
-            tags=tracking.run_tags(STAGES[arch], synthetic),
+            tags=tracking.run_tags(stage_name(arch), synthetic),
             log_system_metrics=params.mlflow.system_metrics,
         ) as active,
     ):
@@ -503,12 +502,18 @@ def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> di
     }
 
 
+def stage_name(arch: str) -> str:
+    """The DVC stage that trains `arch` (dvc.yaml's foreach over train.backbones), for the run's
+    `dvc_stage` tag."""
+    return f"train@{arch}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command line of the `train_densenet` and `train_resnet` stages (--arch); a user error is
-    one line and exit code 2."""
+    """The command line of the `train@<arch>` stages (--arch, a name in train.backbones); a user
+    error is one line and exit code 2."""
 
     def configure(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--arch", required=True, choices=ARCHS)
+        parser.add_argument("--arch", required=True, help="a backbone named in train.backbones")
 
     return stage_main(__doc__, run, argv, configure)
 

@@ -61,7 +61,7 @@ def fit(distribution: str | None, n_train: int) -> tuple[list[np.ndarray], dict]
                 "optimizer": OPTIMIZER,
                 "distribution": distribution,
                 "augment_on_the_fly": False,
-                "resnet50": {"epochs": 2, "learning_rate": 0.01},
+                "backbones": {"resnet50": {"epochs": 2, "learning_rate": 0.01}},
                 "patience": 5,
             }
         }

@@ -7,7 +7,7 @@ followed, through local aliases (`e = params.evaluate`), through calls into the 
 functions (the argument is bound to the callee's parameter and its body is read in turn) and
 through parameters annotated with a params class (`p: AugmentParams`). A params object handed to
 anything else (a library, `dataclasses.asdict`) counts as reading all of it. One backbone's
-schedule, `params.train.arch(name)`, is the key `train.<arch>`.
+schedule, `params.train.arch(name)`, is the key `train.backbones.<arch>`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typing
 from functools import cache
 from pathlib import Path
 
-ARCH = "<arch>"  # stands for the backbone a stage is run for: train.<arch>
+ARCH = "<arch>"  # stands for the backbone a stage is run for: train.backbones.<arch>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +114,14 @@ class ParamReads:
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
             base = self._resolve(expr.func.value, env)
             if base == "train" and expr.func.attr == "arch":
-                return f"train.{ARCH}"
+                return f"train.backbones.{ARCH}"
         return None
 
     def _keys(self, path: str) -> set[str]:
         node: object = self.tree
         for part in path.split(".") if path else []:
-            node = self.tree["train"]["densenet121"] if part == ARCH else node[part]  # type: ignore[index]
+            backbones = self.tree["train"]["backbones"]
+            node = next(iter(backbones.values())) if part == ARCH else node[part]  # type: ignore[index]
         return set(node) if isinstance(node, dict) else set()
 
     # --- modules -------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def params_classes() -> dict[str, str]:
     for name, hint in typing.get_type_hints(config.Params).items():
         if dataclasses.is_dataclass(hint):
             out[hint.__name__] = name
-    out["ArchParams"] = f"train.{ARCH}"
+    out["ArchParams"] = f"train.backbones.{ARCH}"
     return out
 
 

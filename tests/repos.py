@@ -26,8 +26,7 @@ TINY = {
     "train": {
         "batch_size": 16,
         "run_eagerly": True,  # no graph tracing: ~3 CPU-min less per DenseNet121 stage
-        "densenet121": {"epochs": 1},
-        "resnet50": {"epochs": 1},
+        "backbones": {"densenet121": {"epochs": 1}, "resnet50": {"epochs": 1}},
     },
     "evaluate": {"bootstrap": 50, "samples_per_class": 2},
 }

@@ -113,7 +113,7 @@ def test_a_sweep_trial_trains_in_the_jobs_own_environment_and_reports_to_its_run
     )
     command = command.replace("${{outputs.pipeline}}", str(tmp_path / "out"))
     command = command.replace("${{inputs.params}}", "tiny.yaml")
-    command = command.replace("${{inputs.target}}", "train_resnet")  # one stage is proof enough
+    command = command.replace("${{inputs.target}}", "train@resnet50")  # one stage is proof enough
     for name, value in {
         "commit": "abc123",
         "dvc_lock": "f00d",
@@ -126,10 +126,12 @@ def test_a_sweep_trial_trains_in_the_jobs_own_environment_and_reports_to_its_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     assert (out / "models/resnet50/model.keras").is_file()
-    assert "train_resnet" in yaml.safe_load((out / "dvc.lock").read_text())["stages"]
+    assert "train@resnet50" in yaml.safe_load((out / "dvc.lock").read_text())["stages"]
     params = yaml.safe_load((out / "params.yaml").read_text())
     assert params["data"]["raw_dir"] == "data/raw/input"
-    assert params["train"]["resnet50"]["learning_rate"] == 0.002  # the sampled values were used
+    assert (
+        params["train"]["backbones"]["resnet50"]["learning_rate"] == 0.002
+    )  # the sampled values were used
     assert params["train"]["label_smoothing"] == 0.05
     run_id = json.loads((out / "models/resnet50/run.json").read_text())["run_id"]
     assert run_id != job_run  # the stage keeps its own run
@@ -145,7 +147,7 @@ def test_a_sweep_trial_trains_in_the_jobs_own_environment_and_reports_to_its_run
     assert 0.0 <= metrics["val_macro_f1"] <= 1.0  # what the sweep reads, and where from
     assert tags["commit"] == "abc123"
     assert tags["data_version"] == "busi-raw@3"
-    assert "-S train.resnet50.learning_rate=0.002" in tags["reproduce"]
+    assert "-S train.backbones.resnet50.learning_rate=0.002" in tags["reproduce"]
     assert {"pipeline/models", "pipeline/dvc.lock", "pipeline/params.yaml"} <= set(artifacts)
 
 

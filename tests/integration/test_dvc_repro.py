@@ -25,6 +25,7 @@ from pipeline import ledger, metrics, synthetic
 from pipeline.datasets import load_set
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.rule import OUT_OF_SCOPE
+from tests.dvc_stages import resolved_stages
 from tests.repos import BIN, GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
@@ -55,16 +56,8 @@ def repo(tmp_path_factory):
 def test_every_stage_ran_and_locked(repo):
     path, _, log = repo
     lock = yaml.safe_load((path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {
-        "demo_data",
-        "prepare",
-        "augment",
-        "train_densenet",
-        "train_resnet",
-        "evaluate",
-        "select",
-        "external",
-    }
+    assert set(lock["stages"]) == set(resolved_stages(path))
+    assert {"train@densenet121", "train@resnet50", "evaluate", "select"} <= set(lock["stages"])
 
 
 def test_a_second_repro_has_nothing_to_do(repo):
@@ -279,17 +272,17 @@ def test_a_change_to_the_serving_code_reruns_select_but_never_training(repo):
     finally:
         decoder.write_text(original)
     assert "select" in changed
-    assert not changed & {"train_densenet", "train_resnet", "prepare", "augment"}, changed
+    assert not changed & {"train@densenet121", "train@resnet50", "prepare", "augment"}, changed
 
 
 def test_changing_one_training_param_reruns_only_what_depends_on_it(repo):
     path, env, _ = repo
     params = yaml.safe_load((path / "params.yaml").read_text())
-    params["train"]["resnet50"]["learning_rate"] = 0.0005
+    params["train"]["backbones"]["resnet50"]["learning_rate"] = 0.0005
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh("dvc", "status", "--json", cwd=path, env=env)
     changed = set(json.loads(out))
-    assert changed == {"train_resnet"}, changed
+    assert changed == {"train@resnet50"}, changed
 
 
 def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
@@ -312,7 +305,7 @@ def test_a_bad_parameter_stops_with_one_line_naming_it(repo):
 # --- a sweep: `dvc exp run --queue`, `dvc queue start` --------------------------------------------
 # Last in this module on purpose: it reuses the reproduced repo (its baseline and @challenger)
 # instead of a second full pipeline, and restores the params the tests above changed. One queued
-# experiment: a second one (train_resnet, evaluate, select again, ~2 CPU-minutes) would prove
+# experiment: a second one (train@resnet50, evaluate, select again, ~2 CPU-minutes) would prove
 # nothing more about the queue, and `make test` must stay under 15 minutes on 2 cores.
 
 SWEEP = {"sweep-lr-high": 0.003}
@@ -346,7 +339,7 @@ def sweep(repo):
     for name, rate in SWEEP.items():
         sh(
             "dvc", "exp", "run", "--queue", "--name", name,
-            "-S", f"train.resnet50.learning_rate={rate}",
+            "-S", f"train.backbones.resnet50.learning_rate={rate}",
             cwd=path, env=env,
         )  # fmt: skip
     # not captured: the workers it starts keep its output pipes open after it returns
@@ -386,7 +379,7 @@ def test_each_experiments_training_run_lands_in_the_projects_store_tagged_with_i
         run = by_name[name]
         assert run.data.params["arch"] == "resnet50"
         assert float(run.data.params["learning_rate"]) == rate
-        assert run.data.tags["dvc_stage"].startswith("train_resnet")
+        assert run.data.tags["dvc_stage"].startswith("train@resnet50")
         assert run.info.run_name == f"{name}/resnet50"  # tracking.run_name
     assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a copy
 
@@ -407,7 +400,7 @@ def test_dvc_exp_show_of_the_sweep_fits_in_200_columns(sweep):
     shown = sh(*command, cwd=path, env=wide)
     assert all(name in shown for name in SWEEP), shown
     assert "resnet50.f1" in shown
-    assert "train.resnet50.learning_rate" in shown
+    assert "train.backbones.resnet50.learning_rate" in shown
     assert max(len(line) for line in shown.splitlines()) <= 200, shown
 
 
@@ -416,7 +409,7 @@ def test_dvc_exp_show_of_the_sweep_fits_in_200_columns(sweep):
 # the sweep's checks. A fresh clone's `make demo` re-runs every stage; here the stages that write
 # committed reports from MLflow's state (test ledger, registry) re-run, forced, on the same inputs.
 # Training's committed reports (history, metrics) were checked the same way once (a forced
-# train_resnet: unchanged) and are guarded by test_train; retraining here would cost minutes.
+# train@resnet50: unchanged) and are guarded by test_train; retraining here would cost minutes.
 
 RERUN = ("evaluate", "select", "external")
 

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.dvc_stages import resolved_stages
 from tests.unit.test_wiring import pipeline_imports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_the_wheel_carries_the_page_and_every_asset_it_links(wheel):
 
 
 def test_the_wheel_carries_every_module_a_stage_or_a_surface_imports(wheel):
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = resolved_stages()
     entry = {re.search(r"python -m (pipeline[.\w]+)", s["cmd"]).group(1) for s in stages.values()}
     needed: set[str] = set()
     for module in entry | set(SURFACES):

@@ -21,7 +21,7 @@ def test_the_projects_params_file_is_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.classes == ("benign", "malignant", "normal")
     assert params.positive_class == "malignant"
-    assert params.train.densenet121.epochs >= 1
+    assert params.train.backbones["densenet121"].epochs >= 1
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -57,7 +57,10 @@ def test_no_default_lives_in_the_code():
     [
         (("evaluate", "ood_images"), "evaluate.ood_images: missing"),
         (("monitor",), "monitor: missing"),
-        (("train", "resnet50", "unfreeze"), "train.resnet50.unfreeze: missing"),
+        (
+            ("train", "backbones", "resnet50", "unfreeze"),
+            "train.backbones.resnet50.unfreeze: missing",
+        ),
         (("positive_class",), "positive_class: missing"),
     ],
 )
@@ -76,8 +79,8 @@ def test_the_busi_preset_is_valid():
     assert params.model.weights == "imagenet"
     assert params.prepare.image_size == 224
     assert params.train.batch_size == 32
-    assert params.train.densenet121.epochs == 15
-    assert params.train.resnet50.epochs == 10
+    assert params.train.backbones["densenet121"].epochs == 15
+    assert params.train.backbones["resnet50"].epochs == 10
 
 
 @pytest.mark.parametrize(
@@ -95,10 +98,15 @@ def test_the_busi_preset_is_valid():
         ({"train": {"batch_size": "x"}}, "train.batch_size: expected an integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size: must be positive"),
         (
-            {"train": {"densenet121": {"epochs": 2.5}}},
-            "train.densenet121.epochs: expected an integer",
+            {"train": {"backbones": {"densenet121": {"epochs": 2.5}}}},
+            "train.backbones.densenet121.epochs: expected an integer",
         ),
-        ({"train": {"resnet50": {"lr": 1}}}, "train.resnet50.lr: unknown parameter"),
+        (
+            {"train": {"backbones": {"resnet50": {"lr": 1}}}},
+            "train.backbones.resnet50.lr: unknown parameter",
+        ),
+        ({"train": {"backbones": []}}, "train.backbones: expected a non-empty mapping"),
+        ({"train": {"backbones": {"Res-Net": {}}}}, "train.backbones.Res-Net: names are"),
         ({"prepare": {"conflict_policy": "keep"}}, "prepare.conflict_policy: expected one of"),
         ({"prepare": {"keep_aspect": "yes"}}, "prepare.keep_aspect: expected true or false"),
         ({"prepare": {"val_fraction": 0.4, "test_fraction": 0.45}}, "prepare.test_fraction"),

@@ -1,4 +1,4 @@
-"""The evaluate stage: both models on val and test; numbers, plots, MLflow, clear failures."""
+"""The evaluate stage: every model on val and test; numbers, plots, MLflow, clear failures."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from sklearn.metrics import f1_score
 
 from pipeline import evaluate, ledger, metrics, tracking
-from pipeline.config import ARCHS
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
 from pipeline.serving.rule import DecisionRule, calibrate
@@ -21,6 +20,7 @@ from tests.factories import enter_project, mini_classifier, project_params
 
 CLASSES = ("benign", "malignant", "normal")
 SIZE = 32
+ARCHS = tuple(project_params().train.backbones)
 
 
 def write_prepared_set(root, per_split=(("train", 2), ("val", 3), ("test", 4))):
@@ -64,12 +64,17 @@ def project(inputs):
     root, params, manifest = inputs
     tracking.setup(params.mlflow.experiment)
     for arch in ARCHS:
-        with mlflow.start_run(run_name=arch) as active:
-            for epoch in range(3):  # what training logs per epoch
-                mlflow.log_metric("val_accuracy", 0.3 + 0.1 * epoch, step=epoch)
-        run_json = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
-        (root / "models" / arch / "run.json").write_text(json.dumps(run_json))
+        log_training_run(root, arch)
     return root, params, manifest
+
+
+def log_training_run(root, arch: str) -> None:
+    """What training leaves for evaluate: a run with per-epoch metrics, named in run.json."""
+    with mlflow.start_run(run_name=arch) as active:
+        for epoch in range(3):
+            mlflow.log_metric("val_accuracy", 0.3 + 0.1 * epoch, step=epoch)
+    run_json = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+    (root / "models" / arch / "run.json").write_text(json.dumps(run_json))
 
 
 def test_stage_writes_every_report_and_logs_to_each_training_run(project):
@@ -160,7 +165,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
     test_report = (root / "reports/evaluate/test.md").read_text()
     assert "Every look at this test split is counted" in test_report
     assert "reports/test_looks.csv" in test_report
-    paired = json.loads((root / "reports/evaluate/comparison.json").read_text())
+    (paired,) = json.loads((root / "reports/evaluate/comparison.json").read_text())["pairs"]
+    assert (paired["a"], paired["b"]) == ARCHS
     assert paired["val"]["macro_f1"]["images"] == 9
     assert "p_value" in paired["test"]["mcnemar"]
     headline = json.loads((root / "reports/evaluate/metrics.json").read_text())
@@ -362,3 +368,21 @@ def test_a_sensitive_operating_point_moves_the_flag_and_leaves_the_class_answer_
     assert abs(result["test"]["macro_f1"]["value"] - argmax) <= 0.01
     assert result["test"]["operating_point"]["sensitivity"]["value"] >= 0.9 - 0.03
     assert result["test"]["malignant_sensitivity"]["value"] < 0.6  # the class alone misses most
+
+
+def test_a_third_backbone_in_params_is_evaluated_and_compared_with_each_other_model(project):
+    """Backbones are data: a params entry (and its trained model) is all evaluate needs."""
+    root, params, _ = project
+    schedule = dict(vars(params.train.backbones[ARCHS[0]]))
+    raw = {"evaluate": {"bootstrap": 50}}
+    params = project_params(raw | {"train": {"backbones": {"tinynet": schedule}}})
+    (root / "models" / "tinynet").mkdir(parents=True)
+    mini_classifier(7).save(root / "models" / "tinynet" / "model.keras")
+    log_training_run(root, "tinynet")
+    results = evaluate.run(params)
+    assert set(results) == {*ARCHS, "tinynet"}
+    pairs = json.loads((root / "reports/evaluate/comparison.json").read_text())["pairs"]
+    assert [(p["a"], p["b"]) for p in pairs] == [
+        (ARCHS[0], ARCHS[1]), (ARCHS[0], "tinynet"), (ARCHS[1], "tinynet")
+    ]  # fmt: skip
+    assert (root / "reports/evaluate/comparison.md").read_text().count("## Paired difference") == 3

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.dvc_stages import resolved_stages
 from tests.param_reads import ARCH, ParamReads, covered, params_classes, used
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = resolved_stages()
 TREE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
@@ -21,11 +22,10 @@ def reader() -> ParamReads:
 
 
 def stage_reads(reader: ParamReads, stage: dict) -> set[str]:
-    """The keys the stage's command reads, `train.<arch>` made the backbone it is run for."""
+    """The keys the stage's command reads, `<arch>` made the backbone it is run for."""
     module = re.search(r"python -m (pipeline[.\w]+)", stage["cmd"]).group(1)
     arch = re.search(r"--arch (\w+)", stage["cmd"])
-    backbones = [key for key, value in TREE["train"].items() if isinstance(value, dict)]
-    archs = [arch.group(1)] if arch else backbones
+    archs = [arch.group(1)] if arch else list(TREE["train"]["backbones"])
     return {r.replace(ARCH, a) for r in reader.stage(module) for a in archs}
 
 
@@ -61,7 +61,7 @@ def test_a_read_through_an_alias_a_helper_and_a_typed_parameter_is_found(tmp_pat
         "def _arch(t, name):\n    return t.arch(name).epochs\n"
     )
     reads = ParamReads(tmp_path, TREE, params_classes()).stage("pipeline.stage")
-    assert reads == {"evaluate.bootstrap", "augment.flip", "seed", f"train.{ARCH}.epochs"}
+    assert reads == {"evaluate.bootstrap", "augment.flip", "seed", f"train.backbones.{ARCH}.epochs"}
     declared = ["seed", "evaluate", "train"]
     assert [r for r in sorted(reads) if not covered(r, declared)] == ["augment.flip"]
     assert not used("mlflow", reads)

@@ -4,12 +4,11 @@ nothing where DVC put it."""
 
 from pathlib import Path
 
-import yaml
-
 from pipeline import paths
+from tests.dvc_stages import resolved_stages
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = resolved_stages()
 NOT_DVC_OUTPUTS = {paths.DATA_FAILURES, paths.PROMOTION, paths.BRING_HOME}  # beside the pipeline
 
 

@@ -54,21 +54,25 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     make_prepared(tmp_path)
     tracking.setup("t")
-    model = mini_classifier()
     for arch, f1, threshold in [("densenet121", 0.6, 0.2), ("resnet50", 0.8, 0.3)]:
-        folder = tmp_path / "models" / arch
-        folder.mkdir(parents=True)
-        model.save(folder / "model.keras")
-        with mlflow.start_run() as run:
-            mlflow.set_tag("arch", arch)
-        (folder / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-        report = tmp_path / "reports" / "evaluate" / arch
-        report.mkdir(parents=True)
-        (report / "metrics.json").write_text(json.dumps(metrics(f1, 0.5)))
-        rule = DecisionRule(CLASSES, threshold=threshold, temperature=1.5, method="lowest ...",
-                            chosen_on=f"validation of {arch}")  # fmt: skip
-        (report / "rule.json").write_text(json.dumps(rule.to_dict()))
+        evaluated(tmp_path, arch, f1, threshold)
     return tmp_path
+
+
+def evaluated(root, arch: str, f1: float, threshold: float) -> None:
+    """What train and evaluate leave for select about one backbone."""
+    folder = root / "models" / arch
+    folder.mkdir(parents=True)
+    mini_classifier().save(folder / "model.keras")
+    with mlflow.start_run() as run:
+        mlflow.set_tag("arch", arch)
+    (folder / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
+    report = root / "reports" / "evaluate" / arch
+    report.mkdir(parents=True)
+    (report / "metrics.json").write_text(json.dumps(metrics(f1, 0.5)))
+    rule = DecisionRule(CLASSES, threshold=threshold, temperature=1.5, method="lowest ...",
+                        chosen_on=f"validation of {arch}")  # fmt: skip
+    (report / "rule.json").write_text(json.dumps(rule.to_dict()))
 
 
 PARAMS = {"mlflow": {"experiment": "t"}}
@@ -187,3 +191,14 @@ def test_a_rule_that_is_not_one_is_refused_naming_its_file(project):
 def test_missing_evaluation_says_to_run_the_pipeline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert select.main([]) == 2
+
+
+def test_a_third_backbone_in_params_is_a_candidate(project):
+    """Backbones are data: its params entry (and what train and evaluate wrote) makes it one."""
+    evaluated(project, "tinynet", 0.9, 0.25)
+    schedule = dict(vars(project_params().train.backbones["resnet50"]))
+    params = project_params(PARAMS | {"train": {"backbones": {"tinynet": schedule}}})
+    selection = select.run(params)
+    assert selection["winner"] == "tinynet"
+    assert set(selection["validation"]) == {"densenet121", "resnet50", "tinynet"}
+    assert "resnet50" in selection["reason"]  # the runner-up it beat

@@ -25,8 +25,7 @@ TINY = {
         "batch_size": 8,
         "run_eagerly": True,  # no graph tracing of ResNet50/DenseNet121: seconds, not minutes
         "schedule": "cosine",
-        "resnet50": {"epochs": 2},
-        "densenet121": {"epochs": 1},
+        "backbones": {"resnet50": {"epochs": 2}, "densenet121": {"epochs": 1}},
     },
     "mlflow": {"experiment": "unit-test"},
 }
@@ -91,7 +90,7 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     run = mlflow.get_run(run_id)
     assert run.data.params["arch"] == "resnet50"
     assert run.data.params["image_size"] == "32"
-    assert run.data.tags["dvc_stage"] == "train_resnet"  # the stage's name in dvc.yaml
+    assert run.data.tags["dvc_stage"] == "train@resnet50"  # the stage's name in dvc.yaml
     assert run.data.tags["data_kind"] in {"synthetic-demo", "user-data"}
     assert run.info.run_name == "resnet50"  # `<dvc experiment>/resnet50` inside `dvc exp run`
     steps = mlflow.MlflowClient().get_metric_history(run_id, "val_macro_f1")
@@ -145,12 +144,14 @@ def pretrained_params(weights_path, warmup_epochs: int, epochs: int) -> Params:
             "train": {
                 "batch_size": 8,
                 "run_eagerly": True,
-                "resnet50": {
-                    "warmup_epochs": warmup_epochs,
-                    "epochs": epochs,
-                    "learning_rate": 0.01,
-                    "fine_tune_learning_rate": 0.0001,
-                    "unfreeze": 2,
+                "backbones": {
+                    "resnet50": {
+                        "warmup_epochs": warmup_epochs,
+                        "epochs": epochs,
+                        "learning_rate": 0.01,
+                        "fine_tune_learning_rate": 0.0001,
+                        "unfreeze": 2,
+                    }
                 },
             },
         }
@@ -291,7 +292,10 @@ def tiny_run(tmp_path, monkeypatch):
 @pytest.mark.slow  # trains
 def test_warm_up_trains_the_head_on_a_frozen_backbone(tiny_run):
     model, before, history, _ = tiny_fit(
-        {"batch_size": 4, "resnet50": {"warmup_epochs": 2, "epochs": 2, "learning_rate": 0.1}}
+        {
+            "batch_size": 4,
+            "backbones": {"resnet50": {"warmup_epochs": 2, "epochs": 2, "learning_rate": 0.1}},
+        }
     )
     assert len(history) == 2
     for a, b in zip(model.get_layer("backbone").get_weights(), before, strict=True):
@@ -308,7 +312,9 @@ def test_a_diverged_training_is_a_clear_error(tiny_run, monkeypatch):
 
     monkeypatch.setattr(train.ValidationMetrics, "on_epoch_end", diverged)
     with pytest.raises(UserError, match="train.monitor: val_loss was not a finite number in any"):
-        tiny_fit({"batch_size": 4, "monitor": "val_loss", "resnet50": {"epochs": 2}}, None)
+        tiny_fit(
+            {"batch_size": 4, "monitor": "val_loss", "backbones": {"resnet50": {"epochs": 2}}}, None
+        )
 
 
 @pytest.mark.slow  # trains
@@ -321,9 +327,12 @@ def test_same_seed_same_validation_score(trained, tmp_path, monkeypatch):
     assert again["val_macro_f1"] == pytest.approx(summary["val_macro_f1"], abs=1e-6)
 
 
-def test_unknown_arch_is_refused_by_the_command_line():
-    with pytest.raises(SystemExit):
-        train.main(["--arch", "vgg16"])
+def test_an_arch_not_in_train_backbones_is_one_line_naming_them(capsys):
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    assert train.main(["--arch", "vgg16", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --arch: unknown backbone 'vgg16'; train.backbones has [")
+    assert err.count("\n") == 1
 
 
 def test_params_default_is_usable():

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.dvc_stages import resolved_stages
+
 ROOT = Path(__file__).resolve().parents[2]
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-STAGES = DVC["stages"]
+STAGES = resolved_stages()
 
 
 def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
@@ -47,15 +48,15 @@ def test_every_imported_pipeline_module_is_a_stage_dependency(stage):
     assert missing == set(), f"add to {stage}.deps in dvc.yaml"
 
 
-def test_each_training_run_is_tagged_with_the_stage_that_ran_it():
-    from pipeline.train import STAGES as TRAIN_STAGES
+def test_there_is_one_training_stage_per_backbone_and_its_runs_carry_its_name():
+    from pipeline.train import stage_name
 
     found = {
         arch.group(1): stage
         for stage, spec in STAGES.items()
         if (arch := re.search(r"pipeline\.train --arch (\w+)", spec["cmd"]))
     }
-    assert found == TRAIN_STAGES
+    assert found == {arch: stage_name(arch) for arch in PARAMS["train"]["backbones"]}
 
 
 def _covers(dep: str, path: str) -> bool:
@@ -63,7 +64,7 @@ def _covers(dep: str, path: str) -> bool:
     return path == dep or path.startswith(dep.rstrip("/") + "/")
 
 
-@pytest.mark.parametrize("stage", ["train_densenet", "train_resnet"])
+@pytest.mark.parametrize("stage", [s for s in STAGES if s.startswith("train@")])
 def test_training_depends_on_no_serving_code(stage):
     """A fix to the upload decoder or the page must not retrain the networks."""
     module = re.search(r"python -m (pipeline\.\w+)", STAGES[stage]["cmd"]).group(1)
@@ -83,9 +84,8 @@ def test_every_stage_param_exists_in_params_yaml(stage):
 
 
 def test_the_product_stages_are_all_there():
-    assert {"prepare", "augment", "train_densenet", "train_resnet", "evaluate", "select"} <= set(
-        STAGES
-    )
+    training = {f"train@{arch}" for arch in PARAMS["train"]["backbones"]}
+    assert {"prepare", "augment", *training, "evaluate", "select"} <= set(STAGES)
 
 
 def test_every_make_command_in_the_readme_is_a_makefile_target():
