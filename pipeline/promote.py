@@ -41,12 +41,14 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from pipeline import external_report, ledger, paths, registry, tracking
+from pipeline.card_results import format_estimate
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.served_metrics import decisions as decided
+from pipeline.served_metrics import shares
 from pipeline.serving.classifier import Classifier, download_release, load_classifier
 from pipeline.serving.release import read_release
 from pipeline.serving.rule import Served, serve
@@ -256,6 +258,7 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
     _look(params, ours, split, manifest, metrics)
     ok, reason = floors(metrics, params)
     evidence: dict[str, Any] = dict(counts)
+    evidence["intervals"] = shares(test.labels, mine, positive, groups)
     other, other_metrics = None, None
     if theirs is not None:
         other = decisions(theirs, test)
@@ -315,6 +318,11 @@ def _card(name: str, decision: Decision, params: Params) -> str:
         f"{decision.evidence.get('left_out_groups')} groups left out: a model trained on one of "
         "their images).",
         f"- Test metrics of the served answers: {_pairs(decision.challenger_metrics)}.",
+        *(
+            f"- {name.replace('_', ' ')} {format_estimate(found)} (exact 95% interval, duplicate "
+            "groups counted once)"
+            for name, found in (decision.evidence.get("intervals") or {}).items()
+        ),
     ]
     if ni:
         lines.append(

@@ -57,6 +57,17 @@ def proportion(hits: np.ndarray, among: np.ndarray, groups: Any = None) -> dict[
     return {"n": n, "of": of, **intervals.proportion(hits, among, groups)}
 
 
+def shares(y: np.ndarray, served: Served, positive: int, groups: Any = None) -> dict[str, Any]:
+    """The promotion record's shares with their exact 95% intervals on the effective n: the
+    referral flag's malignant sensitivity (a refused malignant image not flagged) and coverage.
+    The gate's floors compare the values; these say how sure they are."""
+    y = np.asarray(y)
+    return {
+        "malignant_sensitivity": intervals.proportion(served.refer, y == positive, groups),
+        "coverage": intervals.proportion(served.answered, np.ones(len(y), bool), groups),
+    }
+
+
 def refusals(
     y: np.ndarray, served: Served, classes: tuple[str, ...], groups: Any = None
 ) -> dict[str, Any]:

@@ -135,6 +135,9 @@ def test_an_equally_good_challenger_is_non_inferior_and_every_look_is_counted(pr
     # the first promotion, and the same figures again are no new look (pipeline.ledger)
     assert decision.evidence["test_split_use"]["looks"] == 2
     assert decision.evidence["test_split_use"]["models"] == 2
+    found = decision.evidence["intervals"]["malignant_sensitivity"]  # exact, never [1, 1]
+    assert found["value"] == decision.challenger_metrics["malignant_sensitivity"]
+    assert found["ci_low"] < found["value"] <= found["ci_high"]
 
 
 def test_rollback_points_the_champion_back_to_the_version_it_replaced(project):
