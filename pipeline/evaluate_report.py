@@ -211,9 +211,10 @@ def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) 
         "the served answers (the released rule, out-of-scope refusal included): class metrics "
         "the class answer over every image with a refusal counted wrong; ROC-AUC, Brier and ECE "
         "the served probabilities of the answered images; the referral rows the flag, a refused "
-        "malignant image not flagged. Point estimates with 95% cluster-bootstrap intervals "
-        "(groups resampled within class), exact intervals for the refused shares. Selection "
-        "uses validation only.",
+        "malignant image not flagged. Point estimates with 95% intervals: exact on the effective "
+        "number of images (duplicate groups count once) for every share (accuracy, sensitivity, "
+        "specificity, PPV, NPV, coverage, refused), a cluster bootstrap (groups resampled within "
+        "class) for the rest. Selection uses validation only.",
         "",
         "| metric | " + " | ".join(archs) + " |",
         "|---" * (len(archs) + 1) + "|",
