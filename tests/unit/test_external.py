@@ -219,3 +219,15 @@ def test_promotion_names_the_external_figures_of_the_same_model_and_gates_only_w
     assert promote._external_lines(sites, gated=False)[0].startswith(
         "- External validation (reported, not gated), site b: images 30, macro_f1 0.4000"
     )
+
+
+def test_batched_answers_with_a_padded_last_batch_are_each_images_own(mini_release):
+    from pipeline.serving.classifier import load_classifier
+
+    classifier = load_classifier(mini_release[0])
+    images = np.random.default_rng(0).integers(0, 256, (external.BATCH + 5, 32, 32, 3), np.uint8)
+    answers = external._answers(classifier, images)
+    assert len(answers) == len(images)
+    for k in (0, external.BATCH - 1, external.BATCH, len(images) - 1):
+        alone = classifier.predict(images[k])["probabilities"]["malignant"]
+        assert answers[k]["probabilities"]["malignant"] == pytest.approx(alone, abs=1e-5)
