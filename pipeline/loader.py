@@ -20,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import queue
+import os
+import select
 import shutil
 import subprocess
 import sys
-import threading
 import weakref
 from collections.abc import Sequence
 from multiprocessing import resource_tracker
@@ -38,8 +38,6 @@ from pipeline.config import AugmentParams
 from pipeline.errors import UserError
 
 KINDS = ("threads", "processes")
-# How long the feed waits for a worker's answer before it checks that every worker still runs.
-POLL_SECONDS = 1.0
 
 
 def epoch_plan(
@@ -117,41 +115,34 @@ class ProcessFeed:
         shared[...] = images
         del shared  # a live view would stop the block from closing
         self._res.slots = np.ndarray((n_slots, *slot_shape), np.uint8, self._res.blocks[1].buf)
-        self._answers: queue.Queue[tuple[int, str | None]] = queue.Queue()
-        self._res.procs = [
-            self._start(images.shape, n_slots, seed, augment, w) for w in range(workers)
-        ]
+        spec = {
+            "images": self._res.blocks[0].name,
+            "shape": list(images.shape),
+            "slots": self._res.blocks[1].name,
+            "n_slots": n_slots,
+            "batch_size": batch_size,
+            "seed": seed,
+            "augment": dataclasses.asdict(augment),
+        }
+        self._res.procs = [self._start(spec) for _ in range(workers)]
         self._free = list(range(n_slots))
         self._slot: dict[tuple[int, int], int] = {}  # queued or made, not yet returned
         self._made: set[tuple[int, int]] = set()
         self._busy = [0] * workers  # tasks each worker has not answered yet
+        self._partial = [b""] * workers  # the start of an answer line not read in full yet
 
-    def _start(
-        self, shape: tuple[int, ...], n_slots: int, seed: int, augment: AugmentParams, w: int
-    ) -> subprocess.Popen:
-        spec = {
-            "images": self._res.blocks[0].name,
-            "shape": list(shape),
-            "slots": self._res.blocks[1].name,
-            "n_slots": n_slots,
-            "batch_size": self.batch_size,
-            "seed": seed,
-            "augment": dataclasses.asdict(augment),
-        }
-        proc = subprocess.Popen(
+    @staticmethod
+    def _start(spec: dict) -> subprocess.Popen:
+        """One worker: `python -m pipeline.loader_worker SPEC`, talking through two pipes."""
+        return subprocess.Popen(
             [sys.executable, "-m", "pipeline.loader_worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
             cwd=Path(__file__).resolve().parent.parent,
             # out of the terminal's process group: a Ctrl-C is the training process's to handle
             # (it closes the feed); a worker outlives nobody, it exits at its stdin's end
             start_new_session=True,
         )
-        reader = threading.Thread(target=_read_answers, args=(proc, w, self._answers), daemon=True)
-        reader.start()
-        return proc
 
     def batch(
         self,
@@ -212,7 +203,7 @@ class ProcessFeed:
     def _submit(self, key: tuple[int, int], rows: np.ndarray) -> None:
         slot = self._free.pop()
         w = int(np.argmin(self._busy))
-        line = f"{slot} {key[0]} {key[1]} {','.join(map(str, rows.tolist()))}\n"
+        line = f"{slot} {key[0]} {key[1]} {','.join(map(str, rows.tolist()))}\n".encode()
         proc = self._res.procs[w]
         assert proc.stdin is not None  # opened with PIPE
         try:
@@ -234,33 +225,31 @@ class ProcessFeed:
         self._free.append(self._slot.pop(made[0]))
 
     def _wait(self) -> None:
-        """One answer from any worker; RuntimeError when a worker failed or died."""
-        while True:
-            try:
-                w, line = self._answers.get(timeout=POLL_SECONDS)
-                break
-            except queue.Empty:
-                for w, proc in enumerate(self._res.procs):
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"loader worker {w} exited with code {proc.returncode}"
-                        ) from None
-        if line is None:
-            code = self._res.procs[w].wait()
-            raise RuntimeError(f"loader worker {w} exited with code {code}")
-        slot, epoch, index, status = line.split()
+        """Every answer the workers have sent, at least one (waiting for it): read here, in the
+        caller's thread, with no reader thread to wake (a thread would contend for the GIL with
+        the training's dispatch). RuntimeError when a worker failed or died."""
+        procs = self._res.procs
+        fds = {proc.stdout.fileno(): w for w, proc in enumerate(procs)}  # type: ignore[union-attr]
+        answered = False
+        while not answered:
+            ready, _, _ = select.select(list(fds), [], [])
+            for fd in ready:
+                w = fds[fd]
+                chunk = os.read(fd, 65536)
+                if not chunk:  # the worker's end: it died
+                    raise RuntimeError(f"loader worker {w} exited with code {procs[w].wait()}")
+                *lines, self._partial[w] = (self._partial[w] + chunk).split(b"\n")
+                for line in lines:
+                    self._answer(w, line.decode())
+                    answered = True
+
+    def _answer(self, w: int, line: str) -> None:
+        """Record worker `w`'s answer `slot epoch index status`."""
+        _, epoch, index, status = line.split()
         if status != "ok":
             raise RuntimeError(f"loader worker {w} failed on batch {index} (traceback above)")
         self._busy[w] -= 1
         self._made.add((int(epoch), int(index)))
-
-
-def _read_answers(proc: subprocess.Popen, w: int, answers: queue.Queue) -> None:
-    """Pass each line worker `w` prints to `answers`; None at its end."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        answers.put((w, line))
-    answers.put((w, None))
 
 
 @dataclasses.dataclass
@@ -282,6 +271,8 @@ class _Resources:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.slots = None
         for block in self.blocks:
             block.close()
