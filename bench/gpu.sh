@@ -54,6 +54,8 @@ else
 fi
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 cache=$(mktemp -d)  # JAX's persistent cache, empty at b32-fp32: cold, then warm
+data=$(mktemp -d)   # the synthetic images, drawn by the first step, read by the others
+trap 'rm -rf "$cache" "$data"' EXIT
 started=$SECONDS
 results=$out/results.txt
 : >"$results"
@@ -72,7 +74,7 @@ step() {
     ((limit > left)) && limit=$left
     echo "== $name (at most ${limit}s)"
     timeout --kill-after=10 "$limit" $py bench/train_throughput.py --size "$size" \
-        --epochs "$epochs" "$@" >"$out/$name.txt" 2>&1
+        --epochs "$epochs" --data-dir "$data" "$@" >"$out/$name.txt" 2>&1
     local code=$?
     grep '^RESULT' "$out/$name.txt" | sed "s/^RESULT /$name /" | tee -a "$results"
     ((code == 0)) || echo "$name: exit $code$( ((code == 124)) && echo ' (timed out)')" | tee -a "$results"
@@ -98,7 +100,6 @@ else
     echo "dp: pending: one GPU (train.distribution: data_parallel needs a host with several)" \
         | tee -a "$results"
 fi
-rm -rf "$cache"
 
 # the summary: compile cold vs warm, and data-parallel scaling efficiency against one device
 awk -v gpus="$gpus" '

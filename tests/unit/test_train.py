@@ -98,6 +98,8 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     assert {"best_epoch", "epochs_run", "train_seconds", "best_val_macro_f1"} <= set(
         run.data.metrics
     )
+    # the first step's tracing and compilation, apart from the epochs' images/s
+    assert 0 < run.data.metrics["compile_seconds"] < run.data.metrics["train_seconds"]
     assert not [k for k in run.data.metrics if k.startswith("best_best")]
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == "manifest"
