@@ -30,6 +30,7 @@ Running a stage
     errors        UserError, the one exception type for user mistakes
     terminal      what a stage prints (library start-up chatter off unless VERBOSE=1)
     files         atomic writes: staged folders, JSON, a temp file then a rename
+    processes     one writer per output (a lock naming its pid), no trainer outliving dvc
 Data in (prepare)
     layouts       where images, labels and masks are in whatever data.raw_dir holds
     images        one image file: decode, validate, convert to 8-bit RGB, fit to a square, PNG

@@ -285,12 +285,8 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
     extra_masks: dict[str, list[str]] = {}
     mask_rows: list[str] = []
     for line, row in enumerate(rows, start=2):
-        source = _normalise(row["path"])
-        if not source:
-            raise UserError(f"{path}: line {line}: empty path")
-        problem = path_problem(source, base)
-        if problem:
-            skipped.append((source, problem))
+        source = _listed_path(path, line, row, skipped)
+        if source is None:
             continue
         if is_mask(source):
             mask_rows.append(source)
@@ -321,6 +317,20 @@ def _from_csv(path: Path, classes: tuple[str, ...], group_column: str | None = N
     ]
     uses_masks = bool(mask_rows) or any(r.masks for r in records)
     return Found("csv", _sorted(records, classes), tuple(sorted(skipped)), uses_masks)
+
+
+def _listed_path(
+    path: Path, line: int, row: dict[str, str], skipped: list[tuple[str, str]]
+) -> str | None:
+    """A CSV row's path, normalised; None (and a skipped row) when it leaves the CSV's folder."""
+    source = _normalise(row["path"])
+    if not source:
+        raise UserError(f"{path}: line {line}: empty path")
+    problem = path_problem(source, path.parent)
+    if problem:
+        skipped.append((source, problem))
+        return None
+    return source
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
