@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,6 @@ from pipeline import (
     tracking,
 )
 from pipeline import evaluate_report as report
-from pipeline.card_results import format_estimate
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
@@ -153,8 +151,8 @@ def run(params: Params) -> dict:
     )
     write_text(EVALUATE_DIR / "test.md", report.comparison_markdown(results, comparison, "test"))
     write_json(HEADLINE_FILE, report.headline(results))
-    _log_to_mlflow(params, inputs, results)
-    _print_summary(results, use)
+    report.log_to_mlflow(params, inputs, results, EVALUATE_DIR)
+    report.print_summary(results, use, EVALUATE_DIR)
     return results
 
 
@@ -377,28 +375,6 @@ def compare_models(
     return metrics.jsonable({"pairs": pairs})
 
 
-def flat_metrics(report: dict, prefix: str) -> dict[str, float]:
-    """MLflow metric names for one split's report: `<prefix>_<path>` (+ `_ci_low`, `_ci_high`).
-
-    Numbers and estimates at any depth; lists (tables, curves) and text are left to the JSON.
-    """
-    flat: dict[str, float] = {}
-
-    def walk(node: Any, name: str) -> None:
-        if isinstance(node, dict) and "value" in node and "ci_low" in node:
-            for part, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
-                if node[part] is not None:
-                    flat[f"{name}{suffix}"] = float(node[part])
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{name}_{_safe_name(str(key))}")
-        elif isinstance(node, int | float) and not isinstance(node, bool):
-            flat[name] = float(node)
-
-    walk({k: v for k, v in report.items() if k != "subgroups"}, prefix)
-    return flat
-
-
 def _record_test_look(
     params: Params, arch: str, found: dict, test: dict, look: dict[str, str]
 ) -> dict[str, str]:
@@ -409,55 +385,8 @@ def _record_test_look(
         model=f"{arch} (run {found['run_id']})",
         model_sha256=ledger.file_sha256(found["model"]),
         purpose="evaluate: test report",
-        metrics=flat_metrics(test, "test"),
+        metrics=report.flat_metrics(test, "test"),
         **look,
-    )
-
-
-def _log_to_mlflow(params: Params, inputs: dict[str, dict], results: dict[str, dict]) -> None:
-    """Validation only on the training runs: test numbers live in the ledger, not beside them."""
-    client = mlflow.MlflowClient()
-    for arch, result in results.items():
-        run_id = inputs[arch]["run_id"]
-        flat = flat_metrics(result["val"], "val")
-        # Training logs val_accuracy / val_macro_f1 per epoch; log after its last step so the
-        # run's latest value is the one of the saved model, evaluated here.
-        clashes = [k for k in flat if k in client.get_run(run_id).data.metrics]
-        step = 1 + max(
-            (m.step for k in clashes for m in client.get_metric_history(run_id, k)), default=-1
-        )
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics(flat, step=step)
-            _log_settings(client, run_id, params)
-            mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
-            mlflow.log_artifacts(str(EVALUATE_DIR / arch / "plots"), artifact_path="evaluate/plots")
-            mlflow.log_artifact(str(EVALUATE_DIR / "comparison.md"), artifact_path="evaluate")
-
-
-def _log_settings(client: mlflow.MlflowClient, run_id: str, params: Params) -> None:
-    """The evaluate settings as the run's params (`evaluate.<key>`), comparable in the runs table.
-
-    MLflow params are write-once: when the same trained model is evaluated again with other
-    settings (only `evaluate` changed, so DVC kept the training), the new values become tags of
-    the same name, which the runs table shows too.
-    """
-    settings = {f"evaluate.{k}": str(v) for k, v in dataclasses.asdict(params.evaluate).items()}
-    logged = client.get_run(run_id).data.params
-    mlflow.log_params({k: v for k, v in settings.items() if k not in logged})
-    mlflow.set_tags({k: v for k, v in settings.items() if k in logged and logged[k] != v})
-
-
-def _print_summary(results: dict[str, dict], use: dict) -> None:
-    """Validation on the terminal; test only as a pointer and a count."""
-    for arch, result in results.items():
-        val, op = result["val"], result["val"]["operating_point"]
-        print(
-            f"evaluate {arch}: val macro-F1 {format_estimate(val['macro_f1'])}, malignant "
-            f"sensitivity at threshold {format_estimate(op.get('sensitivity'))}"
-        )
-    print(
-        f"evaluate: test figures in {EVALUATE_DIR / 'test.md'} (this test split: "
-        f"{use.get('looks', '?')} looks by {use.get('models', '?')} models, recorded in MLflow)"
     )
 
 
@@ -493,10 +422,6 @@ def _load_split(split: str, classes: tuple[str, ...]) -> ImageSet:
             "and rerun `dvc repro`"
         )
     return images
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def main(argv: list[str] | None = None) -> int:

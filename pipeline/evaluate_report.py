@@ -1,17 +1,22 @@
 """The evaluate stage's reports: figures, CSV tables and markdown drawn from its results.
 
 pipeline.evaluate computes (the rule, the served answers, every figure in `<arch>/metrics.json`);
-this module only draws them: the predictions tables, the confusion, ROC and reliability plots the
-DVC templates read, the test images with their Grad-CAM maps, `comparison.md` and `test.md`, and
-the short DVC metrics file. Every picture and table shows the served answers: the class answer
-with `out_of_scope` for a refusal, the referral flag, the served probabilities.
+this module only draws and records them: the predictions tables, the confusion, ROC and
+reliability plots the DVC templates read, the test images with their Grad-CAM maps,
+`comparison.md` and `test.md`, the short DVC metrics file, the validation figures on the training
+runs in MLflow and the terminal summary. Every picture and table shows the served answers: the
+class answer with `out_of_scope` for a refusal, the referral flag, the served probabilities.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -307,6 +312,83 @@ def _test_use_line(uses: dict[str, dict | None]) -> str:
         "registered version states it. Every look that informs a choice makes these numbers more "
         "optimistic."
     )
+
+
+def flat_metrics(report: dict, prefix: str) -> dict[str, float]:
+    """MLflow metric names for one split's report: `<prefix>_<path>` (+ `_ci_low`, `_ci_high`).
+
+    Numbers and estimates at any depth; lists (tables, curves) and text are left to the JSON.
+    """
+    flat: dict[str, float] = {}
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, dict) and "value" in node and "ci_low" in node:
+            for part, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+                if node[part] is not None:
+                    flat[f"{name}{suffix}"] = float(node[part])
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}_{safe_name(str(key))}")
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            flat[name] = float(node)
+
+    walk({k: v for k, v in report.items() if k != "subgroups"}, prefix)
+    return flat
+
+
+def log_to_mlflow(
+    params: Params, inputs: dict[str, dict], results: dict[str, dict], folder: Path
+) -> None:
+    """Validation only on the training runs (`inputs[arch]["run_id"]`), with the plots and
+    comparison.md under `folder`: test numbers live in the ledger, not beside them."""
+    client = mlflow.MlflowClient()
+    for arch, result in results.items():
+        run_id = inputs[arch]["run_id"]
+        flat = flat_metrics(result["val"], "val")
+        # Training logs val_accuracy / val_macro_f1 per epoch; log after its last step so the
+        # run's latest value is the one of the saved model, evaluated here.
+        clashes = [k for k in flat if k in client.get_run(run_id).data.metrics]
+        step = 1 + max(
+            (m.step for k in clashes for m in client.get_metric_history(run_id, k)), default=-1
+        )
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics(flat, step=step)
+            log_settings(client, run_id, params)
+            mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
+            mlflow.log_artifacts(str(folder / arch / "plots"), artifact_path="evaluate/plots")
+            mlflow.log_artifact(str(folder / "comparison.md"), artifact_path="evaluate")
+
+
+def log_settings(client: mlflow.MlflowClient, run_id: str, params: Params) -> None:
+    """The evaluate settings as the run's params (`evaluate.<key>`), comparable in the runs table.
+
+    MLflow params are write-once: when the same trained model is evaluated again with other
+    settings (only `evaluate` changed, so DVC kept the training), the new values become tags of
+    the same name, which the runs table shows too.
+    """
+    settings = {f"evaluate.{k}": str(v) for k, v in dataclasses.asdict(params.evaluate).items()}
+    logged = client.get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in settings.items() if k not in logged})
+    mlflow.set_tags({k: v for k, v in settings.items() if k in logged and logged[k] != v})
+
+
+def print_summary(results: dict[str, dict], use: dict, folder: Path) -> None:
+    """Validation on the terminal; test only as a pointer and a count."""
+    for arch, result in results.items():
+        val, op = result["val"], result["val"]["operating_point"]
+        print(
+            f"evaluate {arch}: val macro-F1 {format_estimate(val['macro_f1'])}, malignant "
+            f"sensitivity at threshold {format_estimate(op.get('sensitivity'))}"
+        )
+    print(
+        f"evaluate: test figures in {folder / 'test.md'} (this test split: "
+        f"{use.get('looks', '?')} looks by {use.get('models', '?')} models, recorded in MLflow)"
+    )
+
+
+def safe_name(name: str) -> str:
+    """`name` with the characters MLflow refuses in a metric name replaced by `_`."""
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def _number(value: float | None) -> str:

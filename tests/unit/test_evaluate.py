@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline import evaluate, ledger, metrics, tracking
+from pipeline import evaluate, evaluate_report, ledger, metrics, tracking
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
 from pipeline.serving.rule import DecisionRule, calibrate
@@ -315,7 +315,7 @@ def test_flat_metric_names_carry_the_split():
     data = {"val": fake_split(y), "test": fake_split(y)}
     proba = {"val": overconfident(y, 0), "test": overconfident(y, 1)}
     _, result = evaluate.evaluate_probabilities(data, proba, project_params({}))
-    flat = evaluate.flat_metrics(result["val"], "val")
+    flat = evaluate_report.flat_metrics(result["val"], "val")
     assert {"val_macro_f1", "val_macro_f1_ci_low", "val_per_class_malignant_recall"} <= set(flat)
     assert {"val_operating_point_ppv_at_prevalence_ci_high", "val_lesions_auc"} <= set(flat)
     assert all(k.startswith("val_") for k in flat)
