@@ -66,7 +66,7 @@ def test_health_names_the_model_and_its_decision_rule(client):
     assert body["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
     assert body["classes"] == list(CLASSES)
     assert body["rule"]["threshold"] == 0.3
-    assert "malignant when" in body["rule"]["description"]
+    assert "refer when p(malignant) >= 0.3000" in body["rule"]["description"]
     assert body["synthetic_data"] is True
 
 
