@@ -52,14 +52,19 @@ Data to the model (train)
     backbones     DenseNet121 / ResNet50 classifiers, resizing and preprocessing inside the model
     environment   the exact pip requirements a logged model asks for
 Measuring (evaluate, select, promote)
-    metrics       classification metrics from probabilities, with group bootstrap intervals
+    metrics       classification metrics from probabilities, with their intervals
+    intervals     how sure a figure is: exact intervals on the effective n for proportions, the
+                  cluster bootstrap for the rest (the one home of both)
     statistics    operating point, calibration, temperature, paired tests, the promotion gate
+    threshold     the referral threshold chosen on validation, with its stated guarantee
+    failures      the worst errors of the served answers, one per group (the card's failure cases)
     subgroups     evaluation subgroups from what the manifest records
     ood_sets      out-of-distribution images a model must refuse, from a seed
     cam           class activation maps (evaluate's figures, the page's heat maps)
     plots         figures (PNG) and the tables behind `dvc plots` (CSV)
-    ledger        every computation of test metrics, recorded in MLflow and counted
+    ledger        every look at test: a row of reports/test_looks.csv (committed), figures in MLflow
     model_card    reports/model_card.md, also the registry version's description
+    card_results  the card's tables of figures (also test.md's and comparison.md's)
     external_sets an external site prepared like data.raw_dir, minus copies of development images
                   and their patients (the pairs listed)
     external_report

@@ -86,20 +86,36 @@ def classification_report(
         resampled, _ = _weighted_metrics(weights, y, proba, pos, n_bins)
     else:
         resampled = None
+    report = _headline_estimates(point, resampled, shares)
+    report["n"] = int(len(y))
+    report["groups"] = count_groups(groups, len(y))
+    report["per_class"] = _per_class_report(per_class, y, proba, classes)
+    report["confusion_matrix"] = confusion_matrix(y, proba.argmax(1), len(classes)).tolist()
+    return report
+
+
+def _headline_estimates(
+    point: dict[str, np.ndarray], resampled: dict[str, np.ndarray] | None, shares: dict
+) -> dict[str, Any]:
+    """Each headline metric as an estimate: the shares' exact ones, the bootstrap for the rest."""
     report: dict[str, Any] = {}
     for name in HEADLINE:
         value = _float(point[name][0])
         if name in shares:
             report[name] = shares[name]
-            continue
-        if resampled is None or value is None:
-            low = high = value
+        elif resampled is None or value is None:
+            report[name] = {"value": value, "ci_low": value, "ci_high": value}
         else:
             low, high = percentile_interval(resampled[name])
-        report[name] = {"value": value, "ci_low": low, "ci_high": high}
-    report["n"] = int(len(y))
-    report["groups"] = count_groups(groups, len(y))
-    report["per_class"] = {
+            report[name] = {"value": value, "ci_low": low, "ci_high": high}
+    return report
+
+
+def _per_class_report(
+    per_class: dict[str, np.ndarray], y: np.ndarray, proba: np.ndarray, classes: Any
+) -> dict[str, dict[str, Any]]:
+    """Point values per class (row 0 of `_weighted_metrics`' per-class arrays) and support."""
+    return {
         name: {
             "precision": _float(per_class["precision"][0, k]),
             "recall": _float(per_class["recall"][0, k]),
@@ -111,8 +127,6 @@ def classification_report(
         }
         for k, name in enumerate(classes)
     }
-    report["confusion_matrix"] = confusion_matrix(y, proba.argmax(1), len(classes)).tolist()
-    return report
 
 
 def proportions(

@@ -82,18 +82,23 @@ def render_model_card(
     out += _summary_lines(data_summary) or [
         "- No data summary was found (reports/data/summary.json)."
     ]
-    out += ["", "## Quantitative analyses", "", *results.headline_table(val, test)]
-    out += ["", "### Operating point", "", *results.operating_point(val, test)]
-    out += ["", "### Calibration of p(malignant)", "", *results.calibration(val, test)]
-    out += ["", "### Out-of-distribution inputs", "", *results.ood(val, test)]
-    out += ["", "### Subgroups (test)", "", *results.subgroups(test)]
-    out += ["", "### Failure cases (test)", "", *results.failure_cases(test)]
+    out += _quantitative(val, test)
     out += ["", EXTERNAL_HEADING, "", *EXTERNAL_PENDING]
     out += ["", "## Ethical considerations", "", _consent(facts), *ETHICS]
     out += ["", "## Caveats and recommendations", ""]
     out += _limitations(data_summary, synthetic, test, facts)
     out += ["", "## TRIPOD+AI items", "", *_tripod(val, test, facts)]
     return "\n".join(out) + "\n"
+
+
+def _quantitative(val: dict, test: dict) -> list[str]:
+    """The card's sections of figures (pipeline.card_results)."""
+    out = ["", "## Quantitative analyses", "", *results.headline_table(val, test)]
+    out += ["", "### Operating point", "", *results.operating_point(val, test)]
+    out += ["", "### Calibration of p(malignant)", "", *results.calibration(val, test)]
+    out += ["", "### Out-of-distribution inputs", "", *results.ood(val, test)]
+    out += ["", "### Subgroups (test)", "", *results.subgroups(test)]
+    return out + ["", "### Failure cases (test)", "", *results.failure_cases(test)]
 
 
 INTENDED_USE = [

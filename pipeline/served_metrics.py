@@ -124,19 +124,25 @@ def class_metrics(
         }
     out: dict[str, Any] = {name: intervals.summarise(values[name]) for name in DECISION_METRICS}
     out |= metrics.proportions(y, decided, positive, groups)  # shares: exact, not the bootstrap
-    out["per_class"] = {
+    rates = {"precision": precision, "recall": recall, "f1": f1, "specificity": specificity}
+    out["per_class"] = _per_class(rates, y, decided, classes)
+    out["confusion_matrix"] = full[0].astype(int).tolist()
+    return out
+
+
+def _per_class(
+    rates: dict[str, np.ndarray], y: np.ndarray, decided: np.ndarray, classes: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """Point values per class (row 0 of the resampled rates), support and refusals."""
+    k = len(classes)
+    return {
         name: {
-            "precision": float(precision[0, c]),
-            "recall": float(recall[0, c]),
-            "f1": float(f1[0, c]),
-            "specificity": intervals.summarise(specificity[:1, c])["value"],
+            **{rate: intervals.finite(values[0, c]) for rate, values in rates.items()},
             "support": int(np.sum(y == c)),
             "refused": int(np.sum((y == c) & (decided == k))),
         }
         for c, name in enumerate(classes)
     }
-    out["confusion_matrix"] = full[0].astype(int).tolist()
-    return out
 
 
 def split_report(

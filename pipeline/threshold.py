@@ -64,6 +64,41 @@ def _rule(
     return float(s[i]), bool(reach.size), float(lower[i])
 
 
+def _positives(
+    is_positive: np.ndarray, argmax_flagged: Any, groups: Any, refused: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per positive image: flagged by its class, answered (not refused), and how many positives
+    its group holds."""
+    always = np.asarray(argmax_flagged, bool)[is_positive]
+    n = len(is_positive)
+    answered = ~np.asarray(refused, bool) if refused is not None else np.ones(n, bool)
+    codes = intervals.group_codes(groups, n)[is_positive]
+    return always, answered[is_positive], np.bincount(codes)[codes].astype(np.float64)
+
+
+def _wording(target: float, confidence: float) -> dict[str, str]:
+    """The rule and what it guarantees, in words, for the rule's record and the card."""
+    return {
+        "rule": (
+            f"highest threshold whose one-sided {confidence:.0%} lower confidence bound of "
+            f"validation sensitivity of the referral flag reaches {target:.2f}, on the "
+            "effective number of malignant images (duplicate groups count once), a refused "
+            "image counted as missed"
+        ),
+        "guarantee": (
+            f"with {confidence:.0%} confidence, population sensitivity of the referral flag >= "
+            f"{target:.2f} for malignant images like the validation ones (same sites, scanners "
+            "and case mix); refusals count as misses"
+        ),
+    }
+
+
+def _spread(thresholds: list[float | None]) -> tuple[float | None, float | None]:
+    """The 95% percentile interval of the thresholds chosen on resamples (None: not defined)."""
+    again = np.array([np.nan if t is None else t for t in thresholds], dtype=np.float64)
+    return intervals.percentile_interval(again) if again.size else (None, None)
+
+
 def choose_threshold(
     y: np.ndarray,
     scores: np.ndarray,
@@ -85,41 +120,23 @@ def choose_threshold(
     data). When validation has too few positives for any threshold to meet it, every answered
     validation positive is flagged and `guaranteed` is False. `argmax_flagged`: images whose class
     answer is malignant (flagged at any threshold); `refused`: images the out-of-scope check
-    refuses (never flagged). With `n_bootstrap` > 0, `threshold_ci_low/high` is the 95%
-    percentile interval of the threshold the rule picks on cluster-resampled validation sets: how
-    far the operating point would move with another validation set (a group drawn twice counts as
-    two groups).
+    refuses (never flagged). `threshold_ci_low/high` (`n_bootstrap` > 0): the thresholds the rule
+    picks on cluster-resampled validation sets, how far another validation set would move it.
     """
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     is_positive = y == positive
-    always = np.asarray(argmax_flagged, bool)[is_positive]
-    answered = (~np.asarray(refused, bool) if refused is not None else np.ones(len(y), bool))[
-        is_positive
-    ]
-    codes = intervals.group_codes(groups, len(y))[is_positive]
-    size = np.bincount(codes)[codes].astype(np.float64)  # positives in each one's group
+    always, answered, size = _positives(is_positive, argmax_flagged, groups, refused)
     w = intervals.resamples(y, groups, n_bootstrap, seed)[:, is_positive]
     found = [
         _rule(scores[is_positive], always, answered, row, size, target, confidence) for row in w
     ]
     threshold, guaranteed, lower = found[0]
-    again = np.array([np.nan if t is None else t for t, _, _ in found[1:]], dtype=np.float64)
-    low, high = intervals.percentile_interval(again) if again.size else (None, None)
+    low, high = _spread([t for t, _, _ in found[1:]])
     flagged = answered & (
         always | (scores[is_positive] >= (np.inf if threshold is None else threshold))
     )
     return {
-        "rule": (
-            f"highest threshold whose one-sided {confidence:.0%} lower confidence bound of "
-            f"validation sensitivity of the referral flag reaches {target:.2f}, on the "
-            "effective number of malignant images (duplicate groups count once), a refused "
-            "image counted as missed"
-        ),
-        "guarantee": (
-            f"with {confidence:.0%} confidence, population sensitivity of the referral flag >= "
-            f"{target:.2f} for malignant images like the validation ones (same sites, scanners "
-            "and case mix); refusals count as misses"
-        ),
+        **_wording(target, confidence),
         "threshold": threshold,
         "threshold_ci_low": low,
         "threshold_ci_high": high,
