@@ -83,7 +83,7 @@ step() {
 # the training's loader: processes, leaving cores to JAX's dispatch and the main thread
 loader_workers=$((workers > 4 ? workers - 4 : workers))
 train=(--loader processes --workers "$loader_workers" --feed-kinds processes)
-step feed 90 --images "$images" --batch "$small" --workers "$workers" --feed-scaling --archs
+step feed 120 --images "$images" --batch "$small" --workers "$workers" --feed-scaling --archs
 step b32-fp32 200 --images "$images" --batch "$small" "${train[@]}" --archs $archs \
     --compile-cache "$cache"
 step cache-warm 90 --images "$images" --batch "$small" "${train[@]}" --archs resnet50 --no-naive \
@@ -104,11 +104,11 @@ fi
 # the summary: compile cold vs warm, and data-parallel scaling efficiency against one device
 awk -v gpus="$gpus" '
     function field(name,   i, kv) { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == name) return kv[2] } }
-    $1 == "b32-fp32" && field("arch") == "resnet50" { cold = field("first_epoch_s"); one = field("project") }
-    $1 == "cache-warm" { warm = field("first_epoch_s") }
+    $1 == "b32-fp32" && field("arch") == "resnet50" { cold = field("compile_s"); cold1 = field("first_epoch_s"); one = field("project") }
+    $1 == "cache-warm" { warm = field("compile_s"); warm1 = field("first_epoch_s") }
     $1 ~ /^dp-/ { many = field("project") }
     END {
-        if (cold != "" && warm != "") printf "summary: resnet50 first epoch, cache cold %.1f s, warm %.1f s\n", cold, warm
+        if (cold != "" && warm != "") printf "summary: resnet50 first step (compile) cache cold %.1f s, warm %.1f s; first epoch %.1f s, %.1f s\n", cold, warm, cold1, warm1
         if (many != "" && one > 0) printf "summary: data_parallel %d GPUs %.1f images/s = %.2f x one GPU, efficiency %.2f\n", gpus, many, many / one, many / (gpus * one)
     }' "$results" | tee -a "$results"
 echo "bench/gpu.sh: $((SECONDS - started)) s; $results"

@@ -5,7 +5,7 @@ Prints, in one run and on one machine, images/s of
      each loader kind (threads, processes) with --workers workers (--feed-scaling: 1, 2, 4, ...),
   2. the model alone (`fit` on slices of one pre-built uint8 array, no work per batch: the rate
      the hardware allows, through the same Keras data path as 3), with the first epoch's time
-     (tracing, compilation and, on a GPU, autotuning: "compile" = first epoch - a timed epoch),
+     and its first step's (tracing, compilation and, on a GPU, autotuning),
   3. a full training epoch through the project's pipeline (pipeline.batches.TrainBatches, the
      --loader kind with --workers workers),
   4. a naive baseline that re-reads and decodes the PNG files every epoch, as
@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from pipeline import distribution  # noqa: E402
 from pipeline.backbones import build_classifier  # noqa: E402
 from pipeline.batches import TrainBatches, light  # noqa: E402
+from pipeline.compilation import CompileClock  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.loader import KINDS  # noqa: E402
 from pipeline.synthetic import generate  # noqa: E402
@@ -88,14 +89,18 @@ class NaiveFiles(keras.utils.PyDataset):
         return np.stack(images).astype("float32"), np.eye(3, dtype="float32")[self.labels[rows]]
 
 
-def timed_fit(model: keras.Model, data: keras.utils.PyDataset, epochs: int) -> tuple[float, float]:
-    """(images/s over `epochs` timed epochs, seconds of the untimed first epoch before them)."""
+def timed_fit(
+    model: keras.Model, data: keras.utils.PyDataset, epochs: int
+) -> tuple[float, float, float]:
+    """(images/s over `epochs` timed epochs, seconds of the untimed first epoch before them, and
+    of its first step: tracing, compilation and autotuning, as `train` logs `compile_seconds`)."""
+    clock = CompileClock("bench")
     started = time.perf_counter()
-    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
     first = time.perf_counter() - started
     started = time.perf_counter()
     model.fit(data, epochs=epochs, verbose=0, shuffle=False)
-    return images_per_epoch(data) * epochs / (time.perf_counter() - started), first
+    return images_per_epoch(data) * epochs / (time.perf_counter() - started), first, clock.total
 
 
 def images_per_epoch(data: keras.utils.PyDataset) -> int:
@@ -217,24 +222,23 @@ def bench_arch(
     with distribution.data_parallel(built, t) as (model, devices):
         model.compile("adam", "categorical_crossentropy")
         prebuilt = Prebuilt(images, np.eye(3, dtype="float32")[labels], args.batch)
-        model_only, first = timed_fit(model, prebuilt, args.epochs)
-        compile_s = first - len(prebuilt) * args.batch / model_only
+        model_only, first, compile_s = timed_fit(model, prebuilt, args.epochs)
         augment = light(params.augment)
         with TrainBatches(
             images, labels, 3, args.batch, 0, augment, args.workers, args.loader
         ) as b:
-            ours, _ = timed_fit(
+            ours, _, _ = timed_fit(
                 model, b if devices == 1 else distribution.WholeShards(b, devices), args.epochs
             )
         naive = 0.0
         if not args.no_naive:
-            naive, _ = timed_fit(
+            naive, _, _ = timed_fit(
                 model, NaiveFiles(paths, labels, args.size, args.batch), args.epochs
             )
     print(
         f"{arch:12s} model alone {model_only:8.1f} | project training {ours:8.1f} | "
         f"naive file loader {naive:8.1f} images/s | first epoch {first:6.1f} s "
-        f"(compile + autotune ~{compile_s:5.1f} s) | devices {devices} | {n} images"
+        f"(first step: compile + autotune {compile_s:5.1f} s) | devices {devices} | {n} images"
     )
     print(
         f"{arch:12s} ratios: pipeline feed / model = {feed / model_only:6.2f}x (target >= 3)"

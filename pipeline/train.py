@@ -106,36 +106,6 @@ class BestWeights(keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
-class CompileClock(keras.callbacks.Callback):
-    """Seconds from the start of each `fit` call (phase) to the end of its first step: tracing,
-    compilation and, on a GPU, autotuning, which the first epoch's images/s would otherwise hide.
-    Printed per phase; their sum is the run's `compile_seconds` metric. With JAX's persistent
-    cache (pipeline.compilation) a second run with the same shapes loads instead of compiling.
-    """
-
-    def __init__(self, arch: str) -> None:
-        super().__init__()
-        self.arch = arch
-        self.phases: list[float] = []
-        self.started: float | None = None
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        """Start this phase's clock."""
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        """Stop it at the first step's end (once per phase)."""
-        if self.started is not None:
-            self.phases.append(time.perf_counter() - self.started)
-            self.started = None
-            print(f"train {self.arch}: first step (compile) {self.phases[-1]:.1f} s")
-
-    @property
-    def total(self) -> float:
-        """Seconds spent on first steps over every phase so far."""
-        return float(sum(self.phases))
-
-
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Per-epoch metrics to the active MLflow run, step = the epoch as Keras prints it (from 1),
     numbered across phases."""
@@ -183,7 +153,7 @@ def _train(params: Params, arch: str) -> dict[str, float]:
     ):
         mlflow.log_params(_run_params(params, arch, train, val))
         _log_dataset(MANIFEST)
-        clock = CompileClock(arch)
+        clock = compilation.CompileClock(arch)
         history, best_epoch = _fit(model, batches, val, params, arch, clock)
         summary = _summary(history, best_epoch)
         mlflow.log_metrics(_run_metrics(summary, history) | {"compile_seconds": clock.total})
@@ -282,7 +252,7 @@ def _fit(
     val: ImageSet,
     params: Params,
     arch: str,
-    clock: CompileClock | None = None,
+    clock: compilation.CompileClock | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Warm-up (frozen backbone) then fine-tuning, ending on the best epoch's weights.
 
@@ -292,7 +262,7 @@ def _fit(
     """
     with distribution.data_parallel(model, params.train) as (net, devices):
         feed = batches if devices == 1 else distribution.WholeShards(batches, devices)
-        return _train_phases(net, feed, val, params, arch, clock or CompileClock(arch))
+        return _train_phases(net, feed, val, params, arch, clock or compilation.CompileClock(arch))
 
 
 @dataclass(frozen=True)
@@ -337,7 +307,7 @@ def _train_phases(
     val: ImageSet,
     params: Params,
     arch: str,
-    clock: CompileClock,
+    clock: compilation.CompileClock,
 ) -> tuple[pd.DataFrame, int]:
     """Each phase of `schedule` in turn; the best epoch over all of them is restored at the end."""
     best = BestWeights(params.train.monitor)
