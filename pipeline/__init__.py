@@ -30,6 +30,7 @@ Running a stage
     errors        UserError, the one exception type for user mistakes
     terminal      what a stage prints (library start-up chatter off unless VERBOSE=1)
     files         atomic writes: staged folders, JSON, a temp file then a rename
+    paths         where the stages read and write (data/, models/, reports/): one home each
     processes     one writer per output (a lock naming its pid), no trainer outliving dvc
 Data in (prepare)
     layouts       where images, labels and masks are in whatever data.raw_dir holds
@@ -50,6 +51,7 @@ Data to the model (train)
     distribution  train.distribution: data_parallel, one model over every local device (JAX)
     compilation   JAX's persistent compilation cache in the project's .cache/jax
     backbones     DenseNet121 / ResNet50 classifiers, resizing and preprocessing inside the model
+    layers        the classifier's layer names (backbones builds them; cam, engines, export read)
     environment   the exact pip requirements a logged model asks for
 Measuring (evaluate, select, promote)
     metrics       classification metrics from probabilities, with their intervals
@@ -65,6 +67,8 @@ Measuring (evaluate, select, promote)
     ledger        every look at test: a row of reports/test_looks.csv (committed), figures in MLflow
     model_card    reports/model_card.md, also the registry version's description
     card_results  the card's tables of figures (also test.md's and comparison.md's)
+    served_metrics every figure of one split, from the served rule's answers
+    evaluate_report  evaluate's figures, tables, markdown, MLflow logging and terminal summary
     external_sets an external site prepared like data.raw_dir, minus copies of development images
                   and their patients (the pairs listed)
     external_report
@@ -77,8 +81,8 @@ Tracking and registry
     registry      register a run's model, move aliases, tag versions
 Serving
     serving/      everything a release needs at answer time (its own map is in
-                  serving/__init__.py); it imports only images, dicom, cam, environment and
-                  files from above, so that folder is what ships with a model
+                  serving/__init__.py); it imports only images, dicom, cam, environment, layers
+                  and files from above, so that folder is what ships with a model
 
 Names easy to confuse
     augment / augmentation    the stage that writes data/augmented/ / the transforms it and

@@ -312,13 +312,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
         raise UserError(f"{key}: expected one of {list(allowed)}, got {value!r}")
     if origin is dict:
-        _, item = typing.get_args(hint)
-        if not isinstance(value, dict) or not value:
-            raise UserError(f"{key}: expected a non-empty mapping, got {value!r}")
-        for name in value:
-            if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)):
-                raise UserError(f"{key}.{name}: names are lower-case letters, digits and _")
-        return {name: _coerce(item, v, f"{key}.{name}") for name, v in value.items()}
+        return _coerce_mapping(typing.get_args(hint)[1], value, key)
     if origin is tuple:
         (item,) = typing.get_args(hint)[:1]
         empty_ok = dataclasses.is_dataclass(item)  # a list of sections may be empty
@@ -342,6 +336,16 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
         raise UserError(f"{key}: expected a non-empty string, got {value!r}")
     raise TypeError(f"unsupported type hint {hint!r} for {key}")  # a bug in this module
+
+
+def _coerce_mapping(item: Any, value: Any, key: str) -> dict[str, Any]:
+    """A mapping of names (used in paths and stage names) to `item` values, in file order."""
+    if not isinstance(value, dict) or not value:
+        raise UserError(f"{key}: expected a non-empty mapping, got {value!r}")
+    for name in value:
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)):
+            raise UserError(f"{key}.{name}: names are lower-case letters, digits and _")
+    return {name: _coerce(item, v, f"{key}.{name}") for name, v in value.items()}
 
 
 def _need(ok: bool, key: str, message: str) -> None:

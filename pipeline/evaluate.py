@@ -68,7 +68,6 @@ HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
 RULE_FILE = "rule.json"  # per model: <arch>/rule.json, the DecisionRule select releases
 MODELS_DIR = Path("models")
 SPLITS = ("val", "test")
-POSITIVE = "malignant"
 PREDICT_BATCH = 64
 
 
@@ -124,18 +123,8 @@ def run(params: Params) -> dict:
         kept[arch] = (model, outputs["test"][0], proba)
         for split in SPLITS:
             results[arch][split]["ood"] = found[split]
-    looks = {  # every computation of test metrics is a look, recorded before reporting
-        arch: _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
-        for arch in archs
-    }
-    use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
-    # Where the count is kept and this look's row, not the count: it grows with every look, so a
-    # rerun on the same data would change the committed reports (select's card for the registry
-    # carries it). The row is the same on a rerun that computes the same figures.
-    where = {k: use[k] for k in ("file", "ledger", "split_sha256")}
+    use = _record_test_use(params, inputs, results, look)
     for arch in archs:
-        row = {k: looks[arch][k] for k in ("time_utc", "model_sha256", "purpose")}
-        results[arch]["test"]["test_use"] = where | {"look": row}
         with staged_dir(EVALUATE_DIR / arch) as out:
             write_json(out / "metrics.json", results[arch])
             write_json(out / RULE_FILE, rules[arch].to_dict())
@@ -144,16 +133,40 @@ def run(params: Params) -> dict:
             report.write_reports(
                 out, model, features, data, proba, served[arch], results[arch], params, arch
             )
-    comparison = compare_models(data, served, facts, params)
+    _write_comparison(compare_models(data, served, facts, params), results)
+    report.log_to_mlflow(params, inputs, results, EVALUATE_DIR)
+    report.print_summary(results, use, EVALUATE_DIR)
+    return results
+
+
+def _record_test_use(
+    params: Params, inputs: dict[str, dict], results: dict[str, dict], look: dict[str, str]
+) -> dict[str, Any]:
+    """Record every model's test figures as a look in the ledger, before any is reported, and
+    put where the count is kept into each result; the split's use so far."""
+    looks = {
+        arch: _record_test_look(params, arch, inputs[arch], results[arch]["test"], look)
+        for arch in results
+    }
+    use = ledger.split_use(params.mlflow.experiment, look["split_sha256"])
+    # Where the count is kept and this look's row, not the count: it grows with every look, so a
+    # rerun on the same data would change the committed reports (select's card for the registry
+    # carries it). The row is the same on a rerun that computes the same figures.
+    where = {k: use[k] for k in ("file", "ledger", "split_sha256")}
+    for arch, found in looks.items():
+        row = {k: found[k] for k in ("time_utc", "model_sha256", "purpose")}
+        results[arch]["test"]["test_use"] = where | {"look": row}
+    return use
+
+
+def _write_comparison(comparison: dict[str, Any], results: dict[str, dict]) -> None:
+    """Every pair's paired comparison, the validation and test tables, and the DVC metrics file."""
     write_json(EVALUATE_DIR / "comparison.json", comparison)
     write_text(
         EVALUATE_DIR / "comparison.md", report.comparison_markdown(results, comparison, "val")
     )
     write_text(EVALUATE_DIR / "test.md", report.comparison_markdown(results, comparison, "test"))
     write_json(HEADLINE_FILE, report.headline(results))
-    report.log_to_mlflow(params, inputs, results, EVALUATE_DIR)
-    report.print_summary(results, use, EVALUATE_DIR)
-    return results
 
 
 def _ood_reference(
@@ -310,7 +323,7 @@ def fit_rule(
     Order matters: calibration is decided first, because temperature scaling changes p(malignant)
     image by image (not monotonically), so the threshold is chosen on the probabilities served.
     """
-    e, m = params.evaluate, params.classes.index(POSITIVE)
+    e, m = params.evaluate, params.classes.index(params.positive_class)
     calibration = _calibration_choice(y, proba, groups, params)
     temperature = calibration["temperature"] if calibration["applied"] else None
     served = calibrate(proba, temperature)
@@ -323,7 +336,7 @@ def fit_rule(
     threshold = choice["threshold"]
     rule = DecisionRule(
         classes=params.classes,
-        positive_class=POSITIVE,
+        positive_class=params.positive_class,
         threshold=None if threshold is None else float(threshold),
         temperature=None if temperature is None else float(temperature),
         method=choice["rule"] if threshold is not None else "argmax (no validation positives)",
@@ -363,7 +376,7 @@ def compare_models(
     from their served answers: macro-F1 of the class answer and malignant AUC with paired
     cluster-bootstrap intervals, McNemar's test on the class answers
     (pipeline.served_metrics.paired). `{"pairs": [{"a", "b", "val", "test"}, ...]}`."""
-    m = params.classes.index(POSITIVE)
+    m = params.classes.index(params.positive_class)
     boot = {"n_bootstrap": params.evaluate.bootstrap, "seed": params.seed}
     pairs = []
     for a, b in itertools.combinations(served, 2):

@@ -28,7 +28,6 @@ from pipeline.served_metrics import decisions
 from pipeline.serving.rule import OUT_OF_SCOPE, Served
 
 SPLITS = ("val", "test")
-POSITIVE = "malignant"
 
 
 def headline(results: dict[str, dict]) -> dict[str, dict]:
@@ -147,7 +146,7 @@ def _reliability_curves(
 ) -> dict[str, list[dict]]:
     """Non-empty reliability bins of p(malignant): raw, and temperature-scaled when a temperature
     was fitted (before / after), the one served marked as such."""
-    m, n_bins = params.classes.index(POSITIVE), params.evaluate.ece_bins
+    m, n_bins = params.classes.index(params.positive_class), params.evaluate.ece_bins
     t, applied = calibration.get("temperature"), calibration.get("applied")
     probabilities = {"raw": p}
     if t:

@@ -87,7 +87,7 @@ def run(params_path: Path, log_dir: Path | None, model: Path | None, now: dt.dat
     release = find_release(Path(model or m.model))
     if not (release / REFERENCE_FILE).is_file():
         raise UserError(f"{release}: no {REFERENCE_FILE}; release a model with `dvc repro`")
-    positive = "malignant"
+    positive = params.positive_class
     reference = frame(read_reference(release / REFERENCE_FILE), positive)
     since = now - dt.timedelta(days=m.window_days)
     window = frame(read_rows(log_dir, since), positive)

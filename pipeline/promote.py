@@ -58,7 +58,6 @@ DECISION_FILE = Path("reports/promotion.json")
 EXTERNAL_SUMMARY = paths.EXTERNAL_REPORTS / "summary.json"  # the external stage's (after select)
 ACTIONS = ("promote", "rollback")
 PROMOTION_HEADING = "## Promotion"
-POSITIVE = "malignant"
 
 
 class PromotionRefused(UserError):
@@ -251,7 +250,7 @@ def _judge(params: Params, ours: Candidate, theirs: Candidate | None, manifest: 
         seen_by["champion"] = theirs.trained_on
     test, rows, counts = held_out(params, seen_by)
     groups = rows["group"].to_numpy()
-    positive = classes.index(POSITIVE)
+    positive = classes.index(params.positive_class)
     mine = decisions(ours, test)
     metrics = served_metrics(test.labels, mine, positive) | {"n_test": len(test)}
     split = ledger.split_fingerprint(rows["sha256"])

@@ -204,16 +204,13 @@ def calibration_line(is_positive: np.ndarray, p: np.ndarray) -> dict[str, float 
     }
 
 
-TEMPERATURE_RANGE = (0.5, 5.0)  # evaluate.temperature_range's default; README "Calibration"
-
-
 def temperature_decision(
     y: np.ndarray,
     proba: np.ndarray,
     groups: Any = None,
     *,
     min_improvement: float,
-    bounds: tuple[float, float] = TEMPERATURE_RANGE,
+    bounds: tuple[float, float],
     folds: int = 5,
     seed: int = 0,
 ) -> dict[str, Any]:

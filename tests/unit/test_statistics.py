@@ -10,6 +10,9 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
 from pipeline import intervals, metrics, statistics
+from tests.factories import project_params
+
+BOUNDS = project_params().evaluate.temperature_range  # params.yaml's search range
 
 MALIGNANT = 1
 
@@ -233,7 +236,7 @@ def scaled_softmax(n: int, scale: float, seed: int, separation: float = 0.0):
 @pytest.mark.parametrize("scale", [0.7, 2.5])
 def test_a_miscalibrated_validation_set_still_gets_its_temperature(scale):
     y, proba = scaled_softmax(600, scale, seed=1)
-    decision = statistics.temperature_decision(y, proba, min_improvement=0.01)
+    decision = statistics.temperature_decision(y, proba, min_improvement=0.01, bounds=BOUNDS)
     assert decision["applied"] is True, decision["reason"]
     assert decision["temperature"] == pytest.approx(scale, rel=0.15)
     assert decision["bounds"] == [0.5, 5.0]
@@ -250,7 +253,7 @@ def test_a_perfectly_separated_validation_set_never_yields_a_sharpening_temperat
         y, metrics.apply_temperature(proba, unbounded)
     )
     assert gain > 0.1  # far past temperature_min_improvement: a gain test alone lets it through
-    decision = statistics.temperature_decision(y, proba, min_improvement=0.01)
+    decision = statistics.temperature_decision(y, proba, min_improvement=0.01, bounds=BOUNDS)
     assert decision["applied"] is False
     assert decision["temperature"] >= 0.5
     assert "lower bound T=0.5" in decision["reason"]
@@ -262,7 +265,7 @@ def test_a_perfectly_separated_validation_set_never_yields_a_sharpening_temperat
 
 def test_an_over_confident_model_past_the_upper_bound_is_softened_as_far_as_allowed():
     y, proba = scaled_softmax(600, 8.0, seed=3)
-    decision = statistics.temperature_decision(y, proba, min_improvement=0.01)
+    decision = statistics.temperature_decision(y, proba, min_improvement=0.01, bounds=BOUNDS)
     assert decision["applied"] is True
     assert decision["temperature"] == pytest.approx(5.0, rel=1e-3)
 
