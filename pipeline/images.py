@@ -164,14 +164,23 @@ def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
 
 
 def fit(image: Image.Image, size: int, keep_aspect: bool) -> Image.Image:
-    """Resize to `size` x `size`: letterbox (scale the longer side, pad centred) or stretch."""
+    """Resize to `size` x `size`: letterbox (scale the longer side, pad centred) or stretch.
+
+    An 8-bit grey (`L`) image stays grey: the padding is BACKGROUND's grey level, so converting
+    the result to RGB gives the pixels an RGB copy of it would have given, for a third of the
+    work (Pillow's Lanczos filters each channel alike)."""
     if not keep_aspect:
         return image.resize((size, size), Image.Resampling.LANCZOS)
     scale = size / max(image.width, image.height)
     width = max(1, round(image.width * scale))
     height = max(1, round(image.height * scale))
     resized = image.resize((width, height), Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    grey = image.mode == "L" and len(set(BACKGROUND)) == 1
+    canvas = (
+        Image.new("L", (size, size), BACKGROUND[0])
+        if grey
+        else Image.new("RGB", (size, size), BACKGROUND)
+    )
     canvas.paste(resized, ((size - width) // 2, (size - height) // 2))
     return canvas
 

@@ -37,19 +37,34 @@ class _Fitting:
     keep_aspect: bool  # letterboxed to a square as in prepare, or stretched
 
     def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """An 8-bit RGB or grey image -> (H, W, 3) float32 of 0-255 values, fitted as in prepare."""
+        """An 8-bit RGB or grey image -> (H, W, 3) float32 of 0-255 values, fitted as in prepare.
+
+        A scan is grey even when its file is RGB (BUSI's PNGs, most exports): fitted as one grey
+        channel and copied to three at the end, it gives the same values for a third of the
+        resizing (bench/serve_engines.py's per-stage split)."""
         pil = (
             image
             if isinstance(image, Image.Image)
             else Image.fromarray(np.asarray(image, np.uint8))
         )
+        pil = _grey_if_grey(pil)
         if self.input_size is not None:
             height, width = self.input_size
             if height == width:
                 pil = images.fit(pil, height, keep_aspect=self.keep_aspect)
             elif pil.size != (width, height):
                 pil = pil.resize((width, height), Image.Resampling.LANCZOS)
+        if pil.mode == "L":
+            return np.repeat(np.asarray(pil, dtype=np.float32)[..., None], 3, axis=2)
         return np.asarray(images.to_rgb(pil), dtype=np.float32)
+
+
+def _grey_if_grey(image: Image.Image) -> Image.Image:
+    """An RGB image whose three channels are equal, as its one grey channel (`L`); else as is."""
+    if image.mode != "RGB":
+        return image
+    red, green, blue = (channel.tobytes() for channel in image.split())
+    return image.getchannel(0) if red == green == blue else image
 
 
 class KerasEngine(_Fitting):

@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from pipeline import images
 from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.engine import KerasEngine
 from pipeline.serving.release import read_release
@@ -59,6 +61,22 @@ def test_images_are_fitted_like_prepare_does_so_any_size_gives_one_input_shape(c
     assert engine.keep_aspect
     for shape in ((40, 56, 3), (300, 120, 3), (32, 32, 3)):
         assert engine.prepare(np.zeros(shape, np.uint8)).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("shape", [(90, 130), (131, 77), (64, 64), (20, 33)])
+def test_a_grey_scan_is_fitted_as_grey_to_exactly_the_pixels_of_its_rgb_fit(classifier, shape):
+    """The fast path (one channel resized, then copied) against Pillow's RGB resize and RGB
+    letterbox, value for value; a colour image takes the RGB path."""
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    size, keep = classifier.engine.input_size[0], classifier.engine.keep_aspect
+    reference = np.asarray(images.fit(rgb, size, keep_aspect=keep), dtype=np.float32)
+    np.testing.assert_array_equal(classifier.engine.prepare(rgb), reference)
+    np.testing.assert_array_equal(classifier.engine.prepare(Image.fromarray(grey)), reference)
+    tinted = np.asarray(rgb).copy()
+    tinted[0, 0, 2] ^= 1
+    colour = np.asarray(images.fit(Image.fromarray(tinted), size, keep), dtype=np.float32)
+    np.testing.assert_array_equal(classifier.engine.prepare(tinted), colour)
 
 
 def test_a_rule_whose_classes_do_not_match_the_model_is_an_error(mini_release):
