@@ -62,8 +62,12 @@ COLUMNS = {
 def image_statistics(prepared: np.ndarray) -> dict[str, float]:
     """Intensity statistics of one model input (H, W, 3) of 0-255 values: grey level mean,
     spread and percentiles, and colour (mean spread between channels; 0 for a grey scan)."""
+    # Channel by channel, not along the last axis: numpy's reductions over an axis of 3 ran
+    # 10x slower (30 ms of a request at 224 px); the sums and extremes are the same numbers.
     x = np.asarray(prepared, dtype=np.float64)
-    grey = x.mean(axis=-1)
+    red, green, blue = x[..., 0], x[..., 1], x[..., 2]
+    grey = (red + green + blue) / 3
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
     p05, p50, p95 = np.percentile(grey, [5, 50, 95])
     return {
         "mean": float(grey.mean()),
@@ -71,7 +75,7 @@ def image_statistics(prepared: np.ndarray) -> dict[str, float]:
         "p05": float(p05),
         "p50": float(p50),
         "p95": float(p95),
-        "colour": float((x.max(axis=-1) - x.min(axis=-1)).mean()),
+        "colour": float(spread.mean()),
     }
 
 

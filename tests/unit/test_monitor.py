@@ -11,7 +11,14 @@ import yaml
 
 from pipeline import monitor
 from pipeline.serving.classifier import load_classifier
-from pipeline.serving.predlog import REFERENCE_FILE, PredictionLog, record, replay, write_reference
+from pipeline.serving.predlog import (
+    REFERENCE_FILE,
+    PredictionLog,
+    image_statistics,
+    record,
+    replay,
+    write_reference,
+)
 from tests.factories import mini_classifier, raw_params
 from tests.ood_releases import make_ood_release, scans
 
@@ -101,3 +108,20 @@ def test_a_days_log_written_before_refer_was_named_so_takes_new_rows(release, tm
     assert len(refer) == 4
     assert refer[0] is None
     assert all(r in (0, 1) for r in refer[1:])
+
+
+@pytest.mark.parametrize("grey", [True, False])
+def test_the_logs_intensity_statistics_are_the_numbers_of_their_definition(grey):
+    """Computed channel by channel for speed; the same floats as the plain definition."""
+    rng = np.random.default_rng(int(grey))
+    x = rng.integers(0, 256, (224, 224, 3)).astype(np.float32)
+    if grey:
+        x[..., 1] = x[..., 2] = x[..., 0]
+    plain = np.asarray(x, dtype=np.float64)
+    level = plain.mean(axis=-1)
+    p05, p50, p95 = np.percentile(level, [5, 50, 95])
+    expected = {
+        "mean": level.mean(), "std": level.std(), "p05": p05, "p50": p50, "p95": p95,
+        "colour": (plain.max(axis=-1) - plain.min(axis=-1)).mean(),
+    }  # fmt: skip
+    assert image_statistics(x) == {key: float(value) for key, value in expected.items()}
