@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -27,6 +28,7 @@ from pipeline.serving.classifier import load_classifier
 from pipeline.serving.rule import OUT_OF_SCOPE
 from tests.dvc_stages import resolved_stages
 from tests.repos import BIN, GIT, sh, tiny_repo
+from tests.servers import free_port, running
 
 pytestmark = pytest.mark.slow
 ARCH_NAMES = ("densenet121", "resnet50")
@@ -62,6 +64,38 @@ def test_every_stage_ran_and_locked(repo):
 
 def test_a_second_repro_has_nothing_to_do(repo):
     path, env, _ = repo
+    out = sh("dvc", "status", cwd=path, env=env)
+    assert "up to date" in out, out
+
+
+def test_serving_the_release_leaves_nothing_for_dvc_to_run(repo, tmp_path):
+    """The release carries model.onnx from select, and every serving command only reads it: the
+    service and the batch scorer on ONNX Runtime and on Keras, and `make export-onnx` on it."""
+    path, env, _ = repo
+    release = path / "models" / "selected"
+    assert json.loads((release / "release.json").read_text())["onnx"]["served"] == "model.onnx"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for image in sorted((path / "data" / "prepared").rglob("*.png"))[:3]:
+        shutil.copy(image, scans / image.name)
+    python = str(BIN / "python")
+    for engine in ("auto", "keras"):
+        out = tmp_path / f"{engine}.csv"
+        sh(python, "-m", "pipeline.predict", str(scans), "--model", "models/selected",
+           "--engine", engine, "--out", str(out), cwd=path, env=env)  # fmt: skip
+        assert len(out.read_text().splitlines()) == 4
+    assert "select exports every release" in sh(
+        python, "-m", "pipeline.export", "models/selected", cwd=path, env=env
+    )
+    port = free_port()
+    command = [python, "-m", "pipeline.serve", "--model", "models/selected", "--engine", "onnx"]
+    command += ["--port", str(port), "--no-log"]
+    url = f"http://127.0.0.1:{port}"
+    with running(command, url + "/health", tmp_path / "serve.log", env=env, cwd=path):
+        body = (scans / sorted(p.name for p in scans.iterdir())[0]).read_bytes()
+        request = urllib.request.Request(url + "/predict", body, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
     out = sh("dvc", "status", cwd=path, env=env)
     assert "up to date" in out, out
 
