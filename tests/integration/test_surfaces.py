@@ -1,10 +1,14 @@
 """One registered model, one image, one answer: the four serving surfaces, as real servers.
 
-Every demo image (the demo_data stage's 420 synthetic scans) goes through the local service
-(`python -m pipeline.serve`), MLflow's own server (`mlflow models serve`), Azure's inference
-server (`azmlinfsrv` with the packaged score.py, in its own pinned environment) and the batch
-scorer (`python -m pipeline.predict`); the probabilities agree to 1e-5 and the decisions exactly.
-Then each surface's refusals are probed.
+A tiny model is released as select releases one (model.onnx exported and checked against Keras),
+registered as @champion and packaged for Azure. Every demo image (the demo_data stage's 420
+synthetic scans) goes through the local service on ONNX Runtime (`python -m pipeline.serve
+--engine onnx`), MLflow's own server (`mlflow models serve`: the pyfunc's default engine), Azure's
+inference server (`azmlinfsrv` with the default package, ONNX Runtime in its own environment
+without TensorFlow) and the batch scorer (`python -m pipeline.predict`, its default engine): each
+answers as the release's Keras model does, probabilities within 1e-4 and the same decisions. The
+Keras package in the TensorFlow environment answers as Keras to 1e-5. Then each surface's
+refusals are probed.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tests.factories import (
     mini_classifier,
     project_params,
     raw_params,
+    with_onnx,
 )
 from tests.factories import scan as make_scan
 from tests.servers import DataCollectorSink, data_collector_sink, free_port, peak_rss_bytes, running
@@ -100,13 +105,14 @@ def project(tmp_path_factory):
         scans = [p for p in sorted((root / "demo").rglob("*.png")) if "_mask" not in p.stem]
         threshold = median_malignant_probability(mini_classifier(seed=1), scans, root / "probe")
         release = make_release(root / "release", mini_classifier(seed=1), threshold, version="1")
+        with_onnx(release, [decode_upload(p.read_bytes()) for p in scans[::7]])
         with mlflow.start_run():
             info = pyfunc.log_release(release, np.zeros((32, 32, 3), np.uint8))
         assert registry.register(info.model_uri, "tumor-classifier", "challenger", {}) == "1"
         registry.set_alias("tumor-classifier", "champion", "1")
         (root / "params.yaml").write_text(json.dumps(raw_params(RAW)))
-        assert package.main([]) == 0
-        assert package.main(["--engine", "onnx", "--out", "build/azure-onnx"]) == 0
+        assert package.main(["--engine", "keras"]) == 0
+        assert package.main(["--out", "build/azure-onnx"]) == 0  # the default: ONNX Runtime
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{env['PATH']}")
     env.update(TF_CPP_MIN_LOG_LEVEL="2", MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
@@ -118,7 +124,7 @@ def service(project):
     root, _, env = project
     port = free_port()
     command = [sys.executable, "-m", "pipeline.serve", "--port", str(port), "--no-heatmaps"]
-    command += ["--body-timeout", str(BODY_TIMEOUT)]
+    command += ["--body-timeout", str(BODY_TIMEOUT), "--engine", "onnx"]
     with running(
         command, f"http://127.0.0.1:{port}/health", root / "serve.log", env=env, cwd=root
     ) as process:
@@ -242,28 +248,43 @@ def answers_from_batch_scorer(project: tuple) -> list[dict]:
     return found
 
 
-def test_every_demo_image_gets_the_same_answer_on_all_four_surfaces(
-    project, service, mlflow_server, azure_server
+@pytest.fixture(scope="module")
+def keras_answers(project) -> list[dict]:
+    """The release's answers on its Keras model, in process: what every surface must give."""
+    root, scans, _ = project
+    keras = load_classifier(root / "release", engine="keras")
+    found = []
+    for start in range(0, len(scans), 60):
+        batch = [decode_upload(path.read_bytes()) for path in scans[start : start + 60]]
+        found += keras.predict_many(batch)
+    assert 0 < sum(a["decision"]["refer"] for a in found) < len(scans)  # decided both ways
+    return found
+
+
+def assert_same_answers(name: str, scans, answers, reference, tolerance: float) -> None:
+    assert len(answers) == len(scans), name
+    for path, ours, theirs in zip(scans, answers, reference, strict=True):
+        assert ours["class"] == theirs["class"], (name, path.name)
+        assert ours["decision"]["refer"] == theirs["decision"]["refer"], (name, path.name)
+        for cls, p in theirs["probabilities"].items():
+            assert abs(ours["probabilities"][cls] - p) <= tolerance, (name, path.name, cls)
+
+
+def test_every_demo_image_gets_the_keras_answer_on_all_four_surfaces_on_onnx_runtime(
+    project, keras_answers, service, mlflow_server, azure_onnx_server
 ):
-    _, scans, _ = project
+    root, scans, _ = project
     assert len(scans) == 420
+    assert (root / "release" / "model.onnx").is_file()
     surfaces = {
-        "service": answers_over_http(service[0] + "/predict", scans),
+        "service --engine onnx": answers_over_http(service[0] + "/predict", scans),
         "mlflow models serve": answers_from_mlflow(mlflow_server, scans),
-        "azmlinfsrv": answers_over_http(azure_server, scans),
+        "azmlinfsrv (onnx package)": answers_over_http(azure_onnx_server, scans),
         "batch scorer": answers_from_batch_scorer(project),
     }
-    reference = surfaces["service"]
-    referred = sum(a["decision"]["refer"] for a in reference)
-    assert 0 < referred < len(scans)  # the threshold decides both ways on these images
     for name, answers in surfaces.items():
-        assert len(answers) == len(scans), name
-        for path, ours, theirs in zip(scans, answers, reference, strict=True):
-            assert ours["class"] == theirs["class"], (name, path.name)
-            assert ours["decision"]["refer"] == theirs["decision"]["refer"], (name, path.name)
-            for cls, p in theirs["probabilities"].items():
-                assert abs(ours["probabilities"][cls] - p) <= 1e-5, (name, path.name, cls)
-    for name in ("service", "mlflow models serve", "azmlinfsrv"):
+        assert_same_answers(name, scans, answers, keras_answers, 1e-4)
+    for name in ("service --engine onnx", "mlflow models serve", "azmlinfsrv (onnx package)"):
         assert surfaces[name][0]["model"] == {
             "name": "tumor-classifier",
             "version": "1",
@@ -271,22 +292,18 @@ def test_every_demo_image_gets_the_same_answer_on_all_four_surfaces(
         }
 
 
-def test_the_onnx_runtime_endpoint_answers_as_the_keras_one_without_tensorflow(
-    project, service, azure_onnx_server
+def test_the_default_azure_package_runs_onnx_runtime_without_tensorflow_and_keras_stays_a_choice(
+    project, keras_answers, azure_server, azure_onnx_server
 ):
     root, scans, _ = project
     packaged = root / "build" / "azure-onnx"
     assert (packaged / "model" / "model.onnx").is_file()
     assert (packaged / "conda-onnx.yml").is_file()
     assert not (packaged / "conda.yml").exists()
-    reference = answers_over_http(service[0] + "/predict", scans)
-    answers = answers_over_http(azure_onnx_server, scans)
-    assert 0 < sum(a["decision"]["refer"] for a in reference) < len(scans)
-    for path, ours, theirs in zip(scans, answers, reference, strict=True):
-        assert ours["class"] == theirs["class"], path.name
-        assert ours["decision"]["refer"] == theirs["decision"]["refer"], path.name
-        for cls, p in theirs["probabilities"].items():
-            assert abs(ours["probabilities"][cls] - p) <= 1e-4, (path.name, cls)
+    keras_package = yaml.safe_load((root / "build" / "azure" / "deployment.yml").read_text())
+    assert keras_package["environment_variables"]["SERVING_ENGINE"] == "keras"
+    by_keras = answers_over_http(azure_server, scans)
+    assert_same_answers("azmlinfsrv (keras package)", scans, by_keras, keras_answers, 1e-5)
     status, answer, _ = post(azure_onnx_server, b"%PDF-1.7\n", "application/pdf")
     assert status == 415
     assert answer["status"] == 415

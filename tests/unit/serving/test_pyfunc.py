@@ -18,6 +18,7 @@ from PIL import Image
 from pipeline import tracking
 from pipeline.serving import pyfunc
 from pipeline.serving.classifier import load_classifier
+from pipeline.serving.engine import OnnxEngine
 from pipeline.serving.release import find_release
 from pipeline.serving.uploads import decode_upload
 from tests.factories import encode, enter_project, label_image, scan
@@ -55,6 +56,7 @@ def test_the_model_ships_the_serving_package_and_the_release_not_the_pipeline(lo
     requirements = (local / "requirements.txt").read_text()
     assert "keras==" in requirements
     assert "pillow==" in requirements
+    assert "onnxruntime==" in requirements  # the engine a release with model.onnx serves on
 
 
 def test_the_signature_and_input_example_show_the_request_format(logged):
@@ -77,6 +79,24 @@ def test_it_answers_exactly_as_the_serving_core(logged, mini_release):
         assert row["class"] == expected["class"]
         assert row["decision"] == expected["decision"]
         assert row["model"] == {"name": "tumor-classifier", "version": "3", "arch": "resnet50"}
+
+
+def test_a_release_with_model_onnx_is_served_on_onnx_runtime_with_the_keras_answers(
+    onnx_release, tmp_path, monkeypatch
+):
+    enter_project(monkeypatch, tmp_path)
+    tracking.setup("tests")
+    with mlflow.start_run():
+        info = pyfunc.log_release(onnx_release, EXAMPLE)
+    served = mlflow.pyfunc.load_model(info.model_uri)
+    assert isinstance(served.unwrap_python_model().classifier.engine, OnnxEngine)
+    keras = load_classifier(onnx_release, engine="keras")
+    images = [scan(seed) for seed in range(3)]
+    out = served.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
+    for row, image in zip(out.to_dict("records"), images, strict=True):
+        expected = keras.predict(decode_upload(encode(image)))
+        assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+        assert row["class"] == expected["class"]
 
 
 @pytest.mark.parametrize(
