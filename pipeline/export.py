@@ -52,13 +52,15 @@ PARITY_TOLERANCE = 1e-4  # largest |ONNX - Keras| probability (and relative OOD 
 PARITY_BATCH = 64
 
 
-def export_onnx(keras_file: Path, onnx_file: Path) -> Path:
-    """Export a pipeline.backbones model saved at `keras_file` to `onnx_file` (atomically)."""
+def export_onnx(keras_file: Path, onnx_file: Path, model: keras.Model | None = None) -> Path:
+    """Export a pipeline.backbones model saved at `keras_file` to `onnx_file` (atomically);
+    `model`: that file already loaded (select has it: loading DenseNet121 again takes seconds)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow(keras_file, onnx_file)
-    model = keras.saving.load_model(keras_file, compile=False)
+    if model is None:
+        model = keras.saving.load_model(keras_file, compile=False)
     graph = _serving_graph(model)
     onnx_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=onnx_file.parent, prefix=f".{onnx_file.name}.", suffix=".tmp")
@@ -135,12 +137,12 @@ def _export_in_tensorflow(keras_file: Path, onnx_file: Path) -> Path:
     return onnx_file
 
 
-def export_release(folder: Path) -> Path:
+def export_release(folder: Path, model: keras.Model | None = None) -> Path:
     """Write `model.onnx` into a released-model folder, from its `model.keras`."""
     keras_file = Path(folder) / "model.keras"
     if not keras_file.is_file():
         raise UserError(f"{folder}: no model.keras; give a released-model folder (models/selected)")
-    return export_onnx(keras_file, Path(folder) / ONNX_FILE)
+    return export_onnx(keras_file, Path(folder) / ONNX_FILE, model)
 
 
 def add_onnx(
@@ -150,7 +152,8 @@ def add_onnx(
     validation split) against `keras` (that release on the Keras engine): the parity record, or
     UserError when an answer moves by more than `tolerance`. The record is what release.json's
     `onnx.parity` keeps."""
-    export_release(folder)
+    same = Path(keras.release.folder).resolve() == Path(folder).resolve()
+    export_release(folder, getattr(keras.engine, "model", None) if same else None)
     onnx = load_classifier(folder, engine="onnx")
     record = parity(keras, onnx, images)
     record["tolerance"] = tolerance
