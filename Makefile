@@ -140,13 +140,13 @@ export-onnx: install ## model.onnx for a release folder made before select expor
 bench-engines: install ## Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
 
-# A GPU host's every training figure (README: Benchmarks) in one go, within 8 minutes: bench/gpu.sh.
+# A GPU host's every training figure (docs/benchmarks.md, docs/scaling.md) in one go, within 8 minutes: bench/gpu.sh.
 # Its image has JAX but no Keras: `make bench-gpu-wheels` here puts Keras' wheels in .whl/ (git-
 # ignored), the GPU host gets the tree with .whl/ and runs `bash bench/gpu.sh` (no make, no venv).
 GPU_PYTHON ?= 3.12
 GPU_WHEELS := keras namex optree
 
-bench-gpu: ## every GPU figure of the README in one go, under 8 min (bench/gpu.sh; OUT=folder)
+bench-gpu: ## every GPU figure of docs/ in one go, under 8 min (bench/gpu.sh; OUT=folder)
 	PYTHON=$${PYTHON:-python3} bash bench/gpu.sh $(if $(OUT),$(OUT),reports/bench-gpu)
 
 bench-gpu-wheels: install ## the wheels bench/gpu.sh needs on a GPU image without Keras, into .whl/

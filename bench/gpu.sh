@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README in one go, within a time budget (default 450 s of the 8 minutes
+# Every GPU figure of docs/ (benchmarks, scaling) in one go, within a time budget (default 450 s of the 8 minutes
 # a device check gets), each step bounded by `timeout`: `make bench-gpu` or
 #
 #     bash bench/gpu.sh [--tiny] [--budget SECONDS] [--archs "densenet121 resnet50"] [OUT_DIR]

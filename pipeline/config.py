@@ -155,7 +155,7 @@ class EvaluateParams:
     threshold_confidence: float
     prevalence: float
     temperature_min_improvement: float
-    # bounds of the temperature search; a fit on the lower bound is not served (README, Calibration)
+    # bounds of the temperature search; a fit on the lower bound is not served (docs/statistics.md)
     temperature_range: tuple[float, ...]
     ood_accept: float
     ood_images: int

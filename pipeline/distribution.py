@@ -34,7 +34,7 @@ def data_parallel(model: keras.Model, t: TrainParams) -> Iterator[tuple[keras.Mo
     if backend != "jax":
         raise UserError(
             f"train.distribution: data_parallel runs on the JAX backend, not {backend}; "
-            "set KERAS_BACKEND=jax (README: Scaling) or train.distribution: null"
+            "set KERAS_BACKEND=jax (docs/scaling.md) or train.distribution: null"
         )
     devices = keras.distribution.list_devices()
     if t.batch_size % len(devices):

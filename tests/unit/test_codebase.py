@@ -62,9 +62,9 @@ def package_map() -> str:
     return doc[doc.index("Stages (dvc.yaml)") :]
 
 
-def test_the_package_map_names_every_module_and_the_readme_shows_the_same_map():
+def test_the_package_map_names_every_module_and_the_development_guide_shows_the_same_map():
     named = {line.split()[0] for line in package_map().splitlines() if line.startswith("    ")}
     modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {"serving/"}
     assert modules <= named, f"not in pipeline/__init__.py's map: {sorted(modules - named)}"
-    readme = (PACKAGE.parent / "README.md").read_text()
-    assert package_map() in readme, "README's map (Development) differs from pipeline/__init__.py's"
+    guide = (PACKAGE.parent / "docs" / "development.md").read_text()
+    assert package_map() in guide, "docs/development.md's map differs from pipeline/__init__.py's"

@@ -88,11 +88,37 @@ def test_the_product_stages_are_all_there():
     assert {"prepare", "augment", *training, "evaluate", "select"} <= set(STAGES)
 
 
-def test_every_make_command_in_the_readme_is_a_makefile_target():
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def make_commands(text: str) -> set[str]:
+    """`make <verb>` in a markdown text's code (fenced blocks and `inline` spans), not its prose."""
+    code = re.findall(r"```.*?```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    return set(re.findall(r"\bmake ([a-z][\w-]*)", "\n".join(code)))
+
+
+def test_every_make_command_in_the_readme_and_docs_is_a_makefile_target():
     targets = set(re.findall(r"^([a-zA-Z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
-    used = set(re.findall(r"\bmake ([a-z][\w-]*)", (ROOT / "README.md").read_text()))
-    assert {"demo", "test"} <= used
+    readme = make_commands((ROOT / "README.md").read_text())
+    assert {"demo", "test"} <= readme
+    used = readme.union(*(make_commands(page.read_text()) for page in DOCS))
     assert used - targets == set()
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_is_a_quickstart_linking_every_reference_page_and_section():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    for page in DOCS:
+        assert f"](docs/{page.name}" in readme, f"README does not link docs/{page.name}"
+        if page.name == "deploy.md":  # a walk-through of its own, not a moved section
+            continue
+        for heading in re.findall(r"^## (.+)$", page.read_text(), re.M):
+            assert f"docs/{page.name}#{anchor(heading)}" in readme, heading
 
 
 def test_phony_lists_exactly_the_verbs_make_help_prints():
