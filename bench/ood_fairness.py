@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import cam, ood_sets  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.datasets import PREPARED_DIR, load_set  # noqa: E402
+from pipeline.datasets import load_set  # noqa: E402
 from pipeline.evaluate import predict  # noqa: E402
+from pipeline.paths import PREPARED as PREPARED_DIR  # noqa: E402
 from pipeline.serving import ood  # noqa: E402
 
 

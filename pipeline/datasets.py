@@ -13,11 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
 from pipeline.errors import UserError
-
-# evaluate, select and promote still import these names (issue 25 moves them to pipeline.paths)
-PREPARED_DIR, AUGMENTED_DIR = paths.PREPARED, paths.AUGMENTED
 
 
 @dataclass(frozen=True)

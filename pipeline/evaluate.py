@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -47,6 +46,7 @@ from pipeline import (
     ledger,
     metrics,
     ood_sets,
+    paths,
     served_metrics,
     statistics,
     subgroups,
@@ -55,7 +55,7 @@ from pipeline import (
 from pipeline import evaluate_report as report
 from pipeline.cli import stage_main
 from pipeline.config import Params
-from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
+from pipeline.datasets import ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.failures import worst_errors
 from pipeline.files import staged_dir, write_json, write_text
@@ -63,10 +63,10 @@ from pipeline.serving.ood import METHOD, OOD_FILE, OodStatistics, accept_thresho
 from pipeline.serving.rule import DecisionRule, Served, calibrate, serve
 from pipeline.threshold import choose_threshold
 
-EVALUATE_DIR = Path("reports/evaluate")
+EVALUATE_DIR = paths.EVALUATE_REPORTS
 HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
 RULE_FILE = "rule.json"  # per model: <arch>/rule.json, the DecisionRule select releases
-MODELS_DIR = Path("models")
+MODELS_DIR = paths.MODELS
 SPLITS = ("val", "test")
 PREDICT_BATCH = 64
 
@@ -96,14 +96,14 @@ def run(params: Params) -> dict:
     archs = tuple(params.train.backbones)
     inputs = {arch: _require_inputs(arch) for arch in archs}
     data = {split: _load_split(split, params.classes) for split in SPLITS}
-    manifest = read_manifest(PREPARED_DIR / "manifest.csv")
+    manifest = read_manifest(paths.MANIFEST)
     facts = {split: split_facts(manifest, split) for split in SPLITS}
     tracking.setup(params.mlflow.experiment)
     for arch in archs:  # fail before the work, not after it
         _require_run(inputs[arch])
     look = {
         "split_sha256": ledger.split_fingerprint(facts["test"].image_hashes),
-        "manifest_sha256": ledger.file_sha256(str(PREPARED_DIR / "manifest.csv")),
+        "manifest_sha256": ledger.file_sha256(str(paths.MANIFEST)),
     }
     train = _load_split("train", params.classes)  # only for the OOD statistics
     size = data["test"].images.shape[1]
@@ -428,10 +428,10 @@ def _require_inputs(arch: str) -> dict:
 
 
 def _load_split(split: str, classes: tuple[str, ...]) -> ImageSet:
-    images = load_set(PREPARED_DIR, classes, split=split)
+    images = load_set(paths.PREPARED, classes, split=split)
     if len(images) == 0:
         raise UserError(
-            f"{PREPARED_DIR / 'manifest.csv'}: no {split!r} images; check prepare's fractions "
+            f"{paths.MANIFEST}: no {split!r} images; check prepare's fractions "
             "and rerun `dvc repro`"
         )
     return images

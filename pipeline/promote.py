@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -44,7 +43,7 @@ from pipeline import external_report, ledger, paths, registry, tracking
 from pipeline.card_results import format_estimate
 from pipeline.cli import stage_main
 from pipeline.config import Params
-from pipeline.datasets import PREPARED_DIR, ImageSet, load_set, read_manifest
+from pipeline.datasets import ImageSet, load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.served_metrics import decisions as decided
@@ -54,7 +53,7 @@ from pipeline.serving.release import read_release
 from pipeline.serving.rule import Served, serve
 from pipeline.statistics import non_inferiority
 
-DECISION_FILE = Path("reports/promotion.json")
+DECISION_FILE = paths.PROMOTION
 EXTERNAL_SUMMARY = paths.EXTERNAL_REPORTS / "summary.json"  # the external stage's (after select)
 ACTIONS = ("promote", "rollback")
 PROMOTION_HEADING = "## Promotion"
@@ -140,8 +139,8 @@ def held_out(
     out whole: its other images are duplicates or the same patient, so they are not new to that
     model either. TooFewUnseen when fewer than `promote.min_test_images` images remain.
     """
-    test = load_set(PREPARED_DIR, params.classes, split="test")
-    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    test = load_set(paths.PREPARED, params.classes, split="test")
+    frame = read_manifest(paths.MANIFEST)
     frame = frame[frame["split"] == "test"].reset_index(drop=True)
     seen = frozenset().union(*seen_by.values())
     tainted = set(frame.loc[frame["sha256"].isin(seen), "group"])
@@ -216,7 +215,7 @@ def promote(params: Params) -> Decision:
             f"{name} version {challenger.version} was rolled back from @{p.alias}; "
             f"register a new @{params.select.alias} (dvc repro) before promoting again"
         )
-    manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
+    manifest = registry.file_sha256(paths.MANIFEST)
     try:
         ours = fetch(name, str(challenger.version))
         theirs = fetch(name, str(champion.version)) if champion else None

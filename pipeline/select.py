@@ -28,10 +28,10 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from pipeline import export, ledger, quantize, registry, tracking
+from pipeline import export, ledger, paths, quantize, registry, tracking
 from pipeline.cli import stage_main
 from pipeline.config import Params, uses_demo_data
-from pipeline.datasets import PREPARED_DIR, load_set, read_manifest
+from pipeline.datasets import load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.export import PARITY_TOLERANCE
 from pipeline.files import staged_dir, write_json, write_text
@@ -43,11 +43,11 @@ from pipeline.serving.release import INT8_FILE, ONNX_FILE, record_onnx, write_re
 from pipeline.serving.rule import DecisionRule
 from pipeline.synthetic import case_rng, render_case
 
-EVALUATE_DIR = Path("reports/evaluate")
+EVALUATE_DIR = paths.EVALUATE_REPORTS
 RULE_FILE = "rule.json"  # pipeline.evaluate.RULE_FILE: select does not import the evaluate stage
-SELECTION_FILE = Path("reports/selection.json")
-MODEL_CARD_FILE = Path("reports/model_card.md")
-SELECTED_DIR = Path("models/selected")
+SELECTION_FILE = paths.SELECTION
+MODEL_CARD_FILE = paths.MODEL_CARD
+SELECTED_DIR = paths.SELECTED
 TIE_BREAK = "malignant_sensitivity"
 REGISTER_ATTEMPTS = 3
 
@@ -109,8 +109,8 @@ def run(params: Params) -> dict:
     winner, reason = choose(metrics, params.select.metric)
     validation = {a: _value(metrics[a]["val"].get(params.select.metric)) for a in archs}
     runner_up = max((a for a in archs if a != winner), key=validation.__getitem__, default=None)
-    run_id = _read_json(Path("models") / winner / "run.json")["run_id"]
-    manifest = registry.file_sha256(PREPARED_DIR / "manifest.csv")
+    run_id = _read_json(paths.model_dir(winner) / "run.json")["run_id"]
+    manifest = registry.file_sha256(paths.MANIFEST)
     rule = read_rule(winner, params.classes)
     experiment = tracking.experiment_name()
     selection: dict[str, Any] = {
@@ -127,7 +127,7 @@ def run(params: Params) -> dict:
     }
     tracking.setup(params.mlflow.experiment)
     provenance = _release(params, winner, rule, run_id, selection, experiment)
-    summary = _read_json(Path("reports/data/summary.json"), required=False)
+    summary = _read_json(paths.DATA_REPORTS / "summary.json", required=False)
 
     def card(result: dict, version: str | None) -> str:
         return render_model_card(
@@ -167,7 +167,7 @@ def _release(
         provenance = _provenance(params, winner, run_id, selection, expected, experiment)
         with staged_dir(SELECTED_DIR) as out:
             write_release(
-                out, Path("models") / winner / "model.keras", rule, provenance,
+                out, paths.model_dir(winner) / "model.keras", rule, provenance,
                 ood_file=_ood_file(winner, rule), trained_on=_seen(),
             )  # fmt: skip
             _finish_release(out, params)
@@ -213,7 +213,7 @@ def _test_use_uncounted(result: dict) -> dict:
 
 def _seen() -> list[str]:
     """Hashes of the train and validation images: what the model was fitted and chosen on."""
-    frame = read_manifest(PREPARED_DIR / "manifest.csv")
+    frame = read_manifest(paths.MANIFEST)
     return list(frame.loc[frame["split"].isin(["train", "val"]), "sha256"])
 
 
@@ -221,8 +221,8 @@ def _finish_release(folder: Path, params: Params) -> None:
     """model.onnx, checked against Keras on the validation split (and INT8 with `select.int8`),
     then the monitor's reference: the validation images answered by the engine the release
     serves, as prediction-log rows (sizes before prepare fitted them, from the manifest)."""
-    val = load_set(PREPARED_DIR, params.classes, split="val")
-    rows = read_manifest(PREPARED_DIR / "manifest.csv")
+    val = load_set(paths.PREPARED, params.classes, split="val")
+    rows = read_manifest(paths.MANIFEST)
     rows = rows[rows["split"] == "val"]
     aligned = len(rows) == len(val)
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def _finish_release(folder: Path, params: Params) -> None:
     if params.select.int8:
         started = time.perf_counter()
         groups = rows["group"].to_numpy() if "group" in rows and aligned else None
-        train = load_set(PREPARED_DIR, params.classes, split="train")
+        train = load_set(paths.PREPARED, params.classes, split="train")
         base = load_classifier(folder, engine="onnx")
         int8 = quantize.add_int8(
             folder, base, train.images, val.images, val.labels, groups,

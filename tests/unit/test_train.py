@@ -15,8 +15,9 @@ from sklearn.metrics import f1_score
 from pipeline import augment, backbones, train
 from pipeline.batches import TrainBatches
 from pipeline.config import Params
-from pipeline.datasets import PREPARED_DIR, ImageSet, load_set
+from pipeline.datasets import ImageSet, load_set
 from pipeline.errors import UserError
+from pipeline.paths import PREPARED
 from tests.factories import enter_project, make_prepared, project_params
 
 TINY = {
@@ -122,7 +123,7 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
 def test_the_saved_model_is_the_best_epoch_it_reports(trained):
     root, params, summary = trained
     model = keras.saving.load_model(root / "models/resnet50/model.keras")
-    val = load_set(root / PREPARED_DIR, params.classes, split="val")
+    val = load_set(root / PREPARED, params.classes, split="val")
     predicted = model.predict(val.images, batch_size=8, verbose=0).argmax(axis=1)
     assert f1_score(val.labels, predicted, average="macro") == pytest.approx(
         summary["val_macro_f1"]
