@@ -13,10 +13,13 @@ PYTHON ?= python3
 # level: only TF_ENABLE_ONEDNN_OPTS=0 stops it, which also turns off oneDNN's faster CPU kernels.
 # So the verbs that load TensorFlow drop exactly those lines from stderr; all else passes, and
 # the command's exit status is kept (the filter is waited for, so no line comes after make's).
+# Progress bars (tqdm) would stop on the pipe: the terminal stays open as descriptor 9 for them
+# ($$PROGRESS_FD, pipeline.terminal.progress_stream).
 TF_NOISE := oneDNN custom operations are on|All log messages before absl::InitializeLog
 ifeq ($(filter-out 0 false,$(VERBOSE)),)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-QUIET_TF := 2> >(grep --line-buffered -vE '$(TF_NOISE)' >&2); status=$$?; wait $$!; exit $$status
+export PROGRESS_FD := 9
+QUIET_TF := 9>&2 2> >(grep --line-buffered -vE '$(TF_NOISE)' >&2); status=$$?; wait $$!; exit $$status
 endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
@@ -24,10 +27,26 @@ endif
 	train-azure sweep-azure bring-home azure-train-env azure-onnx-env export-onnx bench-engines \
 	bench-gpu bench-gpu-wheels
 
-help: ## this list (the default target)
-	@echo "make <verb>, the verbs a user says (README for the walk-through):"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+# `make help`: each verb's `## @<group> text`, by group; $$(VAR) in a text is shown as its value.
+HELP_GROUPS := start pipeline serve deploy develop
+HELP_VARS = PORT SOURCE OUT RELEASE
+define HELP_AWK
+/^[a-zA-Z_-]+:.*## @/ {
+	target = $$0; sub(/:.*/, "", target)
+	text = $$0; sub(/^[^#]*## @/, "", text)
+	group = text; sub(/ .*/, "", group); sub(/^[^ ]* /, "", text)
+	n = split(values, pairs, " ")
+	for (i = 1; i <= n; i++) { split(pairs[i], kv, "="); gsub("[$$][(]" kv[1] "[)]", kv[2], text) }
+	shown[group] = shown[group] sprintf("  %-17s %s\n", target, text)
+}
+END { n = split(order, g, " "); for (i = 1; i <= n; i++) printf "\n%s\n%s", g[i], shown[g[i]] }
+endef
+export HELP_AWK
+
+help: ## @start this list (the default target)
+	@echo "make <verb> [VAR=value ...]: the verbs a user says (README for the walk-through)"
+	@awk -v order="$(HELP_GROUPS)" -v values="$(foreach v,$(HELP_VARS),$(v)=$($(v)))" \
+		"$$HELP_AWK" $(MAKEFILE_LIST)
 
 # uv installs what pip would (same PyPI releases, same pins) in a fraction of the time: the five
 # environments' downloads are fetched once into uv's cache and linked from there. pip stays in
@@ -42,17 +61,17 @@ $(STAMP): pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(PY) -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its dev tools
+install: $(STAMP) ## @start create .venv and install the project with its dev tools
 
-demo: install ## run the whole pipeline on the built-in synthetic demo data
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro $(QUIET_TF)
+demo: install ## @start run the whole pipeline on the built-in synthetic demo data
+	@PATH="$(abspath $(BIN)):$$PATH" dvc repro $(QUIET_TF)
 	@echo
 	@cat reports/evaluate/comparison.md
 	@echo
 	@$(PY) -c 'import json; s = json.load(open("reports/selection.json")); p = json.load(open("models/selected/release.json"))["provenance"]; print("Selected", s["winner"], "-", s["reason"]); print("Released", p["model_name"], "version", p["version"] or "(not registered)", "@" + (s["alias"] or "-"))'
 	@echo "All metrics: .venv/bin/dvc metrics show   Model card: reports/model_card.md   Runs: make ui"
 
-repro: demo ## the same as demo: `dvc repro` through the project's venv
+repro: demo ## @pipeline the same as demo: `dvc repro` through the project's venv
 
 # Test files run on two workers: most of the suite's time is spent waiting on subprocesses and
 # servers (dvc repro, mlflow/azmlinfsrv servers, a browser), so two overlap well even on 2 cores.
@@ -61,27 +80,28 @@ repro: demo ## the same as demo: `dvc repro` through the project's venv
 TEST_WORKERS ?= 2
 SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
 
-test: install browser azurite ## the whole test suite (unit + integration)
+test: install browser azurite ## @develop the whole test suite (unit + integration)
 	@# the four side environments are independent: built side by side (downloads overlap)
 	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test-fast: install ## unit tests only
+test-fast: install ## @develop unit tests only
 	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-lint: install ## ruff (lint + format check), mypy over pipeline/, then lint-workflows
+lint: install ## @develop ruff (lint + format check), mypy over pipeline/, then lint-workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	@$(MAKE) --no-print-directory lint-workflows
 
-format: install ## ruff format and autofix
+format: install ## @develop ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-ui: install ## MLflow UI on the project's tracking store; prints the link to the runs table
-	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; t.store_uri(); print("Runs:", t.runs_view_url("http://127.0.0.1:5000", load_params().mlflow.experiment))'
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
+ui: PORT = 5000
+ui: install ## @pipeline MLflow UI on http://127.0.0.1:5000 (PORT=5000); prints the link to the runs table
+	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; t.store_uri(); print("Runs:", t.runs_view_url("http://127.0.0.1:$(PORT)", load_params().mlflow.experiment))'
+	@$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port $(PORT)
 
 # A released model: models:/<name>@<alias>, models:/<name>/<version>, or a folder such as
 # models/selected. Empty: models:/<select.model_name>@<promote.alias> from params.yaml.
@@ -92,28 +112,28 @@ MODEL_URI = $(or $(MODEL),$(shell $(PY) -c 'from pipeline.config import default_
 SOURCE ?= data/raw
 OUT ?= predictions.csv
 
-serve: install ## classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | models/selected)
-	$(TRACKING) $(PY) -m pipeline.serve --model "$(MODEL_URI)" --port $(PORT) $(QUIET_TF)
+serve: install ## @serve classifier page + API on http://127.0.0.1:$(PORT) (MODEL=models:/...@alias | models/selected)
+	@$(TRACKING) $(PY) -m pipeline.serve --model "$(MODEL_URI)" --port $(PORT) $(QUIET_TF)
 
-predict: install ## score a folder or CSV of images into a CSV (SOURCE=folder OUT=predictions.csv MODEL=...)
-	$(TRACKING) $(PY) -m pipeline.predict "$(SOURCE)" --model "$(MODEL_URI)" --out "$(OUT)" $(QUIET_TF)
+predict: install ## @serve score a folder or CSV of images into a CSV (SOURCE=$(SOURCE) OUT=$(OUT) MODEL=...)
+	@$(TRACKING) $(PY) -m pipeline.predict "$(SOURCE)" --model "$(MODEL_URI)" --out "$(OUT)" $(QUIET_TF)
 
-monitor: install ## drift report of the prediction log vs the release's reference (exit 1 on drift)
-	$(PY) -m pipeline.monitor $(QUIET_TF)
+monitor: install ## @serve drift report of the prediction log vs the release's reference (exit 1 on drift)
+	@$(PY) -m pipeline.monitor $(QUIET_TF)
 
-bench-serve: install ## service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
+bench-serve: install ## @develop service latency vs raw model.predict on loopback (BENCH_ARGS="--seconds 30 --clients 8")
 	$(PY) bench/serve_latency.py $(BENCH_ARGS)
 
 # Azurite, Microsoft's Azure Storage emulator, for the Azure Blob DVC remote's test
 # (tests/integration/test_dvc_remote.py): from npm into .azurite/, pinned, no global install.
 AZURITE_VERSION := 3.35.0
 
-azurite: .azurite/node_modules/.bin/azurite-blob ## Azurite (npm) for the DVC remote's test
+azurite: .azurite/node_modules/.bin/azurite-blob ## @develop Azurite (npm) for the DVC remote's test
 
 .azurite/node_modules/.bin/azurite-blob:
 	npm install --silent --no-audit --no-fund --prefix .azurite azurite@$(AZURITE_VERSION)
 
-browser: ## Debian's chromium for the page's end-to-end test (root; no Playwright download)
+browser: ## @develop Debian's chromium for the page's end-to-end test (root; no Playwright download)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version)"; \
 	else apt-get update && apt-get install -y chromium; fi
 
@@ -123,21 +143,21 @@ AZ_ML_VENV := .venv-azure-ai-ml
 AZ_TRAIN_VENV := .venv-azureml-train
 AZ_ONNX_VENV := .venv-azureml-onnx
 
-promote: install ## move @champion to @challenger if it passes params.yaml's promote: gates
-	$(PY) -m pipeline.promote $(QUIET_TF)
+promote: install ## @deploy point @champion at @challenger's version if it passes params.yaml's promote: gates
+	@$(PY) -m pipeline.promote $(QUIET_TF)
 
-rollback: install ## point @champion back at the version it replaced
-	$(PY) -m pipeline.promote rollback $(QUIET_TF)
+rollback: install ## @deploy point @champion back at the version it replaced
+	@$(PY) -m pipeline.promote rollback $(QUIET_TF)
 
-package-azure: install ## build/azure/: the champion + score.py + YAMLs (PACKAGE_ARGS="--engine onnx": no TensorFlow)
+package-azure: install ## @deploy build/azure/: the champion + score.py + YAMLs (PACKAGE_ARGS="--engine onnx": no TensorFlow)
 	$(PY) -m pipeline.package $(PACKAGE_ARGS)
 
 RELEASE ?= models/selected
 
-export-onnx: install ## model.onnx for a release folder made before select exported it (RELEASE=...; select's have one)
+export-onnx: install ## @deploy model.onnx for a release folder made before select exported it (RELEASE=...; select's have one)
 	$(PY) -m pipeline.export "$(RELEASE)" $(QUIET_TF)
 
-bench-engines: install ## Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
+bench-engines: install ## @develop Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
 
 # A GPU host's every training figure (docs/benchmarks.md, docs/scaling.md) in one go, within 8 minutes: bench/gpu.sh.
@@ -146,39 +166,39 @@ bench-engines: install ## Keras vs ONNX Runtime (float, INT8), alone and behind 
 GPU_PYTHON ?= 3.12
 GPU_WHEELS := keras namex optree
 
-bench-gpu: ## every GPU figure of docs/ in one go, under 8 min (bench/gpu.sh; OUT=folder)
+bench-gpu: ## @develop every GPU figure of docs/ in one go, under 8 min (bench/gpu.sh; OUT=folder)
 	PYTHON=$${PYTHON:-python3} bash bench/gpu.sh $(if $(OUT),$(OUT),reports/bench-gpu)
 
-bench-gpu-wheels: install ## the wheels bench/gpu.sh needs on a GPU image without Keras, into .whl/
+bench-gpu-wheels: install ## @develop the wheels bench/gpu.sh needs on a GPU image without Keras, into .whl/
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl \
 		$$($(PY) -c 'import sys; from importlib.metadata import version as v; print(*(f"{n}=={v(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
 
-serve-mlflow: install ## MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
+serve-mlflow: install ## @serve MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
 	PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
 	$(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local --host 127.0.0.1 --port $(PORT)
 
-lint-workflows: install ## .github/workflows: GitHub's schema, actionlint, zizmor's security audit (offline)
+lint-workflows: install ## @develop .github/workflows: GitHub's schema, actionlint, zizmor's security audit (offline)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/actionlint
 	$(BIN)/zizmor --offline --quiet .github/workflows
 
-azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## .venv-azureml-server: azmlinfsrv + the pinned scoring env
+azure-server-env: $(AZ_SERVER_VENV)/.installed-stamp ## @develop .venv-azureml-server: azmlinfsrv + the pinned scoring env
 
 $(AZ_SERVER_VENV)/.installed-stamp: deploy/azure/requirements.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_SERVER_VENV)
 	$(UV) pip install --quiet --python $(AZ_SERVER_VENV)/bin/python -r deploy/azure/requirements.txt
 	touch $@
 
-azure-onnx-env: $(AZ_ONNX_VENV)/.installed-stamp ## .venv-azureml-onnx: azmlinfsrv + the ONNX Runtime scoring env (no TensorFlow)
+azure-onnx-env: $(AZ_ONNX_VENV)/.installed-stamp ## @develop .venv-azureml-onnx: azmlinfsrv + the ONNX Runtime scoring env (no TensorFlow)
 
 $(AZ_ONNX_VENV)/.installed-stamp: deploy/azure/requirements-onnx.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_ONNX_VENV)
 	$(UV) pip install --quiet --python $(AZ_ONNX_VENV)/bin/python -r deploy/azure/requirements-onnx.txt
 	touch $@
 
-azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## .venv-azure-ai-ml: azure-ai-ml to validate the YAMLs offline
+azure-ml-env: $(AZ_ML_VENV)/.installed-stamp ## @develop .venv-azure-ai-ml: azure-ai-ml to validate the YAMLs offline
 
 $(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_ML_VENV)
@@ -187,21 +207,21 @@ $(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt | $(UV)
 
 TRAIN_AZURE_ARGS ?=
 
-train-azure: azure-ml-env ## submit the training stages as an Azure ML GPU job (TRAIN_AZURE_ARGS="--raw azureml:busi-raw@1 --stream")
+train-azure: azure-ml-env ## @deploy submit the training stages as an Azure ML GPU job (TRAIN_AZURE_ARGS="--raw azureml:busi-raw@1 --stream")
 	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py $(TRAIN_AZURE_ARGS)
 
 SWEEP_AZURE_ARGS ?=
 
-sweep-azure: azure-ml-env ## submit the hyper-parameter sweep (deploy/azure/sweep-job.yml) to Azure ML (SWEEP_AZURE_ARGS="--raw azureml:busi-raw@1")
+sweep-azure: azure-ml-env ## @deploy submit the hyper-parameter sweep (deploy/azure/sweep-job.yml) to Azure ML (SWEEP_AZURE_ARGS="--raw azureml:busi-raw@1")
 	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py --sweep $(SWEEP_AZURE_ARGS)
 
 RUN ?=
 FROM ?=
 
-bring-home: install ## register a workspace run's models as @challenger through select (RUN=<run id> FROM=<tracking uri>)
+bring-home: install ## @deploy register a workspace run's models as @challenger through select (RUN=<run id> FROM=<tracking uri>)
 	$(TRACKING) $(PY) -m pipeline.bring_home "$(RUN)" --from "$(FROM)" $(QUIET_TF)
 
-azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
+azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## @develop .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
 
 $(AZ_TRAIN_VENV)/.installed-stamp: deploy/azure/requirements-train.txt | $(UV)
 	$(PYTHON) -m venv $(AZ_TRAIN_VENV)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,35 @@ def comparison_markdown(results: dict[str, dict], comparison: dict, split: str) 
     lines.append("| Macro F1, answered images only | " + " | ".join(cells) + " |")
     lines += _decision_rows(reports, archs)
     lines += ["", *_paired_lines(comparison, split)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(readable(lines)) + "\n"
+
+
+def readable(lines: list[str], width: int = 100) -> list[str]:
+    """The same markdown, readable where printed raw (`make demo` prints comparison.md): each
+    table's columns padded to one width, prose and bullets wrapped at `width`."""
+    out: list[str] = []
+    table: list[list[str]] = []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip("|").split("|")])
+            continue
+        if table:
+            out += _aligned(table)
+            table = []
+        indent = "  " if line.startswith("- ") else ""
+        out += textwrap.wrap(line, width, subsequent_indent=indent) if len(line) > width else [line]
+    return out[:-1]
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows if set(row[i]) != {"-"}) for i in range(len(rows[0]))]
+
+    def line(cells: list[str]) -> str:
+        if all(set(cell) == {"-"} for cell in cells):  # the header's rule
+            return "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return [line(row) for row in rows]
 
 
 def _decision_rows(reports: dict[str, dict], archs: list[str]) -> list[str]:

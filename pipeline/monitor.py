@@ -28,7 +28,7 @@ from pipeline.config import MonitorParams, load_params
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_text
 from pipeline.serving.predlog import REFERENCE_FILE, read_reference, read_rows
-from pipeline.serving.release import find_release
+from pipeline.serving.release import find_release, read_release
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -104,13 +104,22 @@ def run(params_path: Path, log_dir: Path | None, model: Path | None, now: dt.dat
         "drift": any(c["drift"] for c in found),
     }
     report_dir = Path(m.report_dir)
+    rule = read_release(release).rule
+    marks = {"ood_score": rule.ood_threshold, "p_positive": rule.threshold}
     write_json(report_dir / "summary.json", summary)
-    write_text(report_dir / "report.md", report(summary, reference, window, report_dir))
+    write_text(report_dir / "report.md", report(summary, reference, window, report_dir, marks))
     return summary
 
 
-def report(summary: dict, reference: pd.DataFrame, window: pd.DataFrame, out: Path) -> str:
-    """Markdown: the verdict, a table of checks, and one histogram per compared distribution."""
+def report(
+    summary: dict,
+    reference: pd.DataFrame,
+    window: pd.DataFrame,
+    out: Path,
+    marks: dict[str, float | None] | None = None,
+) -> str:
+    """Markdown: the verdict, a table of checks, and one histogram per compared distribution
+    (`marks`: the decision rule's threshold on a column, drawn on its histogram)."""
     verdict = "**DRIFT**: see the flagged checks" if summary["drift"] else "no drift detected"
     w = summary["window"]
     lines = [
@@ -132,21 +141,40 @@ def report(summary: dict, reference: pd.DataFrame, window: pd.DataFrame, out: Pa
     lines += ["", "KS thresholds are `monitor.alpha` divided by the number of KS tests.", ""]
     for column in CONTINUOUS:
         if reference[column].notna().any() and window[column].notna().any():
-            fig = _histogram(reference[column].dropna(), window[column].dropna(), column)
+            mark = (marks or {}).get(column)
+            fig = _histogram(reference[column].dropna(), window[column].dropna(), column, mark)
             plots.save_png(fig, out / f"{column}.png")
             lines.append(f"![{column}]({column}.png)")
     return "\n".join(lines) + "\n"
 
 
-def _histogram(reference: pd.Series, window: pd.Series, name: str) -> Figure:
+def _histogram(
+    reference: pd.Series, window: pd.Series, name: str, mark: float | None = None
+) -> Figure:
+    """Both distributions on the range where most of them lie (1st to 99th percentile, widened to
+    show `mark`): one outlier would otherwise squash them into a single bin. Values beyond the
+    range are counted in its end bins, and the axis says how many."""
     from matplotlib.figure import Figure  # not pyplot: no global figure registry to leak into
 
+    both = np.r_[reference, window].astype(float)
+    low, high = np.percentile(both, [1, 99])
+    if mark is not None:
+        low, high = min(low, mark), max(high, mark)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5  # a constant column: one visible bin
+    beyond = int(((both < low) | (both > high)).sum())
+    edges = np.linspace(low, high, 21).tolist()
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
-    edges = np.histogram_bin_edges(np.r_[reference, window], bins=20).tolist()
-    ax.hist(reference, bins=edges, density=True, alpha=0.5, label="reference (validation)")
-    ax.hist(window, bins=edges, density=True, alpha=0.5, label="served (window)")
-    ax.set_xlabel(name)
+    for values, label in ((reference, "reference (validation)"), (window, "served (window)")):
+        ax.hist(np.clip(values, low, high), bins=edges, density=True, alpha=0.5, label=label)
+    if mark is not None:
+        ax.axvline(
+            mark, color="black", linestyle="--", linewidth=1.2, label=f"rule threshold {mark:.4g}"
+        )
+    clipped = f" ({beyond} values beyond the range counted at its ends)" if beyond else ""
+    ax.set_xlabel(name + clipped, fontsize=8 if beyond else None)
+    ax.set_ylabel("density")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

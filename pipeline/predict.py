@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import layouts, tracking
+from pipeline import layouts, terminal, tracking
 from pipeline.config import NO_MODEL, default_model_uri
 from pipeline.errors import UserError
 from pipeline.files import printable
@@ -44,6 +44,9 @@ from pipeline.serving.uploads import InvalidInput, Limits, decode_upload
 
 BATCH = 32
 INCOMPLETE = "incomplete"  # the status of the last row of a run that stopped before the end
+# The CSV's `status`: a word a reader filters on, not an HTTP code (the reason column says more)
+SCORED = "scored"
+REFUSALS = {400: "unreadable", 413: "too_large", 415: "not_an_image", 422: "unsupported"}
 
 
 class Stopped(Exception):
@@ -103,12 +106,13 @@ def columns(classifier: Classifier) -> list[str]:
 
 
 def answer_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """One answered image as a CSV row (probabilities to 8 decimals), in the shape `columns`
-    names."""
-    row = {"path": name, "status": 200, "class": result["class"]}
+    """One answered image as a CSV row (probabilities to 8 decimals, the OOD score to 3), in the
+    shape `columns` names."""
+    row = {"path": name, "status": SCORED, "class": result["class"]}
     decision = result["decision"]
     row["refer"] = decision["refer"]  # empty when out of scope: no class, no flag
-    row["ood_score"] = decision.get("ood_score")
+    ood_score = decision.get("ood_score")
+    row["ood_score"] = None if ood_score is None else f"{ood_score:.3f}"
     row["reason"] = decision.get("reason")
     row.update({f"p_{c}": f"{p:.8f}" for c, p in result["probabilities"].items()})
     row.update(model_name=result["model"]["name"], model_version=result["model"]["version"])
@@ -130,12 +134,12 @@ def score(source: Path, classifier: Classifier, out: Path, limits: Limits | None
             writer = csv.DictWriter(handle, columns(classifier))
             writer.writeheader()
             try:
-                bar = tqdm(total=total, unit="image", disable=None, file=sys.stderr)
+                bar = tqdm(total=total, unit="image", disable=None, file=terminal.progress_stream())
                 for rows in _batches(source_paths(source, skip), classifier, limits):
                     writer.writerows(rows)
                     handle.flush()
-                    counts["refused"] += sum(1 for row in rows if row["status"] != 200)
-                    counts["scored"] += sum(1 for row in rows if row["status"] == 200)
+                    counts["refused"] += sum(1 for row in rows if row["status"] != SCORED)
+                    counts["scored"] += sum(1 for row in rows if row["status"] == SCORED)
                     bar.update(len(rows))
                 bar.close()
             except BaseException as exc:
@@ -176,9 +180,8 @@ def _batches(
                 raise InvalidInput(400, where)
             pending.append((name, classifier.engine.prepare(read_image(where, limits))))
         except InvalidInput as exc:
-            pending.append(
-                (name, {"path": name, "status": exc.status, "reason": exc.reason} | model)
-            )
+            status = REFUSALS.get(exc.status, "refused")
+            pending.append((name, {"path": name, "status": status, "reason": exc.reason} | model))
         if len(pending) == BATCH:
             yield _answer(pending, classifier)
             pending = []

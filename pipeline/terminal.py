@@ -8,12 +8,17 @@ that changed logging when imported would silence the caller's own logs too.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import sys
+from typing import TextIO
 
 VERBOSE_ENV = "VERBOSE"
+# The Makefile filters TensorFlow's start-up lines out of stderr through a pipe and hands the
+# terminal itself over on this descriptor, for progress bars (progress_stream)
+PROGRESS_FD_ENV = "PROGRESS_FD"
 # Library loggers that speak at INFO about their own machinery (store creation, migrations).
 NOISY_LOGGERS = ("mlflow", "alembic", "absl", "tensorflow", "h5py", "urllib3")
 
@@ -44,3 +49,18 @@ def any_file_name() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+
+
+@functools.cache
+def progress_stream() -> TextIO:
+    """Where a progress bar draws: stderr, or the terminal the Makefile handed over.
+
+    Under `make`, stderr is a pipe to the TensorFlow-noise filter: tqdm (disable=None) turns
+    itself off on a pipe, and a line filter would hold its carriage-return updates until the end.
+    The Makefile's filter keeps the terminal open as $PROGRESS_FD, so the bar goes there, and only
+    when that descriptor is a terminal (not a log file or a pipe).
+    """
+    fd = os.environ.get(PROGRESS_FD_ENV, "")
+    if sys.stderr.isatty() or not fd.isdigit() or not os.isatty(int(fd)):
+        return sys.stderr
+    return open(int(fd), "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's)

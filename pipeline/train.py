@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +103,36 @@ class BestWeights(keras.callbacks.Callback):
         """Put the best epoch's weights back (no-op when no epoch was finite)."""
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One line per epoch, within 120 columns: what Keras' own log (every metric, 200 columns
+    and more) buries. The full record is in MLflow and reports/train/<arch>/history.csv."""
+
+    def __init__(self, arch: str, epochs: int) -> None:
+        super().__init__()
+        self.arch, self.epochs = arch, epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Print the epoch's training and validation figures, its learning rate and speed."""
+        print(epoch_line(self.arch, epoch + 1, self.epochs, logs or {}), flush=True)
+
+
+def epoch_line(arch: str, epoch: int, epochs: int, logs: dict[str, float]) -> str:
+    """`train densenet121 epoch 3/10: loss 0.512 acc 0.800 | val loss 0.431 acc 0.844 macro-F1
+    0.835 | lr 1e-04 12 s 89 img/s` (a dash for a figure the logs lack)."""
+
+    def figure(key: str, spec: str = ".3f") -> str:
+        value = logs.get(key)
+        return "-" if value is None else format(value, spec)
+
+    return (
+        f"train {arch} epoch {epoch}/{epochs}: loss {figure('loss', '.3g')} "
+        f"acc {figure('accuracy')} | val loss {figure('val_loss', '.3g')} "
+        f"acc {figure('val_accuracy')} macro-F1 {figure('val_macro_f1')} | "
+        f"lr {figure('learning_rate', '.0e')} {figure('epoch_seconds', '.0f')} s "
+        f"{figure('images_per_second', '.0f')} img/s"
+    )
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -311,10 +340,11 @@ def _train_phases(
 ) -> tuple[pd.DataFrame, int]:
     """Each phase of `schedule` in turn; the best epoch over all of them is restored at the end."""
     best = BestWeights(params.train.monitor)
+    line = EpochLine(arch, params.train.arch(arch).epochs)
     frames = []
     for phase in schedule(params, arch):
         _set_trainable(model, phase, params.model.weights is not None, arch)
-        frames.append(_fit_phase(model, batches, val, params, phase, [best, clock]))
+        frames.append(_fit_phase(model, batches, val, params, phase, [best, clock, line]))
     history = pd.concat(frames, ignore_index=True)
     if best.epoch is None:
         raise UserError(
@@ -349,7 +379,9 @@ def _fit_phase(
     phase: Phase,
     shared: list[keras.callbacks.Callback],
 ) -> pd.DataFrame:
-    """Compile at the phase's learning rate and fit its epochs; returns their history rows."""
+    """Compile at the phase's learning rate and fit its epochs; returns their history rows.
+
+    `shared`: the callbacks that span phases (the best weights, the epoch lines)."""
     _compile(model, params, phase.learning_rate, steps=len(batches) * (phase.last - phase.first))
     history = model.fit(
         batches,  # validation: ValidationMetrics, one whole-set prediction per epoch
@@ -367,7 +399,7 @@ def _fit_phase(
             *shared,
             _early_stopping(params),
         ],
-        verbose=1 if sys.stdout.isatty() else 2,  # Keras' progress bar in a terminal
+        verbose=0,  # EpochLine prints one line per epoch
     )
     frame = pd.DataFrame(history.history)
     # Epochs numbered as Keras prints them ("Epoch 1/5"), in history, plots and summaries.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -125,3 +127,17 @@ def test_the_logs_intensity_statistics_are_the_numbers_of_their_definition(grey)
         "colour": (plain.max(axis=-1) - plain.min(axis=-1)).mean(),
     }  # fmt: skip
     assert image_statistics(x) == {key: float(value) for key, value in expected.items()}
+
+
+def test_a_histogram_keeps_its_shape_beside_an_outlier_and_marks_the_rules_threshold():
+    rng = np.random.default_rng(0)
+    reference = pd.Series(rng.normal(200, 30, 300))
+    window = pd.Series(np.r_[rng.normal(230, 30, 99), 1e6])  # one photo scored a million
+    fig = monitor._histogram(reference, window, "ood_score", mark=300.0)
+    ax = fig.axes[0]
+    heights = np.array([patch.get_height() for patch in ax.patches])
+    assert (heights > 0).sum() >= 20  # spread over the bins, not one bar and nineteen empty
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [300.0]
+    assert ax.get_xlim()[1] < 1000
+    assert "beyond the range" in ax.get_xlabel()
+    fig.savefig(io.BytesIO(), format="png")  # draws

@@ -38,6 +38,7 @@ def test_draw_text_writes_each_glyph_at_its_place_and_clips_at_the_edges(scale):
 def test_every_family_is_the_same_for_the_same_seed_and_differs_for_another():
     for family in ood_sets.FAMILIES:
         first = ood_sets.ood_set(family, 3, 48, seed=1)
-        assert first.shape == (3, 48, 48, 3) and first.dtype == np.uint8
+        assert first.shape == (3, 48, 48, 3)
+        assert first.dtype == np.uint8
         assert np.array_equal(first, ood_sets.ood_set(family, 3, 48, seed=1))
         assert not np.array_equal(first, ood_sets.ood_set(family, 3, 48, seed=2))

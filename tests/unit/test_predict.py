@@ -51,19 +51,19 @@ def test_a_folder_gets_one_row_per_file_with_the_services_answer_or_its_reason(
     }
     expected = classifier.predict(decode_upload(encode(scan(1))))
     a = rows["a.png"]
-    assert a["status"] == "200"
+    assert a["status"] == "scored"
     assert a["class"] == expected["class"]
     assert float(a["p_malignant"]) == pytest.approx(
         expected["probabilities"]["malignant"], abs=1e-6
     )
     assert a["refer"] == str(expected["decision"]["refer"])
     assert a["model_version"] == "3"
-    assert rows["notes.txt"]["status"] == "415"
+    assert rows["notes.txt"]["status"] == "not_an_image"
     assert rows["notes.txt"]["reason"]
-    assert rows["broken.png"]["status"] == "400"
+    assert rows["broken.png"]["status"] == "unreadable"
     assert "class" in rows["broken.png"]
     assert rows["link.png"]["p_malignant"] == a["p_malignant"]
-    assert rows["linked"]["status"] == "400"
+    assert rows["linked"]["status"] == "unreadable"
     assert rows["linked"]["reason"].startswith("link_outside")
     assert rows["pipe.png"]["reason"].startswith("not_a_file")
 
@@ -75,7 +75,7 @@ def test_a_csv_of_paths_is_read_relative_to_itself(tmp_path, mini_release):
     out = tmp_path / "p.csv"
     assert predict.main([str(listing), "--model", str(mini_release[0]), "--out", str(out)]) == 0
     rows = read(out)
-    assert [r["status"] for r in rows] == ["200", "400"]
+    assert [r["status"] for r in rows] == ["scored", "unreadable"]
 
 
 def test_user_mistakes_are_one_line_and_leave_no_output(tmp_path, mini_release, capsys):
@@ -139,12 +139,12 @@ def test_dicom_files_are_scored_on_their_region_and_cine_loops_refused(
     assert float(rows["IM0001"]["p_malignant"]) == pytest.approx(
         expected["probabilities"]["malignant"], abs=1e-6
     )
-    assert rows["loop.dcm"]["status"] == "422"
+    assert rows["loop.dcm"]["status"] == "unsupported"
     assert "multi_frame" in rows["loop.dcm"]["reason"]
-    assert rows["bomb.dcm"]["status"] == "413"
+    assert rows["bomb.dcm"]["status"] == "too_large"
     assert rows["bomb.dcm"]["reason"].startswith("too_large: deflated DICOM inflates to over")
     for n in range(4):  # issue 30: these aborted the whole run, with no CSV
-        assert rows[f"malformed{n}.dcm"]["status"] == "400"
+        assert rows[f"malformed{n}.dcm"]["status"] == "unreadable"
         assert rows[f"malformed{n}.dcm"]["reason"].startswith("bad_header: ")
     assert not any(m in r["reason"] for m in MARKERS.values() for r in rows.values() if r["reason"])
 
@@ -167,7 +167,7 @@ def test_csv_paths_may_not_leave_the_csvs_folder_and_say_nothing_of_what_is_outs
     )
     rows = read(out)
     assert [r["path"] for r in rows] == listed
-    assert rows[0]["status"] == "200"
+    assert rows[0]["status"] == "scored"
     refused = {(r["status"], r["reason"]) for r in rows[1:]}
     assert len(refused) == 1  # one answer for all four, existing or not
     assert next(iter(refused))[1].startswith("outside: the path leaves the CSV's folder")

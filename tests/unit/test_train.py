@@ -340,3 +340,19 @@ def test_an_arch_not_in_train_backbones_is_one_line_naming_them(capsys):
 
 def test_params_default_is_usable():
     assert project_params().train.arch("densenet121").epochs >= 1
+
+
+def test_an_epoch_line_fits_in_120_columns_and_says_what_it_shows():
+    """Keras' own epoch log lists every metric (201 columns at the demo): one line of ours is all
+    `make demo` prints per epoch, within 120 columns for 999 epochs and slow or fast machines."""
+    logs = {
+        "loss": 2.302585, "accuracy": 0.3333, "val_loss": 10.25, "val_accuracy": 0.5,
+        "val_macro_f1": 0.41, "learning_rate": 1e-4, "epoch_seconds": 999.4,
+        "images_per_second": 9999.4,
+    }  # fmt: skip
+    line = train.epoch_line("densenet121", 999, 999, logs)
+    assert len(line) <= 120, line
+    for shown in ("epoch 999/999", "macro-F1 0.410", "lr 1e-04", "loss 2.3 ", "val loss 10.2 "):
+        assert shown in line
+    assert "9999 img/s" in line
+    assert train.epoch_line("resnet50", 1, 5, {}).count(" - ") >= 3  # missing figures: a dash

@@ -4,6 +4,7 @@ deprecations."""
 
 import ast
 import re
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -139,3 +140,20 @@ def test_a_deprecation_in_our_package_fails_the_tests_and_a_librarys_own_does_no
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_help_lists_every_verb_once_by_group_with_real_values():
+    shown = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "help", "PORT=8123"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    groups = ["start", "pipeline", "serve", "deploy", "develop"]
+    headings = [line for line in shown.splitlines() if line and not line.startswith(" ")]
+    assert headings[1:] == groups, shown
+    listed = re.findall(r"^  ([a-z][\w-]*) ", shown, re.M)
+    verbs = re.findall(r"^([a-zA-Z][\w-]*):.*## ", (ROOT / "Makefile").read_text(), re.M)
+    assert sorted(listed) == sorted(verbs)
+    assert "$(" not in shown
+    assert "http://127.0.0.1:8123" in shown  # serve's port, as given
+    promote = next(line for line in shown.splitlines() if line.startswith("  promote "))
+    assert "@champion at @challenger" in promote

@@ -116,6 +116,8 @@ def test_every_surface_abstains_on_an_out_of_distribution_image(classifier, phot
     assert row["class"] == OUT_OF_SCOPE
     assert pd.isna(row["refer"])
     assert row["ood_score"] > 0
+    written = pd.read_csv(tmp_path / "out.csv", dtype=str).iloc[0]["ood_score"]
+    assert len(written.split(".")[1]) == 3  # rounded: a score, not 17 digits
 
 
 def test_the_log_holds_no_image_bytes_and_no_file_names(classifier, photo, tmp_path):
