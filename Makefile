@@ -25,7 +25,7 @@ endif
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
 	train-azure sweep-azure bring-home azure-train-env azure-onnx-env export-onnx bench-engines \
-	bench-gpu bench-gpu-wheels
+	bench-gpu bench-gpu-wheels npm plots-page
 
 # `make help`: each verb's `## @<group> text`, by group; $$(VAR) in a text is shown as its value.
 HELP_GROUPS := start pipeline serve deploy develop
@@ -80,7 +80,7 @@ repro: demo ## @pipeline the same as demo: `dvc repro` through the project's ven
 TEST_WORKERS ?= 2
 SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
 
-test: install browser azurite ## @develop the whole test suite (unit + integration)
+test: install browser npm azurite ## @develop the whole test suite (unit + integration)
 	@# the four side environments are independent: built side by side (downloads overlap)
 	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
@@ -132,6 +132,16 @@ azurite: .azurite/node_modules/.bin/azurite-blob ## @develop Azurite (npm) for t
 
 .azurite/node_modules/.bin/azurite-blob:
 	npm install --silent --no-audit --no-fund --prefix .azurite azurite@$(AZURITE_VERSION)
+
+# Browser code from npm (package.json, pinned by package-lock.json): vega for the DVC plots page,
+# axe-core for the page's accessibility test. `npm ci` only when the lock file changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
+npm: node_modules/.package-lock.json ## @develop node_modules/ from package-lock.json (vega, vega-lite, vega-embed, axe-core)
+
+plots-page: install npm ## @develop .dvc/plots.html with vega, vega-lite and vega-embed inline, so dvc plots show draws offline
+	@$(PY) -m pipeline.plots_page
 
 browser: ## @develop Debian's chromium for the page's end-to-end test (root; no Playwright download)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version)"; \

@@ -64,6 +64,7 @@ Measuring (evaluate, select, promote)
     ood_sets      out-of-distribution images a model must refuse, from a seed
     cam           class activation maps (evaluate's figures, the page's heat maps)
     plots         figures (PNG) and the tables behind `dvc plots` (CSV)
+    plots_page    .dvc/plots.html: the `dvc plots show` page, vega inlined (make plots-page)
     ledger        every look at test: a row of reports/test_looks.csv (committed), figures in MLflow
     model_card    reports/model_card.md, also the registry version's description
     card_results  the card's tables of figures (also test.md's and comparison.md's)

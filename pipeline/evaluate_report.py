@@ -75,7 +75,7 @@ def write_reports(
         table = predictions_table(data[split].paths, data[split].labels, served[split], classes)
         plots.save_csv(table, out / f"predictions_{split}.csv")
     test = out / "test"
-    for split, csv_dir, png_dir in (("val", out, out / "plots"), ("test", test, test)):
+    for split, csv_dir, png_dir in (("val", out, out / "figures"), ("test", test, test)):
         _split_figures(
             csv_dir, png_dir, split, data[split].labels, raw[split], served[split],
             result=result, params=params, arch=arch,
@@ -383,7 +383,7 @@ def log_to_mlflow(
             mlflow.log_metrics(flat, step=step)
             log_settings(client, run_id, params)
             mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
-            mlflow.log_artifacts(str(folder / arch / "plots"), artifact_path="evaluate/plots")
+            mlflow.log_artifacts(str(folder / arch / "figures"), artifact_path="evaluate/plots")
             mlflow.log_artifact(str(folder / "comparison.md"), artifact_path="evaluate")
 
 

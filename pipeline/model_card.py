@@ -180,8 +180,8 @@ def _details(
         )
     if name:
         registered = f"`{name}`" + (f" version {version}" if version is not None else "")
-        if selection.get("alias"):
-            registered += f" (alias `@{selection['alias']}`)"
+        if selection.get("alias"):  # where it pointed then: promotion moves other aliases
+            registered += f" (`@{selection['alias']}` when selected)"
         # The committed copy has no number (a rerun registers the next one); the registry's has.
         number = "; the copy of this card attached to the version names its number"
         out.append(

@@ -149,23 +149,30 @@ def reliability_figure(
     and `count` (`metrics.reliability_bins`); `axes` names what they hold when it is not the top
     class (p(malignant) against the observed fraction malignant, say).
     """
-    fig = Figure(figsize=(4.8, 4.4))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(4.8, 5.0 + 0.2 * len(curves)), layout="constrained")
+    ax, counts = fig.subplots(2, 1, height_ratios=[4, 0.4 + 0.3 * len(curves)], sharex=True)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
-    for label, rows in curves.items():
+    for row, (label, rows) in enumerate(curves.items()):
         used = [r for r in rows if r["count"]]
         x, y = [r["confidence"] for r in used], [r["accuracy"] for r in used]
         (line,) = ax.plot(x, y, marker="o", label=label)
-        # Each bin's image count beside its point: a bin of 2 images says little, and a reader
-        # must see that before trusting a gap from the diagonal.
-        for xi, yi, r in zip(x, y, used, strict=True):
-            ax.annotate(
-                f"n={r['count']}", (xi, yi), textcoords="offset points", xytext=(4, -10),
-                fontsize="x-small", color=line.get_color(),
-            )  # fmt: skip
+        # Each bin's image count, one row per curve under the diagram, at the bin's centre: a bin
+        # of 2 images says little, and a reader must see that before trusting a gap from the
+        # diagonal (written beside the points, the curves' counts fell on each other).
+        for r in used:
+            centre = (r["bin_low"] + r["bin_high"]) / 2 if "bin_low" in r else r["confidence"]
+            counts.text(centre, row, str(r["count"]), ha="center", va="center",
+                        fontsize="x-small", color=line.get_color())  # fmt: skip
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=axes[0], ylabel=axes[1])
+    ax.xaxis.set_tick_params(labelbottom=True)
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
+    counts.set_ylim(len(curves) - 0.5, -0.5)
+    counts.set_yticks(range(len(curves)), [str(label) for label in curves], fontsize="x-small")
+    counts.set_title("images per bin", fontsize="small", loc="left")
+    counts.tick_params(axis="x", bottom=False, labelbottom=False)
+    for side in ("top", "right", "bottom"):
+        counts.spines[side].set_visible(False)
     return fig
 
 

@@ -237,6 +237,9 @@ def promote(params: Params) -> Decision:
         )
     registry.set_alias(name, p.alias, str(challenger.version))
     registry.describe_version(name, str(challenger.version), _card(name, decision, params))
+    if champion is not None:
+        _note(name, str(champion.version), f"No longer `@{p.alias}` since {_now()}: version "
+              f"{challenger.version} passed the gate against it.")  # fmt: skip
     print(f"promote: {name} version {challenger.version} is now @{p.alias} ({decision.reason})")
     return decision
 
@@ -350,6 +353,14 @@ def _finite(figures: dict[str, float | None]) -> dict[str, float]:
     return {k: v for k, v in figures.items() if v is not None}
 
 
+def _note(name: str, version: str, line: str) -> None:
+    """Add a dated line to a version's card, under its promotion section: a card says where the
+    aliases pointed at the moment it names, and its history grows with each move."""
+    card = registry.version_description(name, version).rstrip()
+    heading = "" if PROMOTION_HEADING in card else f"\n\n{PROMOTION_HEADING}\n"
+    registry.describe_version(name, version, f"{card}{heading}\n- {line}\n")
+
+
 def _pairs(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {_tag(v)}" for k, v in metrics.items())
 
@@ -379,11 +390,18 @@ def rollback(params: Params) -> str:
         )
     fetch(name, previous)  # never roll back onto a version that cannot serve
     registry.set_alias(name, alias, previous)
+    when = _now()
     registry.tag_version(
         name,
         current.version,
-        {"promotion_status": "rolled_back", "promotion_rolled_back_at": _now()},
+        {"promotion_status": "rolled_back", "promotion_rolled_back_at": when},
     )
+    _note(
+        name,
+        current.version,
+        f"Rolled back on {when}: `@{alias}` moved back to version {previous}.",
+    )
+    _note(name, previous, f"`@{alias}` again since {when} (rollback of version {current.version}).")
     print(f"rollback: {name}@{alias} moved from version {current.version} back to {previous}")
     return previous
 

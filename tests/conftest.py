@@ -1,6 +1,10 @@
 """Fixtures shared across the unit and integration suites."""
 
+from pathlib import Path
+
 import pytest
+
+from tests.browsers import CHROMIUM, LAUNCH_ARGS
 
 CLASSES = ("benign", "malignant", "normal")
 
@@ -40,3 +44,18 @@ def tiny_model(tmp_path_factory):
     model = build_classifier("resnet50", 32, CLASSES)
     model.save(folder / "model.keras")
     return folder, model
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium per test process, shared by every browser test it runs (the page,
+    the DVC plots, the MLflow view): a launch costs seconds on a loaded machine."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"chromium not installed at {CHROMIUM}: run `make browser` (apt-get install chromium)"
+        )
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        yield browser
+        browser.close()

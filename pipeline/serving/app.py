@@ -1,11 +1,14 @@
 """The local service: FastAPI around one Classifier, with a page that shows what the model sees.
 
-- `GET /`: a page to pick or drop an image; the answer (the decision rule's class), the
-  probabilities as bars, an optional class-activation heat map and a research-use-only notice;
+- `GET /`: a page to pick or drop an image; the answer in words (the class with its probability,
+  the referral flag, what the probabilities and the threshold mean; an image out of scope gets
+  the refusal and why, no class), the probabilities as bars, the rule behind a details toggle,
+  an optional class-activation heat map (with a warning when its grid is coarse) and a
+  research-use-only notice;
   every asset comes from this app (no CDN), and a Content-Security-Policy holds it to that;
 - `POST /predict`: the image as a multipart field (`file` or `image`) or as the raw request body;
   the answer is the serving core's (pipeline.serving.classifier) plus timings and, on
-  `?heatmap=true`, a PNG data URL of the heat map;
+  `?heatmap=true`, a PNG data URL of the heat map and its grid (`heatmap_grid`: rows, columns);
 - `GET /health` (the model, its rule and provenance) and the OpenAPI schema at `/openapi.json`.
 
 Uploads are read into memory with a byte limit (413 before reading when Content-Length says so),
@@ -289,6 +292,10 @@ def _add_routes(
         """Swagger UI from the app itself: assets from the fastapi-offline package, no CDN."""
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -349,6 +356,7 @@ def classify(
     result["inference_ms"] = round((inferred - decoded) * 1000, 3)
     if mapper is not None:
         result["heatmap"] = _png_data_url(overlay)
+        result["heatmap_grid"] = list(mapper.grid_shape)
     return result
 
 

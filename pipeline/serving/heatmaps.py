@@ -35,6 +35,8 @@ class HeatMapper:
         self.max_side = max_side
         self.features = cam.feature_model(self.model)
         self.cells = cam.grid(self.model)  # where the map's cells sit on the model's input
+        # (rows, columns) of the feature map: what the page warns about when coarse (64 px: 2 x 2)
+        self.grid_shape = tuple(int(d) for d in self.features.outputs[0].shape[1:3])
         height, width = classifier.engine.input_size or (64, 64)
         self(np.zeros((1, height, width, 3), np.float32), 8, 8)  # trace once, at start
 

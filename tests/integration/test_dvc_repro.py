@@ -26,6 +26,7 @@ from pipeline import ledger, metrics, synthetic
 from pipeline.datasets import load_set
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.rule import OUT_OF_SCOPE
+from tests.browsers import block_network
 from tests.dvc_stages import resolved_stages
 from tests.repos import BIN, GIT, sh, tiny_repo
 from tests.servers import free_port, running
@@ -119,7 +120,7 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
         for split in ("val", "test"):
             f1 = metrics[split]["macro_f1"]
             assert f1["ci_low"] <= f1["value"] <= f1["ci_high"]
-        assert any((path / f"reports/evaluate/{arch}/plots").glob("*.png"))
+        assert any((path / f"reports/evaluate/{arch}/figures").glob("*.png"))
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=path, env=env))
     (workspace,) = shown.values()
     (headline,) = [f["data"] for f in workspace["data"].values()]  # one metrics file
@@ -164,6 +165,29 @@ def test_dvc_plots_draw_one_roc_line_per_class(repo):
         assert roc["content"]["encoding"]["color"]["field"] == "class"
         values = roc["content"]["data"]["values"]
         assert {row["class"] for row in values} == {"benign", "malignant", "normal"}
+
+
+def test_dvc_plots_show_draws_every_chart_with_the_network_blocked(repo, browser, tmp_path):
+    """A hospital firewall: the page `dvc plots show` writes draws every vega chart from the
+    libraries it carries (.dvc/plots.html), with every request beyond file:// refused."""
+    path, env, _ = repo
+    shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=path, env=env))["data"]
+    charts = sum(1 for entries in shown.values() for e in entries if e["type"] == "vega")
+    images = sum(1 for entries in shown.values() for e in entries if e["type"] == "image")
+    assert charts >= 11  # 3 training curves and, per model, 2 confusions, a ROC, a reliability
+    assert images == 1  # the data's contact sheet; no PNG copy of a vega figure
+    sh("dvc", "plots", "show", "-o", str(tmp_path / "plots"), cwd=path, env=env)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    refused = block_network(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((tmp_path / "plots" / "index.html").as_uri(), wait_until="load")
+    drawn = page.locator(".vega-embed canvas.marks, .vega-embed svg.marks")
+    drawn.nth(charts - 1).wait_for(timeout=30_000)
+    assert drawn.count() == charts
+    assert (refused, errors) == ([], [])
+    page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+    page.close()
 
 
 def test_two_tracked_runs_and_a_registered_challenger(repo):

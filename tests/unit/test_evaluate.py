@@ -146,7 +146,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         raw = model.predict(images, verbose=0)
         np.testing.assert_allclose(probabilities, calibrate(raw, rule.temperature), atol=1e-5)
         assert {"confusion_counts_val.png", "roc_val.png", "reliability_val.png"} <= {
-            p.name for p in (out / "plots").glob("*.png")
+            p.name for p in (out / "figures").glob("*.png")
         }
         assert {
             "confusion_normalized_test.png",
@@ -155,7 +155,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             "samples_test.png",
             "gradcam_test.png",
         } <= {p.name for p in (out / "test").glob("*.png")}
-        assert not list((out / "plots").glob("*test*"))
+        assert not list((out / "figures").glob("*test*"))
 
     comparison = (root / "reports/evaluate/comparison.md").read_text()
     assert all(arch in comparison for arch in ARCHS)

@@ -95,7 +95,7 @@ def test_data_summary_selection_and_limitations_are_shown(metrics):
     assert "| train | 305 | 147 | 93 |" in card
     assert "duplicate groups 12" in card
     assert "conflict groups 2" in card
-    assert "`tumor-classifier` version 3 (alias `@challenger`)" in card
+    assert "`tumor-classifier` version 3 (`@challenger` when selected)" in card
     assert SELECTION["reason"] in card
     for heading in (
         "## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from pipeline import metrics, plots
 
@@ -146,4 +147,24 @@ def test_reliability_diagram_shows_each_bins_image_count():
         {"confidence": 0.5, "accuracy": 0.0, "count": 0},
     ]
     fig = plots.reliability_figure({"raw": rows}, "densenet121, val")
-    assert [t.get_text() for t in fig.axes[0].texts] == ["n=3", "n=12"]
+    assert [t.get_text() for t in fig.axes[1].texts] == ["3", "12"]
+
+
+def test_reliability_counts_of_two_curves_in_the_same_bins_do_not_overlap():
+    """The raw and the temperature-scaled curves share most bins: their counts get a row each."""
+    rows = [
+        {"bin_low": b / 10, "bin_high": (b + 1) / 10, "confidence": b / 10 + 0.05,
+         "accuracy": b / 10, "count": 100 + b}
+        for b in range(10)
+    ]  # fmt: skip
+    shifted = [{**r, "confidence": r["confidence"] + 0.01, "count": r["count"] + 1} for r in rows]
+    fig = plots.reliability_figure({"raw (served)": rows, "T=1.43": shifted}, "densenet121, val")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[1].texts]
+    assert len(boxes) == 20
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+    assert overlapping == []
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert labels == ["raw (served)", "T=1.43"]

@@ -151,6 +151,12 @@ def test_rollback_points_the_champion_back_to_the_version_it_replaced(project):
     assert promote.main(["rollback"]) == 0
     assert champion() == first
     assert tags(second)["promotion_status"] == "rolled_back"
+    # each card says where @champion pointed, as of each move, in order
+    history = MlflowClient().get_model_version(NAME, first).description.split("## Promotion")[1]
+    assert history.index("Promoted to `@champion`") < history.index("No longer `@champion`")
+    assert history.index("No longer `@champion`") < history.index("`@champion` again since")
+    rolled = MlflowClient().get_model_version(NAME, second).description
+    assert f"`@champion` moved back to version {first}" in rolled.split("## Promotion")[1]
     with pytest.raises(UserError, match="was rolled back"):  # not promoted again by accident
         promote.run(PARAMS)
 

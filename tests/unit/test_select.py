@@ -104,8 +104,9 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     assert "version" not in written
     assert written["paired_comparison"]["note"].startswith("no paired comparison")
     committed = (project / "reports" / "model_card.md").read_text()
-    assert "`tumor-classifier` version 1 (alias `@challenger`)" in version.description
-    assert "`tumor-classifier` (alias `@challenger`)" in committed  # a rerun registers version 2
+    assert "`tumor-classifier` version 1 (`@challenger` when selected)" in version.description
+    # a rerun registers version 2
+    assert "`tumor-classifier` (`@challenger` when selected)" in committed
     assert "version 1" not in committed
 
 

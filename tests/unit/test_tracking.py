@@ -179,8 +179,8 @@ def test_make_uis_link_opens_the_runs_table_with_the_headline_columns(tmp_path, 
     experiment_id = tracking.setup("linked")
     url = tracking.runs_view_url("http://127.0.0.1:5000", "linked")
     assert (
-        url
-        == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=headline"
+        url == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=headline"
     )
     tags = mlflow.get_experiment(experiment_id).tags
     state = json.loads(tags["mlflow.sharedViewState.headline"])

@@ -3,10 +3,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { objectUrl: null, request: 0 };
+const state = { objectUrl: null, request: 0, rule: null };
+const FINE_GRID = 8; // a heat map on a coarser grid than 8 x 8 cells gets a warning
 
 function percent(p) {
   return (100 * p).toFixed(1) + "%";
+}
+
+function capital(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function score(x) {
+  return Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2);
 }
 
 async function loadModelInfo() {
@@ -17,6 +26,7 @@ async function loadModelInfo() {
     $("model-info").textContent =
       `Model ${m.name}, version ${m.version} (${m.arch}); classes: ${info.classes.join(", ")}`;
     $("synthetic-note").hidden = !info.synthetic_data;
+    state.rule = info.rule; // how the threshold was chosen, for the answer's details
   } catch (err) {
     $("model-info").textContent = "The service did not answer /health.";
   }
@@ -63,20 +73,82 @@ function renderBars(probabilities, answered, positiveClass) {
   }
 }
 
+// The answer in words: the class with its probability, the referral flag and what it rests on.
+function referText(d, answered) {
+  const p = `p(${d.positive_class}) = ${percent(d.positive_probability)}`;
+  if (!d.refer) {
+    return d.threshold === null
+      ? `Refer: no. ${capital(d.positive_class)} is not the most likely class (${p}).`
+      : `Refer: no. ${p}, below the referral threshold of ${percent(d.threshold)}.`;
+  }
+  if (answered === d.positive_class) {
+    return `Refer: yes. ${capital(d.positive_class)} suspected: it is the most likely class (${p}).`;
+  }
+  return `Refer: yes. ${capital(d.positive_class)} suspected: ${p}, at or above the referral threshold ` +
+    `of ${percent(d.threshold)}, although ${answered} is more likely.`;
+}
+
+function meaningText(d) {
+  const calibration = d.temperature
+    ? `The probabilities are calibrated: the model's outputs temperature-scaled (T = ${d.temperature.toFixed(2)}) on validation images.`
+    : "The probabilities are the model's own outputs: temperature scaling did not make them more reliable on validation, so none is applied.";
+  const operating = d.threshold === null
+    ? "There is no referral threshold: a scan is referred when malignant is the most likely class."
+    : `The referral threshold is an operating point chosen on validation for sensitivity: ` +
+      `every scan with p(${d.positive_class}) at or above ${percent(d.threshold)} is referred, ` +
+      "so some benign scans are referred to keep missed cancers rare. A referral asks for a " +
+      "radiologist's review; it is not a diagnosis.";
+  return `${calibration} ${operating}`;
+}
+
+function renderDetails(d) {
+  $("rule-text").textContent = `Rule: ${d.rule}.`;
+  const r = state.rule;
+  const origin = [];
+  if (r && r.method) origin.push(`Threshold: ${r.method}; chosen on the ${r.chosen_on}.`);
+  if (r && r.ood_method) origin.push(`Out of scope: ${r.ood_method}.`);
+  $("rule-origin").textContent = origin.join(" ");
+}
+
+function renderAnswer(result) {
+  const d = result.decision;
+  $("answer").dataset.outcome = d.out_of_scope ? "out-of-scope" : d.refer ? "refer" : "no-refer";
+  if (d.out_of_scope) {
+    // No class, no flag and no class bars: the refusal and why, and what to do.
+    $("answer-label").textContent = "Out of scope:";
+    $("predicted-class").textContent = "no class given";
+    $("class-probability").textContent = "";
+    $("refer").textContent =
+      "Refer to a radiologist. This image does not look like the breast-ultrasound scans the " +
+      `model was made for (out-of-distribution score ${score(d.ood_score)}, above the ` +
+      `threshold of ${score(d.ood_threshold)}), so it gives no class and no referral flag.`;
+    $("meaning").textContent = "";
+    $("bars").replaceChildren();
+    $("bars").hidden = true;
+  } else {
+    $("answer-label").textContent = "Most likely:";
+    $("predicted-class").textContent = result.class;
+    $("class-probability").textContent = `(p = ${percent(result.probabilities[result.class])})`;
+    $("refer").textContent = referText(d, result.class);
+    $("meaning").textContent = meaningText(d);
+    $("bars").hidden = false;
+    renderBars(result.probabilities, result.class, d.positive_class);
+  }
+  $("meaning").hidden = !$("meaning").textContent;
+  renderDetails(d);
+}
+
+function heatWarning(grid) {
+  if (!grid || Math.min(...grid) >= FINE_GRID) return "";
+  const [rows, cols] = grid;
+  return `Coarse map: for this model's input size the evidence comes on a ${rows} × ${cols} ` +
+    "grid of cells, so it shows roughly where, not the outline of a lesion.";
+}
+
 async function renderResult(result, request) {
   $("error").hidden = true;
   $("answer").hidden = false;
-  // Two outputs of one rule: the class (the most probable class of the probabilities the bars
-  // show; the threshold never changes it) and the referral flag (malignancy suspected:
-  // p(malignant) >= threshold, or the class is malignant).
-  $("predicted-class").textContent = result.class;
-  const d = result.decision;
-  const refer = d.refer ? "yes" : "no";
-  // Out of scope: no class and no flag, only the refusal and the score that caused it.
-  $("decision").textContent = d.out_of_scope
-    ? `${d.reason} (OOD score ${d.ood_score.toFixed(3)} > ${d.ood_threshold.toFixed(3)}). Rule: ${d.rule}.`
-    : `Refer (${d.positive_class} suspected): ${refer}. Rule: ${d.rule}.`;
-  renderBars(result.probabilities, result.class, d.positive_class);
+  renderAnswer(result);
   const m = result.model;
   $("timing").textContent =
     `Model ${m.name} v${m.version} (${m.arch}) · inference ${result.inference_ms.toFixed(1)} ms` +
@@ -88,9 +160,11 @@ async function renderResult(result, request) {
     try { await heat.decode(); } catch (err) { /* a broken overlay must not hide the answer */ }
     if (request !== state.request) return; // a newer image was chosen while this one decoded
     heat.hidden = !$("show-heatmap").checked; // off by default: the scan comes first
+    $("heat-warning").textContent = heatWarning(result.heatmap_grid);
+    $("heat-warning").hidden = !$("heat-warning").textContent;
     $("heat-controls").hidden = false;
   } else {
-    clearHeatmap();
+    clearHeatmap(); // none for an image out of scope: there is no class to explain
   }
   setState("done", "");
 }
