@@ -105,7 +105,9 @@ function renderDetails(d) {
   $("rule-text").textContent = `Rule: ${d.rule}.`;
   const r = state.rule;
   const origin = [];
-  if (r && r.method) origin.push(`Threshold: ${r.method}; chosen on the ${r.chosen_on}.`);
+  if (r && r.method) {
+    origin.push(`Threshold: ${r.method}` + (r.chosen_on ? `; chosen on the ${r.chosen_on}.` : "."));
+  }
   if (r && r.ood_method) origin.push(`Out of scope: ${r.ood_method}.`);
   $("rule-origin").textContent = origin.join(" ");
 }
