@@ -212,7 +212,7 @@ def test_sigterm_keeps_the_rows_scored_under_the_final_name_with_a_status_row(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"predict: stopped by SIGTERM; the rows scored so far are in {out}"
     rows = read(out)
-    assert [r["status"] for r in rows[:32]] == ["200"] * 32  # the first batch, written
+    assert [r["status"] for r in rows[:32]] == ["scored"] * 32  # the first batch, written
     assert rows[-1]["status"] == predict.INCOMPLETE
     assert rows[-1]["reason"] == "stopped by SIGTERM after 32 of 40 files; rerun to score them all"
     assert not list(tmp_path.glob(".p.csv.*"))
@@ -249,5 +249,5 @@ def test_huge_images_a_non_utf8_name_and_out_inside_the_source(tmp_path, mini_re
     assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read().decode()[-2000:]
     rows = read(out)
     assert sorted(r["path"] for r in rows) == [*(f"{i:03d}.png" for i in range(32)), "x-\\xff.png"]
-    assert {r["status"] for r in rows} == {"200"}
+    assert {r["status"] for r in rows} == {"scored"}
     assert usage.ru_maxrss < 1.5 * 1024 * 1024, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"
