@@ -79,7 +79,7 @@ def licence_text(folder: Path) -> str:
 def built_from(name: str, externals: Sequence[str]) -> list[Path]:
     """The package and every package it depends on, but `externals`: what its bundle may carry."""
     seen: dict[str, Path] = {}
-    todo = [(name, None)]
+    todo: list[tuple[str, Path | None]] = [(name, None)]
     while todo:
         current, parent = todo.pop()
         if current in seen or current in externals:
