@@ -549,11 +549,11 @@ def test_a_workspace_run_comes_home_as_the_challenger_through_select(repo, works
     assert version.tags["source_data_version"] == "busi-raw@3"
     home = path / "build/bring-home" / run_id / "pipeline"
     release = json.loads((home / "models/selected/release.json").read_text())
-    assert str(release["provenance"]["version"]) == now["challenger"]
+    assert str(release["provenance"]["version"]) == str(now["challenger"])
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{path / 'mlflow.db'}")
     served = load_classifier(f"models:/tumor-classifier/{now['challenger']}")
-    assert str(served.release.provenance["version"]) == now["challenger"]
+    assert str(served.release.provenance["version"]) == str(now["challenger"])
     assert "up to date" in sh("dvc", "status", cwd=path, env=env)  # the work tree is untouched
 
 
