@@ -171,7 +171,7 @@ def _logistic(design: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.ndarr
     beta = np.zeros(design.shape[1])
     for _ in range(100):
         eta = offset + design @ beta
-        mu = 1 / (1 + np.exp(-eta))
+        mu = 1 / (1 + np.exp(-np.clip(eta, -500, 500)))  # exp(500) is finite in float64
         hessian = design.T @ (design * (mu * (1 - mu))[:, None])
         try:
             step = np.linalg.solve(hessian, design.T @ (y - mu))

@@ -55,10 +55,13 @@ def interval_coverage(seed: int, reps: int, grouped: bool, n_images: int = 200) 
 
 @pytest.mark.slow
 def test_group_bootstrap_intervals_cover_95_percent_when_40_percent_are_duplicate_pairs():
-    # 2000 repetitions: the coverage estimate has a standard error of 0.5 points. Measured for
-    # seeds 0-3: 94.9, 95.3, 94.6, 94.0% at 200 images (about 94% at 120 images, where the
-    # percentile interval of a proportion near 0.8 is slightly short whatever the resampling unit).
-    seed = int(np.random.default_rng().integers(1000))
+    # 2000 repetitions: the coverage estimate has a standard error of 0.5 points, and each seed
+    # also draws its own test set, so seeds spread further (seed 17 gave 92.9%: a random seed made
+    # this test fail about once in twenty runs). Measured for seeds 0-3: 94.9, 95.3, 94.6, 94.0% at
+    # 200 images (about 94% at 120 images, where the percentile interval of a proportion near 0.8
+    # is slightly short whatever the resampling unit). The seed is fixed so the test is a
+    # specification, not a lottery.
+    seed = 0
     coverage = interval_coverage(seed, reps=2000, grouped=True)
     assert 0.93 <= coverage <= 0.97, f"seed {seed}: coverage {coverage:.3f}"
     # resampling images instead of groups is what this replaced: it covers about 90% here
