@@ -54,6 +54,8 @@ HEADLINE = (
     "brier",
     "ece",
 )
+# Those of HEADLINE that score probabilities, not answers: a refused image has no place in them.
+PROBABILITY_METRICS = ("roc_auc_macro", "brier", "ece")
 EPS = 1e-12  # probabilities are clipped to [EPS, 1] before taking logs
 
 

@@ -31,17 +31,8 @@ LESION_NEGATIVE = "benign"
 MIN_SUBGROUP = 10  # images; smaller subgroups are listed with their n but not estimated
 # The class metrics counted over every image (a refusal wrong); the probability metrics of the
 # answered images complete pipeline.metrics.HEADLINE.
-DECISION_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "macro_precision",
-    "macro_recall",
-    "weighted_f1",
-    "malignant_sensitivity",
-    "malignant_specificity",
-)
-PROBABILITY_METRICS = ("roc_auc_macro", "brier", "ece")
+PROBABILITY_METRICS = metrics.PROBABILITY_METRICS
+DECISION_METRICS = tuple(name for name in metrics.HEADLINE if name not in PROBABILITY_METRICS)
 
 
 def decisions(served: Served) -> np.ndarray:

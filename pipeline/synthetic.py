@@ -19,6 +19,7 @@ pixels. Everything is a pure function of a seed: same arguments, byte-identical 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,16 +122,11 @@ def generate(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, in
     """
     out_dir = Path(out_dir)
     counts = class_counts(n_images)
-    info = PngInfo()
-    info.add_text("Source", SOURCE_TEXT)
-    info.add_text("Generator", f"pipeline.synthetic seed={seed} size={size}")
-    for label, count in counts.items():
-        folder = out_dir / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for n in range(1, count + 1):
-            image, mask = render_case(label, case_rng(seed, label, n), size)
-            Image.fromarray(image, "RGB").save(folder / f"{label} ({n}).png", pnginfo=info)
-            Image.fromarray(mask, "L").save(folder / f"{label} ({n})_mask.png", pnginfo=info)
+    info = _png_info(f"pipeline.synthetic seed={seed} size={size}")
+    for folder, label, n in _numbered_cases(out_dir, counts):
+        image, mask = render_case(label, case_rng(seed, label, n), size)
+        Image.fromarray(image, "RGB").save(folder / f"{label} ({n}).png", pnginfo=info)
+        Image.fromarray(mask, "L").save(folder / f"{label} ({n})_mask.png", pnginfo=info)
     (out_dir / "README.md").write_text(_readme(counts, size, seed))
     return counts
 
@@ -141,18 +137,30 @@ def generate_site(out_dir: Path, n_images: int, size: int, seed: int) -> dict[st
     `generate`'s: each comes from its own random stream."""
     out_dir = Path(out_dir)
     counts = class_counts(n_images, SITE_B_SHARES)
+    info = _png_info(f"pipeline.synthetic site-b seed={seed} size={size}")
+    for folder, label, n in _numbered_cases(out_dir, counts):
+        rng = case_rng(seed, label, n, SITE_STREAM)
+        image, _ = render_case(label, rng, size, SITE_B_LOOK)
+        Image.fromarray(image, "RGB").save(folder / f"site-b {label} ({n}).png", pnginfo=info)
+    (out_dir / "README.md").write_text(_site_readme(counts, size, seed))
+    return counts
+
+
+def _png_info(generator: str) -> PngInfo:
+    """Text chunks that say, inside every file, that the image is synthetic and how it was made."""
     info = PngInfo()
     info.add_text("Source", SOURCE_TEXT)
-    info.add_text("Generator", f"pipeline.synthetic site-b seed={seed} size={size}")
+    info.add_text("Generator", generator)
+    return info
+
+
+def _numbered_cases(out_dir: Path, counts: dict[str, int]) -> Iterator[tuple[Path, str, int]]:
+    """(class folder, class, case number from 1) for every case, BUSI's naming; folders made."""
     for label, count in counts.items():
         folder = out_dir / label
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(1, count + 1):
-            rng = case_rng(seed, label, n, SITE_STREAM)
-            image, _ = render_case(label, rng, size, SITE_B_LOOK)
-            Image.fromarray(image, "RGB").save(folder / f"site-b {label} ({n}).png", pnginfo=info)
-    (out_dir / "README.md").write_text(_site_readme(counts, size, seed))
-    return counts
+            yield folder, label, n
 
 
 def _site_readme(counts: dict[str, int], size: int, seed: int) -> str:

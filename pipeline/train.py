@@ -14,6 +14,8 @@ import argparse
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +159,24 @@ def run(params: Params, arch: str) -> dict[str, float]:
 def _train(params: Params, arch: str) -> dict[str, float]:
     keras.utils.set_random_seed(params.seed)
     compilation.enable_cache(tracking.project_root())
-    if params.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(params.train.mixed_precision)
+    with _dtype_policy(params.train.mixed_precision):
+        return _train_with_policy(params, arch)
+
+
+@contextmanager
+def _dtype_policy(name: str | None) -> Iterator[None]:
+    """Keras keeps the dtype policy process-wide: set it for this training only, so a later model
+    built in the same process (a test, a notebook, the next backbone) is float32 again."""
+    previous = keras.mixed_precision.global_policy()
+    if name:
+        keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train_with_policy(params: Params, arch: str) -> dict[str, float]:
     train = load_set(AUGMENTED, params.classes)
     val = load_set(PREPARED, params.classes, split="val")
     model = backbones.build_classifier(

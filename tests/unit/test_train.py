@@ -356,3 +356,18 @@ def test_an_epoch_line_fits_in_120_columns_and_says_what_it_shows():
         assert shown in line
     assert "9999 img/s" in line
     assert train.epoch_line("resnet50", 1, 5, {}).count(" - ") >= 3  # missing figures: a dash
+
+
+def test_mixed_precision_is_set_for_one_training_only_even_when_it_fails():
+    assert keras.mixed_precision.global_policy().name == "float32"
+    seen = []
+
+    def failing_training():
+        with train._dtype_policy("mixed_bfloat16"):
+            seen.append(keras.mixed_precision.global_policy().name)
+            raise RuntimeError("training failed")
+
+    with pytest.raises(RuntimeError):
+        failing_training()
+    assert seen == ["mixed_bfloat16"]
+    assert keras.mixed_precision.global_policy().name == "float32"
