@@ -83,7 +83,8 @@ SIDE_ENVS := azure-server-env azure-onnx-env azure-ml-env azure-train-env
 test: install browser npm azurite ## @develop the whole test suite (unit + integration)
 	@# the four side environments are independent: built side by side (downloads overlap)
 	$(MAKE) --no-print-directory -j4 $(SIDE_ENVS)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	@# the 25 slowest tests are listed at the end: tests/conftest.py's LONGEST_FIRST is kept from them
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: install ## @develop unit tests only
 	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
