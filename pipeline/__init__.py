@@ -26,6 +26,7 @@ Commands after the pipeline (Makefile targets)
 
 Running a stage
     config        params.yaml -> frozen dataclasses, validated once (the one source of truth)
+    param_checks  config's checks of ranges and relations that types cannot say
     cli           the `main(argv)` every stage shares: a user error is one line and exit code 2
     errors        UserError, the one exception type for user mistakes
     terminal      what a stage prints (library start-up chatter off unless VERBOSE=1)
