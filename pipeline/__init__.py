@@ -58,7 +58,8 @@ Measuring (evaluate, select, promote)
     metrics       classification metrics from probabilities, with their intervals
     intervals     how sure a figure is: exact intervals on the effective n for proportions, the
                   cluster bootstrap for the rest (the one home of both)
-    statistics    operating point, calibration, temperature, paired tests, the promotion gate
+    statistics    operating point, paired tests, the promotion gate, subgroup tables
+    calibration   reliability, calibration slope and intercept, whether a temperature is served
     threshold     the referral threshold chosen on validation, with its stated guarantee
     failures      the worst errors of the served answers, one per group (the card's failure cases)
     subgroups     evaluation subgroups from what the manifest records

@@ -48,11 +48,11 @@ from pipeline import (
     ood_sets,
     paths,
     served_metrics,
-    statistics,
     subgroups,
     tracking,
 )
 from pipeline import evaluate_report as report
+from pipeline.calibration import temperature_decision
 from pipeline.cli import stage_main
 from pipeline.config import Params
 from pipeline.datasets import ImageSet, load_set, read_manifest
@@ -356,7 +356,7 @@ def _calibration_choice(
     e = params.evaluate
     if not e.temperature_scaling:
         return {"temperature": None, "applied": False, "reason": "evaluate.temperature_scaling off"}
-    return statistics.temperature_decision(
+    return temperature_decision(
         y,
         proba,
         groups,

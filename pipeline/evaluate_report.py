@@ -21,7 +21,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, metrics, plots, statistics
+from pipeline import cam, metrics, plots
+from pipeline.calibration import reliability_curve
 from pipeline.card_results import LABELS, format_estimate, refusal_rows
 from pipeline.config import Params
 from pipeline.datasets import ImageSet
@@ -156,7 +157,7 @@ def _reliability_curves(
     for name, q in probabilities.items():
         is_served = (name == "raw") != bool(applied and t)
         label = f"{name} (served)" if is_served else name
-        bins = statistics.reliability_curve(y == m, q[:, m], n_bins)
+        bins = reliability_curve(y == m, q[:, m], n_bins)
         curves[label] = [r for r in bins if r["count"]]
     return curves
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import intervals, statistics
+from pipeline.calibration import calibration_line, reliability_curve
 
 POSITIVE = "malignant"
 OUT_OF_SCOPE = "out_of_scope"
@@ -116,7 +117,7 @@ def _calibration(w: np.ndarray, positive: np.ndarray, p: np.ndarray, n_bins: int
         "images": int(len(p)),
         "observed_share": float(positive.mean()) if len(p) else None,
         "expected_share": float(p.mean()) if len(p) else None,
-        "reliability": statistics.reliability_curve(positive, p, n_bins),
+        "reliability": reliability_curve(positive, p, n_bins),
     }
     if len(p) < MIN_FOR_CALIBRATION or positive.all() or not positive.any():
         return found | {"note": "too few answered images of both outcomes to fit"}
@@ -128,9 +129,9 @@ def _calibration(w: np.ndarray, positive: np.ndarray, p: np.ndarray, n_bins: int
 
 
 def _line(positive: np.ndarray, p: np.ndarray, counts: np.ndarray) -> dict:
-    """statistics.calibration_line on one resample (images repeated by their multiplicity)."""
+    """calibration_line on one resample (images repeated by their multiplicity)."""
     rows = np.repeat(np.arange(len(p)), counts)
-    return statistics.calibration_line(positive[rows], p[rows])
+    return calibration_line(positive[rows], p[rows])
 
 
 # --- case mix and the internal test figures -----------------------------------------------------

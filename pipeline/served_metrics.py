@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import intervals, metrics, statistics
+from pipeline.calibration import calibration_line, reliability_curve
 from pipeline.config import Params
 from pipeline.serving.rule import DecisionRule, Served
 
@@ -206,8 +207,8 @@ def calibration_report(
         "brier_after": None if scaled is None else brier(y, scaled),
         "malignant": {
             "probabilities": "temperature-scaled" if calibration["applied"] else "raw",
-            **statistics.calibration_line(y == m, p),
-            "reliability": statistics.reliability_curve(y == m, p, bins),
+            **calibration_line(y == m, p),
+            "reliability": reliability_curve(y == m, p, bins),
         },
     }
 
