@@ -46,6 +46,8 @@ Data in (prepare)
 Data to the model (train)
     datasets      the prepared and augmented sets as arrays (load_set), paths of data/
     augmentation  the random transforms: flip, rotation, zoom, contrast, brightness, speckle
+    phases        the training as phases: warm-up on a frozen backbone, then fine-tuning
+    callbacks     what each epoch records: whole-val metrics, best weights, its line, MLflow
     batches       TrainBatches: shuffled, on-the-fly augmented uint8 batches for model.fit
     loader        batches as functions of (seed, epoch, index); worker processes into shared memory
     loader_worker one loader worker process (python -m pipeline.loader_worker, started by loader)

@@ -6,6 +6,7 @@ and the validation split from `data/prepared/`; the test split is never touched 
 pretrained weights it warms up a new head on a frozen backbone, then unfreezes (BatchNorm frozen)
 at a lower learning rate; early stopping restores the best epoch on a whole-val-set metric.
 Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (history, metrics).
+The phases themselves are pipeline.phases'; what each epoch records, pipeline.callbacks'.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -26,124 +25,18 @@ import numpy as np
 import pandas as pd
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.models import ModelSignature, infer_signature
-from sklearn.metrics import f1_score
 
-from pipeline import backbones, compilation, distribution, environment, plots, processes, tracking
+from pipeline import backbones, compilation, environment, phases, plots, processes, tracking
 from pipeline.batches import TrainBatches, light
 from pipeline.cli import stage_main
 from pipeline.config import Params, uses_demo_data
 from pipeline.datasets import ImageSet, load_set
-from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json
 from pipeline.paths import AUGMENTED, MANIFEST, PREPARED, TRAIN_REPORTS, model_dir
 
 # Per-epoch columns that change from run to run on the same code and data: they go to MLflow
 # only, so the committed history.csv stays byte-identical across reruns.
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
-
-
-class ValidationMetrics(keras.callbacks.Callback):
-    """Adds the val metrics, lr, time and images/s (of the training alone) to each epoch's logs.
-
-    `val_loss`, `val_accuracy` and `val_macro_f1` come from one prediction of the whole val set
-    (macro-F1 averaged per batch would be wrong), padded to split evenly over data-parallel devices.
-    """
-
-    def __init__(self, val: ImageSet, n_train: int, batch_size: int) -> None:
-        super().__init__()
-        self.val, self.n_train, self.batch_size = val, n_train, batch_size
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        """Start the epoch's clock (the epoch time is logged with the metrics)."""
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Validation loss, accuracy and macro-F1, the learning rate and the epoch's time into the
-        logs, where early stopping and MLflow read them."""
-        logs = logs if logs is not None else {}
-        seconds = time.perf_counter() - self.started
-        proba = _predict(self.model, self.val.images, self.batch_size)
-        onehot = np.eye(proba.shape[1], dtype="float32")[self.val.labels]
-        logs["val_loss"] = float(keras.ops.convert_to_numpy(self.model.loss(onehot, proba)))
-        logs["val_accuracy"] = float(np.mean(proba.argmax(axis=1) == self.val.labels))
-        logs["val_macro_f1"] = float(
-            f1_score(self.val.labels, proba.argmax(axis=1), average="macro", zero_division=0)
-        )
-        logs["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
-        logs["epoch_seconds"] = seconds
-        logs["images_per_second"] = self.n_train / seconds
-
-
-class BestWeights(keras.callbacks.Callback):
-    """The best epoch on `monitor` and its weights, across every phase (fit call) of a training.
-
-    Keras' EarlyStopping restores the best weights of its own fit call only: after warm-up and
-    fine-tuning it would keep the fine-tuning best even when a warm-up epoch scored higher, and the
-    saved model would not be the reported best epoch. This one is shared by all phases.
-    """
-
-    def __init__(self, monitor: str) -> None:
-        super().__init__()
-        self.monitor = monitor
-        self.best: float | None = None
-        self.epoch: int | None = None
-        self.weights: list[np.ndarray] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Keep the weights of the best epoch so far by the monitored metric."""
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value):
-            return
-        if self.best is None or (
-            value < self.best if _lower_is_better(self.monitor) else value > self.best
-        ):
-            self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
-
-    def restore(self) -> None:
-        """Put the best epoch's weights back (no-op when no epoch was finite)."""
-        if self.weights is not None:
-            self.model.set_weights(self.weights)
-
-
-class EpochLine(keras.callbacks.Callback):
-    """One line per epoch, within 120 columns: what Keras' own log (every metric, 200 columns
-    and more) buries. The full record is in MLflow and reports/train/<arch>/history.csv."""
-
-    def __init__(self, arch: str, epochs: int) -> None:
-        super().__init__()
-        self.arch, self.epochs = arch, epochs
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Print the epoch's training and validation figures, its learning rate and speed."""
-        print(epoch_line(self.arch, epoch + 1, self.epochs, logs or {}), flush=True)
-
-
-def epoch_line(arch: str, epoch: int, epochs: int, logs: dict[str, float]) -> str:
-    """`train densenet121 epoch 3/10: loss 0.512 acc 0.800 | val loss 0.431 acc 0.844 macro-F1
-    0.835 | lr 1e-04 12 s 89 img/s` (a dash for a figure the logs lack)."""
-
-    def figure(key: str, spec: str = ".3f") -> str:
-        value = logs.get(key)
-        return "-" if value is None else format(value, spec)
-
-    return (
-        f"train {arch} epoch {epoch}/{epochs}: loss {figure('loss', '.3g')} "
-        f"acc {figure('accuracy')} | val loss {figure('val_loss', '.3g')} "
-        f"acc {figure('val_accuracy')} macro-F1 {figure('val_macro_f1')} | "
-        f"lr {figure('learning_rate', '.0e')} {figure('epoch_seconds', '.0f')} s "
-        f"{figure('images_per_second', '.0f')} img/s"
-    )
-
-
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to the active MLflow run, step = the epoch as Keras prints it (from 1),
-    numbered across phases."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Log the epoch's metrics to the active MLflow run, with the epoch as the step."""
-        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
 
 
 def run(params: Params, arch: str) -> dict[str, float]:
@@ -201,7 +94,7 @@ def _train_with_policy(params: Params, arch: str) -> dict[str, float]:
         mlflow.log_params(_run_params(params, arch, train, val))
         _log_dataset(MANIFEST)
         clock = compilation.CompileClock(arch)
-        history, best_epoch = _fit(model, batches, val, params, arch, clock)
+        history, best_epoch = phases.fit(model, batches, val, params, arch, clock)
         summary = _summary(history, best_epoch)
         mlflow.log_metrics(_run_metrics(summary, history) | {"compile_seconds": clock.total})
         served = backbones.for_inference(model)
@@ -293,196 +186,11 @@ def _log_dataset(manifest: Path) -> None:
     mlflow.log_input(dataset, context="training")
 
 
-def _fit(
-    model: keras.Model,
-    batches: TrainBatches,
-    val: ImageSet,
-    params: Params,
-    arch: str,
-    clock: compilation.CompileClock | None = None,
-) -> tuple[pd.DataFrame, int]:
-    """Warm-up (frozen backbone) then fine-tuning, ending on the best epoch's weights.
-
-    Returns the per-epoch history of both phases and the best epoch (on `train.monitor`). With
-    `train.distribution: data_parallel` a replica of `model` trains on every local device and
-    `model` receives its final weights.
-    """
-    with distribution.data_parallel(model, params.train) as (net, devices):
-        feed = batches if devices == 1 else distribution.WholeShards(batches, devices)
-        return _train_phases(net, feed, val, params, arch, clock or compilation.CompileClock(arch))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One `fit` call: epochs `first` (from 0) up to `last`, at `learning_rate`, with the
-    backbone's top `unfreeze` blocks trainable ("all": every layer; None: the backbone frozen)."""
-
-    name: str
-    first: int
-    last: int
-    learning_rate: float
-    unfreeze: int | str | None
-
-
-def schedule(params: Params, arch: str) -> list[Phase]:
-    """The training of `arch` as phases: an explicit warm-up, then fine-tuning."""
-    ap = params.train.arch(arch)
-    # 1) from scratch: no pretrained features to protect, so every layer, BatchNorm included,
-    #    trains from the first epoch at learning_rate (warmup_epochs does not apply)
-    if params.model.weights is None:
-        return [Phase("train", 0, ap.epochs, ap.learning_rate, "all")]
-    # 2) pretrained, no warm-up: the top `unfreeze` blocks fine-tune from the first epoch, at
-    #    learning_rate (the new head starts random, so keep this rate low)
-    if ap.warmup_epochs == 0:
-        return [Phase("fine-tune", 0, ap.epochs, ap.learning_rate, ap.unfreeze)]
-    # 3) pretrained, warm-up: the new head trains alone on the frozen backbone at learning_rate,
-    #    so its first, large gradients from random weights never reach the pretrained features
-    warm_up = Phase("warm-up", 0, ap.warmup_epochs, ap.learning_rate, None)
-    # 4) ...then, if epochs remain, the top `unfreeze` blocks fine-tune at the lower
-    #    fine_tune_learning_rate; warmup_epochs == epochs trains the head alone (a linear probe)
-    if ap.warmup_epochs == ap.epochs:
-        return [warm_up]
-    fine_tune = Phase(
-        "fine-tune", ap.warmup_epochs, ap.epochs, ap.fine_tune_learning_rate, ap.unfreeze
-    )
-    return [warm_up, fine_tune]
-
-
-def _train_phases(
-    model: keras.Model,
-    batches: TrainBatches,
-    val: ImageSet,
-    params: Params,
-    arch: str,
-    clock: compilation.CompileClock,
-) -> tuple[pd.DataFrame, int]:
-    """Each phase of `schedule` in turn; the best epoch over all of them is restored at the end."""
-    best = BestWeights(params.train.monitor)
-    line = EpochLine(arch, params.train.arch(arch).epochs)
-    frames = []
-    for phase in schedule(params, arch):
-        _set_trainable(model, phase, params.model.weights is not None, arch)
-        frames.append(_fit_phase(model, batches, val, params, phase, [best, clock, line]))
-    history = pd.concat(frames, ignore_index=True)
-    if best.epoch is None:
-        raise UserError(
-            f"train.monitor: {best.monitor} was not a finite number in any of {len(history)} "
-            "epochs (the training diverged); lower the learning rate or monitor val_macro_f1"
-        )
-    best.restore()
-    return history, best.epoch + 1
-
-
-def _set_trainable(model: keras.Model, phase: Phase, pretrained: bool, arch: str) -> None:
-    """Freeze the backbone for a warm-up; otherwise unfreeze the phase's blocks, BatchNorm kept
-    frozen when the weights are pretrained (backbones.set_backbone_trainable says why)."""
-    if phase.unfreeze is None:
-        backbones.freeze_backbone(model)
-        return
-    unfrozen = backbones.set_backbone_trainable(model, phase.unfreeze, pretrained)
-    if pretrained:
-        print(
-            f"train {arch}: fine-tuning {len(unfrozen)} backbone blocks, "
-            f"{unfrozen[0]} to {unfrozen[-1]}, BatchNorm frozen"
-            if unfrozen
-            else f"train {arch}: the backbone stays frozen (unfreeze: 0)"
-        )
-
-
-def _fit_phase(
-    model: keras.Model,
-    batches: TrainBatches,
-    val: ImageSet,
-    params: Params,
-    phase: Phase,
-    shared: list[keras.callbacks.Callback],
-) -> pd.DataFrame:
-    """Compile at the phase's learning rate and fit its epochs; returns their history rows.
-
-    `shared`: the callbacks that span phases (the best weights, the epoch lines)."""
-    _compile(model, params, phase.learning_rate, steps=len(batches) * (phase.last - phase.first))
-    history = model.fit(
-        batches,  # validation: ValidationMetrics, one whole-set prediction per epoch
-        initial_epoch=phase.first,
-        epochs=phase.last,
-        # TrainBatches orders each epoch from (seed, epoch); Keras' own shuffle of the batch
-        # order draws on Python's global `random`, which anything else may have consumed.
-        shuffle=False,
-        class_weight=_class_weights(batches.labels, len(params.classes))
-        if params.train.class_weights
-        else None,
-        callbacks=[
-            ValidationMetrics(val, len(batches.labels), params.train.batch_size),
-            MlflowEpochLogger(),
-            *shared,
-            _early_stopping(params),
-        ],
-        verbose=0,  # EpochLine prints one line per epoch
-    )
-    frame = pd.DataFrame(history.history)
-    # Epochs numbered as Keras prints them ("Epoch 1/5"), in history, plots and summaries.
-    frame.insert(0, "epoch", [e + 1 for e in history.epoch])
-    return frame
-
-
 def _signature(params: Params) -> ModelSignature:
     """Input: a batch of 0-255 RGB images at the training size; output: class probabilities."""
     size = params.prepare.image_size
     example = np.zeros((1, size, size, 3), dtype=np.float32)
     return infer_signature(example, np.zeros((1, len(params.classes)), dtype=np.float32))
-
-
-def _predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """`model`'s probabilities for every image; under data parallelism the set is padded (with
-    copies of its first image) to a whole number of per-device shares, and the padding dropped."""
-    current = keras.distribution.distribution()
-    devices = 1 if current is None else current.device_mesh.devices.size
-    pad = -len(images) % devices
-    if pad:
-        images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
-    return model.predict(images, batch_size=batch_size, verbose=0)[: len(images) - pad]
-
-
-def _compile(model: keras.Model, params: Params, learning_rate: float, steps: int) -> None:
-    t = params.train
-    if t.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    if t.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(
-            learning_rate, momentum=0.9, weight_decay=t.weight_decay or None
-        )
-    elif t.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=t.weight_decay or None)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
-        metrics=["accuracy"],
-        # graph tracing costs minutes per model (DenseNet121: ~3 CPU-min) and pays back only
-        # over many steps; a tiny smoke run is faster op by op (params.yaml says when)
-        run_eagerly=t.run_eagerly,
-    )
-
-
-def _early_stopping(params: Params) -> keras.callbacks.EarlyStopping:
-    """Patience within a phase; the best weights over all phases are BestWeights' job."""
-    monitor = params.train.monitor
-    return keras.callbacks.EarlyStopping(
-        monitor=monitor,
-        mode="min" if _lower_is_better(monitor) else "max",
-        patience=params.train.patience,
-    )
-
-
-def _lower_is_better(monitor: str) -> bool:
-    """The direction of a `train.monitor` metric: a loss falls, the scores rise."""
-    return monitor == "val_loss"
-
-
-def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    return {i: float(len(labels) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 def _run_params(params: Params, arch: str, train: ImageSet, val: ImageSet) -> dict[str, object]:

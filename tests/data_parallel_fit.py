@@ -1,4 +1,4 @@
-"""Train one small classifier twice through `train._fit`: on one device, then data parallel.
+"""Train one small classifier twice through `phases.fit`: on one device, then data parallel.
 
 Run by tests/unit/test_distribution.py in its own process, because the backend (KERAS_BACKEND=jax)
 and the virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2) are fixed when
@@ -14,7 +14,7 @@ import keras
 import mlflow
 import numpy as np
 
-from pipeline import train
+from pipeline import phases
 from pipeline.batches import TrainBatches
 from pipeline.datasets import ImageSet
 from tests.factories import project_params
@@ -70,7 +70,7 @@ def fit(distribution: str | None, n_train: int) -> tuple[list[np.ndarray], dict]
     batches = TrainBatches(train_set.images, train_set.labels, 3, 8, params.seed)
     model = tiny_classifier()
     with mlflow.start_run():
-        history, best_epoch = train._fit(model, batches, val, params, "resnet50")
+        history, best_epoch = phases.fit(model, batches, val, params, "resnet50")
     return model.get_weights(), history.drop(columns=["epoch_seconds", "images_per_second"])
 
 
