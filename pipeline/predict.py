@@ -5,7 +5,10 @@ the CSV's folder). Both follow prepare's policy (`pipeline.layouts`): a link is 
 it stays inside the folder, a listed path may not leave the CSV's folder (`..`, absolute, through
 a link), and whatever is not read (a link out, a named pipe) still gets a row with the reason.
 Files are recognised by content, DICOM ultrasound (`.dcm`, or no suffix as PACS exports write
-them) included: one frame, cut to its ultrasound region. Each file gets one row in `--out`: the
+them) included: one frame, cut to its ultrasound region. A BUSI segmentation mask
+(`<image>_mask.png`, `_mask_1.png`) is a drawing, not a scan: as in prepare it is never scored,
+and its row says so (status `mask`), so `make predict` on a BUSI-layout `data/raw` answers the
+scans only. Each file gets one row in `--out`: the
 answer of the released model (`--model`, default `models:/<select.model_name>@<promote.alias>`)
 with its probabilities, class and decision (`out_of_scope`, with its OOD score and the reason,
 for an image the model was not made for), or the status and reason it was refused, decided by
@@ -44,6 +47,7 @@ from pipeline.serving.uploads import InvalidInput, Limits, decode_upload
 
 BATCH = 32
 INCOMPLETE = "incomplete"  # the status of the last row of a run that stopped before the end
+MASK = "mask"  # the status of a BUSI mask's row: read by no one, answered by no model
 # The CSV's `status`: a word a reader filters on, not an HTTP code (the reason column says more)
 SCORED = "scored"
 REFUSALS = {400: "unreadable", 413: "too_large", 415: "not_an_image", 422: "unsupported"}
@@ -119,14 +123,21 @@ def answer_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def is_mask(where: Path | str) -> bool:
+    """Whether a file is a BUSI mask (prepare's rule, `layouts.is_mask`): not a scan to score."""
+    return isinstance(where, Path) and layouts.is_mask(where)
+
+
 def score(source: Path, classifier: Classifier, out: Path, limits: Limits | None = None) -> dict:
-    """Write one row per file of `source` to `out` as they are scored; return {scored, refused}.
+    """Write one row per file of `source` to `out` as they are scored; return {scored, refused,
+    masks}; the progress bar counts the files read (masks are not).
     However the run ends, `out` holds every row scored; one that stopped early (an error,
     `Stopped`) ends with an `incomplete` row saying where, and the exception propagates."""
     limits = limits or Limits()
     skip = own_files(out)
-    total = sum(1 for _ in source_paths(source, skip))  # also finds a bad CSV before writing
-    counts = {"scored": 0, "refused": 0}
+    # Counting also finds a bad CSV before anything is written
+    total = sum(1 for _, where in source_paths(source, skip) if not is_mask(where))
+    counts = {"scored": 0, "refused": 0, "masks": 0}
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
@@ -138,12 +149,14 @@ def score(source: Path, classifier: Classifier, out: Path, limits: Limits | None
                 for rows in _batches(source_paths(source, skip), classifier, limits):
                     writer.writerows(rows)
                     handle.flush()
-                    counts["refused"] += sum(1 for row in rows if row["status"] != SCORED)
-                    counts["scored"] += sum(1 for row in rows if row["status"] == SCORED)
-                    bar.update(len(rows))
+                    statuses = [row["status"] for row in rows]
+                    counts["scored"] += statuses.count(SCORED)
+                    counts["masks"] += statuses.count(MASK)
+                    counts["refused"] += len(rows) - statuses.count(SCORED) - statuses.count(MASK)
+                    bar.update(len(rows) - statuses.count(MASK))
                 bar.close()
             except BaseException as exc:
-                done = counts["scored"] + counts["refused"]
+                done = counts["scored"] + counts["refused"]  # of the `total` files read
                 why = f"by {exc}" if isinstance(exc, Stopped) else f"by {type(exc).__name__}"
                 reason = f"stopped {why} after {done} of {total} files; rerun to score them all"
                 writer.writerow({"path": "", "status": INCOMPLETE, "reason": reason})
@@ -176,9 +189,13 @@ def _batches(
     pending: list[tuple[str, np.ndarray | dict[str, Any]]] = []
     for name, where in paths:
         try:
-            if isinstance(where, str):  # a link out of the folder, a named pipe: never opened
+            if is_mask(where):
+                reason = "a segmentation mask (BUSI's `_mask` name), not a scan: not scored"
+                pending.append((name, {"path": name, "status": MASK, "reason": reason} | model))
+            elif isinstance(where, str):  # a link out of the folder, a named pipe: never opened
                 raise InvalidInput(400, where)
-            pending.append((name, classifier.engine.prepare(read_image(where, limits))))
+            else:
+                pending.append((name, classifier.engine.prepare(read_image(where, limits))))
         except InvalidInput as exc:
             status = REFUSALS.get(exc.status, "refused")
             pending.append((name, {"path": name, "status": status, "reason": exc.reason} | model))
@@ -270,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = f"; the rows scored so far are in {args.out}" if args.out.exists() else ""
         print(f"predict: stopped by {stopped}{kept}", file=sys.stderr)
         return 128 + stopped.signum
-    print(f"predict: {counts['scored']} scored, {counts['refused']} refused -> {args.out}")
+    masks = f", {counts['masks']} masks not scored" if counts["masks"] else ""
+    print(f"predict: {counts['scored']} scored, {counts['refused']} refused{masks} -> {args.out}")
     return 0
 
 

@@ -77,6 +77,39 @@ def test_a_csv_of_paths_is_read_relative_to_itself(tmp_path, mini_release):
     assert [r["status"] for r in rows] == ["scored", "unreadable"]
 
 
+def test_busi_masks_get_a_row_each_but_are_never_scored(tmp_path, mini_release, capsys):
+    """`make predict` on a BUSI-layout data/raw scored every `_mask` drawing as a scan (841
+    rows for the demo's 420 scans): a mask is prepare's metadata, not an input, in a folder
+    and in a CSV of paths alike."""
+    benign = tmp_path / "scans" / "benign"
+    benign.mkdir(parents=True)
+    (benign / "benign (1).png").write_bytes(encode(scan(1)))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    for name in ("benign (1)_mask.png", "benign (1)_mask_1.png"):
+        (benign / name).write_bytes(encode(mask))
+    (tmp_path / "scans" / "README.md").write_text("not an image")
+    out = tmp_path / "p.csv"
+    argv = ["--model", str(mini_release[0]), "--out", str(out)]
+    assert predict.main([str(tmp_path / "scans"), *argv]) == 0
+    statuses = {row["path"]: row["status"] for row in read(out)}
+    assert statuses == {
+        "README.md": "not_an_image",
+        "benign/benign (1).png": "scored",
+        "benign/benign (1)_mask.png": predict.MASK,
+        "benign/benign (1)_mask_1.png": predict.MASK,
+    }
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .startswith("predict: 1 scored, 1 refused, 2 masks not scored -> ")
+    )
+    listing = tmp_path / "scans" / "list.csv"
+    listing.write_text("path\nbenign/benign (1)_mask.png\nbenign/benign (1).png\n")
+    assert predict.main([str(listing), *argv]) == 0
+    assert [row["status"] for row in read(out)] == [predict.MASK, "scored"]
+
+
 def test_user_mistakes_are_one_line_and_leave_no_output(tmp_path, mini_release, capsys):
     out = tmp_path / "p.csv"
     assert (
