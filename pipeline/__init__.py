@@ -63,6 +63,8 @@ Measuring (evaluate, select, promote)
     statistics    operating point, paired tests, the promotion gate, subgroup tables
     calibration   reliability, calibration slope and intercept, whether a temperature is served
     threshold     the referral threshold chosen on validation, with its stated guarantee
+    promotion_gate the gate promote applies: test images unseen by both models, their served
+                  answers, the floors and paired non-inferiority
     failures      the worst errors of the served answers, one per group (the card's failure cases)
     subgroups     evaluation subgroups from what the manifest records
     ood_sets      out-of-distribution images a model must refuse, from a seed

@@ -197,7 +197,7 @@ def test_class_metrics_count_a_refusal_wrong_and_the_flag_counts_it_unreferred()
 
 
 def test_promotion_names_the_external_figures_of_the_same_model_and_gates_only_when_asked():
-    from pipeline import promote
+    from pipeline import promote, promotion_gate
     from pipeline.external_report import promotion_figures
 
     wrong = {"macro_f1": {"value": 0.4}}
@@ -212,10 +212,10 @@ def test_promotion_names_the_external_figures_of_the_same_model_and_gates_only_w
     assert sites["b"]["macro_f1"] == 0.4
     assert sites["b"]["images"] == 30
     params = project_params({"promote": {"external_gate": True}})
-    ok, reason = promote._external_gate(sites, params, "passes")
+    ok, reason = promotion_gate.external_gate(sites, params, "passes")
     assert not ok
     assert reason.startswith("external site b: macro_f1 0.4000 < promote.min_macro_f1")
-    assert not promote._external_gate(None, params, "passes")[0]
+    assert not promotion_gate.external_gate(None, params, "passes")[0]
     assert promote._external_lines(sites, gated=False)[0].startswith(
         "- External validation (reported, not gated), site b: images 30, macro_f1 0.4000"
     )
