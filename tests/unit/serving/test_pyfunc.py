@@ -42,6 +42,14 @@ def b64(image: np.ndarray) -> str:
     return base64.b64encode(encode(image)).decode()
 
 
+def answers_beside(served, reference) -> list[tuple[dict, dict]]:
+    """(the pyfunc's row, `reference`'s answer) for each of three scans, sent as one request."""
+    images = [scan(seed) for seed in range(3)]
+    out = served.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
+    expected = [reference.predict(decode_upload(encode(image))) for image in images]
+    return list(zip(out.to_dict("records"), expected, strict=True))
+
+
 def test_the_model_ships_the_serving_package_and_the_release_not_the_pipeline(logged):
     _, local, _ = logged
     mlmodel = Model.load(str(local / "MLmodel"))
@@ -70,11 +78,7 @@ def test_the_signature_and_input_example_show_the_request_format(logged):
 
 def test_it_answers_exactly_as_the_serving_core(logged, mini_release):
     _, _, served = logged
-    core = load_classifier(mini_release[0])
-    images = [scan(seed) for seed in range(3)]
-    out = served.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
-    for row, image in zip(out.to_dict("records"), images, strict=True):
-        expected = core.predict(decode_upload(encode(image)))
+    for row, expected in answers_beside(served, load_classifier(mini_release[0])):
         assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
         assert row["class"] == expected["class"]
         assert row["decision"] == expected["decision"]
@@ -91,10 +95,7 @@ def test_a_release_with_model_onnx_is_served_on_onnx_runtime_with_the_keras_answ
     served = mlflow.pyfunc.load_model(info.model_uri)
     assert isinstance(served.unwrap_python_model().classifier.engine, OnnxEngine)
     keras = load_classifier(onnx_release, engine="keras")
-    images = [scan(seed) for seed in range(3)]
-    out = served.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
-    for row, image in zip(out.to_dict("records"), images, strict=True):
-        expected = keras.predict(decode_upload(encode(image)))
+    for row, expected in answers_beside(served, keras):
         assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
         assert row["class"] == expected["class"]
 
