@@ -146,6 +146,15 @@ class Match:
         )
 
 
+MATCH_COLUMNS = ("inliers", "scale", "rotation_deg", "shift_x", "shift_y", "correlation")
+
+
+def match_fields(m: Match | None) -> dict[str, float | int | str]:
+    """A verified pair's geometry as report columns (MATCH_COLUMNS); blank for a pair found by
+    hash alone: prepare's duplicates.csv and external validation's left_out.csv list both."""
+    return {key: "" if m is None else getattr(m, key) for key in MATCH_COLUMNS}
+
+
 def match(a: Keypoints, b: Keypoints) -> Match | None:
     """Geometric verification of one pair; None when no transform can be estimated."""
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:

@@ -68,6 +68,7 @@ def run(params: Params) -> dict[str, Any]:
         "model": identity,
         "model_sha256": model_sha256,
         "rule": release.rule.describe(),
+        "positive_class": params.positive_class,
         "synthetic_development_data": release.synthetic,
         "sites": [],
     }
@@ -121,7 +122,8 @@ def _score(
 ) -> dict[str, Any]:
     """The site's answers and every figure of them."""
     site.answers = _answers(classifier, site.images)
-    out = external_report.served(site.answers, params.classes)
+    positive = params.positive_class
+    out = external_report.served(site.answers, params.classes, positive)
     e = params.evaluate
     found: dict[str, Any] = {"name": site.name, "path": site.source, "counts": site.counts}
     found["case_mix"] = external_report.case_mix(
@@ -131,10 +133,10 @@ def _score(
     if not len(site.labels):
         return found | {"note": "no image left to score"}
     found["figures"] = external_report.site_figures(
-        site.labels, out, site.groups, params.classes, n_bootstrap=e.bootstrap, seed=params.seed,
-        prevalence=e.prevalence, n_bins=e.ece_bins,
+        site.labels, out, site.groups, params.classes, positive=positive, n_bootstrap=e.bootstrap,
+        seed=params.seed, prevalence=e.prevalence, n_bins=e.ece_bins,
     )  # fmt: skip
-    found["differences"] = external_report.differences(found["figures"], internal)
+    found["differences"] = external_report.differences(found["figures"], internal, positive)
     return found
 
 
@@ -194,6 +196,7 @@ def _write_site(folder: Path, site: external_sets.Site, found: dict, params: Par
     rejects = [{"source": s, "reason": r} for s, r in sorted(site.rejects)]
     write_text(folder / "rejects.csv", csv_text(("source", "reason"), rejects))
     kept = [row for row in site.rows if row["status"] == "kept"]
+    p_positive = f"p_{params.positive_class}"
     predictions = [
         {
             "source": row["source"],
@@ -201,11 +204,11 @@ def _write_site(folder: Path, site: external_sets.Site, found: dict, params: Par
             "group": row["group"],
             "class": a["class"],
             "refer": external_report._refer(a["decision"]),
-            "p_malignant": round(a["probabilities"]["malignant"], 6),
+            p_positive: round(a["probabilities"][params.positive_class], 6),
         }
         for row, a in zip(kept, site.answers, strict=True)
     ]
-    columns = ("source", "label", "group", "class", "refer", "p_malignant")
+    columns = ("source", "label", "group", "class", "refer", p_positive)
     write_text(folder / "predictions.csv", csv_text(columns, predictions))
     bins = (found.get("figures") or {}).get("calibration", {}).get("reliability") or []
     write_text(folder / "reliability.csv", csv_text(bins[0].keys() if bins else ("count",), bins))

@@ -36,8 +36,9 @@ def section(summary: dict[str, Any], counts: dict[str, dict] | None = None) -> s
     if not summary["sites"]:
         return "\n".join([*out, NONE]) + "\n"
     out += [HOW, ""]
+    development, positive = summary.get("development") or {}, summary["positive_class"]
     for site in summary["sites"]:
-        out += _site(site, summary.get("development") or {}, (counts or {}).get(site["name"]))
+        out += _site(site, development, positive, (counts or {}).get(site["name"]))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -83,7 +84,7 @@ def terminal_line(site: dict[str, Any], use: dict | None) -> str:
     )
 
 
-def _site(site: dict[str, Any], development: dict, use: dict | None) -> list[str]:
+def _site(site: dict[str, Any], development: dict, positive: str, use: dict | None) -> list[str]:
     c = site["counts"]
     how = ", ".join(f"{n} {k}" for k, n in site["left_out"]["by_how"].items()) or "none"
     out = [
@@ -103,7 +104,8 @@ def _site(site: dict[str, Any], development: dict, use: dict | None) -> list[str
     f = site["figures"]
     return [
         *out, *_refusals(f["refusals"]), "", *_differences(site["differences"]), "",
-        *_calibration(f["calibration"]), "", *_case_mix(development, site["case_mix"]), "",
+        *_calibration(f["calibration"], positive), "",
+        *_case_mix(development, site["case_mix"]), "",
     ]  # fmt: skip
 
 
@@ -134,17 +136,17 @@ def _estimate(row: dict[str, Any]) -> str:
     return format_estimate(entry) if entry else _plain(row["external"])
 
 
-def _calibration(found: dict[str, Any]) -> list[str]:
+def _calibration(found: dict[str, Any], positive: str) -> list[str]:
     shares = (
-        f"observed malignant share {_plain(found['observed_share'])}, mean predicted "
+        f"observed {positive} share {_plain(found['observed_share'])}, mean predicted "
         f"{_plain(found['expected_share'])} on {found['images']} answered images"
     )
     if "slope" not in found:
-        return [f"- Calibration of p(malignant): {shares}; {found.get('note', 'not fitted')}."]
+        return [f"- Calibration of p({positive}): {shares}; {found.get('note', 'not fitted')}."]
     return [
-        f"- Calibration of p(malignant): calibration-in-the-large "
+        f"- Calibration of p({positive}): calibration-in-the-large "
         f"{format_estimate(found['calibration_in_the_large'])} (0 is ideal; below 0 the model "
-        f"over-predicts malignancy here), slope {format_estimate(found['slope'])} (1 is ideal; "
+        f"overestimates p({positive}) here), slope {format_estimate(found['slope'])} (1 is ideal; "
         f"below 1 its predictions are too extreme here); {shares}."
     ]
 

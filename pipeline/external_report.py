@@ -9,7 +9,8 @@ site's groups (duplicates, patients where known): exact intervals on the effecti
 proportions (accuracy, recall, the flag's sensitivity, specificity, PPV, NPV), a cluster bootstrap
 stratified by class for macro-F1 and the calibration line.
 
-Calibration of the served p(malignant) on the answered images, in TRIPOD+AI's terms:
+Calibration of the served probability of the positive class (`positive_class`, the one the
+referral flag is about: malignant) on the answered images, in TRIPOD+AI's terms:
 calibration-in-the-large (the intercept with the slope fixed at 1; 0 is ideal, below 0 the model
 over-predicts malignancy at this site) and the calibration slope (1 is ideal; below 1 the
 predictions are too extreme here), each with a bootstrap interval, and observed vs expected share.
@@ -24,19 +25,17 @@ import numpy as np
 from pipeline import intervals, statistics
 from pipeline.calibration import calibration_line, reliability_curve
 
-POSITIVE = "malignant"
-OUT_OF_SCOPE = "out_of_scope"
 MIN_FOR_CALIBRATION = 10  # answered images with both outcomes; fewer: calibration not estimated
 
 
-def served(answers: list[dict], classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+def served(answers: list[dict], classes: tuple[str, ...], positive: str) -> dict[str, np.ndarray]:
     """Per image: class index (len(classes) = refused), refer flag (refused: False) and the
-    served p(malignant), from the answers as every surface returns them."""
+    served probability of the `positive` class, from the answers as every surface returns them."""
     index = {name: i for i, name in enumerate(classes)}
     decided = np.array([index.get(a["class"], len(classes)) for a in answers], np.int64)
     refer = np.array([bool(_refer(a["decision"])) for a in answers], bool)
-    p = np.array([a["probabilities"][POSITIVE] for a in answers], np.float64)
-    return {"decided": decided, "refer": refer, "p_malignant": p}
+    p = np.array([a["probabilities"][positive] for a in answers], np.float64)
+    return {"decided": decided, "refer": refer, "p_positive": p}
 
 
 def _refer(decision: dict) -> bool | None:
@@ -50,14 +49,16 @@ def site_figures(
     groups: np.ndarray,
     classes: tuple[str, ...],
     *,
+    positive: str,
     n_bootstrap: int,
     seed: int,
     prevalence: float,
     n_bins: int,
 ) -> dict[str, Any]:
-    """Every figure of one site (module doc) from `served`'s arrays and the true labels."""
+    """Every figure of one site (module doc) from `served`'s arrays and the true labels;
+    `positive`: the class the referral flag and the calibration are about."""
     w = intervals.resamples(y, groups, n_bootstrap, seed)
-    k, m = len(classes), classes.index(POSITIVE)
+    k, m = len(classes), classes.index(positive)
     answered = out["decided"] < k
     on = {"w": w, "y": y, "decided": out["decided"], "groups": groups}
     only = {key: (v[:, answered] if key == "w" else v[answered]) for key, v in on.items()}
@@ -71,9 +72,9 @@ def site_figures(
             "answered": _class_metrics(**only, k=k),
         },
         "referral": referral
-        | {"prevalence": prevalence, "refused_malignant_counted_as": "not referred"},
+        | {"prevalence": prevalence, f"refused_{positive}_counted_as": "not referred"},
         "calibration": _calibration(
-            w[:, answered], y[answered] == m, out["p_malignant"][answered], n_bins
+            w[:, answered], y[answered] == m, out["p_positive"][answered], n_bins
         ),
     }
 
@@ -162,7 +163,9 @@ def _quartiles(values: Any) -> dict[str, float | None]:
     return {"median": float(median), "q1": float(q1), "q3": float(q3)}
 
 
-# (name, path in the site's figures, path in evaluate's test report): the figures compared
+# (name, path in the site's figures, path in evaluate's test report): the figures compared;
+# POSITIVE in a path stands for the positive class's name (evaluate keys its calibration line so)
+POSITIVE = "<positive class>"
 COMPARED = (
     ("macro-F1 (refusal counted wrong)", ("class_metrics", "refusal_counted_wrong", "macro_f1"),
      ("macro_f1",)),
@@ -173,15 +176,18 @@ COMPARED = (
     ("referral PPV", ("referral", "ppv"), ("operating_point", "ppv")),
     ("referral NPV", ("referral", "npv"), ("operating_point", "npv")),
     ("calibration-in-the-large", ("calibration", "calibration_in_the_large"),
-     ("calibration", "malignant", "intercept")),
-    ("calibration slope", ("calibration", "slope"), ("calibration", "malignant", "slope")),
+     ("calibration", POSITIVE, "intercept")),
+    ("calibration slope", ("calibration", "slope"), ("calibration", POSITIVE, "slope")),
 )  # fmt: skip
 
 
-def differences(figures: dict[str, Any], internal_test: dict[str, Any]) -> list[dict[str, Any]]:
+def differences(
+    figures: dict[str, Any], internal_test: dict[str, Any], positive: str
+) -> list[dict[str, Any]]:
     """External minus internal test, figure by figure (None where either is undefined)."""
     rows = []
-    for name, ours, theirs in COMPARED:
+    for name, ours, path in COMPARED:
+        theirs = tuple(positive if key == POSITIVE else key for key in path)
         a, b = value_at(figures, ours), value_at(internal_test, theirs)
         diff = None if a is None or b is None else a - b
         entry = _at(figures, ours)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from PIL import Image
 from pipeline import duplicates, layouts, splits
 from pipeline.config import ExternalSet, Params, PrepareParams
 from pipeline.errors import UserError
-from pipeline.prepare import Item, find_duplicates, inspect_file, parallel
+from pipeline.prepare import Item, find_duplicates, inspect_all, parallel
 
 LEAK_COLUMNS = (
     "external_source",
@@ -41,11 +41,7 @@ LEAK_COLUMNS = (
     "development_split",
     "how",
     "hash_distance",
-    "inliers",
-    "scale",
-    "shift_x",
-    "shift_y",
-    "correlation",
+    *duplicates.MATCH_COLUMNS,
 )
 ROW_COLUMNS = ("source", "label", "group", "sha256", "width", "height", "status")
 
@@ -90,7 +86,7 @@ def development_items(params: Params, manifest: Sequence[dict], scratch: Path) -
             f"data.raw_dir: {missing} images of data/prepared/manifest.csv are no longer in "
             f"{params.data.raw_dir}; rerun prepare (dvc repro) before external validation"
         )
-    return _inspected(records, params, scratch)
+    return inspect_all(records, scratch, params.prepare, params.data.id_salt)[0]
 
 
 def prepare_site(
@@ -101,12 +97,7 @@ def prepare_site(
     p = params.prepare
     found = _discover(site, params)
     with tempfile.TemporaryDirectory(prefix="external-") as tmp:
-        checked = _inspected_or_rejected(found.records, params, Path(tmp))
-        items = [c for c in checked if isinstance(c, Item)]
-        rejects = [
-            (r.source, str(c)) for r, c in zip(found.records, checked, strict=True)
-            if not isinstance(c, Item)
-        ]  # fmt: skip
+        items, rejects = inspect_all(found.records, Path(tmp), p, params.data.id_salt)
         _check_usable(site, len(found.records), rejects, items, p)
         _, groups = find_duplicates(items, p)
         labels = [i.record.label for i in items]
@@ -211,21 +202,6 @@ def _discover(site: ExternalSet, params: Params) -> layouts.Found:
         raise UserError(message) from None
 
 
-def _inspected(records: Iterable[layouts.Record], params: Params, scratch: Path) -> list[Item]:
-    return [
-        c for c in _inspected_or_rejected(list(records), params, scratch) if isinstance(c, Item)
-    ]
-
-
-def _inspected_or_rejected(
-    records: Sequence[layouts.Record], params: Params, scratch: Path
-) -> list[object]:
-    """Prepare's inspection of each record (an Item, or the rejection), PNGs under `scratch`."""
-    jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(records)]
-    salt = params.data.id_salt
-    return parallel(lambda job: inspect_file(job[0], job[1], params.prepare, salt), jobs)
-
-
 def _check_usable(
     site: ExternalSet,
     found: int,
@@ -273,7 +249,7 @@ def _row(item: Item, group: str, status: str) -> dict:
 def _leak_row(
     leak: Leak, external: list[Item], development: list[Item], dev_rows: dict[str, dict]
 ) -> dict:
-    e, d, m = external[leak.external], development[leak.development], leak.match
+    e, d = external[leak.external], development[leak.development]
     return {
         "external_source": e.record.source,
         "external_label": e.record.label,
@@ -282,9 +258,5 @@ def _leak_row(
         "development_split": dev_rows.get(d.record.source, {}).get("split", ""),
         "how": leak.how,
         "hash_distance": leak.hash_distance,
-        "inliers": m.inliers if m else "",
-        "scale": m.scale if m else "",
-        "shift_x": m.shift_x if m else "",
-        "shift_y": m.shift_y if m else "",
-        "correlation": m.correlation if m else "",
+        **duplicates.match_fields(leak.match),
     }

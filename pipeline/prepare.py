@@ -65,12 +65,7 @@ PAIR_COLUMNS = (
     "label_b",
     "method",
     "hash_distance",
-    "inliers",
-    "scale",
-    "rotation_deg",
-    "shift_x",
-    "shift_y",
-    "correlation",
+    *duplicates.MATCH_COLUMNS,
 )
 SHEET_GROUPS = 24  # duplicate groups on their contact sheet, largest first
 MANIFEST_COLUMNS = (
@@ -117,14 +112,7 @@ def run(params: Params) -> dict[str, Any]:
     # staged output, which replaces data/prepared/ only if every check below passes.
     with staged_dir(paths.PREPARED) as out:
         scratch = out / "scratch"
-        jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(found.records)]
-        checked = parallel(lambda job: inspect_file(*job, p, params.data.id_salt), jobs)
-        items = [c for c in checked if isinstance(c, Item)]
-        rejects = [
-            (r.source, str(c))
-            for r, c in zip(found.records, checked, strict=True)
-            if isinstance(c, images.RejectedImage)
-        ]
+        items, rejects = inspect_all(found.records, scratch, p, params.data.id_salt)
         with _failure_report(rejects + excluded, found):
             _check_rejects(len(found.records), rejects, p)
             pairs, groups = find_duplicates(items, p)
@@ -238,6 +226,23 @@ def inspect_file(
         area,
         note,
     )
+
+
+def inspect_all(
+    records: Sequence[layouts.Record], scratch: Path, p: PrepareParams, salt: str
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """`inspect_file` on every record, on threads, prepared PNGs numbered under `scratch`: the
+    valid items in record order and (source, reason) for each rejected file. Development data and
+    external sites go through this one inspection."""
+    jobs = [(r, scratch / f"{n:06d}.png") for n, r in enumerate(records)]
+    checked = parallel(lambda job: inspect_file(*job, p, salt), jobs)
+    items = [c for c in checked if isinstance(c, Item)]
+    rejects = [
+        (r.source, str(c))
+        for r, c in zip(records, checked, strict=True)
+        if isinstance(c, images.RejectedImage)
+    ]
+    return items, rejects
 
 
 def _mask_area(
@@ -440,26 +445,19 @@ def _group_sheet(items: list[Item], groups: list[str], keep: list[bool]) -> Imag
 
 
 def _pair_rows(pairs: list[duplicates.Pair], items: list[Item], groups: list[str]) -> list[dict]:
-    rows = []
-    for q in pairs:
-        m = q.match
-        rows.append(
-            {
-                "group": groups[q.a],
-                "source_a": items[q.a].record.source,
-                "source_b": items[q.b].record.source,
-                "label_a": items[q.a].record.label,
-                "label_b": items[q.b].record.label,
-                "method": q.method,
-                "hash_distance": q.hash_distance,
-                "inliers": m.inliers if m else "",
-                "scale": m.scale if m else "",
-                "rotation_deg": m.rotation_deg if m else "",
-                "shift_x": m.shift_x if m else "",
-                "shift_y": m.shift_y if m else "",
-                "correlation": m.correlation if m else "",
-            }
-        )
+    rows = [
+        {
+            "group": groups[q.a],
+            "source_a": items[q.a].record.source,
+            "source_b": items[q.b].record.source,
+            "label_a": items[q.a].record.label,
+            "label_b": items[q.b].record.label,
+            "method": q.method,
+            "hash_distance": q.hash_distance,
+            **duplicates.match_fields(q.match),
+        }
+        for q in pairs
+    ]
     return sorted(rows, key=lambda r: (r["group"], r["source_a"], r["source_b"]))
 
 

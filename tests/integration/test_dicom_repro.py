@@ -1,24 +1,27 @@
 """A hospital's DICOM export through `dvc repro`, for real: patient-level splits, external
-validation on another site's export that leaves out a development patient's new scan, and no
+validation on another site's export that leaves out a development patient's new scan (and, once
+planted, an exact copy and a 20% crop of development scans, re-running only that stage), and no
 patient data anywhere in what the pipeline writes.
 
 Every identifying element a scanner fills (names, ids, dates, accession, institution, free-text
 descriptions, UIDs) carries a marker string; after the whole pipeline has run (prepare, augment,
-both trainings, evaluate, select with its registered model), no file outside the raw data holds
-any marker: not data/prepared, not reports, not the MLflow store or its artifacts, not the DVC
-cache, not the stage logs.
+both trainings, evaluate, select with its registered model, external validation), no file outside
+the raw exports (the hospital's and the clinic's) holds any marker: not data/prepared, not
+reports, not the MLflow store or its artifacts, not the DVC cache, not the stage logs.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from pipeline import dicom, synthetic
 from tests.dicoms import MARKERS, UID_ROOT, write_dicom
 from tests.factories import label_image
 from tests.repos import sh, tiny_repo
@@ -103,10 +106,6 @@ def test_a_dicom_folder_runs_through_dvc_repro_with_patient_level_splits(repo):
     assert (path / "models/selected/model.keras").is_file()
 
 
-@pytest.mark.skip(
-    reason="known failure at the end of stop 22 (closing note): "
-    "more external scans left out than planted"
-)
 def test_a_new_scan_of_a_development_patient_at_another_site_is_left_out(repo):
     path, _, _ = repo
     with (path / "reports/external/sites/clinic/left_out.csv").open(newline="") as handle:
@@ -118,10 +117,36 @@ def test_a_new_scan_of_a_development_patient_at_another_site_is_left_out(repo):
     assert site["counts"]["kept"] == len(CLASSES) * 3, pairs  # the new patients, all scored
 
 
-@pytest.mark.skip(
-    reason="known failure at the end of stop 22 (closing note): "
-    "marker search fails after the external stage joined"
-)
+def test_copies_planted_in_the_clinic_export_rerun_only_external_and_are_left_out(repo):
+    """Issue 29's done-when on one external site: an exact copy of a development file and a 20%
+    crop of a development scan (a new patient id: only the pixels tell) join the clinic's export;
+    only `external` is out of date and runs, and exactly the three repeats are left out."""
+    path, env, _ = repo
+    raw, clinic = path / "data/raw/hospital", path / CLINIC
+    shutil.copy(raw / "malignant" / "IM1010", clinic / "malignant" / "EXCOPY")
+    data = (raw / "normal" / "IM2012").read_bytes()  # uncompressed: the crop keeps its pixels
+    scan = dicom.decode(data, max_pixels=10**6, min_side=8).decoded.image
+    w, h = scan.size
+    crop = scan.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    write_dicom(clinic / "normal" / "EXCROP", np.asarray(crop.convert("RGB")), patient="930")
+    assert set(json.loads(sh("dvc", "status", "--json", cwd=path, env=env))) == {"external"}
+    log = sh("dvc", "repro", cwd=path, env=env)
+    assert re.findall(r"Running stage '([^']+)'", log) == ["external"]
+    assert not [m for m in SEARCHED if m in log], "the external stage's log quotes an identifier"
+    with (path / "reports/external/sites/clinic/left_out.csv").open(newline="") as handle:
+        pairs = {row["external_source"]: row for row in csv.DictReader(handle)}
+    assert {source: row["how"] for source, row in pairs.items()} == {
+        "benign/EXSAME": "same patient",
+        "malignant/EXCOPY": "exact",
+        "normal/EXCROP": "crop/shift",
+    }
+    assert pairs["malignant/EXCOPY"]["development_source"] == "malignant/IM1010"
+    assert pairs["normal/EXCROP"]["development_source"] == "normal/IM2012"
+    summary = json.loads((path / "reports/external/summary.json").read_text())
+    (site,) = summary["sites"]
+    assert site["counts"]["kept"] == len(CLASSES) * 3  # nothing else left out
+
+
 def test_no_marker_of_any_identifying_element_is_in_any_output_or_log(repo):
     """Every file the pipeline wrote (outputs, DVC cache, MLflow store and artifacts, the
     registered model), i.e. all but the raw export and the project's own checked-in files."""

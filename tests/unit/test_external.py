@@ -180,9 +180,9 @@ def test_class_metrics_count_a_refusal_wrong_and_the_flag_counts_it_unreferred()
             ("out_of_scope", None, 0.8), ("normal", False, 0.0), ("benign", False, 0.1),
         ]
     ]  # fmt: skip
-    out = served(answers, classes)
+    out = served(answers, classes, "malignant")
     found = site_figures(
-        y, out, np.arange(6).astype(str).astype(object), classes,
+        y, out, np.arange(6).astype(str).astype(object), classes, positive="malignant",
         n_bootstrap=0, seed=0, prevalence=0.2, n_bins=5,
     )  # fmt: skip
     wrong, answered = (
@@ -194,6 +194,41 @@ def test_class_metrics_count_a_refusal_wrong_and_the_flag_counts_it_unreferred()
     assert wrong["recall_1"]["value"] == pytest.approx(1 / 2)  # the refused malignant is missed
     assert found["referral"]["sensitivity"]["value"] == pytest.approx(1 / 2)
     assert found["refusals"]["malignant"] == {"refused": 1, "images": 2}
+
+
+def _site_with_calibration(sharpen: float) -> dict:
+    """400 answered scans whose malignancy follows p(malignant) = sigmoid(logit / sharpen): the
+    served probabilities are right for sharpen 1 and too extreme for a larger one."""
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.02, 0.98, 400)
+    malignant = rng.uniform(size=400) < truth
+    served_p = 1 / (1 + np.exp(-sharpen * np.log(truth / (1 - truth))))
+    y = np.where(malignant, 1, rng.choice([0, 2], size=400))
+    answers = [
+        {
+            "class": "malignant" if p >= 0.5 else "benign",
+            "decision": {"refer": bool(p >= 0.5)},
+            "probabilities": {"malignant": float(p)},
+        }
+        for p in served_p
+    ]
+    classes = ("benign", "malignant", "normal")
+    return site_figures(
+        y, served(answers, classes, "malignant"), np.arange(400).astype(str).astype(object),
+        classes, positive="malignant", n_bootstrap=200, seed=0, prevalence=0.2, n_bins=5,
+    )["calibration"]  # fmt: skip
+
+
+def test_calibration_in_the_large_and_slope_have_intervals_that_find_a_site_drift():
+    right, extreme = _site_with_calibration(1.0), _site_with_calibration(2.0)
+    for line in (right, extreme):
+        for name in ("calibration_in_the_large", "slope"):
+            assert line[name]["ci_low"] < line[name]["value"] < line[name]["ci_high"]
+    assert right["slope"]["ci_low"] < 1 < right["slope"]["ci_high"]
+    cil = right["calibration_in_the_large"]
+    assert cil["ci_low"] < 0 < cil["ci_high"]
+    assert extreme["slope"]["ci_high"] < 0.75  # predictions twice too extreme: slope about 1/2
+    assert right["observed_share"] == pytest.approx(right["expected_share"], abs=0.06)
 
 
 def test_promotion_names_the_external_figures_of_the_same_model_and_gates_only_when_asked():
