@@ -68,7 +68,7 @@ def run(params: Params) -> dict[str, Any]:
         "model": identity,
         "model_sha256": model_sha256,
         "rule": release.rule.describe(),
-        "positive_class": params.positive_class,
+        "positive_class": release.rule.positive_class,  # the class `refer` is about
         "synthetic_development_data": release.synthetic,
         "sites": [],
     }
@@ -84,7 +84,7 @@ def run(params: Params) -> dict[str, Any]:
                 found = _score(classifier, prepared, params, internal)
                 counts[site.name] = _look(params, release, model_sha256, prepared, found)
                 found["ledger"] = {k: counts[site.name][k] for k in ("ledger", "split_sha256")}
-                _write_site(out / site.name, prepared, found, params)
+                _write_site(out / site.name, prepared, found, release.rule.positive_class)
                 summary["sites"].append(found)
     else:
         with staged_dir(SITES_DIR) as out:
@@ -122,7 +122,7 @@ def _score(
 ) -> dict[str, Any]:
     """The site's answers and every figure of them."""
     site.answers = _answers(classifier, site.images)
-    positive = params.positive_class
+    positive = classifier.release.rule.positive_class
     out = external_report.served(site.answers, params.classes, positive)
     e = params.evaluate
     found: dict[str, Any] = {"name": site.name, "path": site.source, "counts": site.counts}
@@ -188,15 +188,16 @@ def _look(
     return ledger.split_use(params.mlflow.experiment, split)
 
 
-def _write_site(folder: Path, site: external_sets.Site, found: dict, params: Params) -> None:
-    """The site's per-image files: what was left out and why, and what was answered."""
+def _write_site(folder: Path, site: external_sets.Site, found: dict, positive: str) -> None:
+    """The site's per-image files: what was left out and why, and what was answered (with the
+    served probability of the `positive` class)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "left_out.csv", csv_text(external_sets.LEAK_COLUMNS, site.leak_rows))
     write_text(folder / "images.csv", csv_text(external_sets.ROW_COLUMNS, site.rows))
     rejects = [{"source": s, "reason": r} for s, r in sorted(site.rejects)]
     write_text(folder / "rejects.csv", csv_text(("source", "reason"), rejects))
     kept = [row for row in site.rows if row["status"] == "kept"]
-    p_positive = f"p_{params.positive_class}"
+    p_positive = f"p_{positive}"
     predictions = [
         {
             "source": row["source"],
@@ -204,7 +205,7 @@ def _write_site(folder: Path, site: external_sets.Site, found: dict, params: Par
             "group": row["group"],
             "class": a["class"],
             "refer": external_report._refer(a["decision"]),
-            p_positive: round(a["probabilities"][params.positive_class], 6),
+            p_positive: round(a["probabilities"][positive], 6),
         }
         for row, a in zip(kept, site.answers, strict=True)
     ]
