@@ -71,7 +71,6 @@ class PrepareParams:
     keypoint_candidates: int
     conflict_policy: Literal["drop", "majority"]
     max_reject_fraction: float
-    min_side: int
     max_pixels: int
     dicom_frames: Literal["refuse", "first", "middle"]  # multi-frame DICOM (cine loops)
     dicom_region_crop: bool  # crop DICOM to the Sequence of Ultrasound Regions' B-mode image

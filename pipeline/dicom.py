@@ -88,14 +88,14 @@ def decode(
     data: bytes,
     *,
     max_pixels: int,
-    min_side: int,
+    min_side: int = images.MIN_SIDE,
     frames: FramePolicy = "refuse",
     crop: bool = True,
     grey_ok: bool = False,
     max_bytes: int | None = None,
     limit_names: tuple[str, str, str] = (
         "prepare.max_pixels",
-        "prepare.min_side",
+        "min side",
         "prepare.dicom_frames",
     ),
 ) -> Scan:

@@ -28,6 +28,12 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline.files import write_bytes
 
+# The shortest side an image may have, the one value prepare and every serving surface check: a
+# model must not answer an image smaller than any it could have learnt from, and a side under 32
+# pixels is a thumbnail or an icon, not an ultrasound frame (they are hundreds of pixels a side).
+# 32 is also the smallest prepare.image_size allowed, so no training image is blown up from less.
+MIN_SIDE = 32
+
 BACKGROUND = (0, 0, 0)  # letterbox padding and transparency background: ultrasound black
 PNG_COMPRESS_LEVEL = 3  # faster than the default 6 for ~5% larger files; output is still lossless
 STRIP_ROWS = 64  # rows converted at a time from 16 bits, bounding the temporary arrays
@@ -70,9 +76,9 @@ def decode(
     data: bytes,
     *,
     max_pixels: int,
-    min_side: int,
+    min_side: int = MIN_SIDE,
     grey_ok: bool = False,
-    limit_names: tuple[str, str] = ("prepare.max_pixels", "prepare.min_side"),
+    limit_names: tuple[str, str] = ("prepare.max_pixels", "min side"),
 ) -> Decoded:
     """Validate and decode image bytes into 8-bit RGB, or raise RejectedImage with the reason.
 

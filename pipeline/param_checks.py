@@ -129,7 +129,6 @@ def _check_prepare(pr: PrepareParams) -> None:
     )
     _need(1 <= pr.keypoint_candidates <= 50, "prepare.keypoint_candidates", "must be 1 to 50")
     _need(0 <= pr.max_reject_fraction <= 1, "prepare.max_reject_fraction", "must be within [0, 1]")
-    _need(pr.min_side >= 1, "prepare.min_side", "must be positive")
     _need(pr.max_pixels > 0, "prepare.max_pixels", "must be positive")
 
 

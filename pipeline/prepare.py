@@ -200,14 +200,13 @@ def inspect_file(
             scan = dicom.decode(
                 data,
                 max_pixels=p.max_pixels,
-                min_side=p.min_side,
                 frames=p.dicom_frames,
                 crop=p.dicom_region_crop,
             )
             decoded = scan.decoded
             ids += [("patient", scan.identity.patient), ("study", scan.identity.study)]
         else:
-            decoded = images.decode(data, max_pixels=p.max_pixels, min_side=p.min_side)
+            decoded = images.decode(data, max_pixels=p.max_pixels)
     except images.RejectedImage as rejected:
         return rejected
     pseudonyms = tuple(sorted({splits.pseudonym(_kind(c), v, salt) for c, v in ids if v}))

@@ -59,7 +59,7 @@ class Limits:
 
     max_bytes: int = 20 * 1024 * 1024  # a BUSI PNG is ~0.3 MB; DICOM exports as PNG stay far below
     max_pixels: int = 50_000_000  # decompression-bomb guard, read from the header
-    min_side: int = 16  # smaller than this is not an ultrasound frame
+    min_side: int = images.MIN_SIDE  # prepare's too: what the model could have learnt from
     names: tuple[str, str, str] = ("--max-bytes", "--max-pixels", "min side")
 
     @classmethod

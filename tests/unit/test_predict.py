@@ -133,7 +133,7 @@ def test_user_mistakes_are_one_line_and_leave_no_output(tmp_path, mini_release, 
 
 def test_memory_does_not_grow_with_the_number_of_files(tmp_path, classifier):
     """Python-heap peak for 200 and for 800 files: the same bound, since rows stream out."""
-    data = encode(scan(5, 24, 24))
+    data = encode(scan(5, 32, 32))
     peaks = []
     for count in (200, 800):
         source = tmp_path / f"n{count}"
@@ -223,7 +223,7 @@ def test_sigterm_keeps_the_rows_scored_under_the_final_name_with_a_status_row(
     source = tmp_path / "scans"
     source.mkdir()
     for i in range(40):
-        (source / f"{i:03d}.png").write_bytes(encode(scan(i % 5, 24, 24)))
+        (source / f"{i:03d}.png").write_bytes(encode(scan(i % 5, 32, 32)))
     read_image, seen = predict.read_image, []
 
     def terminated_at_the_36th(path, limits):

@@ -70,7 +70,7 @@ def raw(tmp_path, write_png, synthetic_image) -> Path:
 
 
 def _params(raw_dir, classes=CLASSES, **prepare_params):
-    prepare_params = {"image_size": 32, "min_side": 16} | prepare_params
+    prepare_params = {"image_size": 32} | prepare_params
     return project_params(
         {"classes": list(classes), "data": {"raw_dir": str(raw_dir)}, "prepare": prepare_params}
     )
@@ -590,7 +590,7 @@ def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png,
     params = project_params(
         {
             "classes": list(CLASSES),
-            "prepare": {"image_size": 32, "min_side": 16},
+            "prepare": {"image_size": 32},
             "data": {"raw_dir": str(labels), "group_column": "hospital_number"},
         }
     )
@@ -598,7 +598,7 @@ def test_the_salt_changes_every_patient_group_name(workdir, tmp_path, write_png,
     salted = project_params(
         {
             "classes": list(CLASSES),
-            "prepare": {"image_size": 32, "min_side": 16},
+            "prepare": {"image_size": 32},
             "data": {
                 "raw_dir": str(labels),
                 "group_column": "hospital_number",

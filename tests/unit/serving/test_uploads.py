@@ -211,5 +211,21 @@ def test_an_exif_rotated_copy_decodes_to_the_same_pixels_in_prepare_and_serving(
     rotated = buffer.getvalue()
     upright = np.asarray(decode_upload(encode(np.asarray(original)), LIMITS))
     assert np.array_equal(np.asarray(decode_upload(rotated, LIMITS)), upright)
-    prepared = images.decode(rotated, max_pixels=10**6, min_side=16)  # what prepare calls
+    prepared = images.decode(rotated, max_pixels=10**6)  # what prepare calls
     assert np.array_equal(np.asarray(prepared.image), upright)
+
+
+@pytest.mark.parametrize("side", [images.MIN_SIDE - 1, images.MIN_SIDE])
+def test_prepare_and_every_surface_take_the_same_smallest_image(side):
+    """One smallest side (images.MIN_SIDE) for training data and uploads: a model is never asked
+    about an image smaller than any prepare would have let it learn from."""
+    data = encode(scan(0, side, side + 8))
+    if side >= images.MIN_SIDE:
+        assert decode_upload(data).size == (side + 8, side)
+        assert images.decode(data, max_pixels=10**6).image.size == (side + 8, side)
+        return
+    with pytest.raises(InvalidInput, match=f"too_small: {side + 8}x{side} pixels") as refused:
+        decode_upload(data)
+    assert refused.value.status == 400
+    with pytest.raises(images.RejectedImage, match="too_small"):
+        images.decode(data, max_pixels=10**6)
