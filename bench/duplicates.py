@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import copies, duplicates, synthetic
+from pipeline import copies, duplicates, matching, synthetic
 
 BUSI_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "busi-sample"
 SETTINGS = {"phash_threshold": 6, "min_inliers": 25, "min_correlation": 0.8, "per_image": 5}
@@ -53,7 +53,7 @@ def run(name: str, originals: list[Image.Image]) -> None:
     hashed = time.perf_counter()
     old = duplicates.group(shas, duplicates.phash_pairs(np.array(hashes, np.uint64), 6))
     old_done = time.perf_counter()
-    prints = [duplicates.keypoints(im) for im in case.images]
+    prints = [matching.keypoints(im) for im in case.images]
     described = time.perf_counter()
     pairs = duplicates.find_pairs(shas, hashes, prints, **SETTINGS)
     new = duplicates.group(shas, [(p.a, p.b) for p in pairs])

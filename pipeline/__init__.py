@@ -40,6 +40,7 @@ Data in (prepare)
                   salts and hashes them before any use)
     curation      the exclusion list (data.exclude)
     duplicates    exact and near-duplicate groups, and label conflicts inside them
+    matching      one image's ORB keypoints; where one image lies in another, and if it agrees
     splits        stratified, grouped train / val / test from a seed
     synthetic     draws one ultrasound-like case from a seed (for demo_data and ood_sets)
     copies        edited copies of an image, for bench/duplicates.py's recall figures

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import duplicates, layouts, splits
+from pipeline import duplicates, layouts, matching, splits
 from pipeline.config import ExternalSet, Params, PrepareParams
 from pipeline.errors import UserError
 from pipeline.prepare import Item, find_duplicates, inspect_all, parallel
@@ -41,7 +41,7 @@ LEAK_COLUMNS = (
     "development_split",
     "how",
     "hash_distance",
-    *duplicates.MATCH_COLUMNS,
+    *matching.MATCH_COLUMNS,
 )
 ROW_COLUMNS = ("source", "label", "group", "sha256", "width", "height", "status")
 
@@ -54,7 +54,7 @@ class Leak:
     development: int  # index into the development items
     how: str  # "exact", "near", "crop/shift" or "same patient"
     hash_distance: int
-    match: duplicates.Match | None = None
+    match: matching.Match | None = None
 
 
 @dataclass
@@ -162,7 +162,7 @@ def find_leaks(external: list[Item], development: list[Item], p: PrepareParams) 
 
 def _keypoint_pairs(
     external: list[Item], development: list[Item], done: set[int], p: PrepareParams
-) -> list[tuple[int, int, duplicates.Match]]:
+) -> list[tuple[int, int, matching.Match]]:
     """Cross pairs proposed by pipeline.duplicates' candidate index over both sets and accepted by
     its verification: at most `prepare.keypoint_candidates` checks per external image, best-voted
     first, stopping at the first accepted one."""
@@ -174,8 +174,8 @@ def _keypoint_pairs(
         if a < n <= b and b - n not in done:
             per_image.setdefault(b - n, []).append(a)
     jobs = [(i, j) for i, js in per_image.items() for j in js[: p.keypoint_candidates]]
-    results = parallel(lambda job: duplicates.match(prints[job[1]], prints[n + job[0]]), jobs)
-    accepted: dict[int, tuple[int, duplicates.Match]] = {}
+    results = parallel(lambda job: matching.match(prints[job[1]], prints[n + job[0]]), jobs)
+    accepted: dict[int, tuple[int, matching.Match]] = {}
     for (i, j), m in zip(jobs, results, strict=True):
         if (
             m is not None
@@ -258,5 +258,5 @@ def _leak_row(
         "development_split": dev_rows.get(d.record.source, {}).get("split", ""),
         "how": leak.how,
         "hash_distance": leak.hash_distance,
-        **duplicates.match_fields(leak.match),
+        **matching.match_fields(leak.match),
     }

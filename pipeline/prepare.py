@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from pipeline import curation, dicom, duplicates, images, layouts, paths, splits
+from pipeline import curation, dicom, duplicates, images, layouts, matching, paths, splits
 from pipeline.cli import stage_main
 from pipeline.config import Params, PrepareParams
 from pipeline.errors import UserError
@@ -65,7 +65,7 @@ PAIR_COLUMNS = (
     "label_b",
     "method",
     "hash_distance",
-    *duplicates.MATCH_COLUMNS,
+    *matching.MATCH_COLUMNS,
 )
 SHEET_GROUPS = 24  # duplicate groups on their contact sheet, largest first
 MANIFEST_COLUMNS = (
@@ -94,7 +94,7 @@ class Item:
     fitted: Path  # the prepared PNG, in the scratch folder until its final name is known
     sha256: str
     phash: int
-    keys: duplicates.Keypoints
+    keys: matching.Keypoints
     width: int
     height: int
     mode: str
@@ -217,7 +217,7 @@ def inspect_file(
         fitted,
         duplicates.sha256(data),
         duplicates.phash(decoded.image),
-        duplicates.keypoints(decoded.image),
+        matching.keypoints(decoded.image),
         decoded.width,
         decoded.height,
         decoded.mode,
@@ -453,7 +453,7 @@ def _pair_rows(pairs: list[duplicates.Pair], items: list[Item], groups: list[str
             "label_b": items[q.b].record.label,
             "method": q.method,
             "hash_distance": q.hash_distance,
-            **duplicates.match_fields(q.match),
+            **matching.match_fields(q.match),
         }
         for q in pairs
     ]

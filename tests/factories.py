@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
+from pipeline import synthetic
 from pipeline.config import AugmentParams, Params, parse_params
 from pipeline.prepare import MANIFEST_COLUMNS
 from tests.repos import ROOT, merge
@@ -180,3 +182,24 @@ def scan(seed: int = 0, height: int = 40, width: int = 56) -> np.ndarray:
     rng = np.random.default_rng(seed)
     grey = rng.integers(0, 256, (height, width), dtype=np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def ultrasound_scans(n: int, size: int = 500) -> list[Image.Image]:
+    """Synthetic ultrasound-like scans at BUSI's size, one seed each, classes in turn (the
+    duplicate detector's test material: distinct scans that must never be paired)."""
+    labels = synthetic.CLASSES
+    return [
+        Image.fromarray(
+            synthetic.render_case(labels[i % 3], synthetic.case_rng(5, labels[i % 3], i), size)[0]
+        )
+        for i in range(n)
+    ]
+
+
+def benchmark_originals(source: str, request: pytest.FixtureRequest) -> list[Image.Image]:
+    """Twelve scans: synthetic ones (always), or the real BUSI sample (skips where it is absent)."""
+    if source == "synthetic":
+        return ultrasound_scans(12)
+    folder = request.getfixturevalue("busi_sample")
+    files = sorted(p for p in folder.glob("*/*.png") if "_mask" not in p.name)
+    return [Image.open(p).convert("RGB") for p in files]

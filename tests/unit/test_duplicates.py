@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import copies, synthetic
+from pipeline import copies
 from pipeline.duplicates import (
     find_pairs,
     group,
     hamming,
-    keypoints,
-    match,
     phash,
     phash_pairs,
     resolve_conflicts,
     sha256,
 )
 from pipeline.images import png_bytes
+from pipeline.matching import keypoints
+from tests.factories import benchmark_originals, ultrasound_scans
 
 DEFAULTS = {"phash_threshold": 6, "min_inliers": 25, "min_correlation": 0.8, "per_image": 5}
 
@@ -119,23 +119,12 @@ def test_unknown_policy_is_a_bug():
         resolve_conflicts(["a"], ["g"], "coin-flip")
 
 
-# --- keypoint matching and the detection benchmark --------------------------------------------
+# --- the detection benchmark ----------------------------------------------------------------
 
 REQUIRED = ("crop 20%", "shift 10%", "pad 10%")  # issue 12: recall >= 0.95 on each
 # The small benchmark also carries the hardest crop and a combined edit; bench/duplicates.py runs
 # every edit in `copies.EDITS` at full size.
 SMALL_BENCHMARK = (*REQUIRED, "crop 30%", "crop 15%+text+jpeg")
-
-
-def _scans(n: int, size: int = 500) -> list[Image.Image]:
-    """Synthetic ultrasound-like scans at BUSI's size, one seed each, classes in turn."""
-    labels = synthetic.CLASSES
-    return [
-        Image.fromarray(
-            synthetic.render_case(labels[i % 3], synthetic.case_rng(5, labels[i % 3], i), size)[0]
-        )
-        for i in range(n)
-    ]
 
 
 def _detect(images: list[Image.Image]) -> list[str]:
@@ -147,19 +136,10 @@ def _detect(images: list[Image.Image]) -> list[str]:
     return group(shas, [(p.a, p.b) for p in pairs])
 
 
-def _originals(source: str, request: pytest.FixtureRequest) -> list[Image.Image]:
-    """Twelve scans: synthetic ones (always), or the real BUSI sample (skips where it is absent)."""
-    if source == "synthetic":
-        return _scans(12)
-    folder = request.getfixturevalue("busi_sample")
-    files = sorted(p for p in folder.glob("*/*.png") if "_mask" not in p.name)
-    return [Image.open(p).convert("RGB") for p in files]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["busi-sample", "synthetic"])
 def test_crops_shifts_and_padding_are_grouped_and_distinct_images_are_not(source, request):
-    originals = _originals(source, request)
+    originals = benchmark_originals(source, request)
     case = copies.make_case(originals, SMALL_BENCHMARK, seed=3)
     result = copies.score(case, _detect(case.images))
     for edit in REQUIRED:
@@ -168,26 +148,8 @@ def test_crops_shifts_and_padding_are_grouped_and_distinct_images_are_not(source
     assert result.false_pair_rate <= 0.01, result
 
 
-@pytest.mark.parametrize("source", ["busi-sample", "synthetic"])
-def test_a_cropped_copy_is_found_with_its_transform(source, request):
-    original = _originals(source, request)[0]
-    copy = original.crop((40, 30, original.width - 60, original.height - 50))
-    found = match(keypoints(original), keypoints(copy))
-    assert found is not None
-    assert found.accepted(DEFAULTS["min_inliers"], DEFAULTS["min_correlation"])
-    assert found.scale == pytest.approx(1, abs=0.03)
-    assert (found.shift_x, found.shift_y) == (pytest.approx(40, abs=3), pytest.approx(30, abs=3))
-
-
-def test_two_scans_that_share_only_burned_in_text_are_not_duplicates():
-    scans = _scans(2, 400)
-    labelled = [copies.annotate(scan, np.random.default_rng(0)) for scan in scans]
-    found = match(keypoints(labelled[0]), keypoints(labelled[1]))
-    assert found is None or not found.accepted(DEFAULTS["min_inliers"], DEFAULTS["min_correlation"])
-
-
 def test_every_pair_says_how_it_was_found():
-    scans = _scans(3, 300)
+    scans = ultrasound_scans(3, 300)
     images = [*scans, scans[0], copies.crop(0.2)(scans[1], np.random.default_rng(1))]
     shas = [sha256(png_bytes(im)) for im in images]
     pairs = find_pairs(
@@ -199,9 +161,3 @@ def test_every_pair_says_how_it_was_found():
     assert how[(1, 4)].method == "keypoints"
     assert how[(1, 4)].match.inliers >= 25
     assert set(how) == {(0, 3), (1, 4)}
-
-
-def test_a_blank_image_has_no_keypoints_and_matches_nothing():
-    blank = keypoints(Image.new("RGB", (200, 200)))
-    assert len(blank.descriptors) == 0
-    assert match(blank, blank) is None
