@@ -35,6 +35,9 @@ Running a stage
     processes     one writer per output (a lock naming its pid), no trainer outliving dvc
 Data in (prepare)
     layouts       where images, labels and masks are in whatever data.raw_dir holds
+    inspection    one raw file checked, fitted, hashed, its ids and lesion area; the duplicate
+                  groups among them (prepare and external sites alike)
+    prepare_report  prepare's summary, CSV reports, contact sheets and printed lines
     images        one image file: decode, validate, convert to 8-bit RGB, fit to a square, PNG
     dicom         one DICOM file -> the same 8-bit image, plus patient and study ids (prepare
                   salts and hashes them before any use)

@@ -42,7 +42,7 @@ from pipeline.config import Params
 from pipeline.datasets import load_set, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import staged_dir, write_json, write_text
-from pipeline.prepare import csv_text
+from pipeline.prepare_report import csv_text
 from pipeline.serving.classifier import Classifier, load_classifier
 
 EXTERNAL_DIR = paths.EXTERNAL_REPORTS

@@ -31,7 +31,7 @@ from PIL import Image
 from pipeline import duplicates, layouts, matching, splits
 from pipeline.config import ExternalSet, Params, PrepareParams
 from pipeline.errors import UserError
-from pipeline.prepare import Item, find_duplicates, inspect_all, parallel
+from pipeline.inspection import Item, find_duplicates, inspect_all, parallel
 
 LEAK_COLUMNS = (
     "external_source",
