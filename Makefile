@@ -24,7 +24,7 @@ endif
 
 .PHONY: help install demo repro test test-fast lint format ui serve predict bench-serve browser \
 	monitor promote rollback azurite package-azure serve-mlflow lint-workflows azure-server-env azure-ml-env \
-	train-azure sweep-azure bring-home azure-train-env azure-onnx-env export-onnx bench-engines \
+	train-azure sweep-azure bring-home azure-train-env azure-onnx-env export-onnx bench-engines bench-quantize \
 	bench-gpu bench-gpu-wheels npm plots-page
 
 # `make help`: each verb's `## @<group> text`, by group; $$(VAR) in a text is shown as its value.
@@ -170,6 +170,9 @@ export-onnx: install ## @deploy model.onnx for a release folder made before sele
 
 bench-engines: install ## @develop Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
+
+bench-quantize: install ## @develop which ops INT8 quantizes: demo answers kept, speed (BENCH_ARGS="--speed 224")
+	$(PY) bench/int8_ops.py $(BENCH_ARGS)
 
 # A GPU host's every training figure (docs/benchmarks.md, docs/scaling.md) in one go, within 8 minutes: bench/gpu.sh.
 # Its image has JAX but no Keras: `make bench-gpu-wheels` here puts Keras' wheels in .whl/ (git-

@@ -20,10 +20,12 @@ then where one ONNX request's time goes (median ms per stage, in process: decode
 to the model's input, the forward pass, the rule's answer, the prediction-log row, the JSON; the
 rest of the service's p50 is HTTP and the framework), and the ratios the issues ask for: INT8
 over float ONNX Runtime (target at least 1.8 at 224 px), each service's p50 over its own engine's
-(target at most 1.10 for ONNX), ONNX Runtime over the Keras direct call, and the installed size of
-each serving environment (.venv-azureml-server, .venv-azureml-onnx). The service throughput is 32
-requests from two clients (the service runs two inferences at once). Never run as a test: the
-figures depend on the machine (INT8's on VNNI above all).
+(target at most 1.10 for ONNX; for the ONNX engines also timed interleaved, one engine call then
+one request, so that the load of a shared machine falls on both alike), ONNX Runtime over the
+Keras direct call, and the installed size of each serving environment (.venv-azureml-server,
+.venv-azureml-onnx). The service throughput is 32 requests from two clients (the service runs
+two inferences at once). Never run as a test: the figures depend on the machine (INT8's on VNNI
+above all).
 """
 
 from __future__ import annotations
@@ -184,15 +186,43 @@ def post(connection: http.client.HTTPConnection, png: bytes) -> None:
         raise SystemExit(f"service answered {response.status}: {body[:200]!r}")
 
 
-def through_service(folder: Path, engine: str, png: bytes, repeats: int) -> dict[str, float]:
-    """One client's latency, then 32 requests from two clients (images/s)."""
+def alone(folder: Path, engine: str, png: bytes) -> Callable[[], object]:
+    """One forward pass of the scan, prepared once, on `engine`'s session alone (ONNX engines)."""
+    from pipeline.serving.classifier import load_classifier
+    from pipeline.serving.uploads import decode_upload
+
+    onnx = load_classifier(folder, engine=engine).engine
+    one = onnx.prepare(decode_upload(png))[None]
+    return lambda: onnx.session.run(None, {onnx.input_name: one})
+
+
+def through_service(
+    folder: Path, engine: str, png: bytes, repeats: int, engine_alone: Callable[[], object] | None
+) -> dict[str, float]:
+    """One client's latency, then 32 requests from two clients (images/s). With `engine_alone`,
+    each request alternates with one call of the engine alone in this process, so a change of
+    the machine's load falls on both and their ratio (`paired`) is read within one run."""
     from serve_latency import free_port, start_server  # bench/ is on the path when run
 
     port = free_port()
     server = start_server(str(folder), port, ("--engine", engine, "--no-log"))
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        one = timed(lambda: post(connection, png), repeats)
+
+        def request() -> None:
+            post(connection, png)
+
+        one = timed(request, repeats)
+        paired = None
+        if engine_alone is not None:
+            engine_ms: list[float] = []
+            service_ms: list[float] = []
+            for _ in range(repeats):
+                for call, times in ((engine_alone, engine_ms), (request, service_ms)):
+                    started = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - started)
+            paired = float(np.median(service_ms) / np.median(engine_ms))
         connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) for _ in "ab"]
 
         def half(c: http.client.HTTPConnection) -> None:
@@ -207,6 +237,8 @@ def through_service(folder: Path, engine: str, png: bytes, repeats: int) -> dict
             thread.join()
         result = figures(one, None)
         result["images_s"] = BATCH / (time.perf_counter() - started)
+        if paired is not None:
+            result["paired"] = paired
         return result
     finally:
         server.terminate()
@@ -239,9 +271,11 @@ def report(size: int, rows: dict[str, dict], split: dict[str, float]) -> None:
         if label not in rows:
             continue
         own, served = rows[label]["p50"], rows[f"service/{engine}"]["p50"]
+        paired = rows[f"service/{engine}"].get("paired")
         print(
             f"  service/{engine} over its engine, p50: {served / own:.2f} "
             f"(+{served - own:.1f} ms; target <= 1.10)"
+            + ("" if paired is None else f"; interleaved, call by call: {paired:.2f}")
         )
     ort, int8 = rows["onnxruntime"], rows["onnxruntime int8"]
     print(
@@ -274,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = in_process(folder, png, args.repeats, args.batches, not args.no_keras)
             split = stages(folder, "onnx", png, args.repeats)
             for engine in [e for e in ENGINE_ROWS if e != "keras" or not args.no_keras]:
-                rows[f"service/{engine}"] = through_service(folder, engine, png, args.repeats)
+                paired = None if engine == "keras" else alone(folder, engine, png)
+                rows[f"service/{engine}"] = through_service(
+                    folder, engine, png, args.repeats, paired
+                )
             report(size, rows, split)
     sizes = environment_sizes()
     print("\nserving environment, installed (site-packages):")

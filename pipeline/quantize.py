@@ -6,7 +6,9 @@ With `select.int8: true`, `select` calls `add_int8` on the release it builds:
    activations uint8), its ranges calibrated (min-max) on up to CALIBRATION_IMAGES images of the
    train split, fitted as the engines fit uploads. Training images only: the validation split
    judges the result and must not have shaped it. Static, because dynamic quantization leaves
-   the convolutions, nearly all of a CNN's cost, in float.
+   the convolutions, nearly all of a CNN's cost, in float. Only the convolutions and ReLUs are
+   quantized (QUANTIZED_OPS): the resizing, DenseNet's concatenations and batch norms, the
+   pooling, the classifier head and the softmax stay in float (why: QUANTIZED_OPS).
 2. Compare: the INT8 model's served answers (the release's own rule: class or out of scope, and
    the refer flag) against the float model's on the validation split: agreement (share of
    identical answers, Wilson interval), and the paired differences INT8 - float of the flag's
@@ -39,14 +41,29 @@ from pipeline.serving.release import INT8_FILE, ONNX_FILE
 from pipeline.serving.rule import DecisionRule, Served, serve
 
 CALIBRATION_IMAGES = 128  # min-max ranges settle well before this on the demo (64 px)
+# Convolutions and their ReLUs only. Quantizing every op puts one uint8 scale on each DenseNet
+# concatenation, whose channels (from early and late layers) span very different ranges, and the
+# pooled features the OOD check reads pass through them unchanged: OOD scores moved by up to 93%
+# and 8 of make demo's 64 validation answers changed; with the convolutions and ReLUs 18% and 1
+# (the convolutions alone: 15% and 1). INT8 over float at 224 px (untrained DenseNet121, one
+# image / batch of 32): every op 2.66x / 3.16x, convolutions and ReLUs 2.48x / 2.04x, the
+# convolutions alone 2.31x / 1.72x. `make bench-quantize BENCH_ARGS="--speed 224"`, 2026-12-05,
+# 2 shared cores (docs/serving.md).
+QUANTIZED_OPS = ("Conv", "Relu")
 CALIBRATION_BATCH = 16
+EDGE_TOLERANCE = 1e-4  # = export.PARITY_TOLERANCE: float engines may differ by this much
 N_BOOTSTRAP = 2000
 
 
-def quantize(float_onnx: Path, int8_onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
+def quantize(
+    float_onnx: Path,
+    int8_onnx: Path,
+    calibration: Sequence[np.ndarray],
+    ops: Sequence[str] | None = QUANTIZED_OPS,
+) -> Path:
     """Static QDQ quantization of `float_onnx` into `int8_onnx`, ranges from `calibration`
-    (prepared (H, W, 3) float32 batches' rows); the input geometry metadata is kept."""
-    import onnx
+    (prepared (H, W, 3) float32 batches' rows), of the `ops` types (None: every op ONNX Runtime
+    can quantize; bench/int8_ops.py compares them); the input geometry metadata is kept."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -81,12 +98,20 @@ def quantize(float_onnx: Path, int8_onnx: Path, calibration: Sequence[np.ndarray
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=None if ops is None else list(ops),
         )
-        proto = onnx.load(str(out))
-        del proto.metadata_props[:]
-        proto.metadata_props.extend(onnx.load(str(float_onnx)).metadata_props)
-        onnx.save(proto, str(int8_onnx))
+        _save_with_metadata(out, int8_onnx, float_onnx)
     return int8_onnx
+
+
+def _save_with_metadata(model: Path, to: Path, metadata_of: Path) -> None:
+    """Save `model` as `to` with the metadata of `metadata_of` (the engines' fitting geometry)."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(onnx.load(str(metadata_of)).metadata_props)
+    onnx.save(proto, str(to))
 
 
 def compare(
@@ -101,8 +126,9 @@ def compare(
     """INT8 against float served answers on labelled images (see the module doc, steps 2-3)."""
     rule = base.release.rule
     k, positive = len(rule.classes), rule.classes.index(rule.positive_class)
-    a, b = _served(int8, images, rule), _served(base, images, rule)
+    a, (b, b_scores) = _served(int8, images, rule)[0], _served(base, images, rule)
     same = (a.labels_or(k) == b.labels_or(k)) & (a.refer == b.refer)
+    on_edge = on_threshold(rule, b.probabilities, b_scores)
     flag_a, flag_b = np.where(a.refer, positive, -1), np.where(b.refer, positive, -1)
     paired = {"n_bootstrap": N_BOOTSTRAP, "seed": seed}
     sensitivity = statistics.paired_difference(
@@ -120,6 +146,7 @@ def compare(
         "split": "validation",
         "images": len(same),
         "agreement": _agreement(same),
+        "differing_on_a_threshold": int(np.sum(~same & on_edge)),
         "flag_sensitivity_difference": sensitivity["difference"],
         "flag_sensitivity": {"int8": sensitivity["a"]["value"], "float": sensitivity["b"]["value"]},
         "malignant_unflagged_by_int8_only": int(np.sum(malignant & b.refer & ~a.refer)),
@@ -132,13 +159,35 @@ def compare(
     }
 
 
+def on_threshold(
+    rule: DecisionRule,
+    probabilities: np.ndarray,
+    ood_scores: np.ndarray | None,
+    tolerance: float = EDGE_TOLERANCE,
+) -> np.ndarray:
+    """True per image whose served p(positive), or OOD score (relatively), is within `tolerance`
+    of the rule's threshold: an answer no other engine can be expected to repeat.
+
+    `evaluate` fits both thresholds on the validation split, and the flag's threshold is one
+    validation malignant image's own score, so the split that judges INT8 holds images exactly on
+    an edge: float ONNX Runtime and Keras already answer 2 of make demo's 64 differently."""
+    p = probabilities[:, rule.classes.index(rule.positive_class)]
+    edge = np.zeros(len(p), dtype=bool)
+    if rule.threshold is not None:
+        edge |= np.abs(p - rule.threshold) <= tolerance
+    if rule.ood_threshold is not None and ood_scores is not None:
+        edge |= np.abs(ood_scores - rule.ood_threshold) <= tolerance * rule.ood_threshold
+    return edge
+
+
 def _served(
     classifier: Classifier, images: Sequence[np.ndarray] | np.ndarray, rule: DecisionRule
-) -> Served:
-    """The served answers of `rule` (the release's) for images, on `classifier`'s engine."""
+) -> tuple[Served, np.ndarray | None]:
+    """The served answers of `rule` (the release's) for images on `classifier`'s engine, and
+    the OOD scores they came from."""
     batch = np.stack([classifier.engine.prepare(image) for image in images])
     proba, scores = classifier.forward(batch)
-    return serve(rule, proba, scores)
+    return serve(rule, proba, scores), scores
 
 
 def _agreement(same: np.ndarray) -> dict[str, float | int]:
@@ -153,6 +202,14 @@ def _agreement(same: np.ndarray) -> dict[str, float | int]:
     }
 
 
+def calibration_set(
+    base: Classifier, train_images: Sequence[np.ndarray] | np.ndarray, seed: int
+) -> list[np.ndarray]:
+    """Up to CALIBRATION_IMAGES training images drawn with `seed`, fitted as `base` fits uploads."""
+    pick = np.random.default_rng(seed).permutation(len(train_images))[:CALIBRATION_IMAGES]
+    return [base.engine.prepare(train_images[i]) for i in sorted(pick)]
+
+
 def add_int8(
     folder: Path,
     base: Classifier,
@@ -165,9 +222,7 @@ def add_int8(
 ) -> dict[str, Any]:
     """Quantize the release in `folder` (its model.onnx; `base` serves it), compare on validation
     and keep model.int8.onnx only when it passes the gate: release.json's `onnx.int8` record."""
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(train_images))[:CALIBRATION_IMAGES]
-    calibration = [base.engine.prepare(train_images[i]) for i in sorted(pick)]
+    calibration = calibration_set(base, train_images, seed)
     path = quantize(folder / ONNX_FILE, folder / INT8_FILE, calibration)
     int8 = load_classifier(folder, engine="onnx-int8")
     record = compare(int8, base, val_images, val_labels, val_groups, margin, seed)

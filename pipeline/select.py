@@ -248,7 +248,8 @@ def _finish_release(folder: Path, params: Params) -> None:
         agreement = int8["agreement"]
         print(
             f"select: INT8 {'served' if int8['served'] else 'not served'}: answers as the float "
-            f"model on {agreement['same']}/{int8['images']} validation images; {int8['reason']}; "
+            f"model on {agreement['same']}/{int8['images']} validation images "
+            f"({int8['differing_on_a_threshold']} of the others on a threshold); {int8['reason']}; "
             f"{time.perf_counter() - started:.0f} s",
             flush=True,
         )

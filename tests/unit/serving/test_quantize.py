@@ -10,7 +10,7 @@ import pytest
 from pipeline import quantize
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.release import INT8_FILE
-from pipeline.serving.rule import serve
+from pipeline.serving.rule import DecisionRule, serve
 from tests.factories import CLASSES, make_release, mini_classifier, scan
 
 MALIGNANT = CLASSES.index("malignant")
@@ -41,6 +41,7 @@ def test_the_int8_model_answers_close_to_the_float_one_and_records_why_it_is_ser
     assert record["calibration"] == {"split": "train", "images": 20, "method": "minmax"}
     assert record["images"] == 40
     assert record["agreement"]["ci_low"] <= record["agreement"]["value"] <= 1
+    assert 0 <= record["differing_on_a_threshold"] <= 40 - record["agreement"]["same"]
     for key in ("flag_sensitivity_difference", "macro_f1_difference"):
         assert set(record[key]) == {"value", "ci_low", "ci_high"}
     assert record["served"] == (record["file"] == INT8_FILE)
@@ -71,3 +72,40 @@ def test_an_int8_model_that_stops_flagging_malignant_scans_is_not_served(float_r
     assert record["flag_sensitivity"] == {"int8": 0.0, "float": 1.0}
     assert record["malignant_unflagged_by_int8_only"] == (labels == MALIGNANT).sum()
     assert "refused" in record["reason"]
+
+
+def test_only_the_convolutions_and_relus_are_quantized(float_release, tmp_path):
+    """Every quantize/dequantize pair sits at a convolution's or ReLU's input or output, and the
+    head and softmax read float tensors (quantizing every op moved the demo's OOD scores by up
+    to 93%)."""
+    import onnx
+
+    base = load_classifier(float_release, engine="onnx")
+    calibration = [base.engine.prepare(scan(seed)) for seed in range(8)]
+    path = quantize.quantize(float_release / "model.onnx", tmp_path / INT8_FILE, calibration)
+    nodes = onnx.load(str(path)).graph.node
+    made_by = {out: node.op_type for node in nodes for out in node.output}
+    read_by: dict[str, set[str]] = {}
+    for node in nodes:
+        for name in node.input:
+            read_by.setdefault(name, set()).add(node.op_type)
+    pairs = [
+        (q, dq) for q in nodes if q.op_type == "QuantizeLinear"
+        for dq in nodes if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]
+    ]  # fmt: skip
+    assert pairs
+    for q, dq in pairs:
+        ops = set(quantize.QUANTIZED_OPS)
+        assert made_by.get(q.input[0]) in ops or read_by[dq.output[0]] <= ops
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    head = [n for n in nodes if n.op_type in ("Gemm", "MatMul", "Softmax")]
+    assert head
+    assert not any(dequantized & set(n.input) for n in head)
+
+
+def test_an_answer_on_a_threshold_is_told_apart_from_one_that_moved():
+    rule = DecisionRule(CLASSES, "malignant", threshold=0.3, ood_threshold=2.0)
+    p = np.array([[0.7, 0.3 + 1e-7, 0.0], [0.5, 0.5, 0.0], [0.8, 0.2, 0.0], [0.9, 0.1, 0.0]])
+    scores = np.array([0.5, 1.0, 2.0 * (1 - 1e-6), 1.9])
+    assert quantize.on_threshold(rule, p, scores).tolist() == [True, False, True, False]
+    assert quantize.on_threshold(rule, p, None).tolist() == [True, False, False, False]

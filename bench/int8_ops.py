@@ -1,0 +1,137 @@
+"""Which ops INT8 quantizes: the served answers it keeps and the speed it buys (issue 27).
+
+    python bench/int8_ops.py [--release models/selected] [--prepared data/prepared] [--speed 224]
+
+For each choice of op types (every op ONNX Runtime quantizes; the convolutions; the convolutions
+and their ReLUs, the default: pipeline.quantize.QUANTIZED_OPS), on a copy of the release:
+quantize its model.onnx as select does (up to 128 train-split images drawn with params.yaml's
+seed, min-max), then compare the INT8 served answers with the float model's on the validation
+split (pipeline.quantize.compare: agreement, the differences that sit on a threshold, the flag
+sensitivity difference and select's gate) and print the largest probability and relative OOD
+score change. With `--speed SIZE`, an untrained DenseNet121 at SIZE px is exported and quantized
+each way (bench/serve_engines.py's release) and timed against float ONNX Runtime, one image and
+a batch of 32, the engines called in turn so that a shared machine's load falls on all alike.
+Needs `make demo`'s outputs for the first part. Never run as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+VARIANTS: dict[str, tuple[str, ...] | None] = {
+    "every op": None,
+    "convolutions": ("Conv",),
+    "convolutions and ReLUs": ("Conv", "Relu"),
+}
+
+
+def answers(release: Path, prepared: Path, seed: int, margin: float) -> None:
+    """Each variant's served answers against the float model's on the validation split."""
+    from pipeline import quantize
+    from pipeline.datasets import load_set, read_manifest
+    from pipeline.serving.classifier import Classifier, load_classifier
+    from pipeline.serving.engine import OnnxEngine
+    from pipeline.serving.release import ONNX_FILE
+
+    base = load_classifier(release, engine="onnx")
+    classes = base.release.rule.classes
+    val = load_set(prepared, classes, split="val")
+    train = load_set(prepared, classes, split="train")
+    rows = read_manifest(prepared / "manifest.csv")
+    rows = rows[rows["split"] == "val"]
+    groups = rows["group"].to_numpy() if "group" in rows and len(rows) == len(val) else None
+    calibration = quantize.calibration_set(base, train.images, seed)
+    batch = np.stack([base.engine.prepare(image) for image in val.images])
+    proba, scores = base.forward(batch)
+    print(f"{release}: {len(val)} validation images, calibration {len(calibration)} train images")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ops in VARIANTS.items():
+            path = quantize.quantize(release / ONNX_FILE, Path(tmp) / "int8.onnx", calibration, ops)
+            int8 = Classifier(OnnxEngine.load(path), base.release)
+            record = quantize.compare(int8, base, val.images, val.labels, groups, margin, seed)
+            p8, s8 = int8.forward(batch)
+            ood = "" if scores is None else f", OOD score {np.max(np.abs(s8 / scores - 1)):.3f}"
+            diff, same = record["flag_sensitivity_difference"], record["agreement"]["same"]
+            print(
+                f"  {name:24} same answer {same}/{record['images']} "
+                f"({record['differing_on_a_threshold']} of the others on a threshold); "
+                f"largest change: probability {np.max(np.abs(p8 - proba)):.3f}{ood}; "
+                f"flag sensitivity {diff['value']:+.3f} [{diff['ci_low']:+.3f}, "
+                f"{diff['ci_high']:+.3f}], {'served' if record['served'] else 'refused'}",
+                flush=True,
+            )
+
+
+def speed(size: int, repeats: int, batches: int) -> None:
+    """INT8 over float ONNX Runtime for each variant, untrained DenseNet121 at `size` px."""
+    from serve_engines import BATCH, calibration_scans, release, scan_png
+
+    from pipeline import quantize
+    from pipeline.serving.classifier import load_classifier
+    from pipeline.serving.engine import OnnxEngine
+    from pipeline.serving.release import ONNX_FILE
+    from pipeline.serving.uploads import decode_upload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = release("densenet121", size, Path(tmp) / "release")
+        engine = load_classifier(folder, engine="onnx").engine
+        scans = [engine.prepare(scan) for scan in calibration_scans(size)]
+        sessions = {"float": engine.session}
+        for name, ops in VARIANTS.items():
+            path = quantize.quantize(
+                folder / ONNX_FILE, Path(tmp) / f"{len(sessions)}.onnx", scans, ops
+            )
+            sessions[name] = OnnxEngine.load(path).session
+        one = engine.prepare(decode_upload(scan_png(size)))[None]
+        for x, n, label in (
+            (one, repeats, "one image"),
+            (np.repeat(one, BATCH, 0), batches, "batch of 32"),
+        ):
+            feed = {engine.input_name: x}
+            times: dict[str, list[float]] = {name: [] for name in sessions}
+            for session in sessions.values():
+                session.run(None, feed)
+            for _ in range(n):
+                for name, session in sessions.items():
+                    started = time.perf_counter()
+                    session.run(None, feed)
+                    times[name].append(time.perf_counter() - started)
+            median = {name: float(np.median(t)) * 1000 for name, t in times.items()}
+            print(f"{size} px, {label}: float {median['float']:.1f} ms; INT8 over float:", end="")
+            print(
+                "; ".join(f" {k} {median['float'] / median[k]:.2f}x" for k in VARIANTS), flush=True
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compare the variants' answers (needs a release and prepared data) and, optionally, speed."""
+    from pipeline.config import load_params
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--release", type=Path, default=ROOT / "models" / "selected")
+    p.add_argument("--prepared", type=Path, default=ROOT / "data" / "prepared")
+    p.add_argument("--speed", type=int, metavar="SIZE", help="also time the variants at SIZE px")
+    p.add_argument("--repeats", type=int, default=20, help="one-image calls per variant")
+    p.add_argument("--batches", type=int, default=3, help="batch-of-32 calls per variant")
+    args = p.parse_args(argv)
+    params = load_params(ROOT / "params.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "release"
+        shutil.copytree(args.release, copy)  # compare's gate never touches the real release
+        answers(copy, args.prepared, params.seed, params.select.int8_margin)
+    if args.speed:
+        speed(args.speed, args.repeats, args.batches)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
