@@ -8,8 +8,10 @@ Stages (dvc.yaml)
     demo_data     the synthetic demo set, data/raw/synthetic-demo/ (images drawn by `synthetic`)
     prepare       data.raw_dir -> data/prepared/ (checked images, manifest, splits), reports/data/
     augment       the train split -> data/augmented/ (class-balanced, seeded copies)
-    train         train@<arch>, one per train.backbones entry: models/<arch>/, reports/train/<arch>/
-    evaluate      every model on val and test: reports/evaluate/ (test looks go to the ledger)
+    train         train@<arch>, one per train.backbones entry: models/trained/<arch>/,
+                  reports/train/<arch>/
+    evaluate      every model on val and test: reports/evaluate/ (models/<arch>/, plots/<plot>/
+                  <arch>.csv, the comparison of every pair; test looks go to the ledger)
     select        the winner on validation -> models/selected/ (the release), card, @challenger
     external      each site of data.external through the release: reports/external/ (counted
                   looks, the card's External validation section)

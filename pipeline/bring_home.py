@@ -63,7 +63,7 @@ def check_release_format(folder: Path, project: Params) -> Params:
             f"{folder / 'params.yaml'}: classes {list(params.classes)} differ from this "
             f"project's {list(project.classes)}"
         )
-    reports = folder / paths.EVALUATE_REPORTS
+    reports = folder / paths.EVALUATE_MODELS
     evaluated = sorted(p.parent.name for p in reports.glob("*/metrics.json"))
     if not evaluated:
         raise UserError(f"{reports}: no evaluated model; run the job up to evaluate")
@@ -86,7 +86,7 @@ def local_run(folder: Path, project: Params, run_id: str, source: str, tags: dic
     client = mlflow.MlflowClient()
     run = client.create_run(experiment, run_name=f"bring-home-{run_id[:12]}", tags=provenance)
     client.set_terminated(run.info.run_id)
-    for record in (folder / paths.MODELS).glob("*/run.json"):
+    for record in (folder / paths.TRAINED).glob("*/run.json"):
         record.write_text(json.dumps(json.loads(record.read_text()) | {"run_id": run.info.run_id}))
     return run.info.run_id
 

@@ -65,8 +65,7 @@ from pipeline.threshold import choose_threshold
 
 EVALUATE_DIR = paths.EVALUATE_REPORTS
 HEADLINE_FILE = EVALUATE_DIR / "metrics.json"
-RULE_FILE = "rule.json"  # per model: <arch>/rule.json, the DecisionRule select releases
-MODELS_DIR = paths.MODELS
+RULE_FILE = "rule.json"  # per model: models/<arch>/rule.json, the DecisionRule select releases
 SPLITS = ("val", "test")
 PREDICT_BATCH = 64
 
@@ -125,7 +124,7 @@ def run(params: Params) -> dict:
             results[arch][split]["ood"] = found[split]
     use = _record_test_use(params, inputs, results, look)
     for arch in archs:
-        with staged_dir(EVALUATE_DIR / arch) as out:
+        with staged_dir(paths.evaluate_dir(arch)) as out:
             write_json(out / "metrics.json", results[arch])
             write_json(out / RULE_FILE, rules[arch].to_dict())
             fitted[arch].save(out / OOD_FILE)
@@ -415,8 +414,8 @@ def _require_run(found: dict) -> None:
 
 
 def _require_inputs(arch: str) -> dict:
-    model_file = MODELS_DIR / arch / "model.keras"
-    run_file = MODELS_DIR / arch / "run.json"
+    model_file = paths.model_dir(arch) / "model.keras"
+    run_file = paths.model_dir(arch) / "run.json"
     for path in (model_file, run_file):
         if not path.is_file():
             raise UserError(f"{path}: not found; train the models first (dvc repro)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import cam, metrics, plots
+from pipeline import cam, metrics, paths, plots
 from pipeline.calibration import reliability_curve
 from pipeline.card_results import LABELS, format_estimate, refusal_rows
 from pipeline.config import Params
@@ -68,17 +69,25 @@ def write_reports(
     """Predictions, plot data and figures of one model into its (staged) output folder.
 
     `raw` are the model's probabilities per split, `served` the rule's answers. Validation goes
-    where development looks (`plots/` and the CSVs `dvc plots` reads); test goes to `test/`,
-    which nothing in the development loop shows.
+    where development looks (`figures/`, and the CSVs `dvc plots` reads, one per backbone in
+    each of reports/evaluate/plots/<plot>/); test goes to `test/`, which nothing in the
+    development loop shows.
     """
     classes = params.classes
     for split in SPLITS:
         table = predictions_table(data[split].paths, data[split].labels, served[split], classes)
         plots.save_csv(table, out / f"predictions_{split}.csv")
     test = out / "test"
-    for split, csv_dir, png_dir in (("val", out, out / "figures"), ("test", test, test)):
+
+    def val_csv(plot: str) -> Path:
+        return paths.evaluate_plot(plot, arch)
+
+    def test_csv(plot: str) -> Path:
+        return test / f"{plot}.csv"
+
+    for split, csv_at, png_dir in (("val", val_csv, out / "figures"), ("test", test_csv, test)):
         _split_figures(
-            csv_dir, png_dir, split, data[split].labels, raw[split], served[split],
+            csv_at, png_dir, split, data[split].labels, raw[split], served[split],
             result=result, params=params, arch=arch,
         )  # fmt: skip
     _test_images(test, model, test_features, data["test"], served["test"], params, arch)
@@ -101,8 +110,8 @@ def _answer_names(served: Served, classes: tuple[str, ...]) -> np.ndarray:
 
 
 def _split_figures(
-    csv_dir: Path, png_dir: Path, split: str, y: np.ndarray, raw: np.ndarray, served: Served, *,
-    result: dict, params: Params, arch: str,
+    csv_at: Callable[[str], Path], png_dir: Path, split: str, y: np.ndarray, raw: np.ndarray,
+    served: Served, *, result: dict, params: Params, arch: str,
 ) -> None:  # fmt: skip
     """Confusion (with the refusals as a last column), ROC and the reliability of p(malignant)
     of one split's served answers: CSV data and PNGs. ROC and reliability are of the answered
@@ -114,7 +123,7 @@ def _split_figures(
     classes, report = params.classes, result[split]
     answers = pd.DataFrame({"actual": np.asarray(classes, dtype=object)[y],
                             "predicted": _answer_names(served, classes)})  # fmt: skip
-    plots.save_csv(answers, csv_dir / f"confusion_{split}.csv")
+    plots.save_csv(answers, csv_at(f"confusion_{split}"))
     n = f"{len(y)} images"
     columns = [*classes, OUT_OF_SCOPE]
     for normalize, kind in ((False, "counts"), (True, "normalized")):
@@ -124,13 +133,13 @@ def _split_figures(
     ans = served.answered
     shown_n = f"{int(ans.sum())} answered of {n}"
     roc = metrics.roc_points(y[ans], served.probabilities[ans], classes)
-    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_dir / f"roc_{split}.csv")
+    plots.save_csv(pd.DataFrame(roc, columns=["class", "fpr", "tpr"]), csv_at(f"roc_{split}"))
     auc = {c: v["roc_auc"] for c, v in report["answered"]["per_class"].items()}
     fig = plots.roc_figure(roc, auc, f"{arch}, {split}: ROC, one-vs-rest, {shown_n}")
     plots.save_png(fig, png_dir / f"roc_{split}.png")
     curves = _reliability_curves(y[ans], raw[ans], report["calibration"], params)
     rows = [{"probabilities": name, **r} for name, bins in curves.items() for r in bins]
-    plots.save_csv(pd.DataFrame(rows), csv_dir / f"reliability_{split}.csv")
+    plots.save_csv(pd.DataFrame(rows), csv_at(f"reliability_{split}"))
     shown = {
         name: [{**r, "confidence": r["predicted"], "accuracy": r["observed"]} for r in bins]
         for name, bins in curves.items()
@@ -384,7 +393,8 @@ def log_to_mlflow(
             mlflow.log_metrics(flat, step=step)
             log_settings(client, run_id, params)
             mlflow.log_dict(result["val"], "evaluate/val_metrics.json")
-            mlflow.log_artifacts(str(folder / arch / "figures"), artifact_path="evaluate/plots")
+            figures = paths.evaluate_dir(arch) / "figures"
+            mlflow.log_artifacts(str(figures), artifact_path="evaluate/plots")
             mlflow.log_artifact(str(folder / "comparison.md"), artifact_path="evaluate")
 
 

@@ -111,7 +111,7 @@ def _development(params: Params) -> tuple[dict[str, Any], list, dict[str, dict]]
 
 def _internal_test(arch: str | None) -> dict[str, Any]:
     """The released model's internal test report (evaluate's), for the differences."""
-    path = paths.EVALUATE_REPORTS / str(arch) / "metrics.json"
+    path = paths.evaluate_dir(str(arch)) / "metrics.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; run evaluate and select first (dvc repro)")
     return json.loads(path.read_text()).get("test") or {}

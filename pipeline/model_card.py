@@ -1,11 +1,11 @@
 """The model card of the selected model: `reports/model_card.md`, attached to its registry version.
 
 `render_model_card` is a pure function of what the earlier stages wrote: the winner's
-`reports/evaluate/<arch>/metrics.json`, `reports/data/summary.json` from prepare (any shape; keys
-it lacks are simply not shown), the selection record and the `card:` params. It never reads files
-itself. It states about the data only what `card:` says (licence, ethics, site, population,
-prevalence, citation; "not stated" otherwise): no data set's facts are filled in for another.
-The tables of figures are pipeline.card_results'.
+`reports/evaluate/models/<arch>/metrics.json`, `reports/data/summary.json` from prepare (any
+shape; keys it lacks are simply not shown), the selection record and the `card:` params. It
+never reads files itself. It states about the data only what `card:` says (licence, ethics, site,
+population, prevalence, citation; "not stated" otherwise): no data set's facts are filled in for
+another. The tables of figures are pipeline.card_results'.
 """
 
 from __future__ import annotations

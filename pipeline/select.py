@@ -3,10 +3,10 @@
 Three steps. Choose: the higher validation `select.metric` wins (ties: malignant sensitivity);
 the test split is never used to choose. Release: `models/selected/` becomes the released model,
 the winner's Keras file plus release.json with the decision rule evaluate fitted on validation
-(`reports/evaluate/<arch>/rule.json`: referral threshold, calibration temperature when evaluate
-kept it, OOD threshold), copied as it is, and its provenance, and the same model as model.onnx,
-released only when ONNX Runtime answers the validation images as Keras does (pipeline.export;
-with `select.int8`, also its INT8 quantization: pipeline.quantize). Register: the
+(`reports/evaluate/models/<arch>/rule.json`: referral threshold, calibration temperature when
+evaluate kept it, OOD threshold), copied as it is, and its provenance, and the same model as
+model.onnx, released only when ONNX Runtime answers the validation images as Keras does
+(pipeline.export; with `select.int8`, also its INT8 quantization: pipeline.quantize). Register: the
 release is logged to the winner's MLflow run as the serving pyfunc (pipeline.serving.pyfunc) and,
 for a run of the committed pipeline with `select.register: true`, registered as
 `select.model_name` with alias `select.alias`. Inside `dvc exp run` nothing is registered and no
@@ -82,9 +82,10 @@ def choose(metrics: dict[str, dict], metric: str) -> tuple[str, str]:
 
 
 def read_rule(arch: str, classes: tuple[str, ...]) -> DecisionRule:
-    """The rule evaluate fitted for `arch` on validation (`reports/evaluate/<arch>/rule.json`),
-    released as written: nothing here rebuilds it from metric fields."""
-    path = EVALUATE_DIR / arch / RULE_FILE
+    """The rule evaluate fitted for `arch` on validation
+    (`reports/evaluate/models/<arch>/rule.json`), released as written: nothing here rebuilds it
+    from metric fields."""
+    path = paths.evaluate_dir(arch) / RULE_FILE
     try:
         rule = DecisionRule.from_dict(_read_json(path))
     except (TypeError, ValueError) as exc:
@@ -105,7 +106,7 @@ def run(params: Params) -> dict:
 
     Test figures play no part in the choice: they are reported once, after it."""
     archs = tuple(params.train.backbones)
-    metrics = {arch: _read_json(EVALUATE_DIR / arch / "metrics.json") for arch in archs}
+    metrics = {arch: _read_json(paths.evaluate_dir(arch) / "metrics.json") for arch in archs}
     winner, reason = choose(metrics, params.select.metric)
     validation = {a: _value(metrics[a]["val"].get(params.select.metric)) for a in archs}
     runner_up = max((a for a in archs if a != winner), key=validation.__getitem__, default=None)
@@ -268,7 +269,7 @@ def _ood_file(winner: str, rule: DecisionRule) -> Path | None:
     """The OOD statistics evaluate fitted for the winner, when its rule has an OOD threshold."""
     if rule.ood_threshold is None:
         return None
-    path = EVALUATE_DIR / winner / OOD_FILE
+    path = paths.evaluate_dir(winner) / OOD_FILE
     if not path.is_file():
         raise UserError(f"{path}: not found; rerun evaluate (dvc repro)")
     return path

@@ -5,7 +5,8 @@ MLflow.
 and the validation split from `data/prepared/`; the test split is never touched here. With
 pretrained weights it warms up a new head on a frozen backbone, then unfreezes (BatchNorm frozen)
 at a lower learning rate; early stopping restores the best epoch on a whole-val-set metric.
-Writes `models/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (history, metrics).
+Writes `models/trained/<arch>/` (model.keras, run.json) and `reports/train/<arch>/` (history,
+metrics).
 The phases themselves are pipeline.phases'; what each epoch records, pipeline.callbacks'.
 """
 
@@ -32,7 +33,7 @@ from pipeline.cli import stage_main
 from pipeline.config import Params, uses_demo_data
 from pipeline.datasets import ImageSet, load_set
 from pipeline.files import staged_dir, write_json
-from pipeline.paths import AUGMENTED, MANIFEST, PREPARED, TRAIN_REPORTS, model_dir
+from pipeline.paths import AUGMENTED, MANIFEST, MODELS, PREPARED, TRAIN_REPORTS, model_dir
 
 # Per-epoch columns that change from run to run on the same code and data: they go to MLflow
 # only, so the committed history.csv stays byte-identical across reruns.
@@ -45,7 +46,8 @@ def run(params: Params, arch: str) -> dict[str, float]:
     params.train.arch(arch)  # validates the name before any work
     processes.stop_when_orphaned()
     out = model_dir(arch)
-    with processes.exclusive(out.with_name(f".{arch}.train-lock"), str(out)):
+    # the lock lies beside models/trained/, not in it: evaluate's dep hashes every file there
+    with processes.exclusive(MODELS / f".{arch}.train-lock", str(out)):
         return _train(params, arch)
 
 

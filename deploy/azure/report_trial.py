@@ -10,7 +10,8 @@ Three modes, in the order the job uses them:
   validation value of `train.monitor` over the backbones trained yet (reports/train/<arch>/
   history.csv). Azure ML's early-termination policy compares trials on these reports.
 - `--final OUT OVERRIDE...`: after evaluate, the primary metric as select would choose: the winner's
-  validation `select.metric` (pipeline.select.choose over reports/evaluate/<arch>/metrics.json),
+  validation `select.metric` (pipeline.select.choose over
+  reports/evaluate/models/<arch>/metrics.json),
   each backbone's value, the tags (the commit, dvc.lock's sha256 and data version the submitter
   recorded, and the `dvc exp run -S ...` command that reproduces the trial), and OUT, the job's
   outputs, as the run's `pipeline/` artifacts (`python -m pipeline.bring_home` reads them).
@@ -85,7 +86,7 @@ def evaluated(metric: str) -> tuple[str, dict[str, float]]:
 
     metrics = {
         path.parent.name: json.loads(path.read_text())
-        for path in sorted(Path("reports/evaluate").glob("*/metrics.json"))
+        for path in sorted(Path("reports/evaluate/models").glob("*/metrics.json"))
     }
     winner, _ = choose(metrics, metric)
     return winner, {arch: float(m["val"][metric]["value"]) for arch, m in metrics.items()}
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if best is not None:
             log(primary, best, {}, tags, None)
         return 0
-    if not any(Path("reports/evaluate").glob("*/metrics.json")):  # a job that stopped earlier
+    evaluated = Path("reports/evaluate/models").glob("*/metrics.json")
+    if not any(evaluated):  # a job that stopped earlier
         log(primary, best_trained(params) or 0.0, {}, tags, args.final)
         return 0
     winner, values = evaluated(params["select"]["metric"])

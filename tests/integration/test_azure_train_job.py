@@ -125,7 +125,7 @@ def test_a_sweep_trial_trains_in_the_jobs_own_environment_and_reports_to_its_run
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
-    assert (out / "models/resnet50/model.keras").is_file()
+    assert (out / "models/trained/resnet50/model.keras").is_file()
     assert "train@resnet50" in yaml.safe_load((out / "dvc.lock").read_text())["stages"]
     params = yaml.safe_load((out / "params.yaml").read_text())
     assert params["data"]["raw_dir"] == "data/raw/input"
@@ -133,7 +133,7 @@ def test_a_sweep_trial_trains_in_the_jobs_own_environment_and_reports_to_its_run
         params["train"]["backbones"]["resnet50"]["learning_rate"] == 0.002
     )  # the sampled values were used
     assert params["train"]["label_smoothing"] == 0.05
-    run_id = json.loads((out / "models/resnet50/run.json").read_text())["run_id"]
+    run_id = json.loads((out / "models/trained/resnet50/run.json").read_text())["run_id"]
     assert run_id != job_run  # the stage keeps its own run
     read = (
         "import json; c = mlflow.MlflowClient(); r = c.get_run('{}');"

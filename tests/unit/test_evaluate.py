@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline import evaluate, evaluate_report, ledger, metrics, tracking
+from pipeline import evaluate, evaluate_report, ledger, metrics, paths, tracking
 from pipeline.datasets import ImageSet
 from pipeline.errors import UserError
 from pipeline.serving.rule import DecisionRule, calibrate
@@ -53,9 +53,9 @@ def inputs(tmp_path, monkeypatch):
         {"evaluate": {"bootstrap": 100, "samples_per_class": 2, "gradcam_per_class": 1}}
     )
     for seed, arch in enumerate(ARCHS):
-        (tmp_path / "models" / arch).mkdir(parents=True)
-        mini_classifier(seed).save(tmp_path / "models" / arch / "model.keras")
-        (tmp_path / "models" / arch / "run.json").write_text('{"run_id": "none"}')
+        (tmp_path / paths.model_dir(arch)).mkdir(parents=True)
+        mini_classifier(seed).save(tmp_path / paths.model_dir(arch) / "model.keras")
+        (tmp_path / paths.model_dir(arch) / "run.json").write_text('{"run_id": "none"}')
     return tmp_path, params, manifest
 
 
@@ -75,7 +75,7 @@ def log_training_run(root, arch: str) -> None:
         for epoch in range(3):
             mlflow.log_metric("val_accuracy", 0.3 + 0.1 * epoch, step=epoch)
     run_json = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
-    (root / "models" / arch / "run.json").write_text(json.dumps(run_json))
+    (root / paths.model_dir(arch) / "run.json").write_text(json.dumps(run_json))
 
 
 def test_stage_writes_every_report_and_logs_to_each_training_run(project):
@@ -83,7 +83,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
     results = evaluate.run(params)
 
     for arch in ARCHS:
-        out = root / "reports/evaluate" / arch
+        out = root / paths.evaluate_dir(arch)
         text = (out / "metrics.json").read_text()
         saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
         assert saved == results[arch]
@@ -108,14 +108,19 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
             expected = manifest[manifest["split"] == split]
             assert predictions["path"].tolist() == expected["path"].tolist()  # never augmented
             assert list(predictions.columns[:4]) == ["path", "label", "predicted", "refer"]
-            folder = out if split == "val" else out / "test"  # test stays out of `dvc plots`
-            confusion = pd.read_csv(folder / f"confusion_{split}.csv")
+            at = {  # val is what `dvc plots` draws, one file per model; test stays out of it
+                plot: root / paths.evaluate_plot(f"{plot}_val", arch)
+                if split == "val"
+                else out / "test" / f"{plot}_test.csv"
+                for plot in ("confusion", "roc", "reliability")
+            }
+            confusion = pd.read_csv(at["confusion"])
             assert list(confusion.columns) == ["actual", "predicted"]
             assert len(confusion) == n
-            roc = pd.read_csv(folder / f"roc_{split}.csv")
+            roc = pd.read_csv(at["roc"])
             assert list(roc.columns) == ["class", "fpr", "tpr"]
             assert set(roc["class"]) == set(CLASSES)  # one series per class for DVC's template
-            reliability = pd.read_csv(folder / f"reliability_{split}.csv")
+            reliability = pd.read_csv(at["reliability"])
             series = set(reliability["probabilities"])  # before / after, the served one marked
             t = m["calibration"]["temperature"]
             assert len(series) == (2 if t else 1)
@@ -139,7 +144,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         rule = DecisionRule.from_dict(json.loads((out / "rule.json").read_text()))
         assert rule.threshold == threshold
         assert rule.ood_threshold == saved["val"]["ood"]["threshold"]
-        model = keras.saving.load_model(root / "models" / arch / "model.keras")
+        model = keras.saving.load_model(root / paths.model_dir(arch) / "model.keras")
         test_paths = manifest[manifest["split"] == "test"]["path"]
         images = np.stack([cv2.imread(f"data/prepared/{p}")[..., ::-1] for p in test_paths])
         probabilities = pd.read_csv(out / "predictions_test.csv")[[f"p_{c}" for c in CLASSES]]
@@ -187,7 +192,7 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
 
     client = mlflow.MlflowClient()
     for arch in ARCHS:
-        run_id = json.loads((root / "models" / arch / "run.json").read_text())["run_id"]
+        run_id = json.loads((root / paths.model_dir(arch) / "run.json").read_text())["run_id"]
         logged = client.get_run(run_id).data.metrics
         assert logged["val_macro_f1"] == pytest.approx(results[arch]["val"]["macro_f1"]["value"])
         assert not [k for k in logged if k.startswith("test")]  # test lives in the ledger
@@ -215,8 +220,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
 
 def test_missing_model_names_the_file_and_dvc_repro(inputs, capsys):
     root, params, _ = inputs
-    (root / "models/resnet50/model.keras").unlink()
-    with pytest.raises(UserError, match=r"models/resnet50/model.keras.*dvc repro"):
+    (root / "models/trained/resnet50/model.keras").unlink()
+    with pytest.raises(UserError, match=r"models/trained/resnet50/model.keras.*dvc repro"):
         evaluate.run(params)
     assert evaluate.main([]) == 2  # params.yaml is missing in tmp_path: also a user error
     assert capsys.readouterr().err.startswith("error: ")
@@ -328,7 +333,8 @@ def test_flat_metric_names_carry_the_split():
 
 def test_a_run_missing_from_the_store_is_a_user_error(inputs):
     _, params, _ = inputs
-    with pytest.raises(UserError, match=r"models/densenet121/run.json: MLflow run none not found"):
+    missing = r"models/trained/densenet121/run.json: MLflow run none not found"
+    with pytest.raises(UserError, match=missing):
         evaluate.run(params)
 
 
@@ -381,8 +387,8 @@ def test_a_third_backbone_in_params_is_evaluated_and_compared_with_each_other_mo
     schedule = dict(vars(params.train.backbones[ARCHS[0]]))
     raw = {"evaluate": {"bootstrap": 50}}
     params = project_params(raw | {"train": {"backbones": {"tinynet": schedule}}})
-    (root / "models" / "tinynet").mkdir(parents=True)
-    mini_classifier(7).save(root / "models" / "tinynet" / "model.keras")
+    (root / paths.model_dir("tinynet")).mkdir(parents=True)
+    mini_classifier(7).save(root / paths.model_dir("tinynet") / "model.keras")
     log_training_run(root, "tinynet")
     results = evaluate.run(params)
     assert set(results) == {*ARCHS, "tinynet"}

@@ -79,8 +79,8 @@ def scored(tmp_path_factory):
                 "operating_point": {"sensitivity": {"value": 0.95}},
             }
         }
-        (root / "reports/evaluate/resnet50").mkdir(parents=True)
-        (root / "reports/evaluate/resnet50/metrics.json").write_text(json.dumps(test))
+        (root / "reports/evaluate/models/resnet50").mkdir(parents=True)
+        (root / "reports/evaluate/models/resnet50/metrics.json").write_text(json.dumps(test))
         summary = external.run(params)
     return root, summary
 

@@ -78,7 +78,7 @@ def test_the_schedule_is_a_warm_up_on_a_frozen_backbone_then_fine_tuning_at_the_
 
 
 def backbone_weights(root, layer_filter):
-    model = keras.saving.load_model(root / "models/resnet50/model.keras")
+    model = keras.saving.load_model(root / "models/trained/resnet50/model.keras")
     layers = model.get_layer("backbone").layers
     return [w for layer in layers if layer_filter(layer) for w in layer.get_weights()]
 

@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 
-from pipeline import select, tracking
+from pipeline import paths, select, tracking
 from pipeline.errors import UserError
 from pipeline.serving.classifier import load_classifier
 from pipeline.serving.engine import OnnxEngine
@@ -61,13 +61,13 @@ def project(tmp_path, monkeypatch):
 
 def evaluated(root, arch: str, f1: float, threshold: float) -> None:
     """What train and evaluate leave for select about one backbone."""
-    folder = root / "models" / arch
+    folder = root / paths.model_dir(arch)
     folder.mkdir(parents=True)
     mini_classifier().save(folder / "model.keras")
     with mlflow.start_run() as run:
         mlflow.set_tag("arch", arch)
     (folder / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-    report = root / "reports" / "evaluate" / arch
+    report = root / paths.evaluate_dir(arch)
     report.mkdir(parents=True)
     (report / "metrics.json").write_text(json.dumps(metrics(f1, 0.5)))
     rule = DecisionRule(CLASSES, threshold=threshold, temperature=1.5, method="lowest ...",
@@ -87,7 +87,7 @@ def test_the_winner_is_released_with_its_rule_and_registered_as_challenger(proje
     release = read_release(project / "models" / "selected")
     # the rule evaluate fitted for the winner, copied: it lives in the artifact
     assert release.rule == DecisionRule.from_dict(
-        json.loads((project / "reports/evaluate/resnet50/rule.json").read_text())
+        json.loads((project / "reports/evaluate/models/resnet50/rule.json").read_text())
     )
     assert release.rule.chosen_on == "validation of resnet50"
     assert release.provenance["version"] == "1"
@@ -145,7 +145,7 @@ def test_with_int8_on_the_release_records_the_comparison_and_serves_what_passed(
 def test_an_experiment_logs_its_release_but_moves_no_alias(project, monkeypatch):
     select.run(project_params(PARAMS))
     monkeypatch.setenv("DVC_EXP_NAME", "weaker-wren")
-    (project / "reports" / "evaluate" / "resnet50" / "metrics.json").write_text(
+    (project / paths.evaluate_dir("resnet50") / "metrics.json").write_text(
         json.dumps(metrics(0.3, 0.5))
     )
     selection = select.run(project_params(PARAMS))
@@ -180,7 +180,7 @@ def test_the_written_version_matches_the_registry_after_a_deleted_version(projec
 
 
 def test_a_rule_that_is_not_one_is_refused_naming_its_file(project):
-    path = project / "reports/evaluate/resnet50/rule.json"
+    path = project / "reports/evaluate/models/resnet50/rule.json"
     path.write_text(json.dumps({"classes": list(CLASSES), "threshold": 3.0}))
     with pytest.raises(UserError, match=r"resnet50/rule.json: not a decision rule.*evaluate"):
         select.run(project_params(PARAMS))

@@ -12,7 +12,7 @@ import pytest
 from mlflow.models import Model
 from sklearn.metrics import f1_score
 
-from pipeline import augment, train
+from pipeline import augment, paths, train
 from pipeline.datasets import load_set
 from pipeline.paths import PREPARED
 from tests.factories import enter_project, make_prepared, project_params
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
 @pytest.mark.slow  # trains
 def test_model_and_run_record_are_written(trained):
     root, _, _ = trained
-    folder = root / "models" / "resnet50"
+    folder = root / paths.model_dir("resnet50")
     model = keras.saving.load_model(folder / "model.keras")
     images = np.random.default_rng(0).uniform(0, 255, (3, 40, 40, 3)).astype("float32")
     assert model.predict(images, verbose=0).shape == (3, 3)
@@ -83,7 +83,7 @@ def test_committed_training_reports_hold_nothing_that_changes_between_reruns(tra
 @pytest.mark.slow  # trains
 def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
     root, _, _ = trained
-    run_id = json.loads((root / "models/resnet50/run.json").read_text())["run_id"]
+    run_id = json.loads((root / "models/trained/resnet50/run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(run_id)
     assert run.data.params["arch"] == "resnet50"
@@ -119,7 +119,7 @@ def test_mlflow_run_holds_params_epoch_metrics_tags_and_the_model(trained):
 @pytest.mark.slow  # trains
 def test_the_saved_model_is_the_best_epoch_it_reports(trained):
     root, params, summary = trained
-    model = keras.saving.load_model(root / "models/resnet50/model.keras")
+    model = keras.saving.load_model(root / "models/trained/resnet50/model.keras")
     val = load_set(root / PREPARED, params.classes, split="val")
     predicted = model.predict(val.images, batch_size=8, verbose=0).argmax(axis=1)
     assert f1_score(val.labels, predicted, average="macro") == pytest.approx(
