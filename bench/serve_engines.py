@@ -20,8 +20,8 @@ then where one ONNX request's time goes (median ms per stage, in process: decode
 to the model's input, the forward pass, the rule's answer, the prediction-log row, the JSON; the
 rest of the service's p50 is HTTP and the framework), and the ratios the issues ask for: INT8
 over float ONNX Runtime (target at least 1.8 at 224 px), each service's p50 over its own engine's
-(target at most 1.10 for ONNX; for the ONNX engines also timed interleaved, one engine call then
-one request, so that the load of a shared machine falls on both alike), ONNX Runtime over the
+(target at most 1.10 for ONNX; also request by request, over the forward pass the service timed
+inside that request, which a shared machine's changing load cannot tilt), ONNX Runtime over the
 Keras direct call, and the installed size of each serving environment (.venv-azureml-server,
 .venv-azureml-onnx). The service throughput is 32 requests from two clients (the service runs
 two inferences at once). Never run as a test: the figures depend on the machine (INT8's on VNNI
@@ -144,12 +144,23 @@ def in_process(
     }
     if not keras:
         calls = {k: v for k, v in calls.items() if not k.startswith("keras")}
-    return {
-        label: figures(
-            timed(lambda c=call: c(one), repeats), timed(lambda c=call: c(many), batches)
-        )
-        for label, call in calls.items()
-    }
+    ones = in_turn({k: lambda c=call: c(one) for k, call in calls.items()}, repeats)
+    manys = in_turn({k: lambda c=call: c(many) for k, call in calls.items()}, batches)
+    return {label: figures(ones[label], manys[label]) for label in calls}
+
+
+def in_turn(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, np.ndarray]:
+    """Milliseconds of `repeats` rounds in which each call runs once in turn (after three warm-up
+    rounds): a shared machine's load, which changes from one second to the next, then falls on
+    every call alike, and their ratios (INT8 over float) hold within one run."""
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    for round_ in range(3 + repeats):
+        for label, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if round_ >= 3:
+                times[label].append((time.perf_counter() - started) * 1000)
+    return {label: np.asarray(t) for label, t in times.items()}
 
 
 def stages(folder: Path, engine: str, png: bytes, repeats: int) -> dict[str, float]:
@@ -175,7 +186,7 @@ def stages(folder: Path, engine: str, png: bytes, repeats: int) -> dict[str, flo
     return {step: float(np.median(timed(call, repeats))) for step, call in steps.items()}
 
 
-def post(connection: http.client.HTTPConnection, png: bytes) -> None:
+def post(connection: http.client.HTTPConnection, png: bytes) -> dict:
     """POST one PNG to /predict and fail on anything but 200, so a broken server is not timed."""
     connection.request(
         "POST", "/predict", body=png, headers={"Content-Type": "application/octet-stream"}
@@ -184,45 +195,30 @@ def post(connection: http.client.HTTPConnection, png: bytes) -> None:
     body = response.read()
     if response.status != 200:
         raise SystemExit(f"service answered {response.status}: {body[:200]!r}")
+    return json.loads(body)
 
 
-def alone(folder: Path, engine: str, png: bytes) -> Callable[[], object]:
-    """One forward pass of the scan, prepared once, on `engine`'s session alone (ONNX engines)."""
-    from pipeline.serving.classifier import load_classifier
-    from pipeline.serving.uploads import decode_upload
+def through_service(folder: Path, engine: str, png: bytes, repeats: int) -> dict[str, float]:
+    """One client's latency, then 32 requests from two clients (images/s).
 
-    onnx = load_classifier(folder, engine=engine).engine
-    one = onnx.prepare(decode_upload(png))[None]
-    return lambda: onnx.session.run(None, {onnx.input_name: one})
-
-
-def through_service(
-    folder: Path, engine: str, png: bytes, repeats: int, engine_alone: Callable[[], object] | None
-) -> dict[str, float]:
-    """One client's latency, then 32 requests from two clients (images/s). With `engine_alone`,
-    each request alternates with one call of the engine alone in this process, so a change of
-    the machine's load falls on both and their ratio (`paired`) is read within one run."""
+    `per_request`: the median over requests of each one's time at the client over the time its
+    forward pass took inside the service (the answer's `inference_ms`: the engine, the rule's
+    answer), both from the same request, so a shared machine's load, which moves every figure
+    from one second to the next, falls on both alike."""
     from serve_latency import free_port, start_server  # bench/ is on the path when run
 
     port = free_port()
     server = start_server(str(folder), port, ("--engine", engine, "--no-log"))
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-        def request() -> None:
+        for _ in range(3):
             post(connection, png)
-
-        one = timed(request, repeats)
-        paired = None
-        if engine_alone is not None:
-            engine_ms: list[float] = []
-            service_ms: list[float] = []
-            for _ in range(repeats):
-                for call, times in ((engine_alone, engine_ms), (request, service_ms)):
-                    started = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - started)
-            paired = float(np.median(service_ms) / np.median(engine_ms))
+        one, ratios = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            answer = post(connection, png)
+            one.append((time.perf_counter() - started) * 1000)
+            ratios.append(one[-1] / answer["inference_ms"])
         connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) for _ in "ab"]
 
         def half(c: http.client.HTTPConnection) -> None:
@@ -235,10 +231,9 @@ def through_service(
             thread.start()
         for thread in threads:
             thread.join()
-        result = figures(one, None)
+        result = figures(np.asarray(one), None)
         result["images_s"] = BATCH / (time.perf_counter() - started)
-        if paired is not None:
-            result["paired"] = paired
+        result["per_request"] = float(np.median(ratios))
         return result
     finally:
         server.terminate()
@@ -271,11 +266,11 @@ def report(size: int, rows: dict[str, dict], split: dict[str, float]) -> None:
         if label not in rows:
             continue
         own, served = rows[label]["p50"], rows[f"service/{engine}"]["p50"]
-        paired = rows[f"service/{engine}"].get("paired")
+        per_request = rows[f"service/{engine}"]["per_request"]
         print(
             f"  service/{engine} over its engine, p50: {served / own:.2f} "
-            f"(+{served - own:.1f} ms; target <= 1.10)"
-            + ("" if paired is None else f"; interleaved, call by call: {paired:.2f}")
+            f"(+{served - own:.1f} ms; target <= 1.10); request by request, over its own "
+            f"forward pass: {per_request:.2f}"
         )
     ort, int8 = rows["onnxruntime"], rows["onnxruntime int8"]
     print(
@@ -308,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = in_process(folder, png, args.repeats, args.batches, not args.no_keras)
             split = stages(folder, "onnx", png, args.repeats)
             for engine in [e for e in ENGINE_ROWS if e != "keras" or not args.no_keras]:
-                paired = None if engine == "keras" else alone(folder, engine, png)
-                rows[f"service/{engine}"] = through_service(
-                    folder, engine, png, args.repeats, paired
-                )
+                rows[f"service/{engine}"] = through_service(folder, engine, png, args.repeats)
             report(size, rows, split)
     sizes = environment_sizes()
     print("\nserving environment, installed (site-packages):")
