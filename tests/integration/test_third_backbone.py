@@ -3,6 +3,9 @@ through its builder in pipeline/backbones.py and its entry in params.yaml and no
 line of dvc.yaml, no stage module), runs through `dvc repro`: it is trained by its own
 `train@<name>` stage, evaluate compares all three, select picks one of them, and a change to its
 schedule reruns it and what follows it, never the other two trainings.
+
+Kept short (about 3.5 CPU-minutes): `dvc repro select` (external validation, after select, is
+test_dvc_repro's), no sample or Grad-CAM grids, the fewest OOD images params allow.
 """
 
 import itertools
@@ -15,6 +18,7 @@ from tests.repos import GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
 NEW = "tinycnn"
+FAST = {"evaluate": {"samples_per_class": 0, "gradcam_per_class": 0, "ood_images": 4}}
 
 # What a user appends to pipeline/backbones.py: a builder with keras.applications' signature whose
 # layers follow the `conv<stage>_block<n>_` names that fine-tuning cuts between.
@@ -40,8 +44,8 @@ BACKBONES["{NEW}"] = (tiny_cnn, "torch", "{NEW}_notop.h5")
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """The project on tiny params with a third backbone, through one `dvc repro`."""
-    repo, env = tiny_repo(tmp_path_factory.mktemp("third"))
+    """The project on tiny params with a third backbone, through one `dvc repro select`."""
+    repo, env = tiny_repo(tmp_path_factory.mktemp("third"), FAST)
     with (repo / "pipeline/backbones.py").open("a") as f:
         f.write(BUILDER)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -49,7 +53,7 @@ def repo(tmp_path_factory):
     backbones[NEW] = {**backbones["resnet50"], "epochs": 1}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(*GIT, "commit", "-qam", f"add {NEW}", cwd=repo, env=env)
-    sh("dvc", "repro", cwd=repo, env=env)
+    sh("dvc", "repro", "select", cwd=repo, env=env)
     return repo, env, tuple(backbones)
 
 
@@ -91,12 +95,13 @@ def test_dvc_knows_what_depends_on_the_new_backbone(repo):
     """Nothing is left to run; a change to the new backbone's schedule reruns its training and
     the stages over every model, never the other trainings."""
     path, env, archs = repo
-    assert "up to date" in sh("dvc", "status", cwd=path, env=env)
+    assert "up to date" in sh("dvc", "status", "--with-deps", "select", cwd=path, env=env)
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["train"]["backbones"][NEW]["learning_rate"] *= 2
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        status = json.loads(sh("dvc", "status", "--json", cwd=path, env=env).splitlines()[-1])
+        shown = sh("dvc", "status", "--with-deps", "select", "--json", cwd=path, env=env)
+        status = json.loads(shown.splitlines()[-1])
     finally:
         sh("git", "checkout", "--", "params.yaml", cwd=path, env=env)
     assert f"train@{NEW}" in status
