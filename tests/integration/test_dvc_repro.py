@@ -175,7 +175,9 @@ def test_dvc_plots_show_draws_every_chart_with_the_network_blocked(repo, browser
     charts = sum(1 for entries in shown.values() for e in entries if e["type"] == "vega")
     images = sum(1 for entries in shown.values() for e in entries if e["type"] == "image")
     assert charts >= 8  # per model: val macro-F1 per epoch, a confusion, a ROC, a reliability
-    assert images == 1  # the data's contact sheet; no PNG copy of a vega figure
+    # the data's contact sheet and each model's accuracy and loss curves (curves.png); no PNG
+    # copy of a vega figure
+    assert images == 1 + len(ARCH_NAMES)
     sh("dvc", "plots", "show", "-o", str(tmp_path / "plots"), cwd=path, env=env)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     refused = block_network(page)
