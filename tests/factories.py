@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import hashlib
@@ -203,3 +204,10 @@ def benchmark_originals(source: str, request: pytest.FixtureRequest) -> list[Ima
     folder = request.getfixturevalue("busi_sample")
     files = sorted(p for p in folder.glob("*/*.png") if "_mask" not in p.name)
     return [Image.open(p).convert("RGB") for p in files]
+
+
+def left_out_pairs(root: Path, site: str) -> dict[str, dict[str, str]]:
+    """An external site's left_out.csv as external stage wrote it, by external source file:
+    which development image each left-out image repeats, and how."""
+    with (root / "reports/external/sites" / site / "left_out.csv").open(newline="") as handle:
+        return {row["external_source"]: row for row in csv.DictReader(handle)}

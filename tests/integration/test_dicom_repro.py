@@ -24,7 +24,7 @@ import yaml
 
 from pipeline import dicom, synthetic
 from tests.dicoms import MARKERS, UID_ROOT, write_dicom
-from tests.factories import label_image
+from tests.factories import label_image, left_out_pairs
 from tests.repos import GIT, sh, tiny_repo
 
 pytestmark = pytest.mark.slow
@@ -117,8 +117,7 @@ def test_a_dicom_folder_runs_through_dvc_repro_with_patient_level_splits(repo):
 
 def test_a_new_scan_of_a_development_patient_at_another_site_is_left_out(repo):
     path, _, _ = repo
-    with (path / "reports/external/sites/clinic/left_out.csv").open(newline="") as handle:
-        pairs = {row["external_source"]: row for row in csv.DictReader(handle)}
+    pairs = left_out_pairs(path, "clinic")
     assert pairs["benign/EXSAME"]["how"] == "same patient"
     assert pairs["benign/EXSAME"]["development_source"].startswith("benign/IM000")
     summary = json.loads((path / "reports/external/summary.json").read_text())
@@ -142,8 +141,7 @@ def test_copies_planted_in_the_clinic_export_rerun_only_external_and_are_left_ou
     log = sh("dvc", "repro", cwd=path, env=env)
     assert re.findall(r"Running stage '([^']+)'", log) == ["external"]
     assert not [m for m in SEARCHED if m in log], "the external stage's log quotes an identifier"
-    with (path / "reports/external/sites/clinic/left_out.csv").open(newline="") as handle:
-        pairs = {row["external_source"]: row for row in csv.DictReader(handle)}
+    pairs = left_out_pairs(path, "clinic")
     assert {source: row["how"] for source, row in pairs.items()} == {
         "benign/EXSAME": "same patient",
         "malignant/EXCOPY": "exact",

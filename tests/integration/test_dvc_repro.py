@@ -7,7 +7,6 @@ site reported, then copies of development images planted in another site, left o
 re-running the external stage only.
 """
 
-import csv
 import json
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from pipeline.serving.classifier import load_classifier
 from pipeline.serving.rule import OUT_OF_SCOPE
 from tests.browsers import block_network
 from tests.dvc_stages import resolved_stages
+from tests.factories import left_out_pairs
 from tests.repos import BIN, GIT, sh, tiny_repo
 from tests.servers import free_port, running
 
@@ -315,8 +315,7 @@ def test_planted_copies_of_development_images_rerun_only_external_and_are_left_o
     log = sh("dvc", "repro", cwd=path, env=env)
     assert "Running stage 'external'" in log
     assert "Running stage 'select'" not in log
-    with (path / "reports/external/sites/planted/left_out.csv").open() as handle:
-        pairs = {row["external_source"]: row["how"] for row in csv.DictReader(handle)}
+    pairs = {source: row["how"] for source, row in left_out_pairs(path, "planted").items()}
     assert pairs == {"benign/copy.png": "exact", "malignant/crop.png": "crop/shift"}
     summary = json.loads((path / "reports/external/summary.json").read_text())
     site = next(s for s in summary["sites"] if s["name"] == "planted")

@@ -15,7 +15,13 @@ from PIL import Image
 from pipeline import external, external_card, prepare, synthetic
 from pipeline.errors import UserError
 from pipeline.external_report import served, site_figures
-from tests.factories import enter_project, make_release, mini_classifier, project_params
+from tests.factories import (
+    enter_project,
+    left_out_pairs,
+    make_release,
+    mini_classifier,
+    project_params,
+)
 
 DEV = Path("data/raw/dev")
 SITE = Path("data/external/site-b")
@@ -88,8 +94,7 @@ def scored(tmp_path_factory):
 def test_copies_crops_and_patients_of_development_images_are_left_out_and_listed(scored):
     root, summary = scored
     (site,) = summary["sites"]
-    with (root / "reports/external/sites/site-b/left_out.csv").open() as handle:
-        pairs = {row["external_source"]: row for row in csv.DictReader(handle)}
+    pairs = left_out_pairs(root, "site-b")
     assert {k: v["how"] for k, v in pairs.items()} == {
         "benign/copy.png": "exact",
         "malignant/crop.png": "crop/shift",
