@@ -32,8 +32,9 @@ LESION_NEGATIVE = "benign"
 MIN_SUBGROUP = 10  # images; smaller subgroups are listed with their n but not estimated
 # The class metrics counted over every image (a refusal wrong); the probability metrics of the
 # answered images complete pipeline.metrics.HEADLINE.
-PROBABILITY_METRICS = metrics.PROBABILITY_METRICS
-DECISION_METRICS = tuple(name for name in metrics.HEADLINE if name not in PROBABILITY_METRICS)
+DECISION_METRICS = tuple(
+    name for name in metrics.HEADLINE if name not in metrics.PROBABILITY_METRICS
+)
 
 
 def decisions(served: Served) -> np.ndarray:
@@ -158,7 +159,7 @@ def split_report(
         n_bins=e.ece_bins, groups=_subset(groups, ans), **boot,
     )  # fmt: skip
     report["answered"] = answered
-    report |= {name: answered[name] for name in PROBABILITY_METRICS}
+    report |= {name: answered[name] for name in metrics.PROBABILITY_METRICS}
     p = served.probabilities[:, m]
     report["operating_point"] = statistics.operating_point(
         y, p, rule.threshold, m, groups, flagged=served.refer, prevalence=e.prevalence, **boot
