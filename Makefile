@@ -52,6 +52,10 @@ help: ## @start this list (the default target)
 # environments' downloads are fetched once into uv's cache and linked from there. pip stays in
 # every venv for whoever wants it.
 UV := $(BIN)/uv
+# Bytecode compiled once at install: with PYTHONDONTWRITEBYTECODE set (as on our CI machines) every
+# process otherwise compiles TensorFlow's, Keras' and MLflow's sources again on import, ~8 s each;
+# a pipeline stage, a served model or a test's subprocess pays it every time.
+export UV_COMPILE_BYTECODE := 1
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
