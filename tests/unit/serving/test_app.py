@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from pipeline.serving.app import STATIC_DIR, ServiceSettings, create_app
+from pipeline.serving.app import SECURITY_HEADERS, STATIC_DIR, ServiceSettings, create_app
 from pipeline.serving.classifier import Classifier, load_classifier
 from pipeline.serving.uploads import Limits, decode_upload
 from tests.factories import CLASSES
@@ -85,6 +85,23 @@ def test_a_multipart_image_gets_probabilities_decision_model_and_time(client, cl
     assert body["inference_ms"] > 0
     assert body["image"] == {"width": 64, "height": 48}
     assert "heatmap" not in body
+
+
+def test_the_json_is_the_classifiers_answer_as_is_with_the_security_headers(client, classifier):
+    # /predict writes the answer without FastAPI's response-model pass, and the headers come from
+    # a plain ASGI middleware: neither may change a value or drop a header, answer or refusal
+    response = client.post("/predict", content=png(scan(seed=3)))
+    body = response.json()
+    assert body.pop("image") == {"width": 64, "height": 48}
+    assert body.pop("decode_ms") > 0
+    assert body.pop("inference_ms") > 0
+    expected = classifier.predict(decode_upload(png(scan(seed=3))))
+    assert body.pop("probabilities") == pytest.approx(expected.pop("probabilities"), abs=1e-6)
+    assert body == expected
+    refused = client.post("/predict", content=b"not an image")
+    for answer in (response, refused):
+        for key, value in SECURITY_HEADERS.items():
+            assert answer.headers[key] == value, key
 
 
 def test_the_raw_body_works_too(client):
