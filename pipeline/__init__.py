@@ -76,6 +76,8 @@ Measuring (evaluate, select, promote)
     ood_sets      out-of-distribution images a model must refuse, from a seed
     cam           class activation maps (evaluate's figures, the page's heat maps)
     plots         figures (PNG) and the tables behind `dvc plots` (CSV)
+    comparison_plots  every model in one `dvc plots` chart: training curves, validation
+                  confusion (one long table each, a `model` column, .dvc/plots/ templates)
     plots_page    .dvc/plots.html: the `dvc plots show` page, vega inlined (make plots-page)
     ledger        every look at test: a row of reports/test_looks.csv (committed), figures in MLflow
     model_card    reports/model_card.md, also the registry version's description

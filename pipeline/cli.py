@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import terminal
-from pipeline.config import Params, load_params
+from pipeline.config import load_params
 from pipeline.errors import UserError
 
 
@@ -37,12 +37,24 @@ def stage_main(
     if configure:
         configure(parser)
     args = vars(parser.parse_args(argv))
+
+    def action() -> None:  # a stage prints its own summary; its result is for tests
+        run(load_params(args.pop("params")), **args)
+
+    return exit_code(action)
+
+
+def exit_code(action: Callable[[], str | None]) -> int:
+    """Run a command's `action`: 0 after printing the line it returns (if any); a UserError is
+    `error: <message>` on stderr and 2, so a user mistake never shows a stack trace (any other
+    exception is a bug and propagates with its traceback)."""
     try:
-        params: Params = load_params(args.pop("params"))
-        run(params, **args)
+        line = action()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if line is not None:
+        print(line)
     return 0
 
 

@@ -43,6 +43,7 @@ import pandas as pd
 
 from pipeline import (
     cam,
+    comparison_plots,
     ledger,
     metrics,
     ood_sets,
@@ -94,6 +95,7 @@ def run(params: Params) -> dict:
     """Score every model on val (what `select` uses) and test (reported once): reports/evaluate/."""
     archs = tuple(params.train.backbones)
     inputs = {arch: _require_inputs(arch) for arch in archs}
+    histories = comparison_plots.read_histories(archs)  # the training curves plot's data
     data = {split: _load_split(split, params.classes) for split in SPLITS}
     manifest = read_manifest(paths.MANIFEST)
     facts = {split: split_facts(manifest, split) for split in SPLITS}
@@ -133,6 +135,7 @@ def run(params: Params) -> dict:
                 out, model, features, data, proba, served[arch], results[arch], params, arch
             )
     _write_comparison(compare_models(data, served, facts, params), results)
+    comparison_plots.write(histories, results, params.classes)
     report.log_to_mlflow(params, inputs, results, EVALUATE_DIR)
     report.print_summary(results, use, EVALUATE_DIR)
     return results

@@ -1,8 +1,8 @@
 """The evaluate stage's reports: figures, CSV tables and markdown drawn from its results.
 
 pipeline.evaluate computes (the rule, the served answers, every figure in `<arch>/metrics.json`);
-this module only draws and records them: the predictions tables, the confusion, ROC and
-reliability plots the DVC templates read, the test images with their Grad-CAM maps,
+this module only draws and records them: the predictions tables, the confusion figures, the ROC
+and reliability plots the DVC templates read, the test images with their Grad-CAM maps,
 `comparison.md` and `test.md`, the short DVC metrics file, the validation figures on the training
 runs in MLflow and the terminal summary. Every picture and table shows the served answers: the
 class answer with `out_of_scope` for a refusal, the referral flag, the served probabilities.
@@ -114,16 +114,15 @@ def _split_figures(
     served: Served, *, result: dict, params: Params, arch: str,
 ) -> None:  # fmt: skip
     """Confusion (with the refusals as a last column), ROC and the reliability of p(malignant)
-    of one split's served answers: CSV data and PNGs. ROC and reliability are of the answered
-    images' served probabilities.
+    of one split's served answers: PNGs, and the ROC and reliability data as CSV (validation's
+    confusion is drawn from every model's matrix, pipeline.comparison_plots; a split's answers
+    per image are its predictions table). ROC and reliability are of the answered images'
+    served probabilities.
 
     The ROC and reliability CSVs are long tables with a series column (`class`, `probabilities`)
     that the project's DVC templates (.dvc/plots/) draw as one line per series.
     """
     classes, report = params.classes, result[split]
-    answers = pd.DataFrame({"actual": np.asarray(classes, dtype=object)[y],
-                            "predicted": _answer_names(served, classes)})  # fmt: skip
-    plots.save_csv(answers, csv_at(f"confusion_{split}"))
     n = f"{len(y)} images"
     columns = [*classes, OUT_OF_SCOPE]
     for normalize, kind in ((False, "counts"), (True, "normalized")):

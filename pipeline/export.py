@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.cli import exit_code
 from pipeline.errors import UserError
 from pipeline.layers import INPUT, POOL, RESIZE
 from pipeline.paths import SELECTED
@@ -206,19 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keras", type=Path, default=None, help="export this .keras file instead")
     p.add_argument("--out", type=Path, default=None, help="with --keras: the .onnx to write")
     args = p.parse_args(argv)
-    try:
-        if args.keras is not None:
-            out = export_onnx(args.keras, args.out or args.keras.with_suffix(".onnx"))
-        elif (args.release / ONNX_FILE).is_file():
-            print(f"export: {args.release / ONNX_FILE} is there (select exports every release)")
-            return 0
-        else:
-            out = export_release(args.release)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"export: {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return exit_code(lambda: _export(args.release, args.keras, args.out))
+
+
+def _export(release: Path, keras_file: Path | None, out: Path | None) -> str:
+    """What `main` does, as the line it prints."""
+    if keras_file is not None:
+        written = export_onnx(keras_file, out or keras_file.with_suffix(".onnx"))
+    elif (release / ONNX_FILE).is_file():
+        return f"export: {release / ONNX_FILE} is there (select exports every release)"
+    else:
+        written = export_release(release)
+    return f"export: {written} ({written.stat().st_size / 1e6:.1f} MB)"
 
 
 if __name__ == "__main__":

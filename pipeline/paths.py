@@ -7,7 +7,8 @@ checks that it spells them the same).
     models/trained/<arch>/  train: one backbone's model.keras and run.json
     models/selected/    select: the release every surface serves
     reports/evaluate/models/<arch>/  evaluate: one backbone's rule, metrics, predictions, figures
-    reports/evaluate/plots/<plot>/<arch>.csv  evaluate: the validation plots DVC draws
+    reports/evaluate/plots/<plot>/<arch>.csv  evaluate: the validation plots DVC draws per model
+    reports/evaluate/plots/<plot>.csv  evaluate: those it draws with every model in one chart
 
 Everything per backbone sits in a folder of its own kind (models/trained/, .../models/,
 .../plots/<plot>/), so dvc.yaml names each folder once and a backbone added to
@@ -34,6 +35,9 @@ TRAIN_REPORTS = REPORTS / "train"  # reports/train/<arch>/
 EVALUATE_REPORTS = REPORTS / "evaluate"  # the comparison and the headline metrics
 EVALUATE_MODELS = EVALUATE_REPORTS / "models"  # reports/evaluate/models/<arch>/
 EVALUATE_PLOTS = EVALUATE_REPORTS / "plots"  # reports/evaluate/plots/<plot>/<arch>.csv
+# every model in one table (pipeline.comparison_plots): one chart each in `dvc plots show`
+TRAINING_CURVES = EVALUATE_PLOTS / "training_curves.csv"
+CONFUSION_SHARES = EVALUATE_PLOTS / "confusion_val.csv"
 SELECTION = REPORTS / "selection.json"
 MODEL_CARD = REPORTS / "model_card.md"
 PROMOTION = REPORTS / "promotion.json"  # `make promote`'s decision (not a DVC output)
@@ -47,6 +51,11 @@ def model_dir(arch: str) -> Path:
     return TRAINED / arch
 
 
+def training_history(arch: str) -> Path:
+    """reports/train/<arch>/history.csv: train@<arch>'s metrics per epoch."""
+    return TRAIN_REPORTS / arch / "history.csv"
+
+
 def evaluate_dir(arch: str) -> Path:
     """reports/evaluate/models/<arch>/: evaluate's rule, metrics, predictions and figures of one
     backbone."""
@@ -54,6 +63,6 @@ def evaluate_dir(arch: str) -> Path:
 
 
 def evaluate_plot(plot: str, arch: str) -> Path:
-    """reports/evaluate/plots/<plot>/<arch>.csv: the data of one validation plot (`confusion_val`,
-    `roc_val`, `reliability_val`) of one backbone; dvc.yaml declares each <plot>/ folder once."""
+    """reports/evaluate/plots/<plot>/<arch>.csv: the data of one validation plot (`roc_val`,
+    `reliability_val`) of one backbone; dvc.yaml declares each <plot>/ folder once."""
     return EVALUATE_PLOTS / plot / f"{arch}.csv"

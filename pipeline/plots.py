@@ -35,14 +35,6 @@ def save_csv(frame: pd.DataFrame, path: str | Path) -> None:
 # --- DVC plot data -------------------------------------------------------------------------------
 
 
-def confusion_rows(
-    y: np.ndarray, pred: np.ndarray, classes: tuple[str, ...] | list[str]
-) -> pd.DataFrame:
-    """One row per image, `actual,predicted` class names: the input of DVC's confusion template."""
-    names = np.asarray(classes, dtype=object)
-    return pd.DataFrame({"actual": names[np.asarray(y)], "predicted": names[np.asarray(pred)]})
-
-
 def predictions_table(
     paths: list[str], y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...] | list[str]
 ) -> pd.DataFrame:

@@ -5,7 +5,8 @@ firewall, every vega chart of `dvc plots show` is blank. This page carries the t
 itself, from their npm packages (package.json and package-lock.json pin them; `npm ci` puts them
 in node_modules/), each preceded by its licence and the licences of the packages it is built
 from. The page has no `{scripts}` placeholder, so DVC adds no CDN tag. It is committed: a fresh
-clone draws its plots offline before anything is installed.
+clone draws its plots offline before anything is installed. Its head (title, style) and body are
+edited in the page itself; this module only replaces the libraries between them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli import exit_code
 from pipeline.errors import UserError
 from pipeline.files import write_text
 
@@ -31,25 +33,9 @@ LICENCE_FILE = re.compile(r"^(licen[cs]e|copying)([-.][\w.-]+)?$", re.IGNORECASE
 # The vega-* packages built into vega.min.js ship no licence file; they come from the Vega
 # repository, whose BSD-3-Clause text (same holder) is vega-lite's LICENSE.
 PROJECT_LICENCE = ("vega", "vega-lite")
-HEAD = """<!DOCTYPE html>
-<html lang="en">
-<head>
-    <meta charset="utf-8">
-    {refresh_tag}
-    <title>DVC plots: breast-ultrasound tumour classification</title>
-    <style>
-        body { font-family: system-ui, sans-serif; }
-        table { border-spacing: 15px; }
-        /* one figure per row at most two abreast; a chart keeps its legend on screen */
-        body > div { display: inline-block; vertical-align: top; margin: 0 24px 24px 0; }
-    </style>
-"""
-TAIL = """</head>
-<body>
-    {plot_divs}
-</body>
-</html>
-"""
+# The page's own head (title, style) and body are written in the page itself, their one home;
+# `make plots-page` replaces what lies between the head and `</head>` with the libraries.
+HEAD_END = "</head>"
 
 
 def package_dir(name: str, parent: Path | None = None) -> Path:
@@ -105,21 +91,30 @@ def script(name: str, bundle: str, externals: Sequence[str]) -> str:
     return f"<script>\n{header}\n{code}\n</script>\n"
 
 
-def page() -> str:
-    """The whole template: head, the three libraries, and DVC's placeholders for the figures."""
-    return HEAD + "".join(script(*library) for library in LIBRARIES) + TAIL
+def page(template: Path = PAGE) -> str:
+    """`template` (the committed page) with the three libraries inline, in place of those it
+    carries: its head up to the first script or `</head>`, the libraries, `</head>` onwards."""
+    scripts = "".join(script(*library) for library in LIBRARIES)
+    if not template.is_file():
+        raise UserError(f"{template}: not found; restore it with `git checkout -- {template}`")
+    text = template.read_text(encoding="utf-8")
+    if HEAD_END not in text or "{plot_divs}" not in text:
+        raise UserError(f"{template}: no {HEAD_END} or no {{plot_divs}}; not a DVC plots page")
+    end = text.rindex(HEAD_END)  # the last: vega-embed's bundle spells one in a string
+    start = text.find("<script>", 0, end)
+    return text[: end if start < 0 else start] + scripts + text[end:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the page (atomically); a missing node_modules is one line and exit code 2."""
     out = Path(argv[0]) if argv else PAGE
-    try:
-        write_text(out, page())
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"plots page: {out} ({out.stat().st_size // 1024} KiB, vega inline)")
-    return 0
+    return exit_code(lambda: _write(out))
+
+
+def _write(out: Path) -> str:
+    """The page written to `out`, as the line `main` prints."""
+    write_text(out, page())
+    return f"plots page: {out} ({out.stat().st_size // 1024} KiB, vega inline)"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,15 @@ from pipeline.cli import stage_main
 from pipeline.config import Params, uses_demo_data
 from pipeline.datasets import ImageSet, load_set
 from pipeline.files import staged_dir, write_json
-from pipeline.paths import AUGMENTED, MANIFEST, MODELS, PREPARED, TRAIN_REPORTS, model_dir
+from pipeline.paths import (
+    AUGMENTED,
+    MANIFEST,
+    MODELS,
+    PREPARED,
+    TRAIN_REPORTS,
+    model_dir,
+    training_history,
+)
 
 # Per-epoch columns that change from run to run on the same code and data: they go to MLflow
 # only, so the committed history.csv stays byte-identical across reruns.
@@ -144,13 +152,13 @@ def _write_reports(
     """reports/train/<arch>/: history.csv (no timings), metrics.json and curves.png; the history
     and the curves also go to the active MLflow run."""
     folder = TRAIN_REPORTS / arch
-    plots.save_csv(history.drop(columns=list(TIMING_COLUMNS)), folder / "history.csv")
+    plots.save_csv(history.drop(columns=list(TIMING_COLUMNS)), training_history(arch))
     write_json(folder / "metrics.json", summary)
     plots.save_png(
         plots.history_figure(history, f"{arch}: training curves", best_epoch),
         folder / "curves.png",
     )
-    mlflow.log_artifact(str(folder / "history.csv"))
+    mlflow.log_artifact(str(training_history(arch)))
     mlflow.log_artifact(str(folder / "curves.png"))
 
 

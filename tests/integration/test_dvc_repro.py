@@ -139,22 +139,23 @@ def test_outputs_metrics_and_plots_are_where_the_readme_says(repo):
     assert "SYNTHETIC" in (path / "reports/model_card.md").read_text().upper()
 
 
-def test_dvc_plots_show_the_training_history_of_both_models(repo):
-    """Declared once by the train@<arch> stages: each model's validation macro-F1 per epoch (what
-    early stopping follows) and its accuracy and loss curves."""
+def test_dvc_plots_show_the_training_history_of_both_models_in_one_chart(repo):
+    """Declared once by evaluate (dvc.yaml names no backbone): every model's accuracy, loss and
+    validation macro-F1 (what early stopping follows) per epoch, in one chart; each model's
+    curves.png is MLflow's, not a plot."""
     path, env, _ = repo
     result = subprocess.run(
         ["dvc", "plots", "show", "--json"], cwd=path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     plots = json.loads(result.stdout)["data"]
+    (curves,) = plots["reports/evaluate/plots/training_curves.csv"]
+    values = curves["content"]["data"]["values"]
     for arch in ARCH_NAMES:
-        (history,) = plots[f"reports/train/{arch}/history.csv"]
-        values = history["content"]["data"]["values"]
-        assert [int(row["epoch"]) for row in values] == list(range(1, len(values) + 1))
-        assert all(0.0 <= float(row["val_macro_f1"]) <= 1.0 for row in values)
-        (curves,) = plots[f"reports/train/{arch}/curves.png"]
-        assert curves["type"] == "image"
+        f1 = [r for r in values if r["model"] == arch and r["metric"] == "macro-F1"]
+        assert [int(row["epoch"]) for row in f1] == list(range(1, len(f1) + 1))
+        assert all(0.0 <= float(row["value"]) <= 1.0 for row in f1)
+    assert not [name for name in plots if name.startswith("reports/train/")]
 
 
 def test_dvc_plots_draw_one_roc_line_per_class(repo):
@@ -174,10 +175,9 @@ def test_dvc_plots_show_draws_every_chart_with_the_network_blocked(repo, browser
     shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=path, env=env))["data"]
     charts = sum(1 for entries in shown.values() for e in entries if e["type"] == "vega")
     images = sum(1 for entries in shown.values() for e in entries if e["type"] == "image")
-    assert charts >= 8  # per model: val macro-F1 per epoch, a confusion, a ROC, a reliability
-    # the data's contact sheet and each model's accuracy and loss curves (curves.png); no PNG
-    # copy of a vega figure
-    assert images == 1 + len(ARCH_NAMES)
+    # every model's training curves, every model's confusion; per model a ROC, a reliability
+    assert charts == 2 + 2 * len(ARCH_NAMES)
+    assert images == 1  # the data's contact sheet; no PNG copy of a vega figure
     sh("dvc", "plots", "show", "-o", str(tmp_path / "plots"), cwd=path, env=env)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     refused = block_network(page)

@@ -11,6 +11,7 @@ test_dvc_repro's), no sample or Grad-CAM grids, the fewest OOD images params all
 import itertools
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -77,8 +78,11 @@ def test_evaluate_compares_all_three(repo):
     for arch in archs:
         metrics = json.loads((path / "reports/evaluate/models" / arch / "metrics.json").read_text())
         assert 0.0 <= metrics["val"]["macro_f1"]["value"] <= 1.0
-        for plot in ("confusion_val", "roc_val", "reliability_val"):
+        for plot in ("roc_val", "reliability_val"):
             assert (path / "reports/evaluate/plots" / plot / f"{arch}.csv").is_file()
+    for table in ("training_curves", "confusion_val"):  # every model in one chart each
+        shown = pd.read_csv(path / "reports/evaluate/plots" / f"{table}.csv")
+        assert set(shown["model"]) == set(archs)
     pairs = json.loads((path / "reports/evaluate/comparison.json").read_text())["pairs"]
     assert {(p["a"], p["b"]) for p in pairs} == set(itertools.combinations(archs, 2))
 

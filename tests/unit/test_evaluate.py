@@ -56,7 +56,18 @@ def inputs(tmp_path, monkeypatch):
         (tmp_path / paths.model_dir(arch)).mkdir(parents=True)
         mini_classifier(seed).save(tmp_path / paths.model_dir(arch) / "model.keras")
         (tmp_path / paths.model_dir(arch) / "run.json").write_text('{"run_id": "none"}')
+        write_history(tmp_path / paths.training_history(arch), epochs=3 + seed)
     return tmp_path, params, manifest
+
+
+def write_history(path, epochs: int) -> None:
+    """train@<arch>'s history.csv as training writes it: one row per epoch from 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rising = np.linspace(0.4, 0.9, epochs)
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "accuracy": rising, "loss": 1 - rising,
+                            "val_loss": 1.1 - rising, "val_accuracy": rising - 0.05,
+                            "val_macro_f1": rising - 0.1, "learning_rate": 1e-3})  # fmt: skip
+    history.to_csv(path, index=False)
 
 
 @pytest.fixture
@@ -112,11 +123,8 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
                 plot: root / paths.evaluate_plot(f"{plot}_val", arch)
                 if split == "val"
                 else out / "test" / f"{plot}_test.csv"
-                for plot in ("confusion", "roc", "reliability")
+                for plot in ("roc", "reliability")
             }
-            confusion = pd.read_csv(at["confusion"])
-            assert list(confusion.columns) == ["actual", "predicted"]
-            assert len(confusion) == n
             roc = pd.read_csv(at["roc"])
             assert list(roc.columns) == ["class", "fpr", "tpr"]
             assert set(roc["class"]) == set(CLASSES)  # one series per class for DVC's template
@@ -162,6 +170,19 @@ def test_stage_writes_every_report_and_logs_to_each_training_run(project):
         } <= {p.name for p in (out / "test").glob("*.png")}
         assert not list((out / "figures").glob("*test*"))
 
+    # every model in one table per chart: its confusion (rows sum to 1) and its training curves
+    confusion = pd.read_csv(root / paths.CONFUSION_SHARES)
+    for arch in ARCHS:
+        cells = confusion[confusion["model"] == arch]
+        matrix = cells["images"].to_numpy().reshape(len(CLASSES), len(CLASSES) + 1)
+        assert matrix.tolist() == results[arch]["val"]["confusion_matrix"]
+        assert cells.groupby("actual")["share"].sum().round(5).eq(1).all()
+    curves = pd.read_csv(root / paths.TRAINING_CURVES)
+    assert curves.groupby("model")["epoch"].max().to_dict() == {
+        a: 3 + k for k, a in enumerate(ARCHS)
+    }
+    assert not list((root / paths.EVALUATE_PLOTS).glob("confusion_val/*"))  # no per-model copy
+    assert not list(root.glob("reports/evaluate/models/*/test/confusion*.csv"))  # predictions'
     comparison = (root / "reports/evaluate/comparison.md").read_text()
     assert all(arch in comparison for arch in ARCHS)
     assert re.search(r"^\| Macro F1 +\| \d", comparison, re.MULTILINE)
@@ -225,6 +246,13 @@ def test_missing_model_names_the_file_and_dvc_repro(inputs, capsys):
         evaluate.run(params)
     assert evaluate.main([]) == 2  # params.yaml is missing in tmp_path: also a user error
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_missing_training_history_names_the_file_and_the_stage(inputs):
+    root, params, _ = inputs
+    (root / paths.training_history("resnet50")).unlink()
+    with pytest.raises(UserError, match=r"reports/train/resnet50/history.csv.*train@resnet50"):
+        evaluate.run(params)
 
 
 def test_missing_manifest_names_it(inputs):
@@ -390,8 +418,11 @@ def test_a_third_backbone_in_params_is_evaluated_and_compared_with_each_other_mo
     (root / paths.model_dir("tinynet")).mkdir(parents=True)
     mini_classifier(7).save(root / paths.model_dir("tinynet") / "model.keras")
     log_training_run(root, "tinynet")
+    write_history(root / paths.training_history("tinynet"), epochs=2)
     results = evaluate.run(params)
     assert set(results) == {*ARCHS, "tinynet"}
+    for table in (paths.TRAINING_CURVES, paths.CONFUSION_SHARES):  # one chart of every model
+        assert set(pd.read_csv(root / table)["model"]) == {*ARCHS, "tinynet"}
     pairs = json.loads((root / "reports/evaluate/comparison.json").read_text())["pairs"]
     assert [(p["a"], p["b"]) for p in pairs] == [
         (ARCHS[0], ARCHS[1]), (ARCHS[0], "tinynet"), (ARCHS[1], "tinynet")

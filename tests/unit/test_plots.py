@@ -29,19 +29,6 @@ def assert_png(path, min_side=50):
     assert min(image.shape[:2]) >= min_side
 
 
-def test_confusion_data_has_one_row_per_image_with_class_names(tmp_path):
-    y, pred = np.array([0, 1, 2, 1]), np.array([0, 2, 2, 1])
-    plots.save_csv(plots.confusion_rows(y, pred, CLASSES), tmp_path / "confusion.csv")
-    frame = pd.read_csv(tmp_path / "confusion.csv")
-    assert list(frame.columns) == ["actual", "predicted"]
-    assert frame.values.tolist() == [
-        ["benign", "benign"],
-        ["malignant", "normal"],
-        ["normal", "normal"],
-        ["malignant", "malignant"],
-    ]
-
-
 def test_predictions_table_lists_path_label_prediction_and_every_probability(fixture_predictions):
     y, proba = fixture_predictions
     paths = [f"img{i}.png" for i in range(10)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import plots_page
+from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = (ROOT / ".dvc" / "plots.html").read_text(encoding="utf-8")
@@ -38,3 +39,18 @@ def test_a_missing_node_modules_is_one_line_naming_the_fix(tmp_path, monkeypatch
     assert plots_page.main([str(tmp_path / "plots.html")]) == 2
     assert "npm ci" in capsys.readouterr().err
     assert not (tmp_path / "plots.html").exists()
+
+
+def test_make_plots_page_keeps_the_pages_own_head_and_body_and_replaces_the_libraries(
+    tmp_path, monkeypatch
+):
+    """The page is the one home of its head and body: an edit there survives a refresh."""
+    if not (ROOT / "node_modules" / "vega" / "package.json").is_file():
+        pytest.skip("node_modules/ not installed: run `make npm` (make test does)")
+    monkeypatch.chdir(ROOT)
+    edited = tmp_path / "plots.html"
+    edited.write_text(PAGE.replace("<title>DVC plots:", "<title>Edited DVC plots:"))
+    assert plots_page.page(edited) == plots_page.page().replace("<title>DVC", "<title>Edited DVC")
+    edited.write_text("<html><head></head><body></body></html>")
+    with pytest.raises(UserError, match=r"plots.html: no </head> or no \{plot_divs\}"):
+        plots_page.page(edited)
