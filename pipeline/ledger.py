@@ -5,8 +5,8 @@ stage reporting test, a promotion gate scoring a challenger) is one row of `repo
 (LEDGER_FILE), a file committed to git so the count survives a fresh clone (the MLflow store is
 local and ignored): when (UTC), the split's fingerprint, the manifest hash, the purpose, the model
 and hashes of the model and of the figures. The figures themselves go to one MLflow run per look
-in the experiment `<experiment>-test-ledger`, apart from the training runs, so the training
-experiment (and `dvc exp show`) carries validation numbers only.
+in the experiment `test-ledger-<experiment>` (ledger_experiment), apart from the training runs, so
+the training experiment (and `dvc exp show`) carries validation numbers only.
 
 A look is new information: computing the same figures of the same model on the same split again
 (a rerun of `evaluate` on unchanged inputs) adds no row, so a rerun changes no committed file; a
@@ -27,7 +27,10 @@ import mlflow
 
 from pipeline.tracking import project_root
 
-LEDGER_SUFFIX = "-test-ledger"
+LEDGER_PREFIX = "test-ledger-"
+# The name before: MLflow's lists cut experiment names at 20 characters, where it read the same as
+# the training experiment. An existing store's ledger under it is renamed on first use.
+OLD_LEDGER_SUFFIX = "-test-ledger"
 SPLIT_TAG = "test_split_sha256"
 LEDGER_FILE = Path("reports/test_looks.csv")
 COLUMNS = (
@@ -37,8 +40,23 @@ COLUMNS = (
 
 
 def ledger_experiment(experiment: str) -> str:
-    """The ledger's MLflow experiment name for a project experiment."""
-    return f"{experiment}{LEDGER_SUFFIX}"
+    """The ledger's MLflow experiment name for a project experiment: the prefix first, so the two
+    names differ in the 20 characters MLflow's experiment lists show."""
+    return f"{LEDGER_PREFIX}{experiment}"
+
+
+def ledger_experiment_id(client: mlflow.MlflowClient, experiment: str) -> str:
+    """The ledger experiment's id, created if new; a ledger under the old name
+    (`<experiment>-test-ledger`) is renamed, so an existing store keeps its looks' history."""
+    name = ledger_experiment(experiment)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    old = client.get_experiment_by_name(f"{experiment}{OLD_LEDGER_SUFFIX}")
+    if old is not None:
+        client.rename_experiment(old.experiment_id, name)
+        return str(old.experiment_id)
+    return str(client.create_experiment(name))
 
 
 def split_fingerprint(image_hashes: Iterable[str]) -> str:
@@ -87,7 +105,7 @@ def record_look(
     """Record one look at a test split; return its ledger row (the earlier one when the same
     figures of the same model were already recorded for this purpose: no new row, no new run).
 
-    The figures go to an MLflow run in `<experiment>-test-ledger` (the tracking URI already set,
+    The figures go to an MLflow run in ledger_experiment(experiment) (the tracking URI already set,
     pipeline.tracking.setup; the active experiment and run are left alone).
     """
     row = {
@@ -121,9 +139,7 @@ def _append(row: dict[str, str]) -> None:
 
 def _log_figures(experiment: str, row: dict[str, str], metrics: dict[str, float]) -> None:
     client = mlflow.MlflowClient()
-    name = ledger_experiment(experiment)
-    found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    experiment_id = ledger_experiment_id(client, experiment)
     tags = {SPLIT_TAG: row["split_sha256"], **{k: row[k] for k in COLUMNS if k != "split_sha256"}}
     run = client.create_run(experiment_id, tags=tags, run_name=f"{row['purpose']}: {row['model']}")
     for key, value in metrics.items():

@@ -208,8 +208,8 @@ def test_two_tracked_runs_and_a_registered_challenger(repo):
         assert "val_macro_f1" in run.data.metrics
         assert "test_macro_f1" not in run.data.metrics
     assert_mlflow_shows_the_runs_as_its_users_expect(client, experiment.experiment_id, runs)
-    ledger = client.get_experiment_by_name("busi-tumor-classification-test-ledger")
-    looks = client.search_runs([ledger.experiment_id])
+    looks_at = client.get_experiment_by_name(ledger.ledger_experiment("busi-tumor-classification"))
+    looks = client.search_runs([looks_at.experiment_id])
     external = [r for r in looks if r.data.tags["purpose"].startswith("external")]
     assert len(external) == len(SITES["external"])  # each site's scoring is a look too
     looks = [r for r in looks if r not in external]

@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline import external, external_card, prepare, synthetic
 from pipeline.errors import UserError
 from pipeline.external_report import served, site_figures
+from pipeline.ledger import ledger_experiment
 from tests.factories import (
     enter_project,
     left_out_pairs,
@@ -135,7 +136,7 @@ def test_every_scoring_of_a_site_is_a_look_in_the_ledger(scored):
 
     root, summary = scored
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    ledger = client.get_experiment_by_name("busi-tumor-classification-test-ledger")
+    ledger = client.get_experiment_by_name(ledger_experiment("busi-tumor-classification"))
     (look,) = client.search_runs([ledger.experiment_id])
     assert look.data.tags["purpose"] == "external: site-b"
     assert look.data.tags["test_split_sha256"] == summary["sites"][0]["ledger"]["split_sha256"]
