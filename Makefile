@@ -165,12 +165,12 @@ rollback: install ## @deploy point @champion back at the version it replaced
 	@$(PY) -m pipeline.promote rollback $(QUIET_TF)
 
 package-azure: install ## @deploy build/azure/: the champion + score.py + YAMLs (PACKAGE_ARGS="--engine onnx": no TensorFlow)
-	$(PY) -m pipeline.package $(PACKAGE_ARGS)
+	@$(PY) -m pipeline.package $(PACKAGE_ARGS)
 
 RELEASE ?= models/selected
 
 export-onnx: install ## @deploy model.onnx for a release folder made before select exported it (RELEASE=...; select's have one)
-	$(PY) -m pipeline.export "$(RELEASE)" $(QUIET_TF)
+	@$(PY) -m pipeline.export "$(RELEASE)" $(QUIET_TF)
 
 bench-engines: install ## @develop Keras vs ONNX Runtime (float, INT8), alone and behind the service, per-stage split (BENCH_ARGS="--repeats 200")
 	$(PY) bench/serve_engines.py $(BENCH_ARGS)
@@ -194,7 +194,7 @@ bench-gpu-wheels: install ## @develop the wheels bench/gpu.sh needs on a GPU ima
 		$$($(PY) -c 'import sys; from importlib.metadata import version as v; print(*(f"{n}=={v(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
 
 serve-mlflow: install ## @serve MLflow's own server for the champion on http://127.0.0.1:$(PORT)/invocations
-	PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
+	@PATH="$(abspath $(BIN)):$$PATH" $(TRACKING) \
 	$(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 lint-workflows: install ## @develop .github/workflows: GitHub's schema, actionlint, zizmor's security audit (offline)
@@ -226,18 +226,18 @@ $(AZ_ML_VENV)/.installed-stamp: deploy/azure/requirements-deploy.txt | $(UV)
 TRAIN_AZURE_ARGS ?=
 
 train-azure: azure-ml-env ## @deploy submit the training stages as an Azure ML GPU job (TRAIN_AZURE_ARGS="--raw azureml:busi-raw@1 --stream")
-	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py $(TRAIN_AZURE_ARGS)
+	@$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py $(TRAIN_AZURE_ARGS)
 
 SWEEP_AZURE_ARGS ?=
 
 sweep-azure: azure-ml-env ## @deploy submit the hyper-parameter sweep (deploy/azure/sweep-job.yml) to Azure ML (SWEEP_AZURE_ARGS="--raw azureml:busi-raw@1")
-	$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py --sweep $(SWEEP_AZURE_ARGS)
+	@$(AZ_ML_VENV)/bin/python deploy/azure/submit_train.py --sweep $(SWEEP_AZURE_ARGS)
 
 RUN ?=
 FROM ?=
 
 bring-home: install ## @deploy register a workspace run's models as @challenger through select (RUN=<run id> FROM=<tracking uri>)
-	$(TRACKING) $(PY) -m pipeline.bring_home "$(RUN)" --from "$(FROM)" $(QUIET_TF)
+	@$(TRACKING) $(PY) -m pipeline.bring_home "$(RUN)" --from "$(FROM)" $(QUIET_TF)
 
 azure-train-env: $(AZ_TRAIN_VENV)/.installed-stamp ## @develop .venv-azureml-train: the training job's pinned env (CPU JAX), for its local test
 

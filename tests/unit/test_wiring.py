@@ -157,3 +157,31 @@ def test_make_help_lists_every_verb_once_by_group_with_real_values():
     assert "http://127.0.0.1:8123" in shown  # serve's port, as given
     promote = next(line for line in shown.splitlines() if line.startswith("  promote "))
     assert "@champion at @challenger" in promote
+
+
+def echoed_recipe_lines() -> list[tuple[str, str, str]]:
+    """(verb, help group, line) for every Makefile recipe line make prints before running it (no
+    leading `@`); continuation lines belong to the line they continue."""
+    echoed, target, group, continued = [], "", "", False
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        rule = re.match(r"^([a-zA-Z][\w-]*):(?!=)[^#]*(?:## @(\w+))?", line)
+        if rule:
+            target, group, continued = rule.group(1), rule.group(2) or "", False
+        elif line.startswith("\t") and target:
+            if not continued and not line.lstrip("\t").startswith("@"):
+                echoed.append((target, group, line.strip()))
+            continued = line.endswith("\\")
+        elif line and not line.startswith("#"):
+            target = ""
+    return echoed
+
+
+def test_a_users_verb_echoes_no_plumbing():
+    """A user's verb (start, pipeline, serve, deploy) prints what it does, not the shell line behind
+    it; the output filter and the tracking store's environment are echoed by no verb at all."""
+    echoed = echoed_recipe_lines()
+    assert any(target == "lint" for target, _, _ in echoed)  # the parse sees echoed lines
+    user = [e for e in echoed if e[1] in ("start", "pipeline", "serve", "deploy")]
+    assert not user, user
+    plumbing = [e for e in echoed if "$(QUIET_TF)" in e[2] or "$(TRACKING)" in e[2]]
+    assert not plumbing, plumbing
