@@ -106,7 +106,8 @@ format: install ## @develop ruff format and autofix
 ui: PORT = 5000
 ui: install ## @pipeline MLflow UI on http://127.0.0.1:5000 (PORT=5000); prints the link to the runs table
 	@$(PY) -c 'from pipeline import tracking as t; from pipeline.config import load_params; t.store_uri(); print("Runs:", t.runs_view_url("http://127.0.0.1:$(PORT)", load_params().mlflow.experiment))'
-	@$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port $(PORT)
+	@$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)}" \
+		--host 127.0.0.1 --port $(PORT)
 
 # A released model: models:/<name>@<alias>, models:/<name>/<version>, or a folder such as
 # models/selected. Empty: models:/<select.model_name>@<promote.alias> from params.yaml.

@@ -29,6 +29,7 @@ from pipeline.config import Params
 from pipeline.datasets import ImageSet
 from pipeline.served_metrics import decisions
 from pipeline.serving.rule import OUT_OF_SCOPE, Served
+from pipeline.tracking import HEADLINE_COLUMNS
 
 SPLITS = ("val", "test")
 
@@ -42,17 +43,25 @@ def headline(results: dict[str, dict]) -> dict[str, dict]:
     200 columns with `--only-changed`; the long names took 492). Everything else (intervals,
     lesions-only AUC, threshold, OOD, test) is in `<arch>/metrics.json`.
     """
-    out = {}
-    for arch, result in results.items():
-        val = result["val"]
-        op = val["operating_point"]
-        out[arch] = {
-            "f1": val["macro_f1"]["value"],
-            "sens": (op.get("sensitivity") or {}).get("value"),
-            "spec": (op.get("specificity") or {}).get("value"),
-            "auc": (op.get("auc") or {}).get("value"),
-        }
-    return out
+    return {arch: headline_of(result["val"]) for arch, result in results.items()}
+
+
+def headline_of(val: dict) -> dict[str, float | None]:
+    """One model's four headline numbers (see `headline`) from its validation figures."""
+    op = val["operating_point"]
+    return {
+        "f1": val["macro_f1"]["value"],
+        "sens": (op.get("sensitivity") or {}).get("value"),
+        "spec": (op.get("specificity") or {}).get("value"),
+        "auc": (op.get("auc") or {}).get("value"),
+    }
+
+
+def view_columns(val: dict) -> dict[str, float]:
+    """The headline numbers the MLflow runs view shows under their short names (`val_<key>`,
+    tracking.HEADLINE_COLUMNS): the flat names of the flag's figures are too long for a column."""
+    short = {f"val_{key}": value for key, value in headline_of(val).items()}
+    return {k: v for k, v in short.items() if k in HEADLINE_COLUMNS and v is not None}
 
 
 def write_reports(
@@ -381,7 +390,7 @@ def log_to_mlflow(
     client = mlflow.MlflowClient()
     for arch, result in results.items():
         run_id = inputs[arch]["run_id"]
-        flat = flat_metrics(result["val"], "val")
+        flat = flat_metrics(result["val"], "val") | view_columns(result["val"])
         # Training logs val_accuracy / val_macro_f1 per epoch; log after its last step so the
         # run's latest value is the one of the saved model, evaluated here.
         clashes = [k for k in flat if k in client.get_run(run_id).data.metrics]

@@ -186,8 +186,12 @@ def test_make_uis_link_opens_the_runs_table_with_the_headline_columns(tmp_path, 
     state = json.loads(tags["mlflow.sharedViewState.headline"])
     assert state["orderByKey"] == "metrics.`val_macro_f1`"
     assert state["orderByAsc"] is False
-    for name in ("val_macro_f1", "val_operating_point_sensitivity", "val_operating_point_auc"):
-        assert f"metrics.`{name}`" in state["selectedColumns"]
+    metrics = [f"metrics.`{name}`" for name in ("val_macro_f1", "val_sens", "val_spec", "val_auc")]
+    assert state["selectedColumns"] == metrics
+    # right after the run's name and date, narrow enough for the ~700 px MLflow's Assistant
+    # panel leaves at 1280 px (seen in test_mlflow_view)
+    assert state["columnOrder"][2:6] == metrics
+    assert 73 + sum(state["columnWidths"].values()) <= 698 - 15
     assert tracking.runs_view_url("http://h", "never-set-up") == "http://h/#/experiments"
 
 
