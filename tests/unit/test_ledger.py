@@ -36,6 +36,7 @@ def test_a_ledger_under_the_old_name_is_renamed_with_its_history(tmp_path, monke
     monkeypatch.delenv("DVC_ROOT", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # a store an earlier test in this process set must not win
     client = mlflow.MlflowClient(tracking_uri=uri)
     old_id = client.create_experiment(f"busi{ledger.OLD_LEDGER_SUFFIX}")
     earlier = client.create_run(old_id, run_name="evaluate: test report: resnet50").info.run_id
