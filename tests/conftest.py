@@ -13,16 +13,22 @@ CLASSES = ("benign", "malignant", "normal")
 # ones fill the gaps, instead of two long ones queueing on one worker at the end. Ordered by
 # `PYTEST_ADDOPTS=--durations=40 make test` in a fresh clone; a file missing here starts later.
 LONGEST_FIRST = (
-    "test_dvc_repro.py",  # ~7 min: a tiny repro, its checks, a queued experiment, a rerun
-    "test_dicom_repro.py",
+    "test_dvc_repro.py",  # ~14 min: a tiny repro, its checks, a queued experiment, a rerun
+    "test_third_backbone.py",  # ~4 min: a tiny repro with three backbones
+    "test_dicom_repro.py",  # ~4 min: a tiny repro from a DICOM folder
     "test_backends.py",
     "test_azure_train_job.py",
+    "test_model_behaviour.py",
     "test_surfaces.py",
     "test_train.py",
     "test_onnx_parity.py",
+    "test_wheel.py",
     "test_distribution.py",
-    "test_cam.py",
+    "test_predict.py",
+    "test_mlflow_view.py",
     "test_web_page.py",
+    "test_evaluate.py",
+    "test_cam.py",
     "test_promote.py",
     "test_select.py",
 )
