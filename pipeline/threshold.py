@@ -64,6 +64,20 @@ def _rule(
     return float(s[i]), bool(reach.size), float(lower[i])
 
 
+def _between(threshold: float | None, scores: np.ndarray) -> float | None:
+    """`threshold` moved halfway down to the next lower validation score (any class).
+
+    `_rule` picks an observed score, so the flag on that very image (p >= t) would hang on float
+    rounding (Keras vs ONNX vs INT8 differ by ~1e-7). Every validation decision, and so the
+    reported operating point, is the same anywhere in (next lower score, t]; the midpoint is
+    the robust choice, as a decision tree's split is.
+    """
+    if threshold is None:
+        return None
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2) if below.size else threshold
+
+
 def _positives(
     is_positive: np.ndarray, argmax_flagged: Any, groups: Any, refused: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,15 +135,14 @@ def choose_threshold(
     validation positive is flagged and `guaranteed` is False. `argmax_flagged`: images whose class
     answer is malignant (flagged at any threshold); `refused`: images the out-of-scope check
     refuses (never flagged). `threshold_ci_low/high` (`n_bootstrap` > 0): the thresholds the rule
-    picks on cluster-resampled validation sets, how far another validation set would move it.
+    picks on cluster-resampled validation sets. Each sits halfway below its score (`_between`).
     """
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     is_positive = y == positive
     always, answered, size = _positives(is_positive, argmax_flagged, groups, refused)
     w = intervals.resamples(y, groups, n_bootstrap, seed)[:, is_positive]
-    found = [
-        _rule(scores[is_positive], always, answered, row, size, target, confidence) for row in w
-    ]
+    chosen = [_rule(scores[is_positive], always, answered, r, size, target, confidence) for r in w]
+    found = [(_between(t, scores), ok, bound) for t, ok, bound in chosen]
     threshold, guaranteed, lower = found[0]
     low, high = _spread([t for t, _, _ in found[1:]])
     flagged = answered & (

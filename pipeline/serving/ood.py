@@ -139,5 +139,13 @@ def fit(pooled: np.ndarray, labels: np.ndarray) -> OodStatistics:
 
 
 def accept_threshold(scores: np.ndarray, accept: float) -> float:
-    """The score at or below which a share `accept` of in-distribution images fall."""
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), accept, method="higher"))
+    """The score at or below which a share `accept` of in-distribution images fall.
+
+    The quantile is an observed score; the threshold sits halfway to the next higher one, so
+    the same images are accepted but none sits on the threshold, where Keras, ONNX and INT8
+    (rounding apart by ~1e-7) would answer it differently.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    at = float(np.quantile(x, accept, method="higher"))
+    above = x[x > at]
+    return float((at + above.min()) / 2) if above.size else at

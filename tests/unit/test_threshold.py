@@ -25,7 +25,9 @@ def test_the_threshold_rule_states_and_keeps_its_guarantee():
     assert rule["sensitivity_lower_bound"] == pytest.approx(lower)
     assert rule["effective_positives"] == 120
     # the next higher threshold would not keep the guarantee
-    above = np.sort(scores[y == 1])[np.sort(scores[y == 1]) > rule["threshold"]][0]
+    positives = np.sort(scores[y == 1])
+    chosen = positives[positives >= rule["threshold"]][0]  # the threshold sits just below it
+    above = positives[positives > chosen][0]
     fewer = np.sum(scores[y == 1] >= above)
     assert stats.beta.ppf(0.05, fewer, 120 - fewer + 1) < 0.85
     assert "population sensitivity" in rule["guarantee"]
@@ -39,8 +41,20 @@ def test_too_few_positives_flag_them_all_and_say_the_guarantee_is_not_met():
     scores = np.linspace(0, 1, 57)
     rule = threshold.choose_threshold(y, scores, 1, scores > 0.9, target=0.9, confidence=0.95)
     assert not rule["guaranteed"]  # 17/17 has a 95% lower bound of 0.838 < 0.9
-    assert rule["threshold"] == scores[y == 1].min()
+    assert rule["threshold"] == scores[y == 1].min()  # no lower score to sit halfway to
     assert rule["sensitivity"] == 1.0
+
+
+def test_the_threshold_sits_between_validation_scores_so_rounding_flips_no_decision():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(30, int), np.zeros(60, int)]
+    scores = np.r_[rng.beta(5, 2, 30), rng.beta(2, 5, 60)].astype(np.float32).astype(float)
+    rule = threshold.choose_threshold(y, scores, 1, scores > 2, target=0.8, confidence=0.95)
+    t = rule["threshold"]
+    on = scores[y == 1][scores[y == 1] >= t].min()  # the positive score the rule chose
+    assert np.array_equal(scores >= t, scores >= on)  # the same validation decisions
+    for shift in (-1e-6, 1e-6):  # another engine's rounding moves no image across it
+        assert np.array_equal(scores + shift >= t, scores >= t)
 
 
 def test_a_malignant_class_answer_is_flagged_whatever_the_threshold():

@@ -62,3 +62,12 @@ def test_a_class_missing_from_validation_takes_the_others_median_scale():
     assert fair.scales[1] == pytest.approx(np.median([fair.scales[0], fair.scales[2]]))
     with pytest.raises(ValueError, match="scales"):
         ood.OodStatistics(fair.means, fair.precision, np.array([1.0, 0.0, 1.0]))
+
+
+def test_the_ood_threshold_accepts_the_quantile_image_and_sits_between_scores():
+    scores = np.random.default_rng(4).gamma(2.0, 1.0, 64).astype(np.float32).astype(float)
+    t = ood.accept_threshold(scores, 0.95)
+    at = np.quantile(scores, 0.95, method="higher")
+    assert np.array_equal(scores > t, scores > at)  # the same images refused as at the quantile
+    for shift in (-1e-6, 1e-6):  # another engine's rounding moves no image across it
+        assert np.array_equal(scores + shift > t, scores > t)
