@@ -8,9 +8,12 @@ quantize its model.onnx as select does (up to 128 train-split images drawn with 
 seed, min-max), then compare the INT8 served answers with the float model's on the validation
 split (pipeline.quantize.compare: agreement, the differences that sit on a threshold, the flag
 sensitivity difference and select's gate) and print the largest probability and relative OOD
-score change. With `--speed SIZE`, an untrained DenseNet121 at SIZE px is exported and quantized
-each way (bench/serve_engines.py's release) and timed against float ONNX Runtime, one image and
-a batch of 32, the engines called in turn so that a shared machine's load falls on all alike.
+score change, and the same on the train images calibration did not draw (held out: neither the
+thresholds nor the ranges saw them; the OOD score's relative change median/p95/max and how many
+served answers stay). With `--speed SIZE`, an untrained DenseNet121 at SIZE px is exported and
+quantized each way (bench/serve_engines.py's release) and timed against float ONNX Runtime, one
+image and a batch of 32, the engines called in turn so that a shared machine's load falls on all
+alike.
 Needs `make demo`'s outputs for the first part. Never run as a test.
 """
 
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +56,10 @@ def answers(release: Path, prepared: Path, seed: int, margin: float) -> None:
     calibration = quantize.calibration_set(base, train.images, seed)
     batch = np.stack([base.engine.prepare(image) for image in val.images])
     proba, scores = base.forward(batch)
+    unseen = np.random.default_rng(seed).permutation(len(train.images))[
+        quantize.CALIBRATION_IMAGES :
+    ]
+    held = np.stack([base.engine.prepare(train.images[i]) for i in sorted(unseen)])
     print(f"{release}: {len(val)} validation images, calibration {len(calibration)} train images")
     with tempfile.TemporaryDirectory() as tmp:
         for name, ops in VARIANTS.items():
@@ -69,6 +77,27 @@ def answers(release: Path, prepared: Path, seed: int, margin: float) -> None:
                 f"{diff['ci_high']:+.3f}], {'served' if record['served'] else 'refused'}",
                 flush=True,
             )
+            if len(held):
+                print(f"  {'':24} held-out train: {held_out(int8, base, held)}", flush=True)
+
+
+def held_out(int8: Any, base: Any, images: np.ndarray) -> str:
+    """Fidelity on images neither the thresholds nor calibration saw: OOD relative change
+    median/p95/max and the served answers that stay, as one line."""
+    from pipeline.serving.rule import serve
+
+    (p, s), (p8, s8) = base.forward(images), int8.forward(images)
+    k, rule = len(base.classes), base.release.rule
+    a, b = serve(rule, p, s), serve(rule, p8, s8)
+    same = int(np.sum((a.labels_or(k) == b.labels_or(k)) & (a.refer == b.refer)))
+    ood = (
+        ""
+        if s is None
+        else "OOD score change median/p95/max {:.3f}/{:.3f}/{:.3f}, ".format(
+            *np.quantile(np.abs(s8 / s - 1), [0.5, 0.95, 1.0])
+        )
+    )
+    return f"{ood}same answer {same}/{len(images)}"
 
 
 def speed(size: int, repeats: int, batches: int) -> None:
