@@ -244,6 +244,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings = ServiceSettin
     app.state.log = PredictionLog(settings.log_dir) if settings.log_dir else None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=_swagger_assets()), name="docs-assets")
+    app.add_middleware(SecurityHeaders)
     _add_error_handlers(app)
     _add_routes(app, classifier, mapper, settings, app.state.log)
     return app
@@ -254,7 +255,7 @@ class SecurityHeaders:
 
     A plain ASGI middleware that edits the response's first message: `@app.middleware("http")`
     (Starlette's BaseHTTPMiddleware) runs each request in a task and streams the response back
-    through a queue, which cost ~0.5 ms a request (bench/serve_engines.py)."""
+    through a queue: fixed cost on every request (docs/benchmarks.md, `make bench-engines`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -276,8 +277,6 @@ class SecurityHeaders:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    app.add_middleware(SecurityHeaders)
-
     @app.exception_handler(InvalidInput)
     async def invalid_input(_request: Request, exc: InvalidInput) -> JSONResponse:
         return _error(exc.status, exc.reason)
