@@ -3,7 +3,8 @@
     python bench/int8_ops.py [--release models/selected] [--prepared data/prepared] [--speed 224]
 
 For each choice of op types (every op ONNX Runtime quantizes; the convolutions; the convolutions
-and their ReLUs, the default: pipeline.quantize.QUANTIZED_OPS), on a copy of the release:
+and their ReLUs; the same with the backbone's last stage left in float, the default:
+pipeline.quantize.QUANTIZED_OPS and FLOAT_STAGE), on a copy of the release:
 quantize its model.onnx as select does (up to 128 train-split images drawn with params.yaml's
 seed, min-max), then compare the INT8 served answers with the float model's on the validation
 split (pipeline.quantize.compare: agreement, the differences that sit on a threshold, the flag
@@ -12,8 +13,8 @@ score change, and the same on the train images calibration did not draw (held ou
 thresholds nor the ranges saw them; the OOD score's relative change median/p95/max and how many
 served answers stay). With `--speed SIZE`, an untrained DenseNet121 at SIZE px is exported and
 quantized each way (bench/serve_engines.py's release) and timed against float ONNX Runtime, one
-image and a batch of 32, the engines called in turn so that a shared machine's load falls on all
-alike.
+image and a batch of 32 (through OnnxEngine, which runs a large batch in chunks as every surface
+does), the engines called in turn so that a shared machine's load falls on all alike.
 Needs `make demo`'s outputs for the first part. Never run as a test.
 """
 
@@ -31,10 +32,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-VARIANTS: dict[str, tuple[str, ...] | None] = {
-    "every op": None,
-    "convolutions": ("Conv",),
-    "convolutions and ReLUs": ("Conv", "Relu"),
+from pipeline.quantize import FLOAT_STAGE  # noqa: E402 (needs ROOT on the path)
+
+# name -> (op types quantized, None: every op; the stage left in float, None: none)
+VARIANTS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
+    "every op": (None, None),
+    "convolutions": (("Conv",), None),
+    "convolutions and ReLUs": (("Conv", "Relu"), None),
+    "the same, last stage float": (("Conv", "Relu"), FLOAT_STAGE),
 }
 
 
@@ -62,15 +67,17 @@ def answers(release: Path, prepared: Path, seed: int, margin: float) -> None:
     held = np.stack([base.engine.prepare(train.images[i]) for i in sorted(unseen)])
     print(f"{release}: {len(val)} validation images, calibration {len(calibration)} train images")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, ops in VARIANTS.items():
-            path = quantize.quantize(release / ONNX_FILE, Path(tmp) / "int8.onnx", calibration, ops)
+        for name, (ops, stage) in VARIANTS.items():
+            path = quantize.quantize(
+                release / ONNX_FILE, Path(tmp) / "int8.onnx", calibration, ops, stage
+            )
             int8 = Classifier(OnnxEngine.load(path), base.release)
             record = quantize.compare(int8, base, val.images, val.labels, groups, margin, seed)
             p8, s8 = int8.forward(batch)
             ood = "" if scores is None else f", OOD score {np.max(np.abs(s8 / scores - 1)):.3f}"
             diff, same = record["flag_sensitivity_difference"], record["agreement"]["same"]
             print(
-                f"  {name:24} same answer {same}/{record['images']} "
+                f"  {name:26} same answer {same}/{record['images']} "
                 f"({record['differing_on_a_threshold']} of the others on a threshold); "
                 f"largest change: probability {np.max(np.abs(p8 - proba)):.3f}{ood}; "
                 f"flag sensitivity {diff['value']:+.3f} [{diff['ci_low']:+.3f}, "
@@ -78,7 +85,7 @@ def answers(release: Path, prepared: Path, seed: int, margin: float) -> None:
                 flush=True,
             )
             if len(held):
-                print(f"  {'':24} held-out train: {held_out(int8, base, held)}", flush=True)
+                print(f"  {'':26} held-out train: {held_out(int8, base, held)}", flush=True)
 
 
 def held_out(int8: Any, base: Any, images: np.ndarray) -> str:
@@ -114,25 +121,24 @@ def speed(size: int, repeats: int, batches: int) -> None:
         folder = release("densenet121", size, Path(tmp) / "release")
         engine = load_classifier(folder, engine="onnx").engine
         scans = [engine.prepare(scan) for scan in calibration_scans(size)]
-        sessions = {"float": engine.session}
-        for name, ops in VARIANTS.items():
+        engines = {"float": engine}
+        for name, (ops, stage) in VARIANTS.items():
             path = quantize.quantize(
-                folder / ONNX_FILE, Path(tmp) / f"{len(sessions)}.onnx", scans, ops
+                folder / ONNX_FILE, Path(tmp) / f"{len(engines)}.onnx", scans, ops, stage
             )
-            sessions[name] = OnnxEngine.load(path).session
+            engines[name] = OnnxEngine.load(path)
         one = engine.prepare(decode_upload(scan_png(size)))[None]
         for x, n, label in (
             (one, repeats, "one image"),
             (np.repeat(one, BATCH, 0), batches, "batch of 32"),
         ):
-            feed = {engine.input_name: x}
-            times: dict[str, list[float]] = {name: [] for name in sessions}
-            for session in sessions.values():
-                session.run(None, feed)
+            times: dict[str, list[float]] = {name: [] for name in engines}
+            for each in engines.values():
+                each.pooled_and_probabilities(x)
             for _ in range(n):
-                for name, session in sessions.items():
+                for name, each in engines.items():
                     started = time.perf_counter()
-                    session.run(None, feed)
+                    each.pooled_and_probabilities(x)
                     times[name].append(time.perf_counter() - started)
             median = {name: float(np.median(t)) * 1000 for name, t in times.items()}
             print(f"{size} px, {label}: float {median['float']:.1f} ms; INT8 over float:", end="")

@@ -10,7 +10,8 @@ same synthetic scan, one image at a time (latency p50 / p99) and in batches of 3
     keras predict      model.predict(x)                    (Keras' dataset machinery per call)
     keras call         model(x, training=False)            (the direct call)
     keras engine       KerasEngine.probabilities (predict_on_batch, what the service runs)
-    onnxruntime        InferenceSession.run on model.onnx  (what OnnxEngine runs)
+    onnxruntime        OnnxEngine on model.onnx: InferenceSession.run, a batch in chunks of
+                       engine.CHUNK_PIXELS (what every surface runs)
     onnxruntime int8   the same on model.int8.onnx
     service/keras      POST /predict of the PNG to `python -m pipeline.serve --engine keras`
     service/onnx       the same with `--engine onnx`       (loopback, one client; no heat maps)
@@ -136,13 +137,13 @@ def in_process(
     int8_engine = load_classifier(folder, engine="onnx-int8").engine
     one = keras_engine.prepare(decode_upload(png))[None]
     many = np.repeat(one, BATCH, axis=0)
-    model, session, name = keras_engine.model, onnx_engine.session, onnx_engine.input_name
+    model = keras_engine.model
     calls = {
         "keras predict": lambda x: model.predict(x, verbose=0),
         "keras call": lambda x: np.asarray(model(x, training=False)),
         "keras engine": keras_engine.probabilities,
-        "onnxruntime": lambda x: session.run(None, {name: x}),
-        "onnxruntime int8": lambda x: int8_engine.session.run(None, {name: x}),
+        "onnxruntime": onnx_engine.pooled_and_probabilities,
+        "onnxruntime int8": int8_engine.pooled_and_probabilities,
     }
     if not keras:
         calls = {k: v for k, v in calls.items() if not k.startswith("keras")}

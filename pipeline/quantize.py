@@ -7,8 +7,9 @@ With `select.int8: true`, `select` calls `add_int8` on the release it builds:
    train split, fitted as the engines fit uploads. Training images only: the validation split
    judges the result and must not have shaped it. Static, because dynamic quantization leaves
    the convolutions, nearly all of a CNN's cost, in float. Only the convolutions and ReLUs are
-   quantized (QUANTIZED_OPS): the resizing, DenseNet's concatenations and batch norms, the
-   pooling, the classifier head and the softmax stay in float (why: QUANTIZED_OPS).
+   quantized (QUANTIZED_OPS), and only before the backbone's last stage (`float_stage`): the
+   resizing, DenseNet's concatenations and batch norms, the last stage, the pooling, the
+   classifier head and the softmax stay in float (why: QUANTIZED_OPS, FLOAT_STAGE).
 2. Compare: the INT8 model's served answers (the release's own rule: class or out of scope, and
    the refer flag) against the float model's on the validation split: agreement (share of
    identical answers, Wilson interval), and the paired differences INT8 - float of the flag's
@@ -50,6 +51,15 @@ CALIBRATION_IMAGES = 128  # min-max ranges settle well before this on the demo (
 # convolutions alone 2.31x / 1.72x. `make bench-quantize BENCH_ARGS="--speed 224"`, 2026-12-05,
 # 2 shared cores (docs/serving.md).
 QUANTIZED_OPS = ("Conv", "Relu")
+# The backbone's last stage (7 x 7 at 224 px) stays in float: the pooled features the OOD check
+# reads come straight out of it, and in INT8 it moved make demo's validation OOD scores by up to
+# 18% (one of 64 answers changed, on a 6% margin) and those of the train images calibration did
+# not draw by 11% at the median, 45% at most; in float 2% and 8% on validation (no answer
+# changed), 6% and 14% held out. Cost: INT8 over float at 224 px, one image, 1.98x -> 1.91x
+# (bench/int8_ops.py, `make bench-quantize`, 2026-12-05, quiet 2-core machine).
+# keras.applications names the last stage's layers so in DenseNet121 and ResNet50 alike
+# (tests/unit/test_backbones.py checks both).
+FLOAT_STAGE = "conv5_"
 CALIBRATION_BATCH = 16
 EDGE_TOLERANCE = 1e-4  # = export.PARITY_TOLERANCE: float engines may differ by this much
 N_BOOTSTRAP = 2000
@@ -60,18 +70,42 @@ def quantize(
     int8_onnx: Path,
     calibration: Sequence[np.ndarray],
     ops: Sequence[str] | None = QUANTIZED_OPS,
+    float_stage: str | None = FLOAT_STAGE,
 ) -> Path:
     """Static QDQ quantization of `float_onnx` into `int8_onnx`, ranges from `calibration`
     (prepared (H, W, 3) float32 batches' rows), of the `ops` types (None: every op ONNX Runtime
-    can quantize; bench/int8_ops.py compares them); the input geometry metadata is kept."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    can quantize) before the stage whose layer names start with `float_stage` (None, or a graph
+    without it: every stage; bench/int8_ops.py compares them); the input geometry metadata is
+    kept."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Constant folding and BatchNorm fusion first, as ONNX Runtime's guide advises (sympy's
+        # symbolic shapes are not needed: the graph's only dynamic axes are batch and size).
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / int8_onnx.name
+        kept_float = stage_nodes(pre, float_stage) if float_stage else []
+        quantize_static(
+            str(pre),
+            str(out),
+            _batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=None if ops is None else list(ops),
+            nodes_to_exclude=kept_float,
+        )
+        _save_with_metadata(out, int8_onnx, float_onnx)
+    return int8_onnx
+
+
+def _batches(calibration: Sequence[np.ndarray]) -> Any:
+    """ONNX Runtime's calibration reader over `calibration` in batches of CALIBRATION_BATCH."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -83,25 +117,22 @@ def quantize(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        # Constant folding and BatchNorm fusion first, as ONNX Runtime's guide advises (sympy's
-        # symbolic shapes are not needed: the graph's only dynamic axes are batch and size).
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
-        out = Path(tmp) / int8_onnx.name
-        quantize_static(
-            str(pre),
-            str(out),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            op_types_to_quantize=None if ops is None else list(ops),
-        )
-        _save_with_metadata(out, int8_onnx, float_onnx)
-    return int8_onnx
+    return Batches()
+
+
+def stage_nodes(model: Path, stage: str) -> list[str]:
+    """The names of the nodes of the ONNX graph in `model` from the first one of `stage` (a
+    Keras layer-name prefix: the export names nodes `.../<layer>_1/<op>`) to the end.
+
+    From the first on, not by name: the export folds a batch norm into the convolution before it
+    and names the result `Conv__<n>`. ONNX lists nodes in topological order, and in a backbone
+    whose stages run one after another, every node of the earlier stages feeds the first node of
+    the last, so the nodes from there on are the last stage's and the head's."""
+    import onnx
+
+    names = [node.name for node in onnx.load(str(model)).graph.node]
+    first = next((i for i, name in enumerate(names) if f"/{stage}" in name), len(names))
+    return names[first:]
 
 
 def _save_with_metadata(model: Path, to: Path, metadata_of: Path) -> None:
@@ -227,6 +258,8 @@ def add_int8(
     int8 = load_classifier(folder, engine="onnx-int8")
     record = compare(int8, base, val_images, val_labels, val_groups, margin, seed)
     record["calibration"] = {"split": "train", "images": len(calibration), "method": "minmax"}
+    found = bool(stage_nodes(folder / ONNX_FILE, FLOAT_STAGE))
+    record["kept_in_float"] = f"{FLOAT_STAGE}* (the backbone's last stage)" if found else None
     record["file"] = INT8_FILE if record["served"] else None
     if not record["served"]:
         path.unlink()

@@ -108,16 +108,23 @@ def make_prepared(
     return folder
 
 
-def mini_classifier(seed: int = 0, classes: tuple[str, ...] = CLASSES):
+def mini_classifier(seed: int = 0, classes: tuple[str, ...] = CLASSES, staged: bool = False):
     """The layer contract of pipeline.backbones (resize, preprocess, backbone sub-model, pool,
-    dropout, predictions) with a one-layer backbone: saves and loads in a second, draws CAMs."""
+    dropout, predictions) with a one-layer backbone: saves and loads in a second, draws CAMs.
+    `staged`: a backbone of two stages named as keras.applications names them (`conv4_...`,
+    then `conv5_...` with a convolution, batch norm and ReLU)."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    base = keras.Sequential(
-        [keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4, activation="relu")],
-        name="backbone",
-    )
+    layers = [keras.layers.Conv2D(4, 3, strides=4, activation="relu")]
+    if staged:
+        layers = [
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv4_block1_conv"),
+            keras.layers.Conv2D(6, 3, strides=2, name="conv5_block1_1_conv"),
+            keras.layers.BatchNormalization(name="conv5_block1_1_bn"),
+            keras.layers.ReLU(name="conv5_block1_1_relu"),
+        ]
+    base = keras.Sequential([keras.Input((32, 32, 3)), *layers], name="backbone")
     inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(32, 32, pad_to_aspect_ratio=True, name="resize")(inputs)
     x = keras.layers.Rescaling(1 / 255, name="preprocess")(x)

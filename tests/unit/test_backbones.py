@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import backbones
+from pipeline import backbones, quantize
 from pipeline import layers as layer_names
 from pipeline.errors import UserError
 
@@ -37,6 +37,19 @@ def test_layer_names_are_the_contract_for_class_activation_maps(resnet):
     )  # in order
     pool, backbone = resnet.get_layer(layer_names.POOL), resnet.get_layer(layer_names.BACKBONE)
     assert pool.input.shape[-1] == backbone.output.shape[-1]
+
+
+def test_both_backbones_name_their_last_stage_as_int8_expects(resnet, densenet):
+    """INT8 keeps the stage named quantize.FLOAT_STAGE in float: in each backbone it is the
+    final run of layers, at the smallest feature map, up to the backbone's output."""
+    for model in (resnet, densenet):
+        backbone = model.get_layer(layer_names.BACKBONE)
+        names = [layer.name for layer in backbone.layers]
+        first = next(i for i, name in enumerate(names) if name.startswith(quantize.FLOAT_STAGE))
+        stage = backbone.layers[first:]
+        assert not any(name.startswith(("conv2_", "conv3_", "conv4_")) for name in names[first:])
+        side = backbone.output.shape[1]
+        assert all(layer.output.shape[1] == side for layer in stage[1:]), backbone.name
 
 
 def test_resnet_preprocessing_matches_keras_caffe_mode(resnet):

@@ -46,6 +46,33 @@ def test_the_onnx_graph_gives_the_pooled_features_the_ood_score_reads(onnx_relea
     np.testing.assert_allclose(onnx_proba, keras_proba, atol=1e-5)
 
 
+def test_a_batch_runs_in_chunks_of_bounded_pixels_with_the_same_outputs(onnx_release, monkeypatch):
+    """Large 224 px batches run faster in chunks (pipeline.serving.engine.CHUNK_PIXELS); the
+    chunks must give what one run gives, in order, and an empty batch keeps its shapes."""
+    from pipeline.serving import engine as engines
+
+    onnx = load_classifier(onnx_release, engine="onnx").engine
+    batch = np.stack([onnx.prepare(scan(seed)) for seed in range(5)])
+    whole = onnx.pooled_and_probabilities(batch)
+    sizes: list[int] = []
+    session = onnx.session
+
+    class Counting:
+        def run(self, names, feed):
+            sizes.append(len(feed[onnx.input_name]))
+            return session.run(names, feed)
+
+    monkeypatch.setattr(onnx, "session", Counting())
+    monkeypatch.setattr(engines, "CHUNK_PIXELS", 2 * 32 * 32 + 1)
+    chunked = onnx.pooled_and_probabilities(batch)
+    assert sizes == [2, 2, 1]
+    for ours, theirs in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    pooled, proba = onnx.pooled_and_probabilities(batch[:0])
+    assert pooled.shape == (0, whole[0].shape[1])
+    assert proba.shape == (0, len(CLASSES))
+
+
 def test_the_onnx_path_serves_without_importing_keras_or_tensorflow(onnx_release):
     probe = (
         "import json, sys\n"

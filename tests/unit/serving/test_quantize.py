@@ -103,6 +103,32 @@ def test_only_the_convolutions_and_relus_are_quantized(float_release, tmp_path):
     assert not any(dequantized & set(n.input) for n in head)
 
 
+def test_the_backbones_last_stage_stays_in_float(tmp_path):
+    """Its output is the pooled features the OOD check reads: in INT8 it moved make demo's OOD
+    scores enough to change an answer (pipeline.quantize.FLOAT_STAGE). The stage before it is
+    quantized. The last stage is found from its first node on, not by each node's name: the
+    export names a convolution it folds a batch norm into after the norm (here) or `Conv__<n>`
+    (DenseNet121's)."""
+    import onnx
+
+    from tests.factories import with_onnx
+
+    folder = with_onnx(
+        make_release(tmp_path / "staged", mini_classifier(seed=5, staged=True)),
+        [scan(seed) for seed in range(4)],
+    )
+    base = load_classifier(folder, engine="onnx")
+    calibration = [base.engine.prepare(scan(seed)) for seed in range(8)]
+    path = quantize.quantize(folder / "model.onnx", tmp_path / INT8_FILE, calibration)
+    nodes = onnx.load(str(path)).graph.node
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    convs = [n for n in nodes if n.op_type == "Conv" and "preprocess" not in n.name]
+    quantized = [bool(dequantized & set(n.input[1:2])) for n in convs]  # the weights' input
+    assert quantized == [True, False], [n.name for n in convs]
+    assert len(quantize.stage_nodes(folder / "model.onnx", "conv5_")) >= 3
+    assert quantize.stage_nodes(folder / "model.onnx", "conv9_") == []
+
+
 def test_an_answer_on_a_threshold_is_told_apart_from_one_that_moved():
     rule = DecisionRule(CLASSES, "malignant", threshold=0.3, ood_threshold=2.0)
     p = np.array([[0.7, 0.3 + 1e-7, 0.0], [0.5, 0.5, 0.0], [0.8, 0.2, 0.0], [0.9, 0.1, 0.0]])
