@@ -14,7 +14,8 @@ thresholds nor the ranges saw them; the OOD score's relative change median/p95/m
 served answers stay). With `--speed SIZE`, an untrained DenseNet121 at SIZE px is exported and
 quantized each way (bench/serve_engines.py's release) and timed against float ONNX Runtime, one
 image and a batch of 32 (through OnnxEngine, which runs a large batch in chunks as every surface
-does), the engines called in turn so that a shared machine's load falls on all alike.
+does), the engines called in turn so that a shared machine's load falls on all alike; then the
+batch of 32 in one ONNX Runtime call against the engine's chunks, float and the default INT8.
 Needs `make demo`'s outputs for the first part. Never run as a test.
 """
 
@@ -128,23 +129,37 @@ def speed(size: int, repeats: int, batches: int) -> None:
             )
             engines[name] = OnnxEngine.load(path)
         one = engine.prepare(decode_upload(scan_png(size)))[None]
-        for x, n, label in (
-            (one, repeats, "one image"),
-            (np.repeat(one, BATCH, 0), batches, "batch of 32"),
-        ):
-            times: dict[str, list[float]] = {name: [] for name in engines}
-            for each in engines.values():
-                each.pooled_and_probabilities(x)
-            for _ in range(n):
-                for name, each in engines.items():
-                    started = time.perf_counter()
-                    each.pooled_and_probabilities(x)
-                    times[name].append(time.perf_counter() - started)
-            median = {name: float(np.median(t)) * 1000 for name, t in times.items()}
+        many = np.repeat(one, BATCH, 0)
+        calls = {name: each.pooled_and_probabilities for name, each in engines.items()}
+        for x, n, label in ((one, repeats, "one image"), (many, batches, "batch of 32")):
+            median = in_turn(calls, x, n)
             print(f"{size} px, {label}: float {median['float']:.1f} ms; INT8 over float:", end="")
             print(
                 "; ".join(f" {k} {median['float'] / median[k]:.2f}x" for k in VARIANTS), flush=True
             )
+        default = next(k for k, v in VARIANTS.items() if v == (quantize.QUANTIZED_OPS, FLOAT_STAGE))
+        sessions = {name: engines[name].session for name in ("float", default)}
+        whole = {  # what OnnxEngine's chunks (engine.CHUNK_PIXELS) are measured against
+            f"{name}, in one call": lambda x, s=session: s.run(None, {engine.input_name: x})
+            for name, session in sessions.items()
+        }
+        median = in_turn(whole | {name: calls[name] for name in sessions}, many, batches)
+        shown = "; ".join(f"{k} {v:.0f}" for k, v in median.items())
+        print(f"{size} px, batch of 32, ms: {shown} (the last two in the engine's chunks)")
+
+
+def in_turn(calls: dict[str, Any], x: np.ndarray, n: int) -> dict[str, float]:
+    """Median ms of each call on `x` over `n` rounds, each call once per round in turn (after
+    one warm-up round), so that a shared machine's load falls on all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call(x)
+    for _ in range(n):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(x)
+            times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(t)) * 1000 for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,9 +129,10 @@ class KerasEngine(_Fitting):
 ONNX_OUTPUTS = ("pooled", "probabilities")  # pipeline.export names the graph's outputs so
 # ONNX Runtime runs a batch in chunks of at most this many input pixels (4 images at 224 px,
 # 49 at 64 px): beyond a few 224 px images the activations outgrow the CPU's caches and every
-# image costs more. Batch of 32 at 224 px, untrained DenseNet121, in chunks of 32 / 8 / 4 / 2:
-# float 1066 / 1031 / 952 / 954 ms, INT8 700 / 529 / 476 / 485 ms (scratch timing on the quiet
-# 2-core machine, 2026-12-05; bench/serve_engines.py times the engine as it is).
+# image costs more, INT8's float concatenations most. Batch of 32 at 224 px, untrained
+# DenseNet121, in one call / in chunks: float 1045 / 953 ms, INT8 613 / 479 ms (`make
+# bench-quantize BENCH_ARGS="--speed 224"`, quiet 2-core machine, 2026-12-05; chunks of 2 and 8
+# were no better in a one-off timing).
 CHUNK_PIXELS = 4 * 224 * 224
 
 
