@@ -39,6 +39,7 @@ def test_the_int8_model_answers_close_to_the_float_one_and_records_why_it_is_ser
     train = [scan(seed) for seed in range(20)]
     record = quantize.add_int8(float_release, base, train, val, labels, None, margin=0.2)
     assert record["calibration"] == {"split": "train", "images": 20, "method": "minmax"}
+    assert record["kept_in_float"] is None  # the mini backbone has no conv5_ stage to keep
     assert record["images"] == 40
     assert record["agreement"]["ci_low"] <= record["agreement"]["value"] <= 1
     assert 0 <= record["differing_on_a_threshold"] <= 40 - record["agreement"]["same"]
@@ -127,6 +128,10 @@ def test_the_backbones_last_stage_stays_in_float(tmp_path):
     assert quantized == [True, False], [n.name for n in convs]
     assert len(quantize.stage_nodes(folder / "model.onnx", "conv5_")) >= 3
     assert quantize.stage_nodes(folder / "model.onnx", "conv9_") == []
+    val = [scan(seed) for seed in range(300, 320)]
+    train = [scan(seed) for seed in range(8)]
+    record = quantize.add_int8(folder, base, train, val, labels_from(base, val), None, 0.2)
+    assert record["kept_in_float"] == "conv5_* (the backbone's last stage)"
 
 
 def test_an_answer_on_a_threshold_is_told_apart_from_one_that_moved():
