@@ -125,9 +125,10 @@ def stage_nodes(model: Path, stage: str) -> list[str]:
     Keras layer-name prefix: the export names nodes `.../<layer>_1/<op>`) to the end.
 
     From the first on, not by name: the export folds a batch norm into the convolution before it
-    and names the result after the norm or `Conv__<n>` (DenseNet121's). ONNX lists nodes in topological order, and in a backbone
-    whose stages run one after another, every node of the earlier stages feeds the first node of
-    the last, so the nodes from there on are the last stage's and the head's."""
+    and names the result after the norm or `Conv__<n>` (DenseNet121's). ONNX lists nodes in
+    topological order, and in a backbone whose stages run one after another, every node of the
+    earlier stages feeds the first node of the last, so the nodes from there on are the last
+    stage's and the head's."""
     import onnx
 
     names = [node.name for node in onnx.load(str(model)).graph.node]
