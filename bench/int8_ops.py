@@ -1,6 +1,7 @@
 """Which ops INT8 quantizes: the served answers it keeps and the speed it buys (issue 27).
 
-    python bench/int8_ops.py [--release models/selected] [--prepared data/prepared] [--speed 224]
+    python bench/int8_ops.py [--release models/selected | --model resnet50]
+                             [--prepared data/prepared] [--speed 224]
 
 For each choice of op types (every op ONNX Runtime quantizes; the convolutions; the convolutions
 and their ReLUs; the same with the backbone's last stage left in float, the default:
@@ -16,7 +17,9 @@ quantized each way (bench/serve_engines.py's release) and timed against float ON
 image and a batch of 32 (through OnnxEngine, which runs a large batch in chunks as every surface
 does), the engines called in turn so that a shared machine's load falls on all alike; then the
 batch of 32 in one ONNX Runtime call against the engine's chunks, float and the default INT8.
-Needs `make demo`'s outputs for the first part. Never run as a test.
+`--model ARCH` judges the demo's other trained model instead of the release: released as select
+would release it (its own rule and OOD statistics from evaluate) and exported, in a scratch
+folder. Needs `make demo`'s outputs for the first part. Never run as a test.
 """
 
 from __future__ import annotations
@@ -162,12 +165,31 @@ def in_turn(calls: dict[str, Any], x: np.ndarray, n: int) -> dict[str, float]:
     return {name: float(np.median(t)) * 1000 for name, t in times.items()}
 
 
+def release_of(arch: str, folder: Path) -> Path:
+    """The demo's trained `arch` released into `folder` as select releases a winner (the rule
+    and OOD statistics evaluate fitted for it on validation) and exported to ONNX."""
+    from pipeline import paths
+    from pipeline.config import load_params
+    from pipeline.export import export_release
+    from pipeline.select import read_rule
+    from pipeline.serving.ood import OOD_FILE
+    from pipeline.serving.release import write_release
+
+    rule = read_rule(arch, load_params(ROOT / "params.yaml").classes)
+    ood = paths.evaluate_dir(arch) / OOD_FILE if rule.ood_threshold is not None else None
+    folder.mkdir(parents=True)
+    write_release(folder, paths.model_dir(arch) / "model.keras", rule, {"arch": arch}, ood_file=ood)
+    export_release(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     """Compare the variants' answers (needs a release and prepared data) and, optionally, speed."""
     from pipeline.config import load_params
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--release", type=Path, default=ROOT / "models" / "selected")
+    p.add_argument("--model", metavar="ARCH", help="the demo's trained ARCH instead (resnet50)")
     p.add_argument("--prepared", type=Path, default=ROOT / "data" / "prepared")
     p.add_argument("--speed", type=int, metavar="SIZE", help="also time the variants at SIZE px")
     p.add_argument("--repeats", type=int, default=20, help="one-image calls per variant")
@@ -176,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(ROOT / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "release"
-        shutil.copytree(args.release, copy)  # compare's gate never touches the real release
+        if args.model:
+            release_of(args.model, copy)
+        else:
+            shutil.copytree(args.release, copy)  # compare's gate never touches the real release
         answers(copy, args.prepared, params.seed, params.select.int8_margin)
     if args.speed:
         speed(args.speed, args.repeats, args.batches)
