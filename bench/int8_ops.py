@@ -28,7 +28,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ def speed(size: int, repeats: int, batches: int) -> None:
         many = np.repeat(one, BATCH, 0)
         calls = {name: each.pooled_and_probabilities for name, each in engines.items()}
         for x, n, label in ((one, repeats, "one image"), (many, batches, "batch of 32")):
-            median = in_turn(calls, x, n)
+            median = medians(calls, x, n)
             print(f"{size} px, {label}: float {median['float']:.1f} ms; INT8 over float:", end="")
             print(
                 "; ".join(f" {k} {median['float'] / median[k]:.2f}x" for k in VARIANTS), flush=True
@@ -146,23 +145,17 @@ def speed(size: int, repeats: int, batches: int) -> None:
             f"{name}, in one call": lambda x, s=session: s.run(None, {engine.input_name: x})
             for name, session in sessions.items()
         }
-        median = in_turn(whole | {name: calls[name] for name in sessions}, many, batches)
+        median = medians(whole | {name: calls[name] for name in sessions}, many, batches)
         shown = "; ".join(f"{k} {v:.0f}" for k, v in median.items())
         print(f"{size} px, batch of 32, ms: {shown} (the last two in the engine's chunks)")
 
 
-def in_turn(calls: dict[str, Any], x: np.ndarray, n: int) -> dict[str, float]:
-    """Median ms of each call on `x` over `n` rounds, each call once per round in turn (after
-    one warm-up round), so that a shared machine's load falls on all alike."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call(x)
-    for _ in range(n):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call(x)
-            times[name].append(time.perf_counter() - started)
-    return {name: float(np.median(t)) * 1000 for name, t in times.items()}
+def medians(calls: dict[str, Any], x: np.ndarray, n: int) -> dict[str, float]:
+    """Median ms of each call on `x`, called in turn `n` rounds (bench/serve_engines.in_turn)."""
+    from serve_engines import in_turn
+
+    times = in_turn({name: lambda call=call: call(x) for name, call in calls.items()}, n)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def release_of(arch: str, folder: Path) -> Path:

@@ -116,14 +116,16 @@ def mini_classifier(seed: int = 0, classes: tuple[str, ...] = CLASSES, staged: b
     import keras
 
     keras.utils.set_random_seed(seed)
-    layers = [keras.layers.Conv2D(4, 3, strides=4, activation="relu")]
-    if staged:
-        layers = [
+    layers = (
+        [
             keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv4_block1_conv"),
             keras.layers.Conv2D(6, 3, strides=2, name="conv5_block1_1_conv"),
             keras.layers.BatchNormalization(name="conv5_block1_1_bn"),
             keras.layers.ReLU(name="conv5_block1_1_relu"),
         ]
+        if staged
+        else [keras.layers.Conv2D(4, 3, strides=4, activation="relu")]
+    )
     base = keras.Sequential([keras.Input((32, 32, 3)), *layers], name="backbone")
     inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(32, 32, pad_to_aspect_ratio=True, name="resize")(inputs)
