@@ -21,7 +21,10 @@ then where one ONNX request's time goes: each step in process (median ms: decode
 to the model's input, the forward pass, the rule's answer, the prediction-log row, the JSON), and
 request by request through the service (`--no-log`): the time at the client, the service's own
 `decode_ms` (decode and fit) and `inference_ms` (forward pass and answer) of that request, and the
-rest (HTTP, the framework, the thread hop, the JSON). Then the ratios the issues ask for: INT8
+rest (HTTP, the framework, the thread hop, the JSON), and the least a request could add with the
+same pixels: the same upload posted by the same client to a bare ASGI app under uvicorn (reads
+the body, answers a line of JSON; no framework, no access log) plus the decode and the fit. Then
+the ratios the issues ask for: INT8
 over float ONNX Runtime (target at least 1.8 at 224 px), each service's p50 over its own engine's
 (target at most 1.10 for ONNX; also request by request, over the forward pass the service timed
 inside that request, which a shared machine's changing load cannot tilt), ONNX Runtime over the
@@ -39,6 +42,7 @@ import http.client
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -252,6 +256,50 @@ def through_service(folder: Path, engine: str, png: bytes, repeats: int) -> dict
         server.wait(timeout=30)
 
 
+# A bare ASGI app: what a loopback request of the same upload costs with no framework at all.
+BARE_APP = """
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b'{"bytes": %d}' % size
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def bare_round_trip(png: bytes, repeats: int) -> float:
+    """Median ms at the client of POSTing `png` to BARE_APP (uvicorn's own choice of parser and
+    loop, as `make serve`'s): the floor under "HTTP, framework, JSON"."""
+    from serve_latency import free_port  # bench/ is on the path when run
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                post(connection, png)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    failure = server.stderr.read() if server.stderr else b""
+                    raise SystemExit(f"bare ASGI app did not start: {failure!r}") from None
+                time.sleep(0.2)
+        return float(np.median(timed(lambda: post(connection, png), repeats)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def environment_sizes() -> dict[str, float | None]:
     """Installed size (MB) of each serving environment's site-packages, when it is built."""
     sizes = {}
@@ -265,8 +313,8 @@ def environment_sizes() -> dict[str, float | None]:
     return sizes
 
 
-def report(size: int, rows: dict[str, dict], split: dict[str, float]) -> None:
-    """Print one image size's table, the ONNX request's split and the ratios."""
+def report(size: int, rows: dict[str, dict], split: dict[str, float], bare: float) -> None:
+    """Print one image size's table, the ONNX request's split, its floor and the ratios."""
     print(f"\n{size} px: {'':19} {'p50 ms':>9} {'p99 ms':>9} {'batch-32 img/s':>15}")
     for label, row in rows.items():
         print(f"  {label:25} {row['p50']:9.2f} {row['p99']:9.2f} {row['images_s']:15.1f}")
@@ -276,6 +324,13 @@ def report(size: int, rows: dict[str, dict], split: dict[str, float]) -> None:
     print(
         "  service/onnx request by request, median ms: "
         + ", ".join(f"{step} {ms:.2f}" for step, ms in within.items())
+    )
+    least = bare + split["decode"] + split["fit"]
+    print(
+        f"  the least a request could add with the same pixels: bare uvicorn round trip "
+        f"{bare:.2f} + decode {split['decode']:.2f} + fit {split['fit']:.2f} = {least:.2f} ms; "
+        f"service/onnx adds {within['client'] - within['forward+answer']:.2f} ms; 1.10 leaves "
+        f"{0.1 * within['forward+answer']:.2f} ms"
     )
     for engine, label in ENGINE_ROWS.items():
         if label not in rows:
@@ -319,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             split = stages(folder, "onnx", png, args.repeats)
             for engine in [e for e in ENGINE_ROWS if e != "keras" or not args.no_keras]:
                 rows[f"service/{engine}"] = through_service(folder, engine, png, args.repeats)
-            report(size, rows, split)
+            report(size, rows, split, bare_round_trip(png, args.repeats))
     sizes = environment_sizes()
     print("\nserving environment, installed (site-packages):")
     for engine, mb in sizes.items():
