@@ -24,14 +24,13 @@ request by request through the service (`--no-log`): the time at the client, the
 rest (HTTP, the framework, the thread hop, the JSON), and the least a request could add with the
 same pixels: the same upload posted by the same client to a bare ASGI app under uvicorn (reads
 the body, answers a line of JSON; no framework, no access log) plus the decode and the fit. Then
-the ratios the issues ask for: INT8
-over float ONNX Runtime (target at least 1.8 at 224 px), each service's p50 over its own engine's
-(target at most 1.10 for ONNX; also request by request, over the forward pass the service timed
-inside that request, which a shared machine's changing load cannot tilt), ONNX Runtime over the
-Keras direct call, and the installed size of each serving environment (.venv-azureml-server,
-.venv-azureml-onnx). The service throughput is 32 requests from two clients (the service runs
-two inferences at once). Never run as a test: the figures depend on the machine (INT8's on VNNI
-above all).
+the ratios the issues ask for: INT8 over float ONNX Runtime (target at least 1.8 at 224 px),
+each service's p50 over its own engine's (target at most 1.10 for ONNX; also request by request,
+over the forward pass the service timed inside that request, which a shared machine's changing
+load cannot tilt), ONNX Runtime over the Keras direct call, and the installed size of each
+serving environment (.venv-azureml-server, .venv-azureml-onnx). The service throughput is 32
+requests from two clients (the service runs two inferences at once). Never run as a test: the
+figures depend on the machine (INT8's on VNNI above all).
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ import http.client
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -278,22 +276,12 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 def bare_round_trip(png: bytes, repeats: int) -> float:
     """Median ms at the client of POSTing `png` to BARE_APP (uvicorn's own choice of parser and
     loop, as `make serve`'s): the floor under "HTTP, framework, JSON"."""
-    from serve_latency import free_port  # bench/ is on the path when run
+    from serve_latency import free_port, start_process  # bench/ is on the path when run
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)], stderr=subprocess.PIPE)
+    server = start_process([sys.executable, "-c", BARE_APP, str(port)], port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                post(connection, png)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    failure = server.stderr.read() if server.stderr else b""
-                    raise SystemExit(f"bare ASGI app did not start: {failure!r}") from None
-                time.sleep(0.2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         return float(np.median(timed(lambda: post(connection, png), repeats)))
     finally:
         server.terminate()

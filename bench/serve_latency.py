@@ -65,6 +65,11 @@ def start_server(model: str, port: int, extra: tuple[str, ...] = ()) -> subproce
         "--no-heatmaps",
         *extra,
     ]
+    return start_process(command, port)
+
+
+def start_process(command: list[str], port: int) -> subprocess.Popen:
+    """Run `command`, a server on loopback `port`, and return once its /health answers 200."""
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
